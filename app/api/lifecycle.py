@@ -1,0 +1,66 @@
+"""Server lifecycle: load and warm models off the event loop, report readiness, shut down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from app.config import Settings
+from app.engine.errors import NotReady
+from app.engine.registry import ModelRegistry
+from app.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class ServerState:
+    """What the routes need to know about the server: its models and whether it is ready."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._registry: ModelRegistry | None = None
+        self.fatal_error: Exception | None = None
+        # Set by the command line: asks the HTTP server to exit (a model failed to load).
+        self.request_shutdown: Callable[[], None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        registry = self._registry
+        return registry is not None and all(model.batcher.alive for model in registry)
+
+    @property
+    def registry(self) -> ModelRegistry:
+        """The loaded models; NotReady (503) while they are still loading."""
+        if self._registry is None:
+            raise NotReady("models are still loading; retry when GET /ready answers 200")
+        return self._registry
+
+    def not_ready_reason(self) -> str:
+        if self._registry is None:
+            return "models are still loading"
+        dead = [model.name for model in self._registry if not model.batcher.alive]
+        return f"batch workers stopped for models: {', '.join(dead)}"
+
+    async def load(self) -> None:
+        """Load and warm every model; on failure record the error and stop the server."""
+        try:
+            registry = await asyncio.to_thread(ModelRegistry.load, self.settings, self.metrics)
+            if self.settings.warmup:
+                await asyncio.to_thread(registry.warm_up)
+        except Exception as error:
+            self.fatal_error = error
+            log.error("start-up failed: %s", error)
+            if self.request_shutdown is not None:
+                self.request_shutdown()
+            return
+        for model in registry:
+            model.batcher.start()
+        self._registry = registry
+        log.info("ready: serving %s", ", ".join(model.name for model in registry))
+
+    async def close(self) -> None:
+        if self._registry is not None:
+            for model in self._registry:
+                await model.batcher.stop()

@@ -1,0 +1,117 @@
+"""Routes of the v1 contract: /encode, /models and the operational endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from app.api.errors import PayloadTooLarge, error_response
+from app.api.lifecycle import ServerState
+from app.api.schemas import (
+    EncodeRequest,
+    EncodeResponse,
+    ErrorResponse,
+    ModelInfo,
+    ModelsResponse,
+    StatusResponse,
+    as_list,
+)
+from app.engine.model import EncoderModel
+
+router = APIRouter()
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 429, 500, 503, 504)
+}
+
+
+def json_response(content: Any) -> Response:
+    # orjson writes numpy float32 arrays directly: no per-float Python objects.
+    body = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(body, media_type="application/json")
+
+
+def server(request: Request) -> ServerState:
+    state: ServerState = request.app.state.server
+    return state
+
+
+def checked_inputs(request: Request, inputs: str | list[str]) -> list[str]:
+    texts = as_list(inputs)
+    limit = server(request).settings.max_inputs_per_request
+    if len(texts) > limit:
+        raise PayloadTooLarge(f"{len(texts)} inputs in one request; the limit is {limit}")
+    return texts
+
+
+def use_model(request: Request, model: EncoderModel) -> EncoderModel:
+    request.state.model = model.name  # the `model` label of this request's metrics
+    return model
+
+
+@router.post("/encode", response_model=EncodeResponse, responses=ERRORS, tags=["inference"])
+async def encode(body: EncodeRequest, request: Request) -> Response:
+    """Sentence embeddings, in input order."""
+    texts = checked_inputs(request, body.inputs)
+    model = use_model(request, server(request).registry.get(body.model, "embedding"))
+    result = await model.embed(
+        texts, normalize=body.normalize, truncate=body.truncate, dimensions=body.dimensions
+    )
+    return json_response(
+        {
+            "model": model.name,
+            "dimensions": result.vectors.shape[1],
+            "embeddings": result.vectors,
+            "usage": {"tokens": result.tokens},
+        }
+    )
+
+
+@router.get("/models", response_model=ModelsResponse, responses=ERRORS, tags=["models"])
+async def list_models(request: Request) -> ModelsResponse:
+    """Every loaded model with its task, labels and serving configuration."""
+    return ModelsResponse(
+        models=[
+            ModelInfo(
+                name=model.name,
+                task=model.manifest.task,
+                labels=model.manifest.labels,
+                dimensions=model.manifest.dimensions,
+                max_length=model.manifest.max_length,
+                backend=model.backend.name,
+                device=model.backend.device,
+                precision="fp32",
+                pooling=model.manifest.pooling,
+            )
+            for model in server(request).registry
+        ]
+    )
+
+
+@router.get("/health", response_model=StatusResponse, tags=["operations"])
+async def health() -> StatusResponse:
+    """200 while the process serves HTTP (liveness)."""
+    return StatusResponse(status="ok")
+
+
+@router.get(
+    "/ready", response_model=StatusResponse, responses={503: {"model": ErrorResponse}},
+    tags=["operations"],
+)  # fmt: skip
+async def ready(request: Request) -> Response:
+    """200 once every model is loaded and warmed; 503 otherwise (readiness)."""
+    state = server(request)
+    if not state.ready:
+        return error_response(503, "not_ready", state.not_ready_reason())
+    return json_response({"status": "ready"})
+
+
+@router.get("/metrics", tags=["operations"], response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    body = generate_latest(server(request).metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

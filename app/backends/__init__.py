@@ -1,0 +1,1 @@
+"""Inference backends: run a padded batch through a model graph."""

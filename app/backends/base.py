@@ -1,0 +1,20 @@
+"""The `Backend` protocol every inference engine implements."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class Backend(Protocol):
+    """Runs padded batches through one model graph."""
+
+    name: str  # "onnx" or "torch"
+    device: str  # "cpu" or "cuda"
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch. `inputs` has input_ids, attention_mask, token_type_ids
+        (int64, batch x tokens); the backend feeds those its graph takes and returns
+        the graph's outputs by name (e.g. `last_hidden_state`)."""
+        ...

@@ -1,0 +1,51 @@
+"""ONNX Runtime backend: CPU by default, CUDA picked automatically where it is available."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def choose_providers(device: Device) -> list[str]:
+    """CUDA where asked for or (on `auto`) where onnxruntime-gpu sees a GPU; else CPU."""
+    available = ort.get_available_providers()
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise RuntimeError("device 'cuda' requested but onnxruntime has no CUDAExecutionProvider")
+    if device != "cpu" and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxBackend:
+    """One ONNX Runtime session over one graph file."""
+
+    name = "onnx"
+
+    def __init__(self, graph: Path, *, threads: int, device: Device = "auto") -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Batches run one at a time from a single worker thread, so every core goes
+        # to intra-op parallelism; inter-op threads would only contend with it.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        providers = choose_providers(device)
+        self._session = ort.InferenceSession(str(graph), options, providers=providers)
+        self.device = "cuda" if self._session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        self._input_names = [node.name for node in self._session.get_inputs()]
+        self._output_names = [node.name for node in self._session.get_outputs()]
+        log.info("loaded %s on %s (%d threads)", graph, self.device, threads)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {name: inputs[name] for name in self._input_names}
+        outputs = self._session.run(self._output_names, feeds)
+        return dict(zip(self._output_names, outputs, strict=True))

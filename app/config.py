@@ -1,0 +1,64 @@
+"""Every setting of the server, read once from `ENCODER_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_names(value: object) -> object:
+    """Accept `a,b` from the environment as well as a real list."""
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",") if name.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Server settings; each field `x` is also the environment variable `ENCODER_X`."""
+
+    model_config = SettingsConfigDict(env_prefix="ENCODER_", extra="ignore")
+
+    # Network
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=0, le=65535)
+
+    # Model repository
+    models_dir: Path = Path("models")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Subset of models to serve; empty serves all."
+    )
+    default_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Preferred default model per task, in order."
+    )
+
+    # Inference engine
+    backend: Literal["onnx"] = "onnx"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    intra_op_threads: int = Field(
+        0, ge=0, description="Threads per forward pass; 0 uses every available core."
+    )
+    warmup: bool = True
+
+    # Dynamic batcher
+    max_batch_size: int = Field(64, ge=1)
+    max_batch_tokens: int = Field(16384, ge=1, description="Padded tokens per forward pass.")
+    max_wait_ms: float = Field(2.0, ge=0)
+    max_queue: int = Field(1024, ge=1, description="Inputs waiting per model before 429.")
+    request_timeout_s: float = Field(30.0, gt=0)
+
+    # Request limits
+    max_inputs_per_request: int = Field(256, ge=1)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    _split_models = field_validator("models", "default_models", mode="before")(_split_names)
+
+    @model_validator(mode="after")
+    def _resolve_threads(self) -> Settings:
+        if self.intra_op_threads == 0:
+            self.intra_op_threads = len(os.sched_getaffinity(0))
+        return self

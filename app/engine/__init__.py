@@ -1,0 +1,1 @@
+"""The engine: model registry, tokenization, dynamic batching, pooling and heads."""

@@ -1,0 +1,260 @@
+"""Dynamic batcher: groups queued inputs into length-sorted batches under a padded-token budget.
+
+One batcher serves one model. Callers `submit` inputs and await the returned futures;
+a single worker task forms batches and runs them, one at a time, in a dedicated
+thread so the event loop keeps accepting and tokenizing requests meanwhile.
+
+Dispatch policy:
+- idle (nothing ran since the queue was last empty): dispatch at once — a lone
+  request pays no batching delay;
+- busy: dispatch as soon as the next batch is full (count or token budget), or
+  when its oldest input has waited `max_wait_s`, whichever comes first.
+Before forming a batch it drops inputs whose caller went away or whose deadline
+passed, so no forward pass is spent on an answer nobody will read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from app.engine.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
+from app.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Payload = TypeVar("Payload")
+Result = TypeVar("Result")
+
+# Runs one batch in the worker thread; returns one result per payload, in order.
+BatchRunner = Callable[[list[Payload]], Sequence[Result]]
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How large a batch may grow and how long inputs may wait for one."""
+
+    max_batch_size: int = 64
+    max_batch_tokens: int = 16384
+    max_wait_s: float = 0.002
+    max_queue: int = 1024
+
+
+@dataclass(eq=False)
+class QueuedInput(Generic[Payload, Result]):
+    """One input waiting for a forward pass, and the future its caller awaits."""
+
+    payload: Payload
+    tokens: int
+    deadline: float
+    future: asyncio.Future[Result]
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+class DynamicBatcher(Generic[Payload, Result]):
+    """Queues inputs of one model and runs them in batches, answering each exactly once."""
+
+    def __init__(
+        self,
+        name: str,
+        run_batch: BatchRunner[Payload, Result],
+        limits: BatchLimits,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.name = name
+        self.limits = limits
+        self._run_batch = run_batch
+        self._metrics = metrics
+        self._queue: deque[QueuedInput[Payload, Result]] = deque()
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
+        self._worker: asyncio.Task[None] | None = None
+        self._running = 0  # inputs in the forward pass now
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(
+            self._work(), name=f"batcher-{self.name}"
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
+    @property
+    def pending(self) -> int:
+        """Inputs queued or in the forward pass."""
+        return len(self._queue) + self._running
+
+    async def stop(self) -> None:
+        """Stop the worker and fail whatever is still queued (call `drain` first to finish it)."""
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(NotReady("the server is shutting down"))
+        self._set_depth()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- submission --------------------------------------------------------
+
+    def submit(
+        self, payloads: Sequence[tuple[Payload, int]], timeout_s: float
+    ) -> list[asyncio.Future[Result]]:
+        """Queue `(payload, token_count)` pairs; all are accepted or none (429 on a full queue)."""
+        if len(self._queue) + len(payloads) > self.limits.max_queue:
+            self._count_rejected("queue_full", len(payloads))
+            raise Overloaded(
+                f"model '{self.name}' has {len(self._queue)} inputs queued "
+                f"(limit {self.limits.max_queue}); retry later"
+            )
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        futures: list[asyncio.Future[Result]] = []
+        for payload, tokens in payloads:
+            future: asyncio.Future[Result] = loop.create_future()
+            self._queue.append(QueuedInput(payload, tokens, now + timeout_s, future, now))
+            futures.append(future)
+        self._set_depth()
+        self._arrived.set()
+        return futures
+
+    # -- the worker --------------------------------------------------------
+
+    async def _work(self) -> None:
+        idle = True
+        while True:
+            self._drop_dead()
+            if not self._queue:
+                idle = True
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            if not idle:
+                await self._wait_to_fill()
+                self._drop_dead()
+            batch = self._take_batch()
+            if batch:
+                idle = False
+                await self._execute(batch)
+
+    async def _wait_to_fill(self) -> None:
+        """Wait until the next batch is full or its oldest input has waited `max_wait_s`."""
+        while self._queue:
+            _, full = self._select()
+            remaining = self._queue[0].enqueued_at + self.limits.max_wait_s - time.monotonic()
+            if full or remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _select(self) -> tuple[int, bool]:
+        """How many queued inputs, oldest first, fit the next batch; and whether it is full.
+
+        Inputs are taken in arrival order so none starves; the budget counts padded
+        tokens (batch size x longest input), which is what the forward pass costs.
+        """
+        limits = self.limits
+        count, longest = 0, 0
+        for item in self._queue:
+            if count == limits.max_batch_size:
+                return count, True
+            new_longest = max(longest, item.tokens)
+            if count and (count + 1) * new_longest > limits.max_batch_tokens:
+                return count, True
+            count, longest = count + 1, new_longest
+        return count, count == limits.max_batch_size
+
+    def _take_batch(self) -> list[QueuedInput[Payload, Result]]:
+        count, _ = self._select()
+        batch = [self._queue.popleft() for _ in range(count)]
+        self._set_depth()
+        # Sorted by length, neighbours in the padded batch differ least.
+        batch.sort(key=lambda item: item.tokens)
+        return batch
+
+    def _drop_dead(self) -> None:
+        """Remove inputs whose caller gave up (cancelled) or whose deadline passed."""
+        if not self._queue:
+            return
+        now = time.monotonic()
+        kept: deque[QueuedInput[Payload, Result]] = deque()
+        for item in self._queue:
+            if item.future.done():
+                self._count_rejected("cancelled")
+            elif item.deadline <= now:
+                item.future.set_exception(
+                    DeadlineExceeded("the request deadline passed before inference started")
+                )
+                self._count_rejected("deadline")
+            else:
+                kept.append(item)
+        if len(kept) != len(self._queue):
+            self._queue = kept
+            self._set_depth()
+
+    async def _execute(self, batch: list[QueuedInput[Payload, Result]]) -> None:
+        started = time.monotonic()
+        metrics = self._metrics
+        if metrics is not None:
+            wait = metrics.queue_wait.labels(self.name)
+            for item in batch:
+                wait.observe(started - item.enqueued_at)
+            metrics.batch_size.labels(self.name).observe(len(batch))
+            metrics.batch_tokens.labels(self.name).observe(len(batch) * batch[-1].tokens)
+        self._running = len(batch)
+        try:
+            outcomes = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run_guarded, [item.payload for item in batch]
+            )
+        finally:
+            self._running = 0
+        if metrics is not None:
+            metrics.inference_duration.labels(self.name).observe(time.monotonic() - started)
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if item.future.done():
+                continue  # the caller went away while its input was running
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
+
+    def _run_guarded(self, payloads: list[Payload]) -> list[Result | InferenceFailed]:
+        """Run a batch; if it fails, retry each input alone so one bad input fails only itself."""
+        try:
+            return list(self._run_batch(payloads))
+        except Exception as error:
+            if len(payloads) == 1:
+                log.exception("model %s: forward pass failed", self.name)
+                return [InferenceFailed(f"inference failed: {error}")]
+            log.warning(
+                "model %s: batch of %d failed (%s); retrying inputs one by one",
+                self.name,
+                len(payloads),
+                error,
+            )
+        return [outcome for payload in payloads for outcome in self._run_guarded([payload])]
+
+    # -- metrics -----------------------------------------------------------
+
+    def _set_depth(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_depth.labels(self.name).set(len(self._queue))
+
+    def _count_rejected(self, reason: str, count: int = 1) -> None:
+        if self._metrics is not None:
+            self._metrics.rejected.labels(self.name, reason).inc(count)

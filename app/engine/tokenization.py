@@ -1,0 +1,82 @@
+"""Fast (Rust) tokenization to model inputs, with the token counts the batcher budgets on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizedText:
+    """One input as token ids, ready to be padded into a batch."""
+
+    ids: np.ndarray  # int64, shape (tokens,)
+    type_ids: np.ndarray  # int64, shape (tokens,)
+    truncated: bool  # the text had more tokens than the model's max length
+
+    @property
+    def tokens(self) -> int:
+        return int(self.ids.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    id: int
+    text: str
+    start: int
+    stop: int
+    special: bool
+
+
+class TextTokenizer:
+    """Tokenizes texts for one model, truncating to its max length."""
+
+    def __init__(self, path: Path, max_length: int) -> None:
+        self.max_length = max_length
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length)
+
+    def encode(self, texts: list[str]) -> list[TokenizedText]:
+        encodings = self._tokenizer.encode_batch(texts)
+        return [
+            TokenizedText(
+                ids=np.asarray(encoding.ids, dtype=np.int64),
+                type_ids=np.asarray(encoding.type_ids, dtype=np.int64),
+                # With truncation on, the tokens cut off land in `overflowing`.
+                truncated=bool(encoding.overflowing),
+            )
+            for encoding in encodings
+        ]
+
+    def tokens(self, text: str) -> list[Token]:
+        """The tokens of one text with their character spans, for inspection routes."""
+        encoding = self._tokenizer.encode(text)
+        return [
+            Token(id=token_id, text=token, start=start, stop=stop, special=bool(special))
+            for token_id, token, (start, stop), special in zip(
+                encoding.ids, encoding.tokens, encoding.offsets, encoding.special_tokens_mask,
+                strict=True,
+            )
+        ]
+
+
+def pad_batch(items: list[TokenizedText]) -> dict[str, np.ndarray]:
+    """Right-pad a batch to its longest input: the three standard encoder inputs."""
+    longest = max(item.tokens for item in items)
+    input_ids = np.zeros((len(items), longest), dtype=np.int64)
+    token_type_ids = np.zeros_like(input_ids)
+    attention_mask = np.zeros_like(input_ids)
+    for row, item in enumerate(items):
+        n = item.tokens
+        input_ids[row, :n] = item.ids
+        token_type_ids[row, :n] = item.type_ids
+        attention_mask[row, :n] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": token_type_ids,
+    }

@@ -1,0 +1,1 @@
+"""Offline tooling: export encoders to ONNX with parity checks (needs the `export` extra)."""

@@ -1,0 +1,205 @@
+"""Export a Hugging Face encoder to an ONNX model directory, gated on parity with PyTorch."""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from app.backends.onnx import OnnxBackend
+from app.engine.manifest import ModelManifest, Pooling
+from app.engine.tokenization import TextTokenizer, pad_batch
+from app.export.parity import ParityReport, compare_states, parity_texts
+from app.export.source import read_sentence_transformer_config, resolve_source
+
+MIN_COSINE = 0.9999
+GRAPH_FILE = "model.onnx"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+OPSET = 17
+
+
+class ParityError(RuntimeError):
+    """The exported graph disagrees with PyTorch beyond the gate."""
+
+
+def progress(step: int, total: int, message: str) -> None:
+    print(f"[{step}/{total}] {message}", file=sys.stderr, flush=True)
+
+
+class _KeywordEncoder(torch.nn.Module):
+    """Calls the model with keyword arguments: transformers 5.x breaks positional export."""
+
+    def __init__(self, model: torch.nn.Module, input_names: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = input_names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        outputs = self.model(**dict(zip(self.input_names, inputs, strict=True)))
+        return outputs.last_hidden_state
+
+
+def model_input_names(model: torch.nn.Module) -> list[str]:
+    """The standard encoder inputs this model's forward accepts (DistilBERT has no type ids)."""
+    accepted = inspect.signature(model.forward).parameters
+    return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
+
+
+def export_graph(model: torch.nn.Module, path: Path, input_names: list[str]) -> None:
+    wrapper = _KeywordEncoder(model, input_names).eval()
+    example = tuple(torch.ones((2, 8), dtype=torch.int64) for _ in input_names)
+    axes = {name: {0: "batch", 1: "tokens"} for name in input_names}
+    axes["last_hidden_state"] = {0: "batch", 1: "tokens"}
+    torch.onnx.export(
+        wrapper,
+        example,
+        str(path),
+        input_names=input_names,
+        output_names=["last_hidden_state"],
+        dynamic_axes=axes,
+        opset_version=OPSET,
+        dynamo=False,
+    )
+
+
+def optimize_graph(path: Path, target: Path, config: Any) -> bool:
+    """ONNX Runtime's offline transformer fusions for BERT-family graphs; False where unsupported."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    if config.model_type not in {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra"}:
+        return False
+    optimized = optimize_model(
+        str(path),
+        model_type="bert",
+        num_heads=config.num_attention_heads,
+        hidden_size=config.hidden_size,
+    )
+    optimized.save_model_to_file(str(target))
+    return True
+
+
+def check_parity(
+    model: torch.nn.Module, graph: Path, tokenizer: TextTokenizer, pooling: Pooling
+) -> ParityReport:
+    """Run the parity texts as one padded batch through PyTorch and ONNX Runtime."""
+    inputs = pad_batch(tokenizer.encode(parity_texts()))
+    names = model_input_names(model)
+    with torch.inference_mode():
+        reference = model(**{n: torch.from_numpy(inputs[n]) for n in names}).last_hidden_state
+    candidate = OnnxBackend(graph, threads=ort_threads(), device="cpu").run(inputs)
+    return compare_states(
+        reference.numpy(), candidate["last_hidden_state"], inputs["attention_mask"], pooling
+    )
+
+
+def ort_threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def export_model(
+    source: str,
+    name: str,
+    models_dir: Path,
+    *,
+    task: str = "embedding",
+    max_length: int | None = None,
+) -> ModelManifest:
+    """Export SOURCE into `models_dir/name`, replacing it only once parity holds."""
+    if task != "embedding":
+        raise ValueError(f"task '{task}' is not supported by the exporter yet")
+    total = 5
+    progress(1, total, f"resolving {source}")
+    directory = resolve_source(source)
+    st_config = read_sentence_transformer_config(directory)
+    config = AutoConfig.from_pretrained(directory)
+    pooling: Pooling = "cls" if st_config.pooling == "cls" else "mean"
+    hf_tokenizer = AutoTokenizer.from_pretrained(directory)
+    length = max_length or st_config.max_length or min(
+        int(hf_tokenizer.model_max_length), int(config.max_position_embeddings)
+    )
+
+    progress(2, total, f"loading {config.model_type} weights from {directory}")
+    model = AutoModel.from_pretrained(directory, attn_implementation="eager").eval()
+    input_names = model_input_names(model)
+
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=models_dir) as scratch:
+        work = Path(scratch)
+        work.chmod(0o755)  # readable by a server running as another user (the image's)
+        for file in TOKENIZER_FILES:
+            if (directory / file).is_file():
+                shutil.copy2(directory / file, work / file)
+        if not (work / "tokenizer.json").is_file():
+            hf_tokenizer.backend_tokenizer.save(str(work / "tokenizer.json"))
+        tokenizer = TextTokenizer(work / "tokenizer.json", length)
+
+        progress(3, total, f"exporting ONNX graph (opset {OPSET}, dynamic batch and tokens)")
+        raw = work / "raw.onnx"
+        export_graph(model, raw, input_names)
+
+        progress(4, total, "applying ONNX Runtime transformer optimizations; checking parity")
+        raw_parity = check_parity(model, raw, tokenizer, pooling)
+        graph, parity, optimized_with = raw, raw_parity, "none"
+        fused = work / "fused.onnx"
+        if optimize_graph(raw, fused, config):
+            fused_parity = check_parity(model, fused, tokenizer, pooling)
+            print(f"      raw graph  : {raw_parity}", file=sys.stderr)
+            print(f"      fused graph: {fused_parity}", file=sys.stderr)
+            if fused_parity.min_cosine >= MIN_COSINE:
+                graph, parity, optimized_with = fused, fused_parity, "onnxruntime.transformers bert"
+        if parity.min_cosine < MIN_COSINE:
+            raise ParityError(
+                f"exported graph disagrees with PyTorch: min cosine {parity.min_cosine:.6f} "
+                f"< {MIN_COSINE}; the model was not written"
+            )
+        graph.rename(work / GRAPH_FILE)
+        for leftover in (raw, fused):
+            leftover.unlink(missing_ok=True)
+
+        manifest = ModelManifest(
+            name=name,
+            task="embedding",
+            source=source,
+            pooling=pooling,
+            normalize=st_config.normalize,
+            max_length=length,
+            dimensions=int(config.hidden_size),
+            num_layers=int(config.num_hidden_layers),
+            num_heads=int(config.num_attention_heads),
+            files={"fp32": GRAPH_FILE},
+            parity={
+                "fp32": {
+                    **parity.as_dict(),
+                    "reference": f"transformers {config.model_type} (PyTorch, eager attention)",
+                    "graph_optimization": optimized_with,
+                    "onnxruntime": ort.__version__,
+                }
+            },
+        )
+        manifest.write(work)
+        progress(5, total, f"writing {models_dir / name}")
+        target = models_dir / name
+        if target.exists():
+            shutil.rmtree(target)
+        work.rename(target)
+        # TemporaryDirectory's cleanup tolerates the directory having moved away.
+        work.mkdir()
+    return manifest
+
+
+def is_built(models_dir: Path, name: str) -> bool:
+    """A model directory with its manifest, every graph file it lists and its tokenizer."""
+    directory = models_dir / name
+    try:
+        manifest = ModelManifest.read(directory)
+    except (OSError, ValueError, TypeError):
+        return False
+    files = [*manifest.files.values(), manifest.tokenizer]
+    return bool(manifest.files) and all((directory / f).is_file() for f in files)
+

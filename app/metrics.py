@@ -1,0 +1,91 @@
+"""Every Prometheus collector of the server, defined once with its buckets."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+
+# `*_created` series double the exposition and no dashboard reads them.
+disable_created_metrics()
+
+# Durations: sub-millisecond (a cached tiny batch) to tens of seconds (a deadline).
+DURATION_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+# Sequences per forward pass: powers of two up to the largest batch anyone configures.
+BATCH_SIZE_BUCKETS = tuple(float(2**i) for i in range(11))  # 1 … 1024
+# Padded tokens per forward pass: powers of two from one short text to a huge batch.
+BATCH_TOKEN_BUCKETS = tuple(float(2**i) for i in range(3, 18))  # 8 … 131072
+
+
+class Metrics:
+    """The server's collectors, registered in one registry per app (tests build many apps)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        r = self.registry
+        self.requests = Counter(
+            "encoder_requests", "HTTP requests answered.", ["endpoint", "model", "code"], registry=r
+        )
+        self.request_duration = Histogram(
+            "encoder_request_duration_seconds",
+            "Time from request arrival to response.",
+            ["endpoint", "model"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "encoder_queue_wait_seconds",
+            "Time an input waited in the batcher queue before its forward pass.",
+            ["model"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "encoder_inference_duration_seconds",
+            "Time of one batch: padding, forward pass and post-processing.",
+            ["model"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "encoder_batch_size",
+            "Sequences per forward pass.",
+            ["model"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_tokens = Histogram(
+            "encoder_batch_tokens",
+            "Padded tokens per forward pass.",
+            ["model"],
+            buckets=BATCH_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "encoder_queue_depth", "Inputs waiting in the batcher queue.", ["model"], registry=r
+        )
+        self.tokens = Counter(
+            "encoder_tokens", "Tokens processed (without padding).", ["model"], registry=r
+        )
+        self.rejected = Counter(
+            "encoder_rejected",
+            "Inputs refused or dropped before inference.",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "encoder_model_info",
+            "Loaded models (value 1).",
+            ["model", "task", "backend", "precision"],
+            registry=r,
+        )

@@ -1,0 +1,101 @@
+"""Shared fixtures: the default model repository and real server processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS_DIR = ROOT / "models"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    """A real `encoder-serve serve` process on a loopback port."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, **kwargs)  # type: ignore[arg-type]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(
+    tmp_dir: Path, env: dict[str, str] | None = None, *, wait_ready: bool = True
+) -> LiveServer:
+    port = free_port()
+    log_path = tmp_dir / f"server-{port}.log"
+    full_env = {
+        **os.environ,
+        "ENCODER_MODELS_DIR": str(MODELS_DIR),
+        "ENCODER_HOST": "127.0.0.1",
+        "ENCODER_PORT": str(port),
+        **(env or {}),
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve"], env=full_env, stdout=log, stderr=log, cwd=ROOT
+        )
+    server = LiveServer(process, f"http://127.0.0.1:{port}", log_path)
+    if wait_ready:
+        wait_until_ready(server)
+    return server
+
+
+def wait_until_ready(server: LiveServer, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"server not ready within {timeout} s:\n{server.log()}")
+
+
+@pytest.fixture(scope="session")
+def default_models() -> Path:
+    if not (MODELS_DIR / "minilm" / "model.onnx").is_file():
+        pytest.fail("models/minilm is not built: run `make models` (make test does it first)")
+    return MODELS_DIR
+
+
+@pytest.fixture(scope="session")
+def server(default_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One real server with the default models, shared by the tests that only read from it."""
+    live = start_server(tmp_path_factory.mktemp("server"))
+    yield live
+    live.stop()

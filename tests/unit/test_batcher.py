@@ -1,0 +1,255 @@
+"""The dynamic batcher with a fake backend: flush rules, drops, rejection, ordering, exactly-once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.engine.batcher import BatchLimits, DynamicBatcher
+from app.engine.errors import DeadlineExceeded, InferenceFailed, Overloaded
+from app.metrics import Metrics
+
+POISON = -1
+
+
+@dataclass
+class FakeBackend:
+    """Answers payload n with n * 10; can hold a batch until released, or raise on POISON."""
+
+    batches: list[list[int]] = field(default_factory=list)
+    started: list[float] = field(default_factory=list)
+    gate: threading.Event = field(default_factory=threading.Event)
+    hold_first: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.hold_first:
+            self.gate.set()
+
+    def __call__(self, payloads: list[int]) -> list[int]:
+        self.batches.append(list(payloads))
+        self.started.append(time.monotonic())
+        assert self.gate.wait(10), "test never released the gate"
+        if POISON in payloads:
+            raise RuntimeError("poisoned input")
+        return [payload * 10 for payload in payloads]
+
+
+async def wait_for(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
+def make(backend: FakeBackend, metrics: Metrics | None = None, **limits) -> DynamicBatcher:
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(
+        "fake", backend, BatchLimits(**limits), metrics
+    )
+    batcher.start()
+    return batcher
+
+
+def submit(batcher: DynamicBatcher, *payloads: int, tokens: int = 10, timeout: float = 30.0):
+    return batcher.submit([(p, tokens) for p in payloads], timeout)
+
+
+async def test_idle_batcher_dispatches_at_once() -> None:
+    backend = FakeBackend()
+    batcher = make(backend, max_wait_s=30.0)
+    (future,) = submit(batcher, 7)
+    # Far sooner than max_wait: an idle batcher does not wait for company.
+    assert await asyncio.wait_for(future, 5.0) == 70
+    assert backend.batches == [[7]]
+    await batcher.stop()
+
+
+async def test_busy_batcher_flushes_after_max_wait_from_oldest() -> None:
+    backend = FakeBackend(hold_first=True)
+    batcher = make(backend, max_wait_s=0.3, max_batch_size=64)
+    first = submit(batcher, 1)
+    await wait_for(lambda: len(backend.batches) == 1)
+    queued_at = time.monotonic()
+    later = submit(batcher, 2, 3)
+    backend.gate.set()
+    assert await asyncio.gather(*first, *later) == [10, 20, 30]
+    assert backend.batches == [[1], [2, 3]]
+    # Not full, so the second batch waited until its oldest input had waited max_wait.
+    assert backend.started[1] - queued_at >= 0.3 - 0.01
+    await batcher.stop()
+
+
+async def test_full_batch_dispatches_without_waiting() -> None:
+    backend = FakeBackend(hold_first=True)
+    batcher = make(backend, max_wait_s=2.0, max_batch_size=4)
+    first = submit(batcher, 1)
+    await wait_for(lambda: len(backend.batches) == 1)
+    rest = submit(batcher, *range(2, 8))
+    released = time.monotonic()
+    backend.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*first, *rest), 10.0)
+    assert results == [n * 10 for n in range(1, 8)]
+    assert [len(batch) for batch in backend.batches] == [1, 4, 2]
+    # The full batch went at once; only the partial one waited out max_wait.
+    assert backend.started[1] - released < 1.0
+    assert backend.started[2] - released >= 2.0 - 0.01
+    await batcher.stop()
+
+
+async def test_token_budget_limits_padded_tokens_per_batch() -> None:
+    backend = FakeBackend(hold_first=True)
+    batcher = make(backend, max_wait_s=0.05, max_batch_size=64, max_batch_tokens=100)
+    first = submit(batcher, 0)
+    await wait_for(lambda: len(backend.batches) == 1)
+    # 30-token inputs: 3 fit in 100 padded tokens, a 4th would make 120.
+    rest = submit(batcher, *range(1, 8), tokens=30)
+    backend.gate.set()
+    await asyncio.gather(*first, *rest)
+    assert [len(batch) for batch in backend.batches] == [1, 3, 3, 1]
+    await batcher.stop()
+
+
+async def test_batch_is_sorted_by_length_and_answers_keep_their_inputs() -> None:
+    backend = FakeBackend(hold_first=True)
+    batcher = make(backend, max_wait_s=0.01)
+    first = submit(batcher, 0)
+    await wait_for(lambda: len(backend.batches) == 1)
+    lengths = {1: 50, 2: 5, 3: 30, 4: 12}
+    futures = batcher.submit([(p, n) for p, n in lengths.items()], 30.0)
+    backend.gate.set()
+    await asyncio.gather(*first)
+    assert await asyncio.gather(*futures) == [10, 20, 30, 40]
+    assert backend.batches[1] == sorted(lengths, key=lengths.__getitem__)
+    await batcher.stop()
+
+
+async def test_cancelled_and_expired_inputs_never_reach_the_backend() -> None:
+    backend = FakeBackend(hold_first=True)
+    metrics = Metrics()
+    batcher = make(backend, metrics, max_wait_s=0.0)
+    first = submit(batcher, 1)
+    await wait_for(lambda: len(backend.batches) == 1)
+    (cancelled,) = submit(batcher, 2)
+    (expiring,) = submit(batcher, 3, timeout=0.05)
+    (kept,) = submit(batcher, 4)
+    cancelled.cancel()
+    await asyncio.sleep(0.1)
+    backend.gate.set()
+    assert await kept == 40
+    with pytest.raises(DeadlineExceeded):
+        await expiring
+    await asyncio.gather(*first)
+    assert backend.batches == [[1], [4]]
+    sample = metrics.registry.get_sample_value
+    assert sample("encoder_rejected_total", {"model": "fake", "reason": "cancelled"}) == 1
+    assert sample("encoder_rejected_total", {"model": "fake", "reason": "deadline"}) == 1
+    await batcher.stop()
+
+
+async def test_full_queue_rejects_whole_request_and_counts_it() -> None:
+    backend = FakeBackend(hold_first=True)
+    metrics = Metrics()
+    batcher = make(backend, metrics, max_queue=3)
+    first = submit(batcher, 1)
+    await wait_for(lambda: len(backend.batches) == 1)
+    queued = submit(batcher, 2, 3)
+    with pytest.raises(Overloaded):
+        submit(batcher, 4, 5)  # 2 + 2 > 3: all or nothing
+    assert metrics.registry.get_sample_value(
+        "encoder_rejected_total", {"model": "fake", "reason": "queue_full"}
+    ) == 2
+    assert metrics.registry.get_sample_value("encoder_queue_depth", {"model": "fake"}) == 2
+    backend.gate.set()
+    assert await asyncio.gather(*first, *queued) == [10, 20, 30]
+    await batcher.stop()
+
+
+async def test_failing_batch_retries_inputs_alone_so_neighbours_succeed() -> None:
+    backend = FakeBackend(hold_first=True)
+    batcher = make(backend, max_wait_s=0.0)
+    first = submit(batcher, 1)
+    await wait_for(lambda: len(backend.batches) == 1)
+    futures = submit(batcher, 2, POISON, 3)
+    backend.gate.set()
+    outcomes = await asyncio.gather(*first, *futures, return_exceptions=True)
+    assert outcomes[:2] == [10, 20] and outcomes[3] == 30
+    assert isinstance(outcomes[2], InferenceFailed)
+    # The batcher keeps serving after the failure.
+    assert await asyncio.gather(*submit(batcher, 5)) == [50]
+    await batcher.stop()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    requests=st.lists(
+        st.tuples(
+            st.integers(1, 6),  # inputs in the request
+            st.integers(1, 60),  # tokens each
+            st.booleans(),  # the client goes away right after submitting
+            st.floats(0, 0.003),  # delay before submitting
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    max_batch_size=st.integers(1, 8),
+    max_batch_tokens=st.integers(60, 300),
+    poison=st.integers(0, 6),
+)
+def test_every_input_gets_exactly_one_outcome_never_crossed(
+    requests, max_batch_size, max_batch_tokens, poison
+) -> None:
+    def poisoned(payload: int) -> bool:
+        return poison > 0 and payload % 7 == poison
+
+    async def scenario() -> None:
+        calls: list[list[int]] = []
+
+        def backend(payloads: list[int]) -> list[int]:
+            calls.append(list(payloads))
+            time.sleep(0.0005)
+            if any(map(poisoned, payloads)):
+                raise RuntimeError("flaky backend")
+            return [p * 10 for p in payloads]
+
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(
+            "prop",
+            backend,
+            BatchLimits(max_batch_size, max_batch_tokens, max_wait_s=0.001, max_queue=10_000),
+        )
+        batcher.start()
+        submitted: list[tuple[int, asyncio.Future[int], bool]] = []
+        next_payload = 0
+        for count, tokens, leaves, delay in requests:
+            await asyncio.sleep(delay)
+            payloads = list(range(next_payload, next_payload + count))
+            next_payload += count
+            futures = batcher.submit([(p, tokens) for p in payloads], 30.0)
+            if leaves:
+                for future in futures:
+                    future.cancel()
+            submitted.extend((p, f, leaves) for p, f in zip(payloads, futures, strict=True))
+        await asyncio.wait_for(
+            asyncio.gather(*(f for _, f, _ in submitted), return_exceptions=True), 30.0
+        )
+        ran = [p for batch in calls for p in batch]
+        for payload, future, left in submitted:
+            assert future.done()
+            if left:
+                assert future.cancelled() and payload not in ran
+            elif poisoned(payload):
+                assert isinstance(future.exception(), InferenceFailed)
+            else:
+                assert future.result() == payload * 10  # its own answer, nobody else's
+                assert 1 <= ran.count(payload) <= 2  # its batch, plus one retry alone
+        assert all(len(batch) <= max_batch_size for batch in calls)
+        assert batcher.pending == 0
+        await batcher.stop()
+
+    asyncio.run(scenario())
