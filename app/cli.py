@@ -15,7 +15,9 @@ def _serve(args: argparse.Namespace) -> int:
     from app.api.app import create_app
     from app.logs import configure_logging
 
-    overrides = {key: value for key in ("host", "port", "models_dir") if (value := getattr(args, key))}
+    overrides = {
+        key: value for key in ("host", "port", "models_dir") if (value := getattr(args, key))
+    }
     settings = Settings(**overrides)
     configure_logging(settings.log_level)
     app = create_app(settings)

@@ -17,7 +17,8 @@ disable_created_metrics()
 
 # Durations: sub-millisecond (a cached tiny batch) to tens of seconds (a deadline).
 DURATION_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 # Sequences per forward pass: powers of two up to the largest batch anyone configures.
 BATCH_SIZE_BUCKETS = tuple(float(2**i) for i in range(11))  # 1 … 1024

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -36,7 +37,7 @@ _HTTP_TYPES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "
 
 
 def error_response(
-    status: int, kind: str, message: str, headers: dict[str, str] | None = None
+    status: int, kind: str, message: str, headers: Mapping[str, str] | None = None
 ) -> Response:
     body = orjson.dumps({"error": {"type": kind, "message": message}})
     return Response(body, status, headers=headers, media_type="application/json")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,7 +44,7 @@ class RequestMetricsMiddleware:
             )
 
 
-def _endpoint(scope: dict[str, Any]) -> str:
-    """The matched route's path template; one label for every unmatched path (bounded cardinality)."""
+def _endpoint(scope: Scope) -> str:
+    """The matched route's path template; one label for all unmatched paths (bounded)."""
     route = scope.get("route")
     return route.path if isinstance(route, Route) else "unmatched"

@@ -12,6 +12,7 @@ from pydantic import (
     field_validator,
 )
 
+
 class _Request(BaseModel):
     # Unknown fields are refused rather than silently ignored: a typo must not change results.
     model_config = ConfigDict(extra="forbid")
@@ -40,7 +41,9 @@ def check_texts(value: Any, handler: ValidatorFunctionWrapHandler) -> str | list
 
 class EncodeRequest(_Request):
     inputs: str | list[str] = Field(description="A text or a non-empty list of texts.")
-    model: str | None = Field(None, description="Model name; defaults to the first embedding model.")
+    model: str | None = Field(
+        None, description="Model name; defaults to the first embedding model."
+    )
     normalize: bool = Field(True, description="Scale each vector to unit length.")
     truncate: bool = Field(True, description="Cut inputs to the model's max length (else 422).")
     dimensions: int | None = Field(

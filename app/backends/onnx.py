@@ -40,7 +40,9 @@ class OnnxBackend:
         options.log_severity_level = 3
         providers = choose_providers(device)
         self._session = ort.InferenceSession(str(graph), options, providers=providers)
-        self.device = "cuda" if self._session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        self.device = (
+            "cuda" if self._session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        )
         self._input_names = [node.name for node in self._session.get_inputs()]
         self._output_names = [node.name for node in self._session.get_outputs()]
         log.info("loaded %s on %s (%d threads)", graph, self.device, threads)

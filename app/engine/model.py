@@ -80,7 +80,9 @@ class EncoderModel:
         """Pooled vectors of `texts`, in input order, through the batcher."""
         started = time.monotonic()
         encoded = await self.tokenize(texts, truncate=truncate)
-        futures = self.batcher.submit([(item, item.tokens) for item in encoded], self.request_timeout_s)
+        futures = self.batcher.submit(
+            [(item, item.tokens) for item in encoded], self.request_timeout_s
+        )
         tokens = sum(item.tokens for item in encoded)
         remaining = self.request_timeout_s - (time.monotonic() - started)
         try:

@@ -22,7 +22,9 @@ WARMUP_TEXT = "Warm-up: the first forward pass allocates what later ones reuse."
 
 def discover(models_dir: Path, selected: list[str]) -> list[Path]:
     """Model directories to serve: all with a manifest, or the `selected` names only."""
-    found = {path.parent.name: path.parent for path in sorted(models_dir.glob(f"*/{MANIFEST_FILE}"))}
+    found = {
+        path.parent.name: path.parent for path in sorted(models_dir.glob(f"*/{MANIFEST_FILE}"))
+    }
     missing = [name for name in selected if name not in found]
     if missing:
         raise ModelLoadError(
@@ -49,7 +51,9 @@ def load_model(directory: Path, settings: Settings, metrics: Metrics | None) -> 
     try:
         manifest = ModelManifest.read(directory)
     except Exception as error:
-        raise ModelLoadError(f"model '{directory.name}': cannot read {manifest_path}: {error}") from error
+        raise ModelLoadError(
+            f"model '{directory.name}': cannot read {manifest_path}: {error}"
+        ) from error
     precision = "fp32"
     graph = directory / manifest.files.get(precision, "")
     tokenizer_path = directory / manifest.tokenizer
@@ -62,7 +66,9 @@ def load_model(directory: Path, settings: Settings, metrics: Metrics | None) -> 
     try:
         tokenizer = TextTokenizer(tokenizer_path, manifest.max_length)
     except Exception as error:
-        raise ModelLoadError(f"model '{manifest.name}': bad tokenizer {tokenizer_path}: {error}") from error
+        raise ModelLoadError(
+            f"model '{manifest.name}': bad tokenizer {tokenizer_path}: {error}"
+        ) from error
     try:
         backend = OnnxBackend(graph, threads=settings.intra_op_threads, device=settings.device)
     except Exception as error:
@@ -104,18 +110,18 @@ class ModelRegistry:
     def get(self, name: str | None, task: Task) -> EncoderModel:
         """The named model, or the default model for `task` when no name is given."""
         if name is None:
-            for model in self:
-                if model.manifest.task == task:
-                    return model
+            for candidate in self:
+                if candidate.manifest.task == task:
+                    return candidate
             raise ModelNotFound(f"no loaded model serves the task '{task}'")
-        model = self._models.get(name)
-        if model is None:
+        found = self._models.get(name)
+        if found is None:
             raise ModelNotFound(f"model '{name}' is not loaded (loaded: {', '.join(self._order)})")
-        if model.manifest.task != task:
+        if found.manifest.task != task:
             raise InvalidInput(
-                f"model '{name}' is a {model.manifest.task} model and does not serve {task}"
+                f"model '{name}' is a {found.manifest.task} model and does not serve {task}"
             )
-        return model
+        return found
 
     def warm_up(self) -> None:
         """One forward pass per model, off the event loop, before the server reports ready."""

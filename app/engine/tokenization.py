@@ -58,7 +58,10 @@ class TextTokenizer:
         return [
             Token(id=token_id, text=token, start=start, stop=stop, special=bool(special))
             for token_id, token, (start, stop), special in zip(
-                encoding.ids, encoding.tokens, encoding.offsets, encoding.special_tokens_mask,
+                encoding.ids,
+                encoding.tokens,
+                encoding.offsets,
+                encoding.special_tokens_mask,
                 strict=True,
             )
         ]

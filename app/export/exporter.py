@@ -70,10 +70,17 @@ def export_graph(model: torch.nn.Module, path: Path, input_names: list[str]) -> 
 
 
 def optimize_graph(path: Path, target: Path, config: Any) -> bool:
-    """ONNX Runtime's offline transformer fusions for BERT-family graphs; False where unsupported."""
+    """ONNX Runtime's offline transformer fusions for BERT-family graphs; False if unsupported."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    if config.model_type not in {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra"}:
+    if config.model_type not in {
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "distilbert",
+        "mpnet",
+        "electra",
+    }:
         return False
     optimized = optimize_model(
         str(path),
@@ -121,8 +128,10 @@ def export_model(
     config = AutoConfig.from_pretrained(directory)
     pooling: Pooling = "cls" if st_config.pooling == "cls" else "mean"
     hf_tokenizer = AutoTokenizer.from_pretrained(directory)
-    length = max_length or st_config.max_length or min(
-        int(hf_tokenizer.model_max_length), int(config.max_position_embeddings)
+    length = (
+        max_length
+        or st_config.max_length
+        or min(int(hf_tokenizer.model_max_length), int(config.max_position_embeddings))
     )
 
     progress(2, total, f"loading {config.model_type} weights from {directory}")
@@ -202,4 +211,3 @@ def is_built(models_dir: Path, name: str) -> bool:
         return False
     files = [*manifest.files.values(), manifest.tokenizer]
     return bool(manifest.files) and all((directory / f).is_file() for f in files)
-

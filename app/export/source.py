@@ -1,4 +1,4 @@
-"""Resolve an export SOURCE (a model directory or an installed model package) and read its configs."""
+"""Resolve an export SOURCE (a model directory or an installed package) and read its configs."""
 
 from __future__ import annotations
 
@@ -38,26 +38,32 @@ class SentenceTransformerConfig:
     max_length: int | None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def read_sentence_transformer_config(directory: Path) -> SentenceTransformerConfig:
-    modules = _read_json(directory / "modules.json") or []
+    modules: list[dict[str, Any]] = _read_json(directory / "modules.json") or []
     pooling: str | None = None
     normalize = False
     for module in modules:
         kind = module.get("type", "")
         if kind.endswith("Pooling"):
-            config = _read_json(directory / module.get("path", "") / "config.json")
+            config: dict[str, Any] = (
+                _read_json(directory / module.get("path", "") / "config.json") or {}
+            )
             if config.get("pooling_mode_cls_token"):
                 pooling = "cls"
             elif config.get("pooling_mode_mean_tokens"):
                 pooling = "mean"
             else:
-                modes = [key for key, value in config.items() if key.startswith("pooling_mode") and value]
-                raise ValueError(f"unsupported sentence-transformers pooling {modes} in {directory}")
+                modes = [
+                    key for key, value in config.items() if key.startswith("pooling_mode") and value
+                ]
+                raise ValueError(
+                    f"unsupported sentence-transformers pooling {modes} in {directory}"
+                )
         elif kind.endswith("Normalize"):
             normalize = True
-    max_length = _read_json(directory / "sentence_bert_config.json").get("max_seq_length")
+    max_length = (_read_json(directory / "sentence_bert_config.json") or {}).get("max_seq_length")
     return SentenceTransformerConfig(pooling, normalize, max_length)

