@@ -52,6 +52,7 @@ class Settings(BaseSettings):
 
     # Request limits
     max_inputs_per_request: int = Field(256, ge=1)
+    max_candidate_labels: int = Field(32, ge=1, description="Zero-shot labels per request.")
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

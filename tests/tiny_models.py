@@ -45,3 +45,21 @@ def build_tiny_bert(target: Path) -> Path:
     BertModel(tiny_bert_config()).save_pretrained(target)
     copy_tokenizer(target)
     return target
+
+
+def build_tiny_classifier(target: Path, labels: list[str], problem_type: str | None = None) -> Path:
+    """A random 2-layer BertForSequenceClassification directory with named labels."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(1)
+    target.mkdir(parents=True, exist_ok=True)
+    config = tiny_bert_config(
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: index for index, label in enumerate(labels)},
+        problem_type=problem_type,
+    )
+    BertForSequenceClassification(config).save_pretrained(target)
+    copy_tokenizer(target)
+    return target

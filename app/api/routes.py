@@ -12,6 +12,8 @@ from starlette.responses import Response
 from app.api.errors import PayloadTooLarge, error_response
 from app.api.lifecycle import ServerState
 from app.api.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
     EncodeRequest,
     EncodeResponse,
     ErrorResponse,
@@ -20,7 +22,8 @@ from app.api.schemas import (
     StatusResponse,
     as_list,
 )
-from app.engine.model import EncoderModel
+from app.engine.errors import InvalidInput
+from app.engine.model import ClassifyOptions, ServedModel
 
 router = APIRouter()
 
@@ -48,7 +51,7 @@ def checked_inputs(request: Request, inputs: str | list[str]) -> list[str]:
     return texts
 
 
-def use_model(request: Request, model: EncoderModel) -> EncoderModel:
+def use_model(request: Request, model: ServedModel) -> ServedModel:
     request.state.model = model.name  # the `model` label of this request's metrics
     return model
 
@@ -71,6 +74,33 @@ async def encode(body: EncodeRequest, request: Request) -> Response:
     )
 
 
+@router.post("/classify", response_model=ClassifyResponse, responses=ERRORS, tags=["inference"])
+async def classify(body: ClassifyRequest, request: Request) -> Response:
+    """Label scores per input, highest first: a classifier's labels, or zero-shot candidates."""
+    texts = checked_inputs(request, body.inputs)
+    state = server(request)
+    labels = body.candidate_labels
+    options = ClassifyOptions(body.truncate, body.top_k, body.raw_scores, body.multi_label)
+    if labels is None:
+        model = use_model(request, state.registry.get(body.model, "classification"))
+        result = await model.classify(texts, options)
+    else:
+        limit = state.settings.max_candidate_labels
+        if len(labels) > limit:
+            raise InvalidInput(f"{len(labels)} candidate_labels; the limit is {limit}")
+        model = use_model(request, state.registry.get(body.model, "embedding"))
+        result = await model.zero_shot(texts, labels, body.hypothesis_template, options)
+    return json_response(
+        {
+            "model": model.name,
+            "results": [
+                [{"label": s.label, "score": s.score} for s in scores] for scores in result.results
+            ],
+            "usage": {"tokens": result.tokens},
+        }
+    )
+
+
 @router.get("/models", response_model=ModelsResponse, responses=ERRORS, tags=["models"])
 async def list_models(request: Request) -> ModelsResponse:
     """Every loaded model with its task, labels and serving configuration."""
@@ -82,8 +112,8 @@ async def list_models(request: Request) -> ModelsResponse:
                 labels=model.manifest.labels,
                 dimensions=model.manifest.dimensions,
                 max_length=model.manifest.max_length,
-                backend=model.backend.name,
-                device=model.backend.device,
+                backend=model.encoder.backend.name,
+                device=model.encoder.backend.device,
                 precision="fp32",
                 pooling=model.manifest.pooling,
             )

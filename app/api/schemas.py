@@ -12,6 +12,8 @@ from pydantic import (
     field_validator,
 )
 
+from app.engine.classification import DEFAULT_HYPOTHESIS_TEMPLATE
+
 
 class _Request(BaseModel):
     # Unknown fields are refused rather than silently ignored: a typo must not change results.
@@ -60,6 +62,58 @@ class EncodeRequest(_Request):
         return value
 
 
+class ClassifyRequest(_Request):
+    inputs: str | list[str] = Field(description="A text or a non-empty list of texts.")
+    model: str | None = Field(
+        None,
+        description="Model name; defaults to the first classification model, or with "
+        "candidate_labels to the first embedding model.",
+    )
+    top_k: int | None = Field(None, ge=1, description="Keep the K best labels per input.")
+    raw_scores: bool = Field(False, description="Logits (or cosines) instead of probabilities.")
+    multi_label: bool = Field(False, description="Score each label on its own (sigmoid).")
+    truncate: bool = Field(True, description="Cut inputs to the model's max length (else 422).")
+    candidate_labels: list[str] | None = Field(
+        None, description="Zero-shot: score these labels with an embedding model."
+    )
+    hypothesis_template: str = Field(
+        DEFAULT_HYPOTHESIS_TEMPLATE,
+        description="Zero-shot: each label is embedded as this template with {} filled in.",
+    )
+
+    _check_inputs = field_validator("inputs", mode="wrap")(check_texts)
+
+    @field_validator("candidate_labels")
+    @classmethod
+    def _distinct_labels(cls, labels: list[str] | None) -> list[str] | None:
+        if labels is None:
+            return None
+        if not labels:
+            raise ValueError("must not be empty; omit it to use the model's own labels")
+        if any(not label.strip() for label in labels):
+            raise ValueError("labels must not be empty strings")
+        duplicates = sorted({label for label in labels if labels.count(label) > 1})
+        if duplicates:
+            raise ValueError(f"labels must be distinct; repeated: {duplicates}")
+        return labels
+
+    @field_validator("hypothesis_template")
+    @classmethod
+    def _one_placeholder(cls, template: str) -> str:
+        try:
+            filled = template.format("label")
+        except (IndexError, KeyError, ValueError):
+            filled = None
+        if template.count("{}") != 1 or filled is None:
+            raise ValueError("must contain exactly one {} placeholder and no other braces")
+        return template
+
+
+class LabelScoreOut(BaseModel):
+    label: str
+    score: float
+
+
 class Usage(BaseModel):
     tokens: int
 
@@ -68,6 +122,12 @@ class EncodeResponse(BaseModel):
     model: str
     dimensions: int
     embeddings: list[list[float]]
+    usage: Usage
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    results: list[list[LabelScoreOut]]
     usage: Usage
 
 

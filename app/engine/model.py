@@ -1,102 +1,73 @@
-"""A served model: tokenizer, backend and batcher of one model, and its `embed` operation."""
+"""A served model: what a request can ask of it (embed, classify, zero-shot), over its encoder."""
 
 from __future__ import annotations
 
-import asyncio
-import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from app.backends.base import Backend
-from app.engine.batcher import BatchLimits, DynamicBatcher
-from app.engine.errors import DeadlineExceeded, InputTooLong, InvalidInput
+from app.engine import classification
+from app.engine.classification import LabelScore
+from app.engine.encoder import Encoder
+from app.engine.errors import InvalidInput
+from app.engine.heads import ClassifierHead
 from app.engine.manifest import ModelManifest
 from app.engine.pooling import normalize as normalize_rows
-from app.engine.pooling import pool
-from app.engine.tokenization import TextTokenizer, TokenizedText, pad_batch
 from app.metrics import Metrics
 
-# Above this many characters a request is tokenized in a worker thread, so one
-# large request cannot stall the event loop for everyone else.
-INLINE_TOKENIZE_CHARS = 4096
+# Zero-shot label embeddings kept per model: (template, label) -> vector.
+LABEL_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
 class Embeddings:
-    vectors: np.ndarray  # float32, (inputs, dimensions)
-    tokens: int  # tokens processed, without padding
+    vectors: np.ndarray  # float32 (inputs, dimensions)
+    tokens: int
 
 
-class EncoderModel:
-    """One model of the repository, ready to serve."""
+@dataclass(frozen=True)
+class ClassifyOptions:
+    truncate: bool = True
+    top_k: int | None = None  # keep the K best labels per input
+    raw_scores: bool = False  # logits (or cosines) instead of probabilities
+    multi_label: bool = False  # each label on its own (sigmoid) instead of a softmax
+
+
+@dataclass(frozen=True)
+class Classification:
+    results: list[list[LabelScore]]  # per input, highest score first
+    tokens: int
+
+
+class ServedModel:
+    """One model of the repository, as requests see it."""
 
     def __init__(
         self,
         manifest: ModelManifest,
-        tokenizer: TextTokenizer,
-        backend: Backend,
-        limits: BatchLimits,
-        request_timeout_s: float,
+        encoder: Encoder,
+        head: ClassifierHead | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.manifest = manifest
-        self.tokenizer = tokenizer
-        self.backend = backend
-        self.request_timeout_s = request_timeout_s
+        self.encoder = encoder
+        self.head = head
         self._metrics = metrics
-        self.batcher: DynamicBatcher[TokenizedText, np.ndarray] = DynamicBatcher(
-            manifest.name, self.forward, limits, metrics
-        )
+        self._label_vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
     @property
     def name(self) -> str:
         return self.manifest.name
 
-    def forward(self, items: list[TokenizedText]) -> list[np.ndarray]:
-        """One padded forward pass (worker thread): pooled, unnormalized vectors."""
-        inputs = pad_batch(items)
-        hidden = self.backend.run(inputs)["last_hidden_state"]
-        pooled = pool(hidden, inputs["attention_mask"], self.manifest.pooling)
-        return list(pooled.astype(np.float32, copy=False))
+    @property
+    def task(self) -> str:
+        return self.manifest.task
 
-    async def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[TokenizedText]:
-        batch = list(texts)
-        if sum(map(len, batch)) > INLINE_TOKENIZE_CHARS:
-            encoded = await asyncio.to_thread(self.tokenizer.encode, batch)
-        else:
-            encoded = self.tokenizer.encode(batch)
-        if not truncate:
-            for index, item in enumerate(encoded):
-                if item.truncated:
-                    raise InputTooLong(
-                        f"inputs[{index}] is longer than the model's max length of "
-                        f"{self.manifest.max_length} tokens; shorten it or set truncate to true"
-                    )
-        return encoded
-
-    async def pooled(self, texts: Sequence[str], *, truncate: bool = True) -> Embeddings:
-        """Pooled vectors of `texts`, in input order, through the batcher."""
-        started = time.monotonic()
-        encoded = await self.tokenize(texts, truncate=truncate)
-        futures = self.batcher.submit(
-            [(item, item.tokens) for item in encoded], self.request_timeout_s
-        )
-        tokens = sum(item.tokens for item in encoded)
-        remaining = self.request_timeout_s - (time.monotonic() - started)
-        try:
-            vectors = await asyncio.wait_for(asyncio.gather(*futures), max(remaining, 0.0))
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"no answer within the request timeout of {self.request_timeout_s:g} s"
-            ) from None
-        finally:
-            for future in futures:
-                future.cancel()  # no-op when done; drops queued inputs when the caller left
+    def _count_tokens(self, tokens: int) -> None:
         if self._metrics is not None:
             self._metrics.tokens.labels(self.name).inc(tokens)
-        return Embeddings(np.stack(vectors), tokens)
 
     async def embed(
         self,
@@ -107,15 +78,75 @@ class EncoderModel:
         dimensions: int | None = None,
     ) -> Embeddings:
         """Sentence embeddings, optionally cut to `dimensions` (Matryoshka) and normalized."""
+        if self.task != "embedding":
+            raise InvalidInput(f"model '{self.name}' is a {self.task} model; use POST /classify")
         if dimensions is not None and not 1 <= dimensions <= self.manifest.dimensions:
             raise InvalidInput(
                 f"dimensions must be between 1 and {self.manifest.dimensions} for model "
                 f"'{self.name}', got {dimensions}"
             )
-        result = await self.pooled(texts, truncate=truncate)
-        vectors = result.vectors
+        output = await self.encoder.run(texts, truncate=truncate)
+        self._count_tokens(output.tokens)
+        vectors = output.vectors
         if dimensions is not None:
             vectors = vectors[:, :dimensions]
         if normalize:
             vectors = normalize_rows(vectors)
-        return Embeddings(vectors.astype(np.float32, copy=False), result.tokens)
+        return Embeddings(vectors.astype(np.float32, copy=False), output.tokens)
+
+    async def classify(
+        self, texts: Sequence[str], options: ClassifyOptions = ClassifyOptions()
+    ) -> Classification:
+        """Scores of a classification model's labels (softmax; sigmoid when multi-label)."""
+        if self.task != "classification":
+            raise InvalidInput(
+                f"model '{self.name}' is an embedding model: give candidate_labels for "
+                "zero-shot classification, or choose a classification model"
+            )
+        output = await self.encoder.run(texts, truncate=options.truncate)
+        self._count_tokens(output.tokens)
+        logits = output.vectors
+        if self.head is not None:
+            logits = self.head.logits(normalize_rows(logits))
+        multi = options.multi_label or self.manifest.problem_type == "multi_label_classification"
+        scores = classification.classifier_scores(logits, raw=options.raw_scores, multi_label=multi)
+        ranked = classification.ranked(scores, self.manifest.labels, options.top_k)
+        return Classification(ranked, output.tokens)
+
+    async def zero_shot(
+        self,
+        texts: Sequence[str],
+        labels: list[str],
+        template: str = classification.DEFAULT_HYPOTHESIS_TEMPLATE,
+        options: ClassifyOptions = ClassifyOptions(),
+    ) -> Classification:
+        """Score `labels` by the cosine similarity of each text to the filled-in template."""
+        if self.task != "embedding":
+            raise InvalidInput(
+                f"candidate_labels (zero-shot) needs an embedding model; '{self.name}' is a "
+                f"{self.task} model with fixed labels"
+            )
+        text_vectors = await self.embed(texts, truncate=options.truncate)
+        label_vectors = await self._label_embeddings(template, labels)
+        similarities = text_vectors.vectors @ label_vectors.T
+        scores = classification.zero_shot_scores(
+            similarities, raw=options.raw_scores, multi_label=options.multi_label
+        )
+        ranked = classification.ranked(scores, labels, options.top_k)
+        return Classification(ranked, text_vectors.tokens)
+
+    async def _label_embeddings(self, template: str, labels: list[str]) -> np.ndarray:
+        """Normalized embeddings of the filled templates, cached per (template, label)."""
+        cache = self._label_vectors
+        missing = [label for label in labels if (template, label) not in cache]
+        if missing:
+            fresh = await self.embed([template.format(label) for label in missing])
+            for label, vector in zip(missing, fresh.vectors, strict=True):
+                cache[(template, label)] = vector
+        vectors = []
+        for label in labels:
+            cache.move_to_end((template, label))
+            vectors.append(cache[(template, label)])
+        while len(cache) > LABEL_CACHE_SIZE:
+            cache.popitem(last=False)
+        return np.stack(vectors)

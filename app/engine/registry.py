@@ -9,9 +9,11 @@ from pathlib import Path
 from app.backends.onnx import OnnxBackend
 from app.config import Settings
 from app.engine.batcher import BatchLimits
-from app.engine.errors import InvalidInput, ModelLoadError, ModelNotFound
+from app.engine.encoder import Encoder
+from app.engine.errors import ModelLoadError, ModelNotFound
+from app.engine.heads import ClassifierHead
 from app.engine.manifest import MANIFEST_FILE, ModelManifest, Task
-from app.engine.model import EncoderModel
+from app.engine.model import ServedModel
 from app.engine.tokenization import TextTokenizer
 from app.metrics import Metrics
 
@@ -45,15 +47,9 @@ def batch_limits(settings: Settings, manifest: ModelManifest) -> BatchLimits:
     )
 
 
-def load_model(directory: Path, settings: Settings, metrics: Metrics | None) -> EncoderModel:
-    """Load one model directory; any failure names the model and the file."""
-    manifest_path = directory / MANIFEST_FILE
-    try:
-        manifest = ModelManifest.read(directory)
-    except Exception as error:
-        raise ModelLoadError(
-            f"model '{directory.name}': cannot read {manifest_path}: {error}"
-        ) from error
+def load_encoder(directory: Path, settings: Settings, metrics: Metrics | None) -> Encoder:
+    """Load the graph and tokenizer of one model directory; failures name the model and file."""
+    manifest = read_manifest(directory)
     precision = "fp32"
     graph = directory / manifest.files.get(precision, "")
     tokenizer_path = directory / manifest.tokenizer
@@ -73,22 +69,40 @@ def load_model(directory: Path, settings: Settings, metrics: Metrics | None) -> 
         backend = OnnxBackend(graph, threads=settings.intra_op_threads, device=settings.device)
     except Exception as error:
         raise ModelLoadError(f"model '{manifest.name}': cannot load {graph}: {error}") from error
-    if metrics is not None:
-        metrics.model_info.labels(manifest.name, manifest.task, backend.name, precision).set(1)
-    return EncoderModel(
-        manifest,
-        tokenizer,
-        backend,
-        batch_limits(settings, manifest),
-        settings.request_timeout_s,
-        metrics,
-    )
+    limits = batch_limits(settings, manifest)
+    return Encoder(manifest, tokenizer, backend, limits, settings.request_timeout_s, metrics)
+
+
+def read_manifest(directory: Path) -> ModelManifest:
+    try:
+        return ModelManifest.read(directory)
+    except Exception as error:
+        raise ModelLoadError(
+            f"model '{directory.name}': cannot read {directory / MANIFEST_FILE}: {error}"
+        ) from error
+
+
+def load_head(directory: Path, manifest: ModelManifest, base: Encoder) -> ClassifierHead:
+    path = directory / str(manifest.head)
+    try:
+        head = ClassifierHead.load(path)
+    except Exception as error:
+        raise ModelLoadError(
+            f"model '{manifest.name}': cannot load head {path}: {error}"
+        ) from error
+    expected = (base.manifest.dimensions, len(manifest.labels))
+    if (head.input_size, head.output_size) != expected:
+        raise ModelLoadError(
+            f"model '{manifest.name}': head {path} maps {head.input_size} -> {head.output_size}, "
+            f"but base '{base.name}' gives {expected[0]} dims and there are {expected[1]} labels"
+        )
+    return head
 
 
 class ModelRegistry:
     """The loaded models by name, and the default model of each task."""
 
-    def __init__(self, models: list[EncoderModel], default_order: list[str]) -> None:
+    def __init__(self, models: list[ServedModel], default_order: list[str]) -> None:
         self._models = {model.name: model for model in models}
         # Defaults: the preferred names first, then the rest alphabetically.
         preferred = [name for name in default_order if name in self._models]
@@ -96,36 +110,62 @@ class ModelRegistry:
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics | None = None) -> ModelRegistry:
+        """Load every selected model; a head model shares its base model's encoder."""
         directories = discover(settings.models_dir, settings.models)
         if not directories:
             raise ModelLoadError(
                 f"no models under {settings.models_dir}: run `make models` to build the defaults"
             )
-        models = [load_model(directory, settings, metrics) for directory in directories]
+        encoders: dict[str, Encoder] = {}
+
+        def encoder_of(name: str) -> Encoder:
+            if name not in encoders:
+                directory = settings.models_dir / name
+                if "/" in name or not (directory / MANIFEST_FILE).is_file():
+                    raise ModelLoadError(
+                        f"base model '{name}' has no {MANIFEST_FILE} in {settings.models_dir}"
+                    )
+                encoders[name] = load_encoder(directory, settings, metrics)
+            return encoders[name]
+
+        models = []
+        for directory in directories:
+            manifest = read_manifest(directory)
+            if manifest.base is None:
+                models.append(ServedModel(manifest, encoder_of(directory.name), None, metrics))
+                continue
+            base = encoder_of(manifest.base)
+            head = load_head(directory, manifest, base) if manifest.head else None
+            models.append(ServedModel(manifest, base, head, metrics))
+        if metrics is not None:
+            for model in models:
+                info = (model.name, model.task, model.encoder.backend.name, "fp32")
+                metrics.model_info.labels(*info).set(1)
         return cls(models, settings.default_models)
 
-    def __iter__(self) -> Iterator[EncoderModel]:
+    def __iter__(self) -> Iterator[ServedModel]:
         return (self._models[name] for name in self._order)
 
-    def get(self, name: str | None, task: Task) -> EncoderModel:
-        """The named model, or the default model for `task` when no name is given."""
+    def get(self, name: str | None, task: Task) -> ServedModel:
+        """The named model (of any task), or the default model for `task` when no name is given."""
         if name is None:
             for candidate in self:
-                if candidate.manifest.task == task:
+                if candidate.task == task:
                     return candidate
             raise ModelNotFound(f"no loaded model serves the task '{task}'")
         found = self._models.get(name)
         if found is None:
             raise ModelNotFound(f"model '{name}' is not loaded (loaded: {', '.join(self._order)})")
-        if found.manifest.task != task:
-            raise InvalidInput(
-                f"model '{name}' is a {found.manifest.task} model and does not serve {task}"
-            )
         return found
 
+    @property
+    def encoders(self) -> list[Encoder]:
+        """Each encoder once, though several models may share it."""
+        unique = {id(model.encoder): model.encoder for model in self}
+        return list(unique.values())
+
     def warm_up(self) -> None:
-        """One forward pass per model, off the event loop, before the server reports ready."""
-        for model in self:
-            items = model.tokenizer.encode([WARMUP_TEXT])
-            model.forward(items)
-            log.info("model %s warmed up", model.name)
+        """One forward pass per encoder, off the event loop, before the server reports ready."""
+        for encoder in self.encoders:
+            encoder.forward(encoder.tokenizer.encode([WARMUP_TEXT]))
+            log.info("model %s warmed up", encoder.name)

@@ -11,15 +11,16 @@ from typing import Any
 
 import onnxruntime as ort
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from app.backends.onnx import OnnxBackend
-from app.engine.manifest import ModelManifest, Pooling
+from app.engine.manifest import ModelManifest, Pooling, Task
 from app.engine.tokenization import TextTokenizer, pad_batch
-from app.export.parity import ParityReport, compare_states, parity_texts
+from app.export.parity import ParityReport, compare_logits, compare_states, parity_texts
 from app.export.source import read_sentence_transformer_config, resolve_source
 
 MIN_COSINE = 0.9999
+MAX_LOGIT_DIFF = 1e-3
 GRAPH_FILE = "model.onnx"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 OPSET = 17
@@ -33,17 +34,23 @@ def progress(step: int, total: int, message: str) -> None:
     print(f"[{step}/{total}] {message}", file=sys.stderr, flush=True)
 
 
+# What the graph returns, by task: token states to pool, or a classifier's logits.
+OUTPUT_OF_TASK = {"embedding": "last_hidden_state", "classification": "logits"}
+
+
 class _KeywordEncoder(torch.nn.Module):
     """Calls the model with keyword arguments: transformers 5.x breaks positional export."""
 
-    def __init__(self, model: torch.nn.Module, input_names: list[str]) -> None:
+    def __init__(self, model: torch.nn.Module, input_names: list[str], output: str) -> None:
         super().__init__()
         self.model = model
         self.input_names = input_names
+        self.output = output
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         outputs = self.model(**dict(zip(self.input_names, inputs, strict=True)))
-        return outputs.last_hidden_state
+        result: torch.Tensor = getattr(outputs, self.output)
+        return result
 
 
 def model_input_names(model: torch.nn.Module) -> list[str]:
@@ -52,17 +59,17 @@ def model_input_names(model: torch.nn.Module) -> list[str]:
     return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
 
 
-def export_graph(model: torch.nn.Module, path: Path, input_names: list[str]) -> None:
-    wrapper = _KeywordEncoder(model, input_names).eval()
+def export_graph(model: torch.nn.Module, path: Path, input_names: list[str], output: str) -> None:
+    wrapper = _KeywordEncoder(model, input_names, output).eval()
     example = tuple(torch.ones((2, 8), dtype=torch.int64) for _ in input_names)
     axes = {name: {0: "batch", 1: "tokens"} for name in input_names}
-    axes["last_hidden_state"] = {0: "batch", 1: "tokens"}
+    axes[output] = {0: "batch", 1: "tokens"} if output == "last_hidden_state" else {0: "batch"}
     torch.onnx.export(
         wrapper,
         example,
         str(path),
         input_names=input_names,
-        output_names=["last_hidden_state"],
+        output_names=[output],
         dynamic_axes=axes,
         opset_version=OPSET,
         dynamo=False,
@@ -93,17 +100,24 @@ def optimize_graph(path: Path, target: Path, config: Any) -> bool:
 
 
 def check_parity(
-    model: torch.nn.Module, graph: Path, tokenizer: TextTokenizer, pooling: Pooling
+    model: torch.nn.Module, graph: Path, tokenizer: TextTokenizer, pooling: Pooling, output: str
 ) -> ParityReport:
     """Run the parity texts as one padded batch through PyTorch and ONNX Runtime."""
     inputs = pad_batch(tokenizer.encode(parity_texts()))
     names = model_input_names(model)
     with torch.inference_mode():
-        reference = model(**{n: torch.from_numpy(inputs[n]) for n in names}).last_hidden_state
-    candidate = OnnxBackend(graph, threads=ort_threads(), device="cpu").run(inputs)
-    return compare_states(
-        reference.numpy(), candidate["last_hidden_state"], inputs["attention_mask"], pooling
-    )
+        reference = getattr(model(**{n: torch.from_numpy(inputs[n]) for n in names}), output)
+    candidate = OnnxBackend(graph, threads=ort_threads(), device="cpu").run(inputs)[output]
+    if output == "logits":
+        return compare_logits(reference.numpy(), candidate)
+    return compare_states(reference.numpy(), candidate, inputs["attention_mask"], pooling)
+
+
+def parity_holds(report: ParityReport, output: str) -> bool:
+    # Logits are compared absolutely too: a tiny cosine error on near-zero logits could
+    # still flip a close decision.
+    within = output != "logits" or report.max_abs_diff <= MAX_LOGIT_DIFF
+    return report.min_cosine >= MIN_COSINE and within
 
 
 def ort_threads() -> int:
@@ -115,18 +129,18 @@ def export_model(
     name: str,
     models_dir: Path,
     *,
-    task: str = "embedding",
+    task: Task = "embedding",
     max_length: int | None = None,
 ) -> ModelManifest:
     """Export SOURCE into `models_dir/name`, replacing it only once parity holds."""
-    if task != "embedding":
-        raise ValueError(f"task '{task}' is not supported by the exporter yet")
+    output = OUTPUT_OF_TASK[task]
     total = 5
     progress(1, total, f"resolving {source}")
     directory = resolve_source(source)
     st_config = read_sentence_transformer_config(directory)
     config = AutoConfig.from_pretrained(directory)
-    pooling: Pooling = "cls" if st_config.pooling == "cls" else "mean"
+    # Classifiers pool inside the graph (BERT's pooler reads the first token).
+    pooling: Pooling = "cls" if task == "classification" or st_config.pooling == "cls" else "mean"
     hf_tokenizer = AutoTokenizer.from_pretrained(directory)
     length = (
         max_length
@@ -135,7 +149,8 @@ def export_model(
     )
 
     progress(2, total, f"loading {config.model_type} weights from {directory}")
-    model = AutoModel.from_pretrained(directory, attn_implementation="eager").eval()
+    auto = AutoModelForSequenceClassification if task == "classification" else AutoModel
+    model = auto.from_pretrained(directory, attn_implementation="eager").eval()
     input_names = model_input_names(model)
 
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=models_dir) as scratch:
@@ -150,22 +165,23 @@ def export_model(
 
         progress(3, total, f"exporting ONNX graph (opset {OPSET}, dynamic batch and tokens)")
         raw = work / "raw.onnx"
-        export_graph(model, raw, input_names)
+        export_graph(model, raw, input_names, output)
 
         progress(4, total, "applying ONNX Runtime transformer optimizations; checking parity")
-        raw_parity = check_parity(model, raw, tokenizer, pooling)
-        graph, parity, optimized_with = raw, raw_parity, "none"
+        parity = check_parity(model, raw, tokenizer, pooling, output)
+        graph, optimized_with = raw, "none"
+        print(f"      raw graph  : {parity}", file=sys.stderr)
         fused = work / "fused.onnx"
         if optimize_graph(raw, fused, config):
-            fused_parity = check_parity(model, fused, tokenizer, pooling)
-            print(f"      raw graph  : {raw_parity}", file=sys.stderr)
+            fused_parity = check_parity(model, fused, tokenizer, pooling, output)
             print(f"      fused graph: {fused_parity}", file=sys.stderr)
-            if fused_parity.min_cosine >= MIN_COSINE:
+            if parity_holds(fused_parity, output):
                 graph, parity, optimized_with = fused, fused_parity, "onnxruntime.transformers bert"
-        if parity.min_cosine < MIN_COSINE:
+        if not parity_holds(parity, output):
             raise ParityError(
                 f"exported graph disagrees with PyTorch: min cosine {parity.min_cosine:.6f} "
-                f"< {MIN_COSINE}; the model was not written"
+                f"(gate {MIN_COSINE}), max abs diff {parity.max_abs_diff:.2e}; "
+                "the model was not written"
             )
         graph.rename(work / GRAPH_FILE)
         for leftover in (raw, fused):
@@ -173,7 +189,7 @@ def export_model(
 
         manifest = ModelManifest(
             name=name,
-            task="embedding",
+            task=task,
             source=source,
             pooling=pooling,
             normalize=st_config.normalize,
@@ -181,10 +197,13 @@ def export_model(
             dimensions=int(config.hidden_size),
             num_layers=int(config.num_hidden_layers),
             num_heads=int(config.num_attention_heads),
+            labels=class_labels(config) if task == "classification" else [],
+            problem_type=getattr(config, "problem_type", None) or "single_label_classification",
             files={"fp32": GRAPH_FILE},
             parity={
                 "fp32": {
                     **parity.as_dict(),
+                    "compared": output,
                     "reference": f"transformers {config.model_type} (PyTorch, eager attention)",
                     "graph_optimization": optimized_with,
                     "onnxruntime": ort.__version__,
@@ -200,6 +219,12 @@ def export_model(
         # TemporaryDirectory's cleanup tolerates the directory having moved away.
         work.mkdir()
     return manifest
+
+
+def class_labels(config: Any) -> list[str]:
+    """Label names in logit order, from the config's id2label."""
+    id2label = {int(index): str(label) for index, label in config.id2label.items()}
+    return [id2label[index] for index in range(len(id2label))]
 
 
 def is_built(models_dir: Path, name: str) -> bool:

@@ -58,3 +58,10 @@ def compare_states(
     b = normalize(pool(candidate, attention_mask, pooling))
     cosines = (a * b).sum(axis=1)
     return ParityReport(len(reference), max_abs, float(cosines.min()))
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> ParityReport:
+    """Compare two (batch, labels) logit arrays."""
+    max_abs = float(np.abs(reference - candidate).max())
+    cosines = (normalize(reference) * normalize(candidate)).sum(axis=1)
+    return ParityReport(len(reference), max_abs, float(cosines.min()))

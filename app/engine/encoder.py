@@ -1,0 +1,104 @@
+"""An encoder: one graph with its tokenizer, backend and batcher, turning texts into vectors.
+
+Several served models may share one encoder (a trained head on a base model), so
+their inputs go through the same batches and the same forward passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.backends.base import Backend
+from app.engine.batcher import BatchLimits, DynamicBatcher
+from app.engine.errors import DeadlineExceeded, InputTooLong
+from app.engine.manifest import ModelManifest
+from app.engine.pooling import pool
+from app.engine.tokenization import TextTokenizer, TokenizedText, pad_batch
+from app.metrics import Metrics
+
+# Above this many characters a request is tokenized in a worker thread, so one
+# large request cannot stall the event loop for everyone else.
+INLINE_TOKENIZE_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class EncoderOutput:
+    vectors: np.ndarray  # float32 (inputs, width): pooled states, or logits for classifier graphs
+    tokens: int  # tokens processed, without padding
+
+
+class Encoder:
+    """Runs texts through one model graph in dynamic batches."""
+
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        tokenizer: TextTokenizer,
+        backend: Backend,
+        limits: BatchLimits,
+        request_timeout_s: float,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.request_timeout_s = request_timeout_s
+        self.batcher: DynamicBatcher[TokenizedText, np.ndarray] = DynamicBatcher(
+            manifest.name, self.forward, limits, metrics
+        )
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def forward(self, items: list[TokenizedText]) -> list[np.ndarray]:
+        """One padded forward pass (worker thread): a vector per input, in order."""
+        inputs = pad_batch(items)
+        outputs = self.backend.run(inputs)
+        if "logits" in outputs:  # a sequence-classification graph pools and classifies itself
+            vectors = outputs["logits"]
+        else:
+            vectors = pool(
+                outputs["last_hidden_state"], inputs["attention_mask"], self.manifest.pooling
+            )
+        return list(vectors.astype(np.float32, copy=False))
+
+    async def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[TokenizedText]:
+        batch = list(texts)
+        if sum(map(len, batch)) > INLINE_TOKENIZE_CHARS:
+            encoded = await asyncio.to_thread(self.tokenizer.encode, batch)
+        else:
+            encoded = self.tokenizer.encode(batch)
+        if not truncate:
+            for index, item in enumerate(encoded):
+                if item.truncated:
+                    raise InputTooLong(
+                        f"inputs[{index}] is longer than the model's max length of "
+                        f"{self.manifest.max_length} tokens; shorten it or set truncate to true"
+                    )
+        return encoded
+
+    async def run(self, texts: Sequence[str], *, truncate: bool = True) -> EncoderOutput:
+        """Vectors of `texts`, in input order, through the batcher, within the request timeout."""
+        started = time.monotonic()
+        encoded = await self.tokenize(texts, truncate=truncate)
+        futures = self.batcher.submit(
+            [(item, item.tokens) for item in encoded], self.request_timeout_s
+        )
+        tokens = sum(item.tokens for item in encoded)
+        remaining = self.request_timeout_s - (time.monotonic() - started)
+        try:
+            vectors = await asyncio.wait_for(asyncio.gather(*futures), max(remaining, 0.0))
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no answer within the request timeout of {self.request_timeout_s:g} s"
+            ) from None
+        finally:
+            for future in futures:
+                future.cancel()  # no-op when done; drops queued inputs when the caller left
+        return EncoderOutput(np.stack(vectors), tokens)
