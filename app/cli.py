@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="export an encoder into the model repository")
     export.add_argument("source", help="Hugging Face model directory or installed model package")
     export.add_argument("--name", required=True, help="model name (its directory under models/)")
-    export.add_argument("--task", default="embedding", choices=["embedding"])
+    export.add_argument("--task", default="embedding", choices=["embedding", "classification"])
     export.add_argument("--max-length", type=int, help="max tokens per input (default: model's)")
     export.add_argument("--models-dir", type=Path, help="model repository (default: models)")
     export.add_argument(
