@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     # Request limits
     max_inputs_per_request: int = Field(256, ge=1)
     max_candidate_labels: int = Field(32, ge=1, description="Zero-shot labels per request.")
+    max_attention_tokens: int = Field(128, ge=2, description="Tokens of an /attention input.")
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -17,10 +17,6 @@ from app.engine import errors
 log = logging.getLogger(__name__)
 
 
-class PayloadTooLarge(Exception):
-    """A request over one of the size limits (body, inputs per request, characters)."""
-
-
 # Engine error -> (status, error type). Subclasses before their bases.
 _STATUS: list[tuple[type[Exception], int, str]] = [
     (errors.InputTooLong, 422, "input_too_long"),
@@ -30,7 +26,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (errors.DeadlineExceeded, 504, "deadline_exceeded"),
     (errors.NotReady, 503, "not_ready"),
     (errors.InferenceFailed, 500, "inference_failed"),
-    (PayloadTooLarge, 413, "payload_too_large"),
+    (errors.PayloadTooLarge, 413, "payload_too_large"),
 ]
 
 _HTTP_TYPES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
@@ -87,5 +83,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(errors.EngineError, _engine_error)
-    app.add_exception_handler(PayloadTooLarge, _engine_error)
     app.add_exception_handler(Exception, _unexpected_error)

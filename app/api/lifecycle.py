@@ -28,7 +28,7 @@ class ServerState:
     @property
     def ready(self) -> bool:
         registry = self._registry
-        return registry is not None and all(encoder.batcher.alive for encoder in registry.encoders)
+        return registry is not None and all(batcher.alive for batcher in registry.batchers)
 
     @property
     def registry(self) -> ModelRegistry:
@@ -40,7 +40,7 @@ class ServerState:
     def not_ready_reason(self) -> str:
         if self._registry is None:
             return "models are still loading"
-        dead = [e.name for e in self._registry.encoders if not e.batcher.alive]
+        dead = [batcher.name for batcher in self._registry.batchers if not batcher.alive]
         return f"batch workers stopped for models: {', '.join(dead)}"
 
     async def load(self) -> None:
@@ -55,12 +55,12 @@ class ServerState:
             if self.request_shutdown is not None:
                 self.request_shutdown()
             return
-        for encoder in registry.encoders:
-            encoder.batcher.start()
+        for batcher in registry.batchers:
+            batcher.start()
         self._registry = registry
         log.info("ready: serving %s", ", ".join(model.name for model in registry))
 
     async def close(self) -> None:
         if self._registry is not None:
-            for encoder in self._registry.encoders:
-                await encoder.batcher.stop()
+            for batcher in self._registry.batchers:
+                await batcher.stop()

@@ -9,9 +9,11 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from app.api.errors import PayloadTooLarge, error_response
+from app.api.errors import error_response
 from app.api.lifecycle import ServerState
 from app.api.schemas import (
+    AttentionRequest,
+    AttentionResponse,
     ClassifyRequest,
     ClassifyResponse,
     EncodeRequest,
@@ -22,7 +24,7 @@ from app.api.schemas import (
     StatusResponse,
     as_list,
 )
-from app.engine.errors import InvalidInput
+from app.engine.errors import InvalidInput, PayloadTooLarge
 from app.engine.model import ClassifyOptions, ServedModel
 
 router = APIRouter()
@@ -97,6 +99,33 @@ async def classify(body: ClassifyRequest, request: Request) -> Response:
                 [{"label": s.label, "score": s.score} for s in scores] for scores in result.results
             ],
             "usage": {"tokens": result.tokens},
+        }
+    )
+
+
+@router.post("/attention", response_model=AttentionResponse, responses=ERRORS, tags=["inference"])
+async def attention(body: AttentionRequest, request: Request) -> Response:
+    """Attention probabilities of one input: per head, averaged over heads, or rolled out."""
+    state = server(request)
+    model = use_model(request, state.registry.get(body.model, "embedding"))
+    result = await model.attention(
+        body.inputs,
+        layers=body.layers,
+        heads=body.heads,
+        how=body.aggregate,
+        truncate=body.truncate,
+    )
+    return json_response(
+        {
+            "model": model.name,
+            "tokens": [token.text for token in result.tokens],
+            "special": [token.special for token in result.tokens],
+            "num_layers": result.num_layers,
+            "num_heads": result.num_heads,
+            "layers": result.layers,
+            "heads": result.heads,
+            "attentions": result.attentions,
+            "usage": {"tokens": len(result.tokens)},
         }
     )
 

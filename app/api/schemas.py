@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -107,6 +107,44 @@ class ClassifyRequest(_Request):
         if template.count("{}") != 1 or filled is None:
             raise ValueError("must contain exactly one {} placeholder and no other braces")
         return template
+
+
+class AttentionRequest(_Request):
+    inputs: str = Field(description="One text (attention maps are per input).")
+    model: str | None = Field(
+        None, description="Model name; defaults to the first embedding model."
+    )
+    layers: list[int] | None = Field(None, description="Layer indices (0-based); default all.")
+    heads: list[int] | None = Field(None, description="Head indices (0-based); default all.")
+    aggregate: Literal["none", "mean", "rollout"] = Field(
+        "mean",
+        description="none: [layer][head][i][j]; mean over heads: [layer][i][j]; "
+        "rollout through the layers: [i][j].",
+    )
+    truncate: bool = Field(
+        True, description="Cut inputs past the attention token limit (else 413)."
+    )
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _one_text(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            raise ValueError("must be one string: attention maps are computed per input")
+        if value == "":
+            raise ValueError("the input is an empty string")
+        return value
+
+
+class AttentionResponse(BaseModel):
+    model: str
+    tokens: list[str]
+    special: list[bool]
+    num_layers: int
+    num_heads: int
+    layers: list[int]
+    heads: list[int]
+    attentions: list[Any]
+    usage: Usage
 
 
 class LabelScoreOut(BaseModel):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.backends.base import Backend
+from app.engine.attention import AttentionEncoder
 from app.engine.batcher import BatchLimits, DynamicBatcher
 from app.engine.errors import DeadlineExceeded, InputTooLong
 from app.engine.manifest import ModelManifest
@@ -51,6 +52,8 @@ class Encoder:
         self.batcher: DynamicBatcher[TokenizedText, np.ndarray] = DynamicBatcher(
             manifest.name, self.forward, limits, metrics
         )
+        # Its own graph, batcher and thread: attention requests never slow this path.
+        self.attention: AttentionEncoder | None = None
 
     @property
     def name(self) -> str:

@@ -15,6 +15,10 @@ class InputTooLong(InvalidInput):
     """An input exceeds the model's max length and truncation was not allowed."""
 
 
+class PayloadTooLarge(EngineError):
+    """A request over one of the size limits (inputs per request, characters, tokens)."""
+
+
 class ModelNotFound(EngineError):
     """No loaded model has the requested name (or none serves the task)."""
 

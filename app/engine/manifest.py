@@ -28,8 +28,8 @@ class ModelManifest:
     files: dict[str, str] = field(default_factory=dict)  # precision -> graph file
     parity: dict[str, Any] = field(default_factory=dict)
     batching: dict[str, float] = field(default_factory=dict)  # per-model batch limit overrides
-    # Classification: "sigmoid" for multi-label models (else softmax over labels).
-    problem_type: str = "single_label_classification"
+    # Classifiers: "multi_label_classification" scores each label with a sigmoid.
+    problem_type: str | None = None
     # A head model: another model of the repository (`base`) runs the encoder, and the
     # small trained head in `head` turns its normalized pooled vector into logits.
     base: str | None = None

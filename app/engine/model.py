@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.engine import classification
+from app.engine.attention import Aggregate, AttentionMap
 from app.engine.classification import LabelScore
 from app.engine.encoder import Encoder
 from app.engine.errors import InvalidInput
@@ -134,6 +135,28 @@ class ServedModel:
         )
         ranked = classification.ranked(scores, labels, options.top_k)
         return Classification(ranked, text_vectors.tokens)
+
+    async def attention(
+        self,
+        text: str,
+        *,
+        layers: list[int] | None = None,
+        heads: list[int] | None = None,
+        how: Aggregate = "mean",
+        truncate: bool = True,
+    ) -> AttentionMap:
+        """Attention probabilities of one text (a head model shows its base encoder's)."""
+        runner = self.encoder.attention
+        if runner is None:
+            raise InvalidInput(
+                f"model '{self.name}' was exported without an attention graph; "
+                "re-run `encoder-serve export` to add one"
+            )
+        result = await runner.attention(
+            text, layers=layers, heads=heads, how=how, truncate=truncate
+        )
+        self._count_tokens(len(result.tokens))
+        return result
 
     async def _label_embeddings(self, template: str, labels: list[str]) -> np.ndarray:
         """Normalized embeddings of the filled templates, cached per (template, label)."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from app.backends.onnx import OnnxBackend
 from app.config import Settings
-from app.engine.batcher import BatchLimits
+from app.engine.attention import AttentionEncoder
+from app.engine.batcher import BatchLimits, DynamicBatcher
 from app.engine.encoder import Encoder
 from app.engine.errors import ModelLoadError, ModelNotFound
 from app.engine.heads import ClassifierHead
@@ -70,7 +72,31 @@ def load_encoder(directory: Path, settings: Settings, metrics: Metrics | None) -
     except Exception as error:
         raise ModelLoadError(f"model '{manifest.name}': cannot load {graph}: {error}") from error
     limits = batch_limits(settings, manifest)
-    return Encoder(manifest, tokenizer, backend, limits, settings.request_timeout_s, metrics)
+    encoder = Encoder(manifest, tokenizer, backend, limits, settings.request_timeout_s, metrics)
+    encoder.attention = load_attention(directory, manifest, tokenizer_path, settings)
+    return encoder
+
+
+def load_attention(
+    directory: Path, manifest: ModelManifest, tokenizer_path: Path, settings: Settings
+) -> AttentionEncoder | None:
+    """The attention graph's runner; None for a model exported without one."""
+    graph = directory / manifest.files.get("attention", "")
+    if "attention" not in manifest.files:
+        return None
+    try:
+        backend = OnnxBackend(graph, threads=settings.intra_op_threads, device=settings.device)
+    except Exception as error:
+        raise ModelLoadError(f"model '{manifest.name}': cannot load {graph}: {error}") from error
+    limit = min(settings.max_attention_tokens, manifest.max_length)
+    return AttentionEncoder(
+        manifest.name,
+        TextTokenizer(tokenizer_path, limit),
+        backend,
+        manifest.num_layers,
+        manifest.num_heads,
+        settings.request_timeout_s,
+    )
 
 
 def read_manifest(directory: Path) -> ModelManifest:
@@ -159,13 +185,25 @@ class ModelRegistry:
         return found
 
     @property
+    def batchers(self) -> list[DynamicBatcher[Any, Any]]:
+        """Every batcher of every encoder: the inference path and the attention path."""
+        found: list[DynamicBatcher[Any, Any]] = []
+        for encoder in self.encoders:
+            found.append(encoder.batcher)
+            if encoder.attention is not None:
+                found.append(encoder.attention.batcher)
+        return found
+
+    @property
     def encoders(self) -> list[Encoder]:
         """Each encoder once, though several models may share it."""
         unique = {id(model.encoder): model.encoder for model in self}
         return list(unique.values())
 
     def warm_up(self) -> None:
-        """One forward pass per encoder, off the event loop, before the server reports ready."""
+        """One forward pass per graph, off the event loop, before the server reports ready."""
         for encoder in self.encoders:
             encoder.forward(encoder.tokenizer.encode([WARMUP_TEXT]))
+            if encoder.attention is not None:
+                encoder.attention.forward(encoder.tokenizer.encode([WARMUP_TEXT]))
             log.info("model %s warmed up", encoder.name)

@@ -52,10 +52,10 @@ class TextTokenizer:
             for encoding in encodings
         ]
 
-    def tokens(self, text: str) -> list[Token]:
-        """The tokens of one text with their character spans, for inspection routes."""
+    def tokens(self, text: str) -> tuple[list[Token], bool]:
+        """The tokens of one text with their character spans, and whether it was truncated."""
         encoding = self._tokenizer.encode(text)
-        return [
+        tokens = [
             Token(id=token_id, text=token, start=start, stop=stop, special=bool(special))
             for token_id, token, (start, stop), special in zip(
                 encoding.ids,
@@ -65,6 +65,7 @@ class TextTokenizer:
                 strict=True,
             )
         ]
+        return tokens, bool(encoding.overflowing)
 
 
 def pad_batch(items: list[TokenizedText]) -> dict[str, np.ndarray]:

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
@@ -20,6 +21,10 @@ from app.export.parity import ParityReport, compare_logits, compare_states, pari
 from app.export.source import read_sentence_transformer_config, resolve_source
 
 MIN_COSINE = 0.9999
+MAX_ATTENTION_DIFF = 1e-4
+ATTENTION_FILE = "attention.onnx"
+ATTENTION_OUTPUT = "attentions"
+ATTENTION_PARITY_TEXTS = 12  # all 32 padded to the longest would be hundreds of MB of maps
 MAX_LOGIT_DIFF = 1e-3
 GRAPH_FILE = "model.onnx"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -53,6 +58,20 @@ class _KeywordEncoder(torch.nn.Module):
         return result
 
 
+class _AttentionProbabilities(torch.nn.Module):
+    """Returns every layer's attention probabilities stacked: (batch, layers, heads, T, T)."""
+
+    def __init__(self, model: torch.nn.Module, input_names: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = input_names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        named = dict(zip(self.input_names, inputs, strict=True))
+        outputs = self.model(**named, output_attentions=True)
+        return torch.stack(outputs.attentions, dim=1)
+
+
 def model_input_names(model: torch.nn.Module) -> list[str]:
     """The standard encoder inputs this model's forward accepts (DistilBERT has no type ids)."""
     accepted = inspect.signature(model.forward).parameters
@@ -73,6 +92,40 @@ def export_graph(model: torch.nn.Module, path: Path, input_names: list[str], out
         dynamic_axes=axes,
         opset_version=OPSET,
         dynamo=False,
+    )
+
+
+def export_attention_graph(model: torch.nn.Module, path: Path, input_names: list[str]) -> None:
+    """A second graph for attention maps (eager attention); the fast graph stays untouched."""
+    wrapper = _AttentionProbabilities(model, input_names).eval()
+    example = tuple(torch.ones((2, 8), dtype=torch.int64) for _ in input_names)
+    axes = {name: {0: "batch", 1: "tokens"} for name in input_names}
+    axes[ATTENTION_OUTPUT] = {0: "batch", 3: "tokens", 4: "tokens"}
+    torch.onnx.export(
+        wrapper,
+        example,
+        str(path),
+        input_names=input_names,
+        output_names=[ATTENTION_OUTPUT],
+        dynamic_axes=axes,
+        opset_version=OPSET,
+        dynamo=False,
+    )
+
+
+def check_attention_parity(model: torch.nn.Module, graph: Path, tokenizer: TextTokenizer) -> float:
+    """Max abs difference of attention probabilities over the real tokens of a few texts."""
+    items = tokenizer.encode(parity_texts()[:ATTENTION_PARITY_TEXTS])
+    inputs = pad_batch(items)
+    names = model_input_names(model)
+    feeds = {n: torch.from_numpy(inputs[n]) for n in names}
+    with torch.inference_mode():
+        reference = torch.stack(model(**feeds, output_attentions=True).attentions, dim=1).numpy()
+    candidate = OnnxBackend(graph, threads=ort_threads(), device="cpu").run(inputs)
+    served = candidate[ATTENTION_OUTPUT]
+    return max(
+        float(np.abs(reference[row, ..., :n, :n] - served[row, ..., :n, :n]).max())
+        for row, n in enumerate(item.tokens for item in items)
     )
 
 
@@ -134,7 +187,7 @@ def export_model(
 ) -> ModelManifest:
     """Export SOURCE into `models_dir/name`, replacing it only once parity holds."""
     output = OUTPUT_OF_TASK[task]
-    total = 5
+    total = 6
     progress(1, total, f"resolving {source}")
     directory = resolve_source(source)
     st_config = read_sentence_transformer_config(directory)
@@ -187,6 +240,18 @@ def export_model(
         for leftover in (raw, fused):
             leftover.unlink(missing_ok=True)
 
+        progress(5, total, "exporting the attention graph (eager attention); checking parity")
+        # The encoder body alone: a classifier's attention is its base model's.
+        body = model if task == "embedding" else load_encoder_body(directory)
+        export_attention_graph(body, work / ATTENTION_FILE, input_names)
+        attention_parity = check_attention_parity(body, work / ATTENTION_FILE, tokenizer)
+        print(f"      attention  : max abs diff {attention_parity:.2e}", file=sys.stderr)
+        if attention_parity > MAX_ATTENTION_DIFF:
+            raise ParityError(
+                f"attention graph disagrees with PyTorch by {attention_parity:.2e} "
+                f"(gate {MAX_ATTENTION_DIFF}); the model was not written"
+            )
+
         manifest = ModelManifest(
             name=name,
             task=task,
@@ -198,8 +263,8 @@ def export_model(
             num_layers=int(config.num_hidden_layers),
             num_heads=int(config.num_attention_heads),
             labels=class_labels(config) if task == "classification" else [],
-            problem_type=getattr(config, "problem_type", None) or "single_label_classification",
-            files={"fp32": GRAPH_FILE},
+            problem_type=getattr(config, "problem_type", None) if task == "classification" else None,
+            files={"fp32": GRAPH_FILE, "attention": ATTENTION_FILE},
             parity={
                 "fp32": {
                     **parity.as_dict(),
@@ -207,11 +272,12 @@ def export_model(
                     "reference": f"transformers {config.model_type} (PyTorch, eager attention)",
                     "graph_optimization": optimized_with,
                     "onnxruntime": ort.__version__,
-                }
+                },
+                "attention": {"texts": ATTENTION_PARITY_TEXTS, "max_abs_diff": attention_parity},
             },
         )
         manifest.write(work)
-        progress(5, total, f"writing {models_dir / name}")
+        progress(6, total, f"writing {models_dir / name}")
         target = models_dir / name
         if target.exists():
             shutil.rmtree(target)
@@ -219,6 +285,11 @@ def export_model(
         # TemporaryDirectory's cleanup tolerates the directory having moved away.
         work.mkdir()
     return manifest
+
+
+def load_encoder_body(directory: Path) -> torch.nn.Module:
+    body: torch.nn.Module = AutoModel.from_pretrained(directory, attn_implementation="eager")
+    return body.eval()
 
 
 def class_labels(config: Any) -> list[str]:

@@ -260,3 +260,18 @@ def test_zero_shot_and_task_mismatch_are_422(server: LiveServer, body: dict, nee
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert needle in error["message"], error
+
+
+def test_classifiers_answer_attention_from_their_encoder_body(
+    client: TestClient, classifier_repo: tuple[Path, Path]
+) -> None:
+    manifest = ModelManifest.read(classifier_repo[1] / "colours")
+    assert manifest.files["attention"] == "attention.onnx"
+    assert manifest.parity["attention"]["max_abs_diff"] <= 1e-4
+    response = client.post(
+        "/attention", json={"inputs": "hello world", "model": "colours", "aggregate": "none"}
+    )
+    assert response.status_code == 200, response.text
+    maps = np.asarray(response.json()["attentions"])
+    assert maps.shape == (2, 2, 4, 4)  # 2 layers, 2 heads, [CLS] hello world [SEP]
+    np.testing.assert_allclose(maps.sum(axis=-1), 1.0, atol=1e-3)

@@ -30,7 +30,7 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     repo = tmp_path_factory.mktemp("repo")
     result = run_cli("export", str(source), "--name", "tiny", "--models-dir", str(repo))
     assert result.returncode == 0, result.stderr
-    assert "[1/5]" in result.stderr and "[5/5]" in result.stderr  # progress is shown
+    assert "[1/6]" in result.stderr and "[6/6]" in result.stderr  # progress is shown
     return source, repo
 
 

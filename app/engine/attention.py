@@ -1,0 +1,141 @@
+"""Attention maps: run the attention graph in its own small batcher, select and aggregate.
+
+Attention requests are few, large and slow, so they get their own batcher, session
+and worker thread: they never hold up a batch of the embedding path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from app.backends.base import Backend
+from app.engine.batcher import BatchLimits, DynamicBatcher
+from app.engine.errors import DeadlineExceeded, InvalidInput, PayloadTooLarge
+from app.engine.tokenization import TextTokenizer, Token, TokenizedText, pad_batch
+
+Aggregate = Literal["none", "mean", "rollout"]
+
+# Rounding keeps payloads small; 5 decimals keep every row's sum within 1e-3 of 1
+# even at the token limit (128 x 5e-6 worst case).
+ATTENTION_DECIMALS = 5
+ATTENTION_LIMITS = BatchLimits(
+    max_batch_size=8, max_batch_tokens=4096, max_wait_s=0.0, max_queue=64
+)
+
+
+@dataclass(frozen=True)
+class AttentionMap:
+    tokens: list[Token]
+    num_layers: int
+    num_heads: int
+    layers: list[int]
+    heads: list[int]
+    attentions: np.ndarray  # (L, H, n, n), (L, n, n) or (n, n) by aggregate
+
+
+def select(values: list[int] | None, count: int, what: str) -> list[int]:
+    """Validated indices (all when None), in the order asked."""
+    if values is None:
+        return list(range(count))
+    if not values:
+        raise InvalidInput(f"{what} must not be empty; omit it for all {count}")
+    wrong = [value for value in values if not 0 <= value < count]
+    if wrong:
+        raise InvalidInput(f"{what} {wrong} out of range: the model has {count} (0-{count - 1})")
+    if len(set(values)) != len(values):
+        raise InvalidInput(f"{what} must be distinct, got {values}")
+    return values
+
+
+def rollout(maps: np.ndarray) -> np.ndarray:
+    """Attention rollout (Abnar & Zuidema, 2020) of (layers, heads, n, n) probabilities.
+
+    Per layer: average the heads, add the identity for the residual path, renormalize
+    the rows; then multiply the layers through, first layer rightmost.
+    """
+    n = maps.shape[-1]
+    result = np.eye(n, dtype=np.float64)
+    for layer in maps.astype(np.float64):
+        mixed = layer.mean(axis=0) + np.eye(n)
+        mixed /= mixed.sum(axis=-1, keepdims=True)
+        result = mixed @ result
+    return result
+
+
+def aggregate(maps: np.ndarray, how: Aggregate) -> np.ndarray:
+    if how == "none":
+        return maps
+    if how == "mean":
+        return maps.mean(axis=1)
+    return rollout(maps)
+
+
+class AttentionEncoder:
+    """Answers attention maps for one model from its attention graph."""
+
+    def __init__(
+        self,
+        name: str,
+        tokenizer: TextTokenizer,  # truncating at the attention token limit
+        backend: Backend,
+        num_layers: int,
+        num_heads: int,
+        request_timeout_s: float,
+    ) -> None:
+        self.name = name
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.max_tokens = tokenizer.max_length
+        self.request_timeout_s = request_timeout_s
+        self.batcher: DynamicBatcher[TokenizedText, np.ndarray] = DynamicBatcher(
+            f"{name}-attention", self.forward, ATTENTION_LIMITS
+        )
+
+    def forward(self, items: list[TokenizedText]) -> list[np.ndarray]:
+        """(layers, heads, n, n) probabilities per input, cut to its own tokens."""
+        inputs = pad_batch(items)
+        maps = self.backend.run(inputs)["attentions"]  # (batch, layers, heads, T, T)
+        return [maps[row, :, :, : item.tokens, : item.tokens] for row, item in enumerate(items)]
+
+    async def attention(
+        self,
+        text: str,
+        *,
+        layers: list[int] | None,
+        heads: list[int] | None,
+        how: Aggregate,
+        truncate: bool,
+    ) -> AttentionMap:
+        chosen_layers = select(layers, self.num_layers, "layers")
+        chosen_heads = select(heads, self.num_heads, "heads")
+        # This tokenizer truncates at the attention token limit, not the model's.
+        tokens, truncated = self.tokenizer.tokens(text)
+        if truncated and not truncate:
+            raise PayloadTooLarge(
+                f"the input has more than {self.max_tokens} tokens, the limit for attention "
+                "maps; set truncate to true to cut it"
+            )
+        item = TokenizedText(
+            ids=np.asarray([token.id for token in tokens], dtype=np.int64),
+            type_ids=np.zeros(len(tokens), dtype=np.int64),
+            truncated=False,
+        )
+        (future,) = self.batcher.submit([(item, item.tokens)], self.request_timeout_s)
+        try:
+            maps = await asyncio.wait_for(future, self.request_timeout_s)
+        except TimeoutError:
+            future.cancel()
+            raise DeadlineExceeded(
+                f"no attention map within the request timeout of {self.request_timeout_s:g} s"
+            ) from None
+        picked = maps[np.ix_(chosen_layers, chosen_heads)]
+        result = np.round(aggregate(picked, how), ATTENTION_DECIMALS).astype(np.float32)
+        return AttentionMap(
+            tokens, self.num_layers, self.num_heads, chosen_layers, chosen_heads, result
+        )
