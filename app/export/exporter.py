@@ -187,6 +187,7 @@ def export_model(
 ) -> ModelManifest:
     """Export SOURCE into `models_dir/name`, replacing it only once parity holds."""
     output = OUTPUT_OF_TASK[task]
+    classifier = task == "classification"
     total = 6
     progress(1, total, f"resolving {source}")
     directory = resolve_source(source)
@@ -262,8 +263,8 @@ def export_model(
             dimensions=int(config.hidden_size),
             num_layers=int(config.num_hidden_layers),
             num_heads=int(config.num_attention_heads),
-            labels=class_labels(config) if task == "classification" else [],
-            problem_type=getattr(config, "problem_type", None) if task == "classification" else None,
+            labels=class_labels(config) if classifier else [],
+            problem_type=getattr(config, "problem_type", None) if classifier else None,
             files={"fp32": GRAPH_FILE, "attention": ATTENTION_FILE},
             parity={
                 "fp32": {

@@ -1,4 +1,4 @@
-"""POST /classify: exported fine-tuned classifiers, the default sentiment model, zero-shot topics."""
+"""POST /classify: exported fine-tuned classifiers, the default sentiment model, zero-shot."""
 
 from __future__ import annotations
 
