@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     max_attention_tokens: int = Field(128, ge=2, description="Tokens of an /attention input.")
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+    access_log: bool = Field(False, description="uvicorn's own access log (doubles the lines).")
 
     _split_models = field_validator("models", "default_models", mode="before")(_split_names)
 

@@ -1,4 +1,4 @@
-"""Logging set-up: one JSON object per line on stdout."""
+"""Logging set-up: one JSON object per line on stdout (or plain text for humans)."""
 
 from __future__ import annotations
 
@@ -21,15 +21,21 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update((k, v) for k, v in vars(record).items() if k not in _STANDARD)
+        # Fields passed with `extra=`; uvicorn's ANSI-coloured duplicate message is dropped.
+        entry.update(
+            (k, v) for k, v in vars(record).items() if k not in _STANDARD and k != "color_message"
+        )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1,19 +1,28 @@
-"""Per-request metrics: count and time every API request by endpoint, model and status."""
+"""Per-request observability: metrics, TEI-style timing headers, a request id, one JSON log line."""
 
 from __future__ import annotations
 
+import logging
+import re
 import time
+import uuid
 
+from starlette.datastructures import MutableHeaders
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.engine.timing import RequestTiming, current_timing
 from app.metrics import Metrics
+
+log = logging.getLogger("encoder_serve.requests")
 
 # Operational routes are scraped or probed constantly; counting them would drown the traffic.
 UNOBSERVED_PATHS = frozenset({"/metrics", "/health", "/ready"})
+# A client's request id is echoed only when it is short and printable (it lands in logs).
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-class RequestMetricsMiddleware:
+class RequestObservabilityMiddleware:
     """Pure ASGI middleware (no per-request task or body copy, unlike BaseHTTPMiddleware)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
@@ -21,27 +30,70 @@ class RequestMetricsMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNOBSERVED_PATHS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.monotonic()
+        request_id = _request_id(scope)
+        timing = RequestTiming()
+        token = current_timing.set(timing)
         status = 500  # what the client sees if the app raises before responding
 
-        async def send_and_record(message: Message) -> None:
+        async def send_with_headers(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers["x-request-id"] = request_id
+                headers["x-queue-time"] = _ms(timing.queue_s)
+                headers["x-inference-time"] = _ms(timing.inference_s)
+                headers["x-total-time"] = _ms(time.monotonic() - started)
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_record)
+            await self.app(scope, receive, send_with_headers)
         finally:
-            endpoint = _endpoint(scope)
-            model = scope.get("state", {}).get("model", "")
-            self.metrics.requests.labels(endpoint, model, str(status)).inc()
-            self.metrics.request_duration.labels(endpoint, model).observe(
-                time.monotonic() - started
-            )
+            current_timing.reset(token)
+            if scope["path"] not in UNOBSERVED_PATHS:
+                self._observe(scope, request_id, status, timing, time.monotonic() - started)
+
+    def _observe(
+        self, scope: Scope, request_id: str, status: int, timing: RequestTiming, total_s: float
+    ) -> None:
+        endpoint = _endpoint(scope)
+        model = scope.get("state", {}).get("model", "")
+        self.metrics.requests.labels(endpoint, model, str(status)).inc()
+        self.metrics.request_duration.labels(endpoint, model).observe(total_s)
+        log.info(
+            "%s %s %d",
+            scope["method"],
+            scope["path"],
+            status,
+            extra={
+                "request_id": request_id,
+                "endpoint": endpoint,
+                "model": model,
+                "inputs": timing.inputs,
+                "tokens": timing.tokens,
+                "status": status,
+                "queue_ms": round(timing.queue_s * 1000, 3),
+                "inference_ms": round(timing.inference_s * 1000, 3),
+                "total_ms": round(total_s * 1000, 3),
+            },
+        )
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _CLIENT_ID.match(candidate):
+                return candidate
+    return uuid.uuid4().hex
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.3f}"
 
 
 def _endpoint(scope: Scope) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 from app.backends.base import Backend
 from app.engine.batcher import BatchLimits, DynamicBatcher
 from app.engine.errors import DeadlineExceeded, InvalidInput, PayloadTooLarge
+from app.engine.timing import record_timing
 from app.engine.tokenization import TextTokenizer, Token, TokenizedText, pad_batch
 
 Aggregate = Literal["none", "mean", "rollout"]
@@ -126,14 +127,17 @@ class AttentionEncoder:
             type_ids=np.zeros(len(tokens), dtype=np.int64),
             truncated=False,
         )
-        (future,) = self.batcher.submit([(item, item.tokens)], self.request_timeout_s)
+        queued = self.batcher.enqueue([(item, item.tokens)], self.request_timeout_s)
+        future = queued[0].future
         try:
             maps = await asyncio.wait_for(future, self.request_timeout_s)
         except TimeoutError:
-            future.cancel()
             raise DeadlineExceeded(
                 f"no attention map within the request timeout of {self.request_timeout_s:g} s"
             ) from None
+        finally:
+            future.cancel()  # no-op when done; drops the queued input when the caller left
+        record_timing(queued, item.tokens)
         picked = maps[np.ix_(chosen_layers, chosen_heads)]
         result = np.round(aggregate(picked, how), ATTENTION_DECIMALS).astype(np.float32)
         return AttentionMap(

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 Payload = TypeVar("Payload")
 Result = TypeVar("Result")
 
+# Why an input never reached a forward pass (the `reason` label of encoder_rejected_total).
+REJECT_REASONS = ("queue_full", "cancelled", "deadline")
+
 # Runs one batch in the worker thread; returns one result per payload, in order.
 BatchRunner = Callable[[list[Payload]], Sequence[Result]]
 
@@ -56,6 +59,8 @@ class QueuedInput(Generic[Payload, Result]):
     deadline: float
     future: asyncio.Future[Result]
     enqueued_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None  # its forward pass began
+    finished_at: float | None = None  # its forward pass ended
 
 
 class DynamicBatcher(Generic[Payload, Result]):
@@ -77,6 +82,10 @@ class DynamicBatcher(Generic[Payload, Result]):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
         self._worker: asyncio.Task[None] | None = None
         self._running = 0  # inputs in the forward pass now
+        if metrics is not None:  # series exist from the start, so rates and alerts see zeros
+            for reason in REJECT_REASONS:
+                metrics.rejected.labels(name, reason)
+            metrics.queue_depth.labels(name).set(0)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -113,6 +122,12 @@ class DynamicBatcher(Generic[Payload, Result]):
         self, payloads: Sequence[tuple[Payload, int]], timeout_s: float
     ) -> list[asyncio.Future[Result]]:
         """Queue `(payload, token_count)` pairs; all are accepted or none (429 on a full queue)."""
+        return [item.future for item in self.enqueue(payloads, timeout_s)]
+
+    def enqueue(
+        self, payloads: Sequence[tuple[Payload, int]], timeout_s: float
+    ) -> list[QueuedInput[Payload, Result]]:
+        """Like `submit`, returning the queued inputs, which also record when they ran."""
         if len(self._queue) + len(payloads) > self.limits.max_queue:
             self._count_rejected("queue_full", len(payloads))
             raise Overloaded(
@@ -121,14 +136,14 @@ class DynamicBatcher(Generic[Payload, Result]):
             )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        futures: list[asyncio.Future[Result]] = []
-        for payload, tokens in payloads:
-            future: asyncio.Future[Result] = loop.create_future()
-            self._queue.append(QueuedInput(payload, tokens, now + timeout_s, future, now))
-            futures.append(future)
+        items = [
+            QueuedInput(payload, tokens, now + timeout_s, loop.create_future(), now)
+            for payload, tokens in payloads
+        ]
+        self._queue.extend(items)
         self._set_depth()
         self._arrived.set()
-        return futures
+        return items
 
     # -- the worker --------------------------------------------------------
 
@@ -223,9 +238,11 @@ class DynamicBatcher(Generic[Payload, Result]):
             )
         finally:
             self._running = 0
+        finished = time.monotonic()
         if metrics is not None:
-            metrics.inference_duration.labels(self.name).observe(time.monotonic() - started)
+            metrics.inference_duration.labels(self.name).observe(finished - started)
         for item, outcome in zip(batch, outcomes, strict=True):
+            item.started_at, item.finished_at = started, finished
             if item.future.done():
                 continue  # the caller went away while its input was running
             if isinstance(outcome, BaseException):

@@ -19,6 +19,7 @@ from app.engine.batcher import BatchLimits, DynamicBatcher
 from app.engine.errors import DeadlineExceeded, InputTooLong
 from app.engine.manifest import ModelManifest
 from app.engine.pooling import pool
+from app.engine.timing import record_timing
 from app.engine.tokenization import TextTokenizer, TokenizedText, pad_batch
 from app.metrics import Metrics
 
@@ -90,9 +91,10 @@ class Encoder:
         """Vectors of `texts`, in input order, through the batcher, within the request timeout."""
         started = time.monotonic()
         encoded = await self.tokenize(texts, truncate=truncate)
-        futures = self.batcher.submit(
+        queued = self.batcher.enqueue(
             [(item, item.tokens) for item in encoded], self.request_timeout_s
         )
+        futures = [item.future for item in queued]
         tokens = sum(item.tokens for item in encoded)
         remaining = self.request_timeout_s - (time.monotonic() - started)
         try:
@@ -104,4 +106,5 @@ class Encoder:
         finally:
             for future in futures:
                 future.cancel()  # no-op when done; drops queued inputs when the caller left
+        record_timing(queued, tokens)
         return EncoderOutput(np.stack(vectors), tokens)
