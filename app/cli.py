@@ -19,14 +19,14 @@ def _serve(args: argparse.Namespace) -> int:
         key: value for key in ("host", "port", "models_dir") if (value := getattr(args, key))
     }
     settings = Settings(**overrides)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_config=None,
-        access_log=False,
+        access_log=settings.access_log,
         timeout_graceful_shutdown=None,
     )
     server = uvicorn.Server(config)

@@ -12,7 +12,8 @@ from app import __version__
 from app.api import routes
 from app.api.errors import install_error_handlers
 from app.api.lifecycle import ServerState
-from app.api.observability import RequestMetricsMiddleware
+from app.api.observability import RequestObservabilityMiddleware
+from app.api.web import install_viewer
 from app.config import Settings
 from app.metrics import Metrics
 
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.server = state
     install_error_handlers(app)
-    app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(RequestObservabilityMiddleware, metrics=state.metrics)
     app.include_router(routes.router)
+    install_viewer(app)
     return app

@@ -1,0 +1,435 @@
+// encoder-serve viewer: classification bars, embedding similarity and attention maps.
+// Plain browser JavaScript with no dependencies, so the page works offline and needs no build.
+"use strict";
+
+const API_KEY_STORAGE = "encoder-serve.apiKey";
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  models: [],
+  // The attention currently shown: its text and model, and every view fetched for them.
+  attention: null,
+};
+
+// ---------------------------------------------------------------- HTTP
+
+class ApiError extends Error {}
+
+async function api(path, body) {
+  const headers = { Accept: "application/json" };
+  const key = $("api-key").value.trim();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  const init = { method: body === undefined ? "GET" : "POST", headers };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (err) {
+    throw new ApiError(`cannot reach the server (${err.message})`);
+  }
+  const payload = await response.json().catch(() => null);
+  if (!response.ok) throw new ApiError(describeFailure(response.status, payload));
+  return payload;
+}
+
+function describeFailure(status, payload) {
+  const message = payload?.error?.message ?? `HTTP ${status}`;
+  // The only failure the user can fix from this page: say how.
+  if (status === 401) return `${message} (set the API key at the top right)`;
+  return `${status}: ${message}`;
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = false;
+}
+
+function clearError() {
+  $("error").hidden = true;
+}
+
+// Runs an action behind a button: one at a time, errors shown inline instead of thrown.
+async function run(button, action) {
+  clearError();
+  button.disabled = true;
+  button.classList.add("loading");
+  try {
+    await action();
+  } catch (err) {
+    showError(err instanceof ApiError ? err.message : `unexpected error: ${err.message}`);
+    if (!(err instanceof ApiError)) console.error(err);
+  } finally {
+    button.disabled = false;
+    button.classList.remove("loading");
+  }
+}
+
+// ---------------------------------------------------------------- models
+
+async function loadModels() {
+  clearError();
+  try {
+    state.models = (await api("/models")).models;
+  } catch (err) {
+    state.models = [];
+    showError(`could not list models: ${err.message}`);
+  }
+  const select = $("model");
+  const previous = select.value;
+  select.replaceChildren(
+    ...state.models.map((model) => new Option(`${model.name} · ${model.task}`, model.name)),
+  );
+  if (state.models.some((model) => model.name === previous)) select.value = previous;
+  onModelChange();
+}
+
+function selectedModel() {
+  return state.models.find((model) => model.name === $("model").value) ?? null;
+}
+
+// Similarity needs embeddings; a classifier (e.g. a head on an encoder) cannot give them.
+function embeddingModel() {
+  const model = selectedModel();
+  if (model?.task === "embedding") return model;
+  return state.models.find((candidate) => candidate.task === "embedding") ?? null;
+}
+
+function onModelChange() {
+  const model = selectedModel();
+  $("labels-row").hidden = model?.task !== "embedding";
+  $("model-info").textContent = model
+    ? [model.labels?.length ? `${model.labels.length} labels` : `${model.dimensions} dims`,
+       `max ${model.max_length} tokens`, model.device, model.precision].filter(Boolean).join(" · ")
+    : "no models loaded";
+}
+
+// ---------------------------------------------------------------- classification
+
+function candidateLabels() {
+  return $("labels").value.split(",").map((label) => label.trim()).filter(Boolean);
+}
+
+async function classify() {
+  const model = selectedModel();
+  if (!model) throw new ApiError("no model to classify with");
+  const body = { inputs: [inputText()], model: model.name };
+  if (model.task === "embedding") {
+    const labels = candidateLabels();
+    if (labels.length < 2) {
+      throw new ApiError(`${model.name} is an embedding model: enter at least two candidate labels`);
+    }
+    body.candidate_labels = labels;
+  }
+  const result = await api("/classify", body);
+  $("classify-model").textContent = `· ${result.model}`;
+  renderBars(result.results[0]);
+}
+
+function renderBars(scores) {
+  const rows = scores.map((item, index) => {
+    const row = element("div", "bar" + (index === 0 ? " top" : ""));
+    row.dataset.testid = "class-bar";
+    row.dataset.label = item.label;
+    row.dataset.score = String(item.score);
+    const fill = element("span", "bar-fill");
+    // Raw scores may fall outside [0, 1]: the bar clips, the number stays exact.
+    fill.style.width = `${Math.max(0, Math.min(1, item.score)) * 100}%`;
+    const track = element("span", "bar-track");
+    track.append(fill);
+    row.append(element("span", "bar-label", item.label), track,
+      element("span", "bar-value", item.score.toFixed(3)));
+    return row;
+  });
+  $("bars").replaceChildren(...rows);
+}
+
+// ---------------------------------------------------------------- similarity
+
+async function compare() {
+  const model = embeddingModel();
+  if (!model) throw new ApiError("no embedding model is loaded");
+  const texts = [inputText(), requireText($("text-b"), "the second text")];
+  const result = await api("/encode", { inputs: texts, model: model.name });
+  const [a, b] = result.embeddings;
+  // /encode returns unit vectors, so the dot product is the cosine.
+  const cosine = a.reduce((sum, value, i) => sum + value * b[i], 0);
+  $("similarity-value").textContent = cosine.toFixed(3);
+  $("similarity-fill").style.width = `${Math.max(0, Math.min(1, cosine)) * 100}%`;
+  $("similarity").hidden = false;
+  $("compare-model").textContent = `embeddings from ${result.model}`;
+}
+
+// ---------------------------------------------------------------- attention
+
+async function showAttention() {
+  const model = selectedModel();
+  if (!model) throw new ApiError("no model is loaded");
+  const text = inputText();
+  // The first request (mean over heads, every layer) also says how many layers and heads exist.
+  const mean = await api("/attention", { inputs: text, model: model.name, aggregate: "mean" });
+  state.attention = {
+    text,
+    model: mean.model,
+    tokens: mean.tokens,
+    special: mean.special ?? mean.tokens.map(() => false),
+    views: new Map([["mean", mean]]),
+  };
+  fillSelect($("layer"), mean.num_layers, "layer", mean.num_layers - 1);
+  fillSelect($("head"), mean.num_heads, "head", 0);
+  $("attention-model").textContent = `· ${mean.model} · ${mean.tokens.length} tokens`;
+  await renderAttention();
+}
+
+function fillSelect(select, count, noun, chosen) {
+  const keep = Number(select.value);
+  select.replaceChildren(
+    ...Array.from({ length: count }, (_, i) => new Option(`${noun} ${i + 1}`, String(i))),
+  );
+  select.value = String(keep >= 0 && keep < count && select.dataset.touched ? keep : chosen);
+}
+
+function currentView() {
+  return document.querySelector('input[name="view"]:checked').value;
+}
+
+// Fetches (once per text and model) what the chosen view needs: a head view loads every head of
+// its layer, so stepping through heads costs no request.
+async function viewResponse(view, layer) {
+  const shown = state.attention;
+  const key = view === "head" ? `layer:${layer}` : view;
+  if (!shown.views.has(key)) {
+    const body = { inputs: shown.text, model: shown.model, aggregate: view === "head" ? "none" : view };
+    if (view === "head") body.layers = [layer];
+    shown.views.set(key, await api("/attention", body));
+  }
+  return shown.views.get(key);
+}
+
+function pickMatrix(view, response, layer, head) {
+  if (view === "rollout") return response.attentions;
+  const layerIndex = indexOf(response.layers, layer);
+  if (view === "mean") return response.attentions[layerIndex];
+  return response.attentions[layerIndex][indexOf(response.heads, head)];
+}
+
+// The response lists the layer/head indices it returned; without the list they are 0..n-1.
+function indexOf(returned, wanted) {
+  if (!returned) return wanted;
+  const index = returned.indexOf(wanted);
+  if (index < 0) throw new ApiError(`the server did not return index ${wanted}`);
+  return index;
+}
+
+async function renderAttention() {
+  const shown = state.attention;
+  if (!shown) return;
+  const view = currentView();
+  const layer = Number($("layer").value);
+  const head = Number($("head").value);
+  $("layer").disabled = view === "rollout";
+  $("head").disabled = view !== "head";
+  const matrix = pickMatrix(view, await viewResponse(view, layer), layer, head);
+  $("view-caption").textContent = caption(view, layer, head);
+  renderHeatmap(shown.tokens, shown.special, matrix);
+  renderStrip(shown.tokens, shown.special, matrix[0]);
+}
+
+function caption(view, layer, head) {
+  if (view === "rollout") {
+    return "Rollout: attention propagated through every layer (with the residual path), " +
+      "from the input tokens up to the last layer.";
+  }
+  if (view === "mean") return `Layer ${layer + 1}, mean over all heads.`;
+  return `Layer ${layer + 1}, head ${head + 1}.`;
+}
+
+function renderHeatmap(tokens, special, matrix) {
+  const table = $("heatmap");
+  const max = Math.max(...matrix.flat(), 1e-9);
+  const labelHeight = columnLabelHeight(tokens);
+  const cell = cellSize(tokens.length, labelHeight);
+  table.style.setProperty("--cell", `${cell}px`);
+  table.style.setProperty("--label-height", `${labelHeight}px`);
+  table.classList.toggle("dense", cell < 15);
+
+  const head = document.createElement("tr");
+  head.append(element("th", "corner"));
+  tokens.forEach((token, j) => {
+    const th = element("th", labelClass("col-label", special[j]));
+    th.append(element("span", "", token));
+    head.append(th);
+  });
+  const thead = document.createElement("thead");
+  thead.append(head);
+
+  const tbody = document.createElement("tbody");
+  matrix.forEach((row, i) => {
+    const tr = document.createElement("tr");
+    tr.dataset.testid = "heatmap-row";
+    tr.append(element("th", labelClass("row-label", special[i]), tokens[i]));
+    row.forEach((value, j) => {
+      const td = document.createElement("td");
+      td.dataset.testid = "heatmap-cell";
+      setTip(td, tokens[i], tokens[j], value);
+      td.style.background = color(value / max);
+      tr.append(td);
+    });
+    tbody.append(tr);
+  });
+  table.replaceChildren(thead, tbody);
+  $("legend-max").textContent = max.toFixed(3);
+  $("legend").hidden = false;
+}
+
+// Vertical column labels as tall as the longest token needs (monospace: ~7.3 px a character).
+function columnLabelHeight(tokens) {
+  const longest = Math.max(...tokens.map((token) => token.length));
+  return Math.min(72, Math.ceil(longest * 7.3) + 8);
+}
+
+// Fits the map in the panel beside and below its labels; below 11 px the labels would not be
+// legible, so long inputs scroll instead (the labels are sticky). Each cell has 1 px spacing.
+const LEGEND_HEIGHT = 30;
+
+function cellSize(count, labelHeight) {
+  const room = $("heatmap-wrap");
+  const width = room.clientWidth - 120;
+  const height = room.clientHeight - LEGEND_HEIGHT - labelHeight - 4;
+  const fit = Math.floor(Math.min(width, height) / count) - 1;
+  return Math.max(11, Math.min(30, fit));
+}
+
+function renderStrip(tokens, special, row) {
+  const max = Math.max(...row, 1e-9);
+  const chips = tokens.map((token, j) => {
+    const chip = element("span", labelClass("chip", special[j]));
+    chip.dataset.testid = "cls-token";
+    chip.style.background = color(row[j] / max);
+    chip.classList.toggle("on-dark", row[j] / max > 0.55);
+    setTip(chip, tokens[0], token, row[j]);
+    chip.append(element("span", "chip-token", token), element("span", "chip-value", row[j].toFixed(2)));
+    return chip;
+  });
+  $("cls-strip").replaceChildren(...chips);
+}
+
+function labelClass(base, isSpecial) {
+  return isSpecial ? `${base} special` : base;
+}
+
+// Sequential white-to-indigo ramp: equal steps in value read as equal steps in darkness.
+const RAMP = [
+  [247, 248, 252], [208, 221, 244], [150, 180, 232], [88, 132, 214], [46, 86, 178], [24, 44, 120],
+];
+
+function color(fraction) {
+  const t = Math.max(0, Math.min(1, fraction)) * (RAMP.length - 1);
+  const low = Math.floor(t);
+  const high = Math.min(RAMP.length - 1, low + 1);
+  const mix = RAMP[low].map((channel, k) => Math.round(channel + (RAMP[high][k] - channel) * (t - low)));
+  return `rgb(${mix.join(",")})`;
+}
+
+// ---------------------------------------------------------------- tooltip
+
+function setTip(node, from, to, value) {
+  node.dataset.from = from;
+  node.dataset.to = to;
+  node.dataset.value = value.toFixed(4);
+  node.setAttribute("aria-label", tipText(node));
+}
+
+function tipText(node) {
+  return `${node.dataset.from} → ${node.dataset.to}: ${node.dataset.value}`;
+}
+
+function onPointerOver(event) {
+  const target = event.target.closest("[data-value]");
+  const tooltip = $("tooltip");
+  document.querySelectorAll(".hover").forEach((node) => node.classList.remove("hover"));
+  if (!target) {
+    tooltip.hidden = true;
+    return;
+  }
+  tooltip.replaceChildren(
+    element("b", "", target.dataset.from), " → ", element("b", "", target.dataset.to),
+    element("span", "tip-value", target.dataset.value),
+  );
+  tooltip.hidden = false;
+  highlightAxes(target);
+  const box = target.getBoundingClientRect();
+  const tip = tooltip.getBoundingClientRect();
+  // Above the cell, kept inside the window.
+  const left = Math.min(window.innerWidth - tip.width - 8, Math.max(8, box.left + box.width / 2 - tip.width / 2));
+  const top = box.top - tip.height - 8 < 8 ? box.bottom + 8 : box.top - tip.height - 8;
+  tooltip.style.left = `${left + window.scrollX}px`;
+  tooltip.style.top = `${top + window.scrollY}px`;
+}
+
+// A heatmap cell lights up its row and column labels, so long maps stay readable.
+function highlightAxes(cell) {
+  if (cell.tagName !== "TD") return;
+  const row = cell.parentElement;
+  row.firstElementChild.classList.add("hover");
+  const column = Array.prototype.indexOf.call(row.children, cell);
+  $("heatmap").tHead.rows[0].children[column].classList.add("hover");
+}
+
+// ---------------------------------------------------------------- helpers
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function requireText(textarea, name) {
+  const text = textarea.value.trim();
+  if (!text) throw new ApiError(`enter ${name} first`);
+  return text;
+}
+
+function inputText() {
+  return requireText($("text"), "a text");
+}
+
+// ---------------------------------------------------------------- wiring
+
+function init() {
+  const keyInput = $("api-key");
+  keyInput.value = localStorage.getItem(API_KEY_STORAGE) ?? "";
+  keyInput.addEventListener("change", () => {
+    localStorage.setItem(API_KEY_STORAGE, keyInput.value.trim());
+    loadModels();
+  });
+  // Enter in the key field would submit (reload) the page: apply the key instead.
+  $("api-key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    keyInput.dispatchEvent(new Event("change"));
+  });
+  $("model").addEventListener("change", onModelChange);
+  $("classify").addEventListener("click", (event) => run(event.currentTarget, classify));
+  $("attend").addEventListener("click", (event) => run(event.currentTarget, showAttention));
+  $("compare").addEventListener("click", (event) => run(event.currentTarget, compare));
+  for (const control of [$("layer"), $("head"), ...document.getElementsByName("view")]) {
+    control.addEventListener("change", () => {
+      control.dataset.touched = "1";
+      run(control, renderAttention);
+    });
+  }
+  document.addEventListener("pointerover", onPointerOver);
+  let resizing = 0;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizing);
+    // Every view shown is cached, so refitting the map costs no request.
+    resizing = setTimeout(() => renderAttention().catch(() => {}), 150);
+  });
+  loadModels();
+}
+
+init();
