@@ -1,0 +1,1 @@
+"""Deployment bundle tests: Docker, compose, Kubernetes and monitoring files, checked offline."""

@@ -1,0 +1,1 @@
+"""End-to-end tests: the real server driven by real outside programs (Prometheus, a browser)."""
