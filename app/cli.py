@@ -10,9 +10,8 @@ from app.config import Settings
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from app.api.app import create_app
+    from app.api.server import serve
     from app.logs import configure_logging
 
     overrides = {
@@ -21,19 +20,9 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=None,
-    )
-    server = uvicorn.Server(config)
-    # A model that fails to load stops start-up: the app asks the server to exit.
-    app.state.server.request_shutdown = lambda: setattr(server, "should_exit", True)
-    server.run()
-    error = app.state.server.fatal_error
+    state = app.state.server
+    serve(state, app, settings.host, settings.port, settings.access_log)
+    error = state.fatal_error
     if error is not None:
         print(f"encoder-serve: {error}", file=sys.stderr)
         return 1

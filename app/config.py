@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -48,18 +48,31 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(16384, ge=1, description="Padded tokens per forward pass.")
     max_wait_ms: float = Field(2.0, ge=0)
     max_queue: int = Field(1024, ge=1, description="Inputs waiting per model before 429.")
+    max_queue_tokens: int = Field(262144, ge=1, description="Their tokens, before 429.")
     request_timeout_s: float = Field(30.0, gt=0)
+    drain_s: float = Field(30.0, ge=0, description="On SIGTERM, time to finish queued work.")
 
     # Request limits
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_inputs_per_request: int = Field(256, ge=1)
+    max_input_chars: int = Field(100_000, ge=1, description="Characters of one input.")
     max_candidate_labels: int = Field(32, ge=1, description="Zero-shot labels per request.")
     max_attention_tokens: int = Field(128, ge=2, description="Tokens of an /attention input.")
+
+    # Access control
+    api_key: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Accepted bearer keys; empty leaves the API open."
+    )
+    metrics_require_key: bool = False
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     access_log: bool = Field(False, description="uvicorn's own access log (doubles the lines).")
 
-    _split_models = field_validator("models", "default_models", mode="before")(_split_names)
+    _split_lists = field_validator(
+        "models", "default_models", "api_key", "cors_origins", mode="before"
+    )(_split_names)
 
     @model_validator(mode="after")
     def _resolve_threads(self) -> Settings:

@@ -7,10 +7,12 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
 from app.api import routes
 from app.api.errors import install_error_handlers
+from app.api.guard import RequestGuardMiddleware
 from app.api.lifecycle import ServerState
 from app.api.observability import RequestObservabilityMiddleware
 from app.api.web import install_viewer
@@ -40,6 +42,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.server = state
     install_error_handlers(app)
+    # Outermost last: observability sees every answer, the guard's 401 and 413 included.
+    app.add_middleware(
+        RequestGuardMiddleware,
+        keys=[key.get_secret_value() for key in settings.api_key],
+        metrics_require_key=settings.metrics_require_key,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-request-id"],
+            expose_headers=["x-request-id", "x-queue-time", "x-inference-time", "x-total-time"],
+        )
     app.add_middleware(RequestObservabilityMiddleware, metrics=state.metrics)
     app.include_router(routes.router)
     install_viewer(app)

@@ -26,6 +26,8 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (errors.DeadlineExceeded, 504, "deadline_exceeded"),
     (errors.NotReady, 503, "not_ready"),
     (errors.InferenceFailed, 500, "inference_failed"),
+    # nginx's "client closed request": nobody reads it, but logs and metrics show it.
+    (errors.ClientDisconnected, 499, "client_closed_request"),
     (errors.PayloadTooLarge, 413, "payload_too_large"),
 ]
 

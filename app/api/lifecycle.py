@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from app.config import Settings
@@ -21,6 +22,7 @@ class ServerState:
         self.settings = settings
         self.metrics = metrics
         self._registry: ModelRegistry | None = None
+        self.draining = False
         self.fatal_error: Exception | None = None
         # Set by the command line: asks the HTTP server to exit (a model failed to load).
         self.request_shutdown: Callable[[], None] | None = None
@@ -28,16 +30,22 @@ class ServerState:
     @property
     def ready(self) -> bool:
         registry = self._registry
-        return registry is not None and all(batcher.alive for batcher in registry.batchers)
+        if registry is None or self.draining:
+            return False
+        return all(batcher.alive for batcher in registry.batchers)
 
     @property
     def registry(self) -> ModelRegistry:
-        """The loaded models; NotReady (503) while they are still loading."""
+        """The loaded models; NotReady (503) while they are still loading or while draining."""
+        if self.draining:
+            raise NotReady("the server is shutting down; send new requests to another replica")
         if self._registry is None:
             raise NotReady("models are still loading; retry when GET /ready answers 200")
         return self._registry
 
     def not_ready_reason(self) -> str:
+        if self.draining:
+            return "draining: the server is shutting down"
         if self._registry is None:
             return "models are still loading"
         dead = [batcher.name for batcher in self._registry.batchers if not batcher.alive]
@@ -59,6 +67,16 @@ class ServerState:
             batcher.start()
         self._registry = registry
         log.info("ready: serving %s", ", ".join(model.name for model in registry))
+
+    async def drain(self) -> None:
+        """Refuse new work (503, /ready too) and wait up to `drain_s` for queued work to finish."""
+        self.draining = True
+        log.info("draining: waiting up to %g s for queued work", self.settings.drain_s)
+        if self._registry is not None:
+            deadline = time.monotonic() + self.settings.drain_s
+            for batcher in self._registry.batchers:
+                await batcher.drain(max(deadline - time.monotonic(), 0.0))
+        log.info("drained")
 
     async def close(self) -> None:
         if self._registry is not None:

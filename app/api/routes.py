@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
@@ -24,10 +26,11 @@ from app.api.schemas import (
     StatusResponse,
     as_list,
 )
-from app.engine.errors import InvalidInput, PayloadTooLarge
+from app.engine.errors import ClientDisconnected, InvalidInput, PayloadTooLarge
 from app.engine.model import ClassifyOptions, ServedModel
 
 router = APIRouter()
+T = TypeVar("T")
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 429, 500, 503, 504)
@@ -46,11 +49,40 @@ def server(request: Request) -> ServerState:
 
 
 def checked_inputs(request: Request, inputs: str | list[str]) -> list[str]:
+    """The request's texts, within the count and length limits (413 before tokenizing)."""
     texts = as_list(inputs)
-    limit = server(request).settings.max_inputs_per_request
-    if len(texts) > limit:
-        raise PayloadTooLarge(f"{len(texts)} inputs in one request; the limit is {limit}")
+    settings = server(request).settings
+    if len(texts) > settings.max_inputs_per_request:
+        raise PayloadTooLarge(
+            f"{len(texts)} inputs in one request; the limit is {settings.max_inputs_per_request}"
+        )
+    for index, text in enumerate(texts):
+        if len(text) > settings.max_input_chars:
+            raise PayloadTooLarge(
+                f"inputs[{index}] has {len(text)} characters; the limit is "
+                f"{settings.max_input_chars}"
+            )
     return texts
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await engine work; if the client hangs up first, cancel it so its queued inputs are
+    dropped before they cost a forward pass."""
+    task = asyncio.ensure_future(work)
+    # After the body is read, the next ASGI message is the client's disconnect.
+    watcher = asyncio.ensure_future(request.receive())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    hung_up = not task.done() and watcher.done() and not watcher.cancelled()
+    if hung_up and watcher.result().get("type") == "http.disconnect":
+        task.cancel()
+        raise ClientDisconnected("the client closed the connection before the answer")
+    return await task
 
 
 def use_model(request: Request, model: ServedModel) -> ServedModel:
@@ -63,8 +95,11 @@ async def encode(body: EncodeRequest, request: Request) -> Response:
     """Sentence embeddings, in input order."""
     texts = checked_inputs(request, body.inputs)
     model = use_model(request, server(request).registry.get(body.model, "embedding"))
-    result = await model.embed(
-        texts, normalize=body.normalize, truncate=body.truncate, dimensions=body.dimensions
+    result = await unless_disconnected(
+        request,
+        model.embed(
+            texts, normalize=body.normalize, truncate=body.truncate, dimensions=body.dimensions
+        ),
     )
     return json_response(
         {
@@ -85,13 +120,14 @@ async def classify(body: ClassifyRequest, request: Request) -> Response:
     options = ClassifyOptions(body.truncate, body.top_k, body.raw_scores, body.multi_label)
     if labels is None:
         model = use_model(request, state.registry.get(body.model, "classification"))
-        result = await model.classify(texts, options)
+        result = await unless_disconnected(request, model.classify(texts, options))
     else:
         limit = state.settings.max_candidate_labels
         if len(labels) > limit:
             raise InvalidInput(f"{len(labels)} candidate_labels; the limit is {limit}")
         model = use_model(request, state.registry.get(body.model, "embedding"))
-        result = await model.zero_shot(texts, labels, body.hypothesis_template, options)
+        work = model.zero_shot(texts, labels, body.hypothesis_template, options)
+        result = await unless_disconnected(request, work)
     return json_response(
         {
             "model": model.name,
@@ -106,15 +142,12 @@ async def classify(body: ClassifyRequest, request: Request) -> Response:
 @router.post("/attention", response_model=AttentionResponse, responses=ERRORS, tags=["inference"])
 async def attention(body: AttentionRequest, request: Request) -> Response:
     """Attention probabilities of one input: per head, averaged over heads, or rolled out."""
-    state = server(request)
-    model = use_model(request, state.registry.get(body.model, "embedding"))
-    result = await model.attention(
-        body.inputs,
-        layers=body.layers,
-        heads=body.heads,
-        how=body.aggregate,
-        truncate=body.truncate,
+    (text,) = checked_inputs(request, body.inputs)
+    model = use_model(request, server(request).registry.get(body.model, "embedding"))
+    work = model.attention(
+        text, layers=body.layers, heads=body.heads, how=body.aggregate, truncate=body.truncate
     )
+    result = await unless_disconnected(request, work)
     return json_response(
         {
             "model": model.name,

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 Payload = TypeVar("Payload")
 Result = TypeVar("Result")
 
+RESTART_DELAY_S = 0.5
+
 # Why an input never reached a forward pass (the `reason` label of encoder_rejected_total).
 REJECT_REASONS = ("queue_full", "cancelled", "deadline")
 
@@ -47,7 +49,8 @@ class BatchLimits:
     max_batch_size: int = 64
     max_batch_tokens: int = 16384
     max_wait_s: float = 0.002
-    max_queue: int = 1024
+    max_queue: int = 1024  # inputs waiting
+    max_queue_tokens: int = 262144  # their tokens: long inputs fill the queue sooner
 
 
 @dataclass(eq=False)
@@ -82,6 +85,8 @@ class DynamicBatcher(Generic[Payload, Result]):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
         self._worker: asyncio.Task[None] | None = None
         self._running = 0  # inputs in the forward pass now
+        self._queued_tokens = 0
+        self.restarts = 0
         if metrics is not None:  # series exist from the start, so rates and alerts see zeros
             for reason in REJECT_REASONS:
                 metrics.rejected.labels(name, reason)
@@ -93,6 +98,29 @@ class DynamicBatcher(Generic[Payload, Result]):
         self._worker = asyncio.get_running_loop().create_task(
             self._work(), name=f"batcher-{self.name}"
         )
+        self._worker.add_done_callback(self._restart_if_crashed)
+
+    def _restart_if_crashed(self, worker: asyncio.Task[None]) -> None:
+        """A worker that died of a bug is restarted; until then `alive` (and /ready) is false."""
+        if worker.cancelled() or worker is not self._worker:
+            return
+        self.restarts += 1
+        log.error(
+            "model %s: batch worker died (%r); restarting in %.1f s",
+            self.name,
+            worker.exception(),
+            RESTART_DELAY_S,
+        )
+        asyncio.get_running_loop().call_later(RESTART_DELAY_S, self.start)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until every queued and running input is answered; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     @property
     def alive(self) -> bool:
@@ -105,14 +133,16 @@ class DynamicBatcher(Generic[Payload, Result]):
 
     async def stop(self) -> None:
         """Stop the worker and fail whatever is still queued (call `drain` first to finish it)."""
-        if self._worker is not None:
-            self._worker.cancel()
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+                await worker
         while self._queue:
             item = self._queue.popleft()
             if not item.future.done():
                 item.future.set_exception(NotReady("the server is shutting down"))
+        self._queued_tokens = 0
         self._set_depth()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -128,11 +158,17 @@ class DynamicBatcher(Generic[Payload, Result]):
         self, payloads: Sequence[tuple[Payload, int]], timeout_s: float
     ) -> list[QueuedInput[Payload, Result]]:
         """Like `submit`, returning the queued inputs, which also record when they ran."""
-        if len(self._queue) + len(payloads) > self.limits.max_queue:
+        tokens = sum(count for _, count in payloads)
+        limits = self.limits
+        too_many = len(self._queue) + len(payloads) > limits.max_queue
+        # A request over the token bound on its own is still taken into an empty queue.
+        too_long = bool(self._queue) and self._queued_tokens + tokens > limits.max_queue_tokens
+        if too_many or too_long:
             self._count_rejected("queue_full", len(payloads))
             raise Overloaded(
-                f"model '{self.name}' has {len(self._queue)} inputs queued "
-                f"(limit {self.limits.max_queue}); retry later"
+                f"model '{self.name}' has {len(self._queue)} inputs ({self._queued_tokens} "
+                f"tokens) queued; limits {limits.max_queue} inputs, {limits.max_queue_tokens} "
+                "tokens; retry later"
             )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
@@ -141,6 +177,7 @@ class DynamicBatcher(Generic[Payload, Result]):
             for payload, tokens in payloads
         ]
         self._queue.extend(items)
+        self._queued_tokens += tokens
         self._set_depth()
         self._arrived.set()
         return items
@@ -162,7 +199,17 @@ class DynamicBatcher(Generic[Payload, Result]):
             batch = self._take_batch()
             if batch:
                 idle = False
-                await self._execute(batch)
+                try:
+                    await self._execute(batch)
+                except BaseException as error:
+                    # Never leave a caller waiting: answer the batch, then let the
+                    # worker die (a bug) or stop (cancelled) as it would have.
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(
+                                InferenceFailed(f"batch worker failed: {error!r}")
+                            )
+                    raise
 
     async def _wait_to_fill(self) -> None:
         """Wait until the next batch is full or its oldest input has waited `max_wait_s`."""
@@ -197,6 +244,7 @@ class DynamicBatcher(Generic[Payload, Result]):
     def _take_batch(self) -> list[QueuedInput[Payload, Result]]:
         count, _ = self._select()
         batch = [self._queue.popleft() for _ in range(count)]
+        self._queued_tokens -= sum(item.tokens for item in batch)
         self._set_depth()
         # Sorted by length, neighbours in the padded batch differ least.
         batch.sort(key=lambda item: item.tokens)
@@ -220,6 +268,7 @@ class DynamicBatcher(Generic[Payload, Result]):
                 kept.append(item)
         if len(kept) != len(self._queue):
             self._queue = kept
+            self._queued_tokens = sum(item.tokens for item in kept)
             self._set_depth()
 
     async def _execute(self, batch: list[QueuedInput[Payload, Result]]) -> None:

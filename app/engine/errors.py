@@ -43,5 +43,9 @@ class InferenceFailed(EngineError):
     """The backend raised while running a batch that held this input."""
 
 
+class ClientDisconnected(EngineError):
+    """The client went away before its answer was ready; its queued inputs were dropped."""
+
+
 class ModelLoadError(EngineError):
     """A model in the repository could not be loaded; names the model and the file."""

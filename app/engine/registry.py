@@ -46,6 +46,7 @@ def batch_limits(settings: Settings, manifest: ModelManifest) -> BatchLimits:
         max_batch_tokens=int(overrides.get("max_batch_tokens", settings.max_batch_tokens)),
         max_wait_s=float(overrides.get("max_wait_ms", settings.max_wait_ms)) / 1000,
         max_queue=int(overrides.get("max_queue", settings.max_queue)),
+        max_queue_tokens=int(overrides.get("max_queue_tokens", settings.max_queue_tokens)),
     )
 
 

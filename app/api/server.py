@@ -1,0 +1,52 @@
+"""The HTTP server process: uvicorn with a drain phase on SIGTERM before its own shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from types import FrameType
+
+import uvicorn
+
+from app.api.lifecycle import ServerState
+
+
+class DrainingServer(uvicorn.Server):
+    """On the first SIGTERM (or SIGINT), drain before shutting down.
+
+    Draining turns /ready and new requests to 503 — so a load balancer stops sending
+    traffic — while queued and running work finishes within `drain_s`. Then uvicorn's
+    graceful shutdown runs. A second signal skips the wait.
+    """
+
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+        super().__init__(config)
+        self.state = state
+        self._draining: asyncio.Future[None] | None = None
+        # A model that fails to load stops start-up: the app asks the server to exit.
+        state.request_shutdown = lambda: setattr(self, "should_exit", True)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining is not None or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        loop = asyncio.get_event_loop()
+        # Called from a signal handler: schedule through the loop's thread-safe door.
+        self._draining = loop.create_future()
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._drain_then_exit(sig, frame)))
+
+    async def _drain_then_exit(self, sig: int, frame: FrameType | None) -> None:
+        await self.state.drain()
+        super().handle_exit(sig, frame)
+
+
+def serve(app_state: ServerState, app: object, host: str, port: int, access_log: bool) -> None:
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=access_log,
+        # Work was drained already; connections get as long again to send their answers.
+        timeout_graceful_shutdown=max(int(app_state.settings.drain_s), 1),
+    )
+    DrainingServer(config, app_state).run()
