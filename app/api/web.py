@@ -16,7 +16,8 @@ def install_viewer(app: FastAPI) -> None:
     """Mount the static assets and the page itself; neither belongs in the OpenAPI document."""
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
-    @app.get("/", include_in_schema=False)
     async def viewer() -> FileResponse:
         # no-cache: the browser revalidates (cheap 304s) so an upgraded server is seen at once.
         return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.add_api_route("/", viewer, methods=["GET", "HEAD"], include_in_schema=False)

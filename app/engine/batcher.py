@@ -258,7 +258,8 @@ class DynamicBatcher(Generic[Payload, Result]):
         kept: deque[QueuedInput[Payload, Result]] = deque()
         for item in self._queue:
             if item.future.done():
-                self._count_rejected("cancelled")
+                # The caller gave up: at its deadline (it timed out waiting) or before.
+                self._count_rejected("deadline" if item.deadline <= now else "cancelled")
             elif item.deadline <= now:
                 item.future.set_exception(
                     DeadlineExceeded("the request deadline passed before inference started")

@@ -224,15 +224,21 @@ function indexOf(returned, wanted) {
   return index;
 }
 
+let latestRender = 0;
+
 async function renderAttention() {
   const shown = state.attention;
   if (!shown) return;
+  const render = ++latestRender;
   const view = currentView();
   const layer = Number($("layer").value);
   const head = Number($("head").value);
   $("layer").disabled = view === "rollout";
   $("head").disabled = view !== "head";
-  const matrix = pickMatrix(view, await viewResponse(view, layer), layer, head);
+  const response = await viewResponse(view, layer);
+  // Controls changed while this view loaded: the newer render draws, not this one.
+  if (render !== latestRender || shown !== state.attention) return;
+  const matrix = pickMatrix(view, response, layer, head);
   $("view-caption").textContent = caption(view, layer, head);
   renderHeatmap(shown.tokens, shown.special, matrix);
   renderStrip(shown.tokens, shown.special, matrix[0]);
@@ -249,7 +255,7 @@ function caption(view, layer, head) {
 
 function renderHeatmap(tokens, special, matrix) {
   const table = $("heatmap");
-  const max = Math.max(...matrix.flat(), 1e-9);
+  const max = largest(matrix.flat());
   const labelHeight = columnLabelHeight(tokens);
   const cell = cellSize(tokens.length, labelHeight);
   table.style.setProperty("--cell", `${cell}px`);
@@ -304,12 +310,12 @@ function cellSize(count, labelHeight) {
 }
 
 function renderStrip(tokens, special, row) {
-  const max = Math.max(...row, 1e-9);
+  const max = largest(row);
   const chips = tokens.map((token, j) => {
     const chip = element("span", labelClass("chip", special[j]));
     chip.dataset.testid = "cls-token";
     chip.style.background = color(row[j] / max);
-    chip.classList.toggle("on-dark", row[j] / max > 0.55);
+    chip.classList.toggle("on-dark", shade(row[j] / max) > 0.55);
     setTip(chip, tokens[0], token, row[j]);
     chip.append(element("span", "chip-token", token), element("span", "chip-value", row[j].toFixed(2)));
     return chip;
@@ -326,8 +332,15 @@ const RAMP = [
   [247, 248, 252], [208, 221, 244], [150, 180, 232], [88, 132, 214], [46, 86, 178], [24, 44, 120],
 ];
 
+// Most heads park much of their attention on [CLS] or [SEP]; on a linear scale everything
+// else then looks blank, so the square-root scale (the default) lifts the small values.
+function shade(fraction) {
+  const clipped = Math.max(0, Math.min(1, fraction));
+  return $("scale").value === "sqrt" ? Math.sqrt(clipped) : clipped;
+}
+
 function color(fraction) {
-  const t = Math.max(0, Math.min(1, fraction)) * (RAMP.length - 1);
+  const t = shade(fraction) * (RAMP.length - 1);
   const low = Math.floor(t);
   const high = Math.min(RAMP.length - 1, low + 1);
   const mix = RAMP[low].map((channel, k) => Math.round(channel + (RAMP[high][k] - channel) * (t - low)));
@@ -381,6 +394,11 @@ function highlightAxes(cell) {
 
 // ---------------------------------------------------------------- helpers
 
+// Not Math.max(...values): a 256-token map has 65,536 values, past what a call's arguments allow.
+function largest(values) {
+  return values.reduce((most, value) => (value > most ? value : most), 1e-9);
+}
+
 function element(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -413,6 +431,7 @@ function init() {
     keyInput.dispatchEvent(new Event("change"));
   });
   $("model").addEventListener("change", onModelChange);
+  $("scale").addEventListener("change", () => run($("scale"), renderAttention));
   $("classify").addEventListener("click", (event) => run(event.currentTarget, classify));
   $("attend").addEventListener("click", (event) => run(event.currentTarget, showAttention));
   $("compare").addEventListener("click", (event) => run(event.currentTarget, compare));

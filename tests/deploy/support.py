@@ -31,6 +31,7 @@ K8S_DIR = DEPLOY / "k8s"
 HEALTHCHECK_SCRIPT = DEPLOY / "docker" / "healthcheck.py"
 DOCKERFILES = (ROOT / "Dockerfile", ROOT / "Dockerfile.gpu")
 
+
 def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 

@@ -256,3 +256,55 @@ def test_every_input_gets_exactly_one_outcome_never_crossed(
         await batcher.stop()
 
     asyncio.run(scenario())
+
+
+async def test_a_worker_that_dies_answers_its_batch_and_is_restarted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backend = FakeBackend()
+    batcher = make(backend, max_wait_s=0.0)
+    original = batcher._execute
+    calls = 0
+
+    async def crash_once(batch):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("bug in the worker")
+        await original(batch)
+
+    monkeypatch.setattr(batcher, "_execute", crash_once)
+    (lost,) = submit(batcher, 1)
+    with pytest.raises(InferenceFailed):
+        await asyncio.wait_for(lost, 5)  # answered, not left hanging
+    await wait_for(lambda: not batcher.alive)
+    await wait_for(lambda: batcher.alive)  # restarted
+    assert batcher.restarts == 1
+    assert await asyncio.wait_for(asyncio.gather(*submit(batcher, 2)), 5) == [20]
+    await batcher.stop()
+
+
+async def test_token_bound_rejects_when_queued_tokens_would_overflow() -> None:
+    backend = FakeBackend(hold_first=True)
+    batcher = make(backend, max_queue=100, max_queue_tokens=50)
+    first = submit(batcher, 1)
+    await wait_for(lambda: len(backend.batches) == 1)
+    queued = submit(batcher, 2, tokens=40)
+    with pytest.raises(Overloaded, match="tokens"):
+        submit(batcher, 3, tokens=20)
+    backend.gate.set()
+    await asyncio.gather(*first, *queued)
+    # Into an empty queue, even a request over the bound alone is taken.
+    assert await asyncio.gather(*submit(batcher, 4, tokens=80)) == [40]
+    await batcher.stop()
+
+
+async def test_drain_waits_for_queued_and_running_inputs() -> None:
+    backend = FakeBackend(hold_first=True)
+    batcher = make(backend)
+    futures = submit(batcher, 1, 2, 3)
+    assert not await batcher.drain(0.05)  # still held
+    backend.gate.set()
+    assert await batcher.drain(5)
+    assert all(future.done() for future in futures) and batcher.pending == 0
+    await batcher.stop()
