@@ -1,4 +1,8 @@
-"""The one place engine errors become HTTP statuses, always in the contract's JSON error shape."""
+"""The one place engine errors become HTTP statuses, in the contract's JSON error shape.
+
+Routes under /v1/ (the OpenAI-compatible API) answer in OpenAI's error shape instead,
+so OpenAI's client libraries report them properly.
+"""
 
 from __future__ import annotations
 
@@ -34,10 +38,32 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
 _HTTP_TYPES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
 
 
+OPENAI_PREFIX = "/v1/"
+
+
+def _openai_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def error_body(status: int, kind: str, message: str, path: str = "") -> bytes:
+    if path.startswith(OPENAI_PREFIX):
+        error = {"message": message, "type": _openai_type(status), "param": None, "code": kind}
+        return orjson.dumps({"error": error})
+    return orjson.dumps({"error": {"type": kind, "message": message}})
+
+
 def error_response(
-    status: int, kind: str, message: str, headers: Mapping[str, str] | None = None
+    status: int,
+    kind: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    path: str = "",
 ) -> Response:
-    body = orjson.dumps({"error": {"type": kind, "message": message}})
+    body = error_body(status, kind, message, path)
     return Response(body, status, headers=headers, media_type="application/json")
 
 
@@ -51,17 +77,21 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     problems = list(exc.errors())
     if any(problem.get("type") == "json_invalid" for problem in problems):
-        return error_response(400, "malformed_json", "the request body is not valid JSON")
+        return error_response(
+            400, "malformed_json", "the request body is not valid JSON", path=request.url.path
+        )
     if any(problem.get("type") == "model_attributes_type" for problem in problems):
-        return error_response(400, "bad_request", "the request body must be a JSON object")
+        return error_response(
+            400, "bad_request", "the request body must be a JSON object", path=request.url.path
+        )
     message = "; ".join(_describe(problem) for problem in problems[:5])
-    return error_response(422, "validation_error", message)
+    return error_response(422, "validation_error", message, path=request.url.path)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     kind = _HTTP_TYPES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, kind, str(exc.detail), exc.headers)
+    return error_response(exc.status_code, kind, str(exc.detail), exc.headers, request.url.path)
 
 
 async def _engine_error(request: Request, exc: Exception) -> Response:
@@ -72,13 +102,15 @@ async def _engine_error(request: Request, exc: Exception) -> Response:
                 headers = {"Retry-After": str(exc.retry_after_s)}
             if status >= 500:
                 log.error("%s %s failed: %s", request.method, request.url.path, exc)
-            return error_response(status, kind, str(exc), headers)
+            return error_response(status, kind, str(exc), headers, request.url.path)
     return await _unexpected_error(request, exc)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal_error", "internal server error (this is a bug)")
+    return error_response(
+        500, "internal_error", "internal server error (this is a bug)", path=request.url.path
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hmac
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.errors import error_body
 
 # Routes anyone may call: probes, the viewer page (it asks for the key itself) and the docs.
 OPEN_PATHS = frozenset({"/health", "/ready", "/", "/docs", "/openapi.json", "/favicon.ico"})
@@ -56,6 +57,7 @@ class RequestGuardMiddleware:
         needs_key = scope["method"] != "OPTIONS" and self._needs_key(scope["path"])
         if needs_key and not self.keys.accepts(headers.get(b"authorization")):
             await _reject(
+                scope,
                 send,
                 401,
                 "unauthorized",
@@ -66,12 +68,12 @@ class RequestGuardMiddleware:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             await _discard_body(receive, self.max_body_bytes * DISCARD_FACTOR)
-            await _reject(send, 413, "payload_too_large", self._too_large(int(length)))
+            await _reject(scope, send, 413, "payload_too_large", self._too_large(int(length)))
             return
         if length is None and scope["method"] in {"POST", "PUT", "PATCH"}:
             body = await _read_bounded(receive, self.max_body_bytes)
             if body is None:
-                await _reject(send, 413, "payload_too_large", self._too_large(None))
+                await _reject(scope, send, 413, "payload_too_large", self._too_large(None))
                 return
             receive = _replay(body, receive)
         await self.app(scope, receive, send)
@@ -82,13 +84,14 @@ class RequestGuardMiddleware:
 
 
 async def _reject(
+    scope: Scope,
     send: Send,
     status: int,
     kind: str,
     message: str,
     extra_headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    body = orjson.dumps({"error": {"type": kind, "message": message}})
+    body = error_body(status, kind, message, scope["path"])
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

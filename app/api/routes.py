@@ -24,6 +24,8 @@ from app.api.schemas import (
     ModelInfo,
     ModelsResponse,
     StatusResponse,
+    TokenizeRequest,
+    TokenizeResponse,
     as_list,
 )
 from app.engine.errors import ClientDisconnected, InvalidInput, PayloadTooLarge
@@ -51,11 +53,8 @@ def server(request: Request) -> ServerState:
 def checked_inputs(request: Request, inputs: str | list[str]) -> list[str]:
     """The request's texts, within the count and length limits (413 before tokenizing)."""
     texts = as_list(inputs)
+    check_input_count(request, len(texts))
     settings = server(request).settings
-    if len(texts) > settings.max_inputs_per_request:
-        raise PayloadTooLarge(
-            f"{len(texts)} inputs in one request; the limit is {settings.max_inputs_per_request}"
-        )
     for index, text in enumerate(texts):
         if len(text) > settings.max_input_chars:
             raise PayloadTooLarge(
@@ -63,6 +62,12 @@ def checked_inputs(request: Request, inputs: str | list[str]) -> list[str]:
                 f"{settings.max_input_chars}"
             )
     return texts
+
+
+def check_input_count(request: Request, count: int) -> None:
+    limit = server(request).settings.max_inputs_per_request
+    if count > limit:
+        raise PayloadTooLarge(f"{count} inputs in one request; the limit is {limit}")
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
@@ -159,6 +164,32 @@ async def attention(body: AttentionRequest, request: Request) -> Response:
             "heads": result.heads,
             "attentions": result.attentions,
             "usage": {"tokens": len(result.tokens)},
+        }
+    )
+
+
+@router.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS, tags=["inference"])
+async def tokenize(body: TokenizeRequest, request: Request) -> Response:
+    """The model's tokens of each input, with character spans; special tokens marked."""
+    texts = checked_inputs(request, body.inputs)
+    model = use_model(request, server(request).registry.get(body.model, "embedding"))
+    tokenizer = model.encoder.tokenizer
+    return json_response(
+        {
+            "model": model.name,
+            "tokens": [
+                [
+                    {
+                        "id": t.id,
+                        "text": t.text,
+                        "start": t.start,
+                        "stop": t.stop,
+                        "special": t.special,
+                    }
+                    for t in tokenizer.tokens(text)[0]
+                ]
+                for text in texts
+            ],
         }
     )
 

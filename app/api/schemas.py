@@ -147,6 +147,26 @@ class AttentionResponse(BaseModel):
     usage: Usage
 
 
+class TokenizeRequest(_Request):
+    inputs: str | list[str] = Field(description="A text or a non-empty list of texts.")
+    model: str | None = Field(None, description="Model name; default: first embedding model.")
+
+    _check_inputs = field_validator("inputs", mode="wrap")(check_texts)
+
+
+class TokenOut(BaseModel):
+    id: int
+    text: str
+    start: int
+    stop: int
+    special: bool
+
+
+class TokenizeResponse(BaseModel):
+    model: str
+    tokens: list[list[TokenOut]]
+
+
 class LabelScoreOut(BaseModel):
     label: str
     score: float

@@ -91,6 +91,13 @@ class Encoder:
         """Vectors of `texts`, in input order, through the batcher, within the request timeout."""
         started = time.monotonic()
         encoded = await self.tokenize(texts, truncate=truncate)
+        return await self.run_tokenized(encoded, started)
+
+    async def run_tokenized(
+        self, encoded: list[TokenizedText], started: float | None = None
+    ) -> EncoderOutput:
+        """Vectors of already tokenized inputs; the timeout counts from `started` (default now)."""
+        started = time.monotonic() if started is None else started
         queued = self.batcher.enqueue(
             [(item, item.tokens) for item in encoded], self.request_timeout_s
         )

@@ -23,6 +23,13 @@ LABEL_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
+class TokenIds:
+    """Inputs given as token ids rather than text (special tokens included)."""
+
+    ids: list[list[int]]
+
+
+@dataclass(frozen=True)
 class Embeddings:
     vectors: np.ndarray  # float32 (inputs, dimensions)
     tokens: int
@@ -72,7 +79,7 @@ class ServedModel:
 
     async def embed(
         self,
-        texts: Sequence[str],
+        texts: Sequence[str] | TokenIds,
         *,
         normalize: bool = True,
         truncate: bool = True,
@@ -86,7 +93,10 @@ class ServedModel:
                 f"dimensions must be between 1 and {self.manifest.dimensions} for model "
                 f"'{self.name}', got {dimensions}"
             )
-        output = await self.encoder.run(texts, truncate=truncate)
+        if isinstance(texts, TokenIds):
+            output = await self.encoder.run_tokenized(self.encoder.tokenizer.from_ids(texts.ids))
+        else:
+            output = await self.encoder.run(texts, truncate=truncate)
         self._count_tokens(output.tokens)
         vectors = output.vectors
         if dimensions is not None:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from app.engine.errors import InputTooLong, InvalidInput
+
 
 @dataclass(frozen=True, slots=True)
 class TokenizedText:
@@ -39,6 +41,29 @@ class TextTokenizer:
         self._tokenizer = Tokenizer.from_file(str(path))
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tokenizer.get_vocab_size(with_added_tokens=True))
+
+    def from_ids(self, ids_lists: list[list[int]]) -> list[TokenizedText]:
+        """Inputs given as token ids (as POST /tokenize returns them, special tokens included)."""
+        vocab = self.vocab_size
+        items = []
+        for index, ids in enumerate(ids_lists):
+            if not ids:
+                raise InvalidInput(f"input {index} is an empty list of token ids")
+            if any(not 0 <= token < vocab for token in ids):
+                raise InvalidInput(
+                    f"input {index} has token ids outside the vocabulary (0-{vocab - 1})"
+                )
+            if len(ids) > self.max_length:
+                raise InputTooLong(
+                    f"input {index} has {len(ids)} tokens; the max length is {self.max_length}"
+                )
+            array = np.asarray(ids, dtype=np.int64)
+            items.append(TokenizedText(array, np.zeros_like(array), truncated=False))
+        return items
 
     def encode(self, texts: list[str]) -> list[TokenizedText]:
         encodings = self._tokenizer.encode_batch(texts)

@@ -1,0 +1,118 @@
+"""OpenAI-compatible embeddings API: POST /v1/embeddings and GET /v1/models, in its shapes."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.responses import Response
+
+from app.api.routes import (
+    check_input_count,
+    checked_inputs,
+    json_response,
+    server,
+    unless_disconnected,
+    use_model,
+)
+from app.engine.model import TokenIds
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+class OpenAIEmbeddingRequest(BaseModel):
+    # OpenAI's clients may send fields this server does not use; accept and ignore them.
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A text, a list of texts, or token ids (one list, or a list of lists)."
+    )
+    model: str = Field(description="A served embedding model's name.")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = Field(None, description="Ignored.")
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("input must not be an empty list")
+        if value == "" or (isinstance(value, list) and "" in value):
+            raise ValueError("input must not contain empty strings")
+        return value
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float] | str
+    index: int
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
+
+
+class OpenAIModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "encoder-serve"
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]
+
+
+def _inputs(
+    request: Request, raw: str | list[str] | list[int] | list[list[int]]
+) -> list[str] | TokenIds:
+    """Texts, or token ids: one list of ids is one input, a list of lists is several."""
+    items: list[Any] = [raw] if isinstance(raw, str) else list(raw)
+    if all(isinstance(item, str) for item in items):
+        return checked_inputs(request, items)
+    ids = [items] if all(isinstance(item, int) for item in items) else items
+    check_input_count(request, len(ids))
+    return TokenIds(ids)
+
+
+def _as_base64(vector: np.ndarray) -> str:
+    """OpenAI's base64 format: the little-endian float32 bytes."""
+    return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+
+
+@router.post("/embeddings", response_model=OpenAIEmbeddingResponse)
+async def create_embeddings(body: OpenAIEmbeddingRequest, request: Request) -> Response:
+    """Embeddings exactly as OpenAI's API returns them."""
+    model = use_model(request, server(request).registry.get(body.model, "embedding"))
+    inputs = _inputs(request, body.input)
+    result = await unless_disconnected(request, model.embed(inputs, dimensions=body.dimensions))
+    encode = _as_base64 if body.encoding_format == "base64" else (lambda v: v)
+    return json_response(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "embedding": encode(vector), "index": index}
+                for index, vector in enumerate(result.vectors)
+            ],
+            "model": model.name,
+            "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
+        }
+    )
+
+
+@router.get("/models", response_model=OpenAIModelList)
+async def list_models(request: Request) -> OpenAIModelList:
+    """The served models in OpenAI's list shape."""
+    return OpenAIModelList(data=[OpenAIModel(id=model.name) for model in server(request).registry])
