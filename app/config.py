@@ -36,7 +36,10 @@ class Settings(BaseSettings):
     )
 
     # Inference engine
-    backend: Literal["onnx"] = "onnx"
+    backend: Literal["onnx", "torch"] = "onnx"
+    precision: Literal["auto", "fp32", "int8", "fp16"] = Field(
+        "auto", description="Graph precision; auto takes each manifest's default_precision."
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     intra_op_threads: int = Field(
         0, ge=0, description="Threads per forward pass; 0 uses every available core."

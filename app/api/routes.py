@@ -207,7 +207,7 @@ async def list_models(request: Request) -> ModelsResponse:
                 max_length=model.manifest.max_length,
                 backend=model.encoder.backend.name,
                 device=model.encoder.backend.device,
-                precision="fp32",
+                precision=model.encoder.precision,
                 pooling=model.manifest.pooling,
             )
             for model in server(request).registry

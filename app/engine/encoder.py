@@ -53,6 +53,7 @@ class Encoder:
         self.batcher: DynamicBatcher[TokenizedText, np.ndarray] = DynamicBatcher(
             manifest.name, self.forward, limits, metrics
         )
+        self.precision = "fp32"
         # Its own graph, batcher and thread: attention requests never slow this path.
         self.attention: AttentionEncoder | None = None
 

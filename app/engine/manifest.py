@@ -25,7 +25,10 @@ class ModelManifest:
     num_heads: int
     tokenizer: str = "tokenizer.json"
     labels: list[str] = field(default_factory=list)
-    files: dict[str, str] = field(default_factory=dict)  # precision -> graph file
+    # Graph file per precision ("fp32", "int8", "fp16"), the attention graph, and the
+    # PyTorch weights directory ("torch").
+    files: dict[str, str] = field(default_factory=dict)
+    default_precision: str = "fp32"
     parity: dict[str, Any] = field(default_factory=dict)
     batching: dict[str, float] = field(default_factory=dict)  # per-model batch limit overrides
     # Classifiers: "multi_label_classification" scores each label with a sigmoid.

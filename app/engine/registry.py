@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from app.backends.base import Backend
 from app.backends.onnx import OnnxBackend
 from app.config import Settings
 from app.engine.attention import AttentionEncoder
@@ -21,6 +22,7 @@ from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+REBUILD = "run `make models` (or `encoder-serve export`) to build it"
 WARMUP_TEXT = "Warm-up: the first forward pass allocates what later ones reuse."
 
 
@@ -53,51 +55,62 @@ def batch_limits(settings: Settings, manifest: ModelManifest) -> BatchLimits:
 def load_encoder(directory: Path, settings: Settings, metrics: Metrics | None) -> Encoder:
     """Load the graph and tokenizer of one model directory; failures name the model and file."""
     manifest = read_manifest(directory)
-    precision = "fp32"
-    graph = directory / manifest.files.get(precision, "")
     tokenizer_path = directory / manifest.tokenizer
-    for required in (graph, tokenizer_path):
-        if not required.is_file():
-            raise ModelLoadError(
-                f"model '{manifest.name}': {required} is missing; run `make models` "
-                "(or `encoder-serve export`) to build it"
-            )
+    if not tokenizer_path.is_file():
+        raise ModelLoadError(f"model '{manifest.name}': {tokenizer_path} is missing; {REBUILD}")
     try:
         tokenizer = TextTokenizer(tokenizer_path, manifest.max_length)
     except Exception as error:
         raise ModelLoadError(
             f"model '{manifest.name}': bad tokenizer {tokenizer_path}: {error}"
         ) from error
-    try:
-        backend = OnnxBackend(graph, threads=settings.intra_op_threads, device=settings.device)
-    except Exception as error:
-        raise ModelLoadError(f"model '{manifest.name}': cannot load {graph}: {error}") from error
+    precision = manifest.default_precision if settings.precision == "auto" else settings.precision
+    backend = open_backend(directory, manifest, settings, precision)
     limits = batch_limits(settings, manifest)
     encoder = Encoder(manifest, tokenizer, backend, limits, settings.request_timeout_s, metrics)
-    encoder.attention = load_attention(directory, manifest, tokenizer_path, settings)
+    encoder.precision = precision
+    if "attention" in manifest.files:
+        encoder.attention = AttentionEncoder(
+            manifest.name,
+            TextTokenizer(tokenizer_path, min(settings.max_attention_tokens, manifest.max_length)),
+            open_backend(directory, manifest, settings, "attention"),
+            manifest.num_layers,
+            manifest.num_heads,
+            settings.request_timeout_s,
+        )
     return encoder
 
 
-def load_attention(
-    directory: Path, manifest: ModelManifest, tokenizer_path: Path, settings: Settings
-) -> AttentionEncoder | None:
-    """The attention graph's runner; None for a model exported without one."""
-    graph = directory / manifest.files.get("attention", "")
-    if "attention" not in manifest.files:
-        return None
+def open_backend(
+    directory: Path, manifest: ModelManifest, settings: Settings, graph: str
+) -> Backend:
+    """The backend for one graph of a model: a precision ("fp32", "int8", …) or "attention"."""
+    torch_backend = settings.backend == "torch"
+    key = "torch" if torch_backend else graph
+    if key not in manifest.files:
+        raise ModelLoadError(
+            f"model '{manifest.name}' has no {key} build ({directory / MANIFEST_FILE} lists "
+            f"{sorted(manifest.files)}); re-export it with that precision"
+        )
+    path = directory / manifest.files[key]
+    if not path.exists():
+        raise ModelLoadError(f"model '{manifest.name}': {path} is missing; {REBUILD}")
+    threads, device = settings.intra_op_threads, settings.device
     try:
-        backend = OnnxBackend(graph, threads=settings.intra_op_threads, device=settings.device)
+        if torch_backend:
+            from app.backends.torch import TorchBackend
+
+            return TorchBackend(
+                path,
+                classifier=manifest.task == "classification",
+                threads=threads,
+                device=device,
+                half=graph == "fp16",
+                attention=graph == "attention",
+            )
+        return OnnxBackend(path, threads=threads, device=device)
     except Exception as error:
-        raise ModelLoadError(f"model '{manifest.name}': cannot load {graph}: {error}") from error
-    limit = min(settings.max_attention_tokens, manifest.max_length)
-    return AttentionEncoder(
-        manifest.name,
-        TextTokenizer(tokenizer_path, limit),
-        backend,
-        manifest.num_layers,
-        manifest.num_heads,
-        settings.request_timeout_s,
-    )
+        raise ModelLoadError(f"model '{manifest.name}': cannot load {path}: {error}") from error
 
 
 def read_manifest(directory: Path) -> ModelManifest:
@@ -166,7 +179,8 @@ class ModelRegistry:
             models.append(ServedModel(manifest, base, head, metrics))
         if metrics is not None:
             for model in models:
-                info = (model.name, model.task, model.encoder.backend.name, "fp32")
+                encoder = model.encoder
+                info = (model.name, model.task, encoder.backend.name, encoder.precision)
                 metrics.model_info.labels(*info).set(1)
         return cls(models, settings.default_models)
 

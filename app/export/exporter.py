@@ -6,6 +6,7 @@ import inspect
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,13 @@ from app.backends.onnx import OnnxBackend
 from app.engine.manifest import ModelManifest, Pooling, Task
 from app.engine.tokenization import TextTokenizer, pad_batch
 from app.export.parity import ParityReport, compare_logits, compare_states, parity_texts
+from app.export.precision import PRECISION_FILES, Precision, build_precision
 from app.export.source import read_sentence_transformer_config, resolve_source
 
 MIN_COSINE = 0.9999
 MAX_ATTENTION_DIFF = 1e-4
 ATTENTION_FILE = "attention.onnx"
+TORCH_DIR = "torch"
 ATTENTION_OUTPUT = "attentions"
 ATTENTION_PARITY_TEXTS = 12  # all 32 padded to the longest would be hundreds of MB of maps
 MAX_LOGIT_DIFF = 1e-3
@@ -184,11 +187,16 @@ def export_model(
     *,
     task: Task = "embedding",
     max_length: int | None = None,
+    precisions: Sequence[Precision] = ("fp32",),
 ) -> ModelManifest:
-    """Export SOURCE into `models_dir/name`, replacing it only once parity holds."""
+    """Export SOURCE into `models_dir/name`, replacing it only once parity holds.
+
+    fp32 is always built (it is the reference); `precisions` may add int8 and fp16.
+    """
     output = OUTPUT_OF_TASK[task]
     classifier = task == "classification"
-    total = 6
+    extra = [p for p in dict.fromkeys(precisions) if p != "fp32"]
+    total = 7 + len(extra)
     progress(1, total, f"resolving {source}")
     directory = resolve_source(source)
     st_config = read_sentence_transformer_config(directory)
@@ -265,7 +273,7 @@ def export_model(
             num_heads=int(config.num_attention_heads),
             labels=class_labels(config) if classifier else [],
             problem_type=getattr(config, "problem_type", None) if classifier else None,
-            files={"fp32": GRAPH_FILE, "attention": ATTENTION_FILE},
+            files={},
             parity={
                 "fp32": {
                     **parity.as_dict(),
@@ -277,8 +285,22 @@ def export_model(
                 "attention": {"texts": ATTENTION_PARITY_TEXTS, "max_abs_diff": attention_parity},
             },
         )
+        files = {"fp32": GRAPH_FILE, "attention": ATTENTION_FILE, "torch": TORCH_DIR}
+        parities: dict[str, Any] = {}
+        for step, precision in enumerate(extra, start=6):
+            progress(step, total, f"building the {precision} graph; checking it against fp32")
+            parities[precision] = build_precision(
+                precision, work, work / GRAPH_FILE, tokenizer, pooling, output
+            )
+            files[precision] = PRECISION_FILES[precision]
+            print(f"      {precision:10} : {parities[precision]}", file=sys.stderr)
+
+        progress(total - 1, total, "saving the PyTorch weights (for ENCODER_BACKEND=torch)")
+        model.save_pretrained(work / TORCH_DIR)
+        manifest.files = files
+        manifest.parity |= parities
         manifest.write(work)
-        progress(6, total, f"writing {models_dir / name}")
+        progress(total, total, f"writing {models_dir / name}")
         target = models_dir / name
         if target.exists():
             shutil.rmtree(target)
@@ -299,12 +321,14 @@ def class_labels(config: Any) -> list[str]:
     return [id2label[index] for index in range(len(id2label))]
 
 
-def is_built(models_dir: Path, name: str) -> bool:
-    """A model directory with its manifest, every graph file it lists and its tokenizer."""
+def is_built(models_dir: Path, name: str, precisions: Sequence[str] = ("fp32",)) -> bool:
+    """A model directory with its manifest, the precisions asked for, every file it lists."""
     directory = models_dir / name
     try:
         manifest = ModelManifest.read(directory)
     except (OSError, ValueError, TypeError):
         return False
     files = [*manifest.files.values(), manifest.tokenizer]
-    return bool(manifest.files) and all((directory / f).is_file() for f in files)
+    if not all(precision in manifest.files for precision in precisions):
+        return False
+    return all((directory / f).exists() for f in files)
