@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 
 from app.backends.base import Backend
-from app.engine.batcher import BatchLimits, DynamicBatcher
+from app.engine.batcher import BatchLimits, DynamicBatcher, settle
 from app.engine.errors import DeadlineExceeded, InvalidInput, PayloadTooLarge
 from app.engine.timing import record_timing
 from app.engine.tokenization import TextTokenizer, Token, TokenizedText, pad_batch
@@ -136,7 +136,7 @@ class AttentionEncoder:
                 f"no attention map within the request timeout of {self.request_timeout_s:g} s"
             ) from None
         finally:
-            future.cancel()  # no-op when done; drops the queued input when the caller left
+            settle([future])
         record_timing(queued, item.tokens)
         picked = maps[np.ix_(chosen_layers, chosen_heads)]
         result = np.round(aggregate(picked, how), ATTENTION_DECIMALS).astype(np.float32)

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from app.engine.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 from app.metrics import Metrics
@@ -64,6 +64,16 @@ class QueuedInput(Generic[Payload, Result]):
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None  # its forward pass began
     finished_at: float | None = None  # its forward pass ended
+
+
+def settle(futures: list[asyncio.Future[Any]]) -> None:
+    """Leave no input behind: cancel those still queued (the batcher then drops them) and
+    mark the failures of the rest as seen (asyncio would log them as never retrieved)."""
+    for future in futures:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()
 
 
 class DynamicBatcher(Generic[Payload, Result]):

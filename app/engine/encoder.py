@@ -15,7 +15,7 @@ import numpy as np
 
 from app.backends.base import Backend
 from app.engine.attention import AttentionEncoder
-from app.engine.batcher import BatchLimits, DynamicBatcher
+from app.engine.batcher import BatchLimits, DynamicBatcher, settle
 from app.engine.errors import DeadlineExceeded, InputTooLong
 from app.engine.manifest import ModelManifest
 from app.engine.pooling import pool
@@ -106,13 +106,13 @@ class Encoder:
         tokens = sum(item.tokens for item in encoded)
         remaining = self.request_timeout_s - (time.monotonic() - started)
         try:
-            vectors = await asyncio.wait_for(asyncio.gather(*futures), max(remaining, 0.0))
+            async with asyncio.timeout(max(remaining, 0.0)):
+                vectors = [await future for future in futures]
         except TimeoutError:
             raise DeadlineExceeded(
                 f"no answer within the request timeout of {self.request_timeout_s:g} s"
             ) from None
         finally:
-            for future in futures:
-                future.cancel()  # no-op when done; drops queued inputs when the caller left
+            settle(futures)
         record_timing(queued, tokens)
         return EncoderOutput(np.stack(vectors), tokens)

@@ -81,13 +81,19 @@ def model_input_names(model: torch.nn.Module) -> list[str]:
     return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
 
 
-def export_graph(model: torch.nn.Module, path: Path, input_names: list[str], output: str) -> None:
-    wrapper = _KeywordEncoder(model, input_names, output).eval()
+def _export(
+    wrapper: torch.nn.Module,
+    path: Path,
+    input_names: list[str],
+    output: str,
+    output_axes: dict[int, str],
+) -> None:
+    """TorchScript-based export with dynamic batch and token axes; parity is checked after."""
     example = tuple(torch.ones((2, 8), dtype=torch.int64) for _ in input_names)
     axes = {name: {0: "batch", 1: "tokens"} for name in input_names}
-    axes[output] = {0: "batch", 1: "tokens"} if output == "last_hidden_state" else {0: "batch"}
+    axes[output] = output_axes
     torch.onnx.export(
-        wrapper,
+        wrapper.eval(),
         example,
         str(path),
         input_names=input_names,
@@ -98,22 +104,16 @@ def export_graph(model: torch.nn.Module, path: Path, input_names: list[str], out
     )
 
 
+def export_graph(model: torch.nn.Module, path: Path, input_names: list[str], output: str) -> None:
+    output_axes = {0: "batch", 1: "tokens"} if output == "last_hidden_state" else {0: "batch"}
+    _export(_KeywordEncoder(model, input_names, output), path, input_names, output, output_axes)
+
+
 def export_attention_graph(model: torch.nn.Module, path: Path, input_names: list[str]) -> None:
     """A second graph for attention maps (eager attention); the fast graph stays untouched."""
-    wrapper = _AttentionProbabilities(model, input_names).eval()
-    example = tuple(torch.ones((2, 8), dtype=torch.int64) for _ in input_names)
-    axes = {name: {0: "batch", 1: "tokens"} for name in input_names}
-    axes[ATTENTION_OUTPUT] = {0: "batch", 3: "tokens", 4: "tokens"}
-    torch.onnx.export(
-        wrapper,
-        example,
-        str(path),
-        input_names=input_names,
-        output_names=[ATTENTION_OUTPUT],
-        dynamic_axes=axes,
-        opset_version=OPSET,
-        dynamo=False,
-    )
+    wrapper = _AttentionProbabilities(model, input_names)
+    output_axes = {0: "batch", 3: "tokens", 4: "tokens"}
+    _export(wrapper, path, input_names, ATTENTION_OUTPUT, output_axes)
 
 
 def check_attention_parity(model: torch.nn.Module, graph: Path, tokenizer: TextTokenizer) -> float:

@@ -25,6 +25,6 @@ def test_graph_below_the_cosine_gate_is_not_written(
     repo = tmp_path / "repo"
     repo.mkdir()
     monkeypatch.setattr(exporter, "check_parity", lambda *args: ParityReport(32, 0.5, 0.9990))
-    with pytest.raises(exporter.ParityError, match=r"min cosine 0\.999000 < 0\.9999"):
+    with pytest.raises(exporter.ParityError, match=r"min cosine 0\.999000 \(gate 0\.9999\)"):
         exporter.export_model(str(source), "bad", repo)
     assert list(repo.iterdir()) == []  # neither the model nor its scratch directory

@@ -1,0 +1,121 @@
+"""The engine limit: the server's own tokenizer, ONNX backend and pooling, run in-process."""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from app.backends.onnx import Device, OnnxBackend
+from app.engine.manifest import ModelManifest
+from app.engine.pooling import normalize, pool
+from app.engine.tokenization import TextTokenizer, pad_batch
+from loadtest.report import EnginePoint, EngineResult
+
+# Texts per batch size: enough length-sorted batches that a random sample of them is
+# representative, and at least a few batches even at batch size 128.
+WINDOW_TEXTS = 512
+WARMUP_TEXTS = 64
+
+
+def served_graph(model_dir: Path, precision: str) -> tuple[str, Path]:
+    """The precision and graph file the server loads for this setting (as the registry does)."""
+    manifest = ModelManifest.read(model_dir)
+    chosen = manifest.default_precision if precision == "auto" else precision
+    return chosen, model_dir / manifest.files[chosen]
+
+
+@dataclass(frozen=True)
+class EngineJob:
+    """What to measure; picklable, because it runs in a fresh process."""
+
+    model_dir: Path
+    precision: str  # ENCODER_PRECISION: "auto" or a key of the manifest's files
+    threads: int
+    device: Device
+    batch_sizes: tuple[int, ...]
+    texts: list[str]  # fresh texts, consumed in order, never twice
+    budget_s: float  # measuring time per batch size
+
+
+class Pipeline:
+    """Text in, normalized vector out: the same steps the server runs for one batch."""
+
+    def __init__(self, model_dir: Path, precision: str, threads: int, device: Device) -> None:
+        manifest = ModelManifest.read(model_dir)
+        self.pooling = manifest.pooling
+        self.tokenizer = TextTokenizer(model_dir / manifest.tokenizer, manifest.max_length)
+        _, graph = served_graph(model_dir, precision)
+        self.backend = OnnxBackend(graph, threads=threads, device=device)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        inputs = pad_batch(self.tokenizer.encode(texts))
+        hidden = self.backend.run(inputs)["last_hidden_state"]
+        return normalize(pool(hidden, inputs["attention_mask"], self.pooling))
+
+
+def length_sorted_batches(texts: list[str], batch_size: int, seed: int) -> list[list[str]]:
+    """Batches of neighbours in length, in random order so a time budget samples them fairly."""
+    ordered = sorted(texts, key=len)
+    batches = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    random.Random(seed).shuffle(batches)
+    return batches
+
+
+def measure_batch_size(
+    pipeline: Pipeline, texts: list[str], batch_size: int, budget_s: float
+) -> tuple[EnginePoint, list[float]]:
+    """Throughput at one batch size within the budget, and each batch's seconds."""
+    seconds: list[float] = []
+    done = 0
+    for batch in length_sorted_batches(texts, batch_size, seed=batch_size):
+        started = time.perf_counter()
+        pipeline.embed(batch)
+        seconds.append(time.perf_counter() - started)
+        done += len(batch)
+        if sum(seconds) >= budget_s:
+            break
+    return EnginePoint(batch_size, done / sum(seconds), done), seconds
+
+
+def _take(feed: Iterator[str], count: int) -> list[str]:
+    texts = [text for _, text in zip(range(count), feed, strict=False)]
+    if len(texts) < count:
+        raise ValueError(f"the engine job needs {count} more texts than it was given")
+    return texts
+
+
+def measure_engine(job: EngineJob) -> EngineResult:
+    pipeline = Pipeline(job.model_dir, job.precision, job.threads, job.device)
+    feed = iter(job.texts)
+    # The first passes allocate ORT's arena and warm caches; they are not the steady state.
+    warmup = _take(feed, WARMUP_TEXTS)
+    for batch in length_sorted_batches(warmup, 32, seed=0):
+        pipeline.embed(batch)
+    points: list[EnginePoint] = []
+    single: list[float] = []
+    for batch_size in job.batch_sizes:
+        window = _take(feed, max(WINDOW_TEXTS, 4 * batch_size))
+        point, seconds = measure_batch_size(pipeline, window, batch_size, job.budget_s)
+        points.append(point)
+        if batch_size == 1:
+            single = seconds
+        print(
+            f"  engine batch {batch_size:>3}: {point.sequences_per_s:7.1f} sequences/s",
+            file=sys.stderr,
+            flush=True,
+        )
+    if not single:  # batch size 1 was not in the sweep: time a few texts alone anyway
+        single = measure_batch_size(pipeline, _take(feed, 64), 1, job.budget_s / 2)[1]
+    p50, p99 = np.percentile(np.array(single) * 1000, [50, 99])
+    return EngineResult(job.threads, points, float(p50), float(p99))
+
+
+def texts_needed(batch_sizes: tuple[int, ...]) -> int:
+    """How many fresh texts `measure_engine` may consume for this sweep."""
+    return WARMUP_TEXTS + 64 + sum(max(WINDOW_TEXTS, 4 * size) for size in batch_sizes)
