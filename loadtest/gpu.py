@@ -1,0 +1,146 @@
+"""GPU engine figures: the server's torch backend (and ONNX Runtime's CUDA provider, where
+onnxruntime-gpu is installed) on an all-MiniLM-L6-v2-shaped encoder, tokenization included.
+
+Run on a GPU machine from the repository root: `python -m loadtest.gpu --out DIR`. With
+models/minilm built it uses the real weights; without, random weights of the same shape
+(speed does not depend on the values). Writes gpu.json into DIR. `--device cpu` is a
+smoke test of the script itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.backends.torch import TorchBackend
+from app.engine.pooling import normalize, pool
+from app.engine.tokenization import TextTokenizer, pad_batch
+from loadtest.texts import TextSource
+
+ROOT = Path(__file__).resolve().parent.parent
+MINILM = ROOT / "models" / "minilm"
+BATCH_SIZES = (1, 8, 32, 128, 512)
+
+
+def minilm_shaped_weights(scratch: Path) -> tuple[Path, str]:
+    """The real weights where built, else a random model of the same architecture."""
+    if (MINILM / "torch" / "config.json").is_file():
+        return MINILM / "torch", "all-MiniLM-L6-v2 (real weights)"
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(scratch / "weights")
+    return scratch / "weights", "all-MiniLM-L6-v2 shape, random weights"
+
+
+def embed(backend: Any, tokenizer: TextTokenizer, texts: list[str]) -> np.ndarray:
+    inputs = pad_batch(tokenizer.encode(texts))
+    states = backend.run(inputs)["last_hidden_state"]
+    return normalize(pool(states, inputs["attention_mask"], "mean"))
+
+
+def throughput(backend: Any, tokenizer: TextTokenizer, source: TextSource, size: int) -> float:
+    """Sequences/s over length-sorted batches of fresh texts, for about two seconds."""
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < 2.0:
+        texts = sorted(source.take(size * 4), key=len)
+        for start in range(0, len(texts), size):
+            embed(backend, tokenizer, texts[start : start + size])
+            done += len(texts[start : start + size])
+    return done / (time.perf_counter() - started)
+
+
+def single_latency_ms(backend: Any, tokenizer: TextTokenizer, source: TextSource) -> float:
+    samples = []
+    for text in source.take(60):
+        started = time.perf_counter()
+        embed(backend, tokenizer, [text])
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples[10:])
+
+
+def forward_only(backend: Any, tokenizer: TextTokenizer, source: TextSource, size: int) -> float:
+    """Sequences/s of the forward pass alone (inputs padded beforehand): the device's share."""
+    batches = [pad_batch(tokenizer.encode(source.take(size))) for _ in range(8)]
+    backend.run(batches[0])
+    started = time.perf_counter()
+    for inputs in batches:
+        backend.run(inputs)
+    return size * len(batches) / (time.perf_counter() - started)
+
+
+def measure(name: str, backend: Any, tokenizer: TextTokenizer, seed: int) -> dict[str, Any]:
+    source = TextSource(seed=seed)
+    # A first pass per batch size selects kernels for the padded shapes it meets; fp16
+    # especially is far slower until every shape has been seen once.
+    for size in BATCH_SIZES:
+        throughput(backend, tokenizer, source, size)
+    points = {size: throughput(backend, tokenizer, source, size) for size in BATCH_SIZES}
+    best = max(points, key=points.__getitem__)
+    result = {
+        "sequences_per_s": {str(size): round(value, 1) for size, value in points.items()},
+        "best_batch_size": best,
+        "best_sequences_per_s": round(points[best], 1),
+        "single_text_ms": round(single_latency_ms(backend, tokenizer, source), 2),
+        "forward_only_sequences_per_s_at_512": round(
+            forward_only(backend, tokenizer, source, 512), 1
+        ),
+    }
+    print(name, json.dumps(result), flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    args = parser.parse_args()
+    import onnxruntime as ort
+    import torch
+
+    tokenizer = TextTokenizer(MINILM / "tokenizer.json", 256)
+    report: dict[str, Any] = {
+        "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else "none (smoke test)",
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "onnxruntime_providers": ort.get_available_providers(),
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        weights, report["weights"] = minilm_shaped_weights(Path(scratch))
+        device = args.device
+        fp32 = TorchBackend(weights, classifier=False, threads=8, device=device)
+        fp16 = TorchBackend(weights, classifier=False, threads=8, device=device, half=True)
+        check = TextSource(seed=7).take(64)
+        cosine = (embed(fp32, tokenizer, check) * embed(fp16, tokenizer, check)).sum(axis=1)
+        report["fp16_min_cosine_to_fp32"] = round(float(cosine.min()), 6)
+        report[f"torch_{device}_fp32"] = measure("torch fp32", fp32, tokenizer, seed=1)
+        report[f"torch_{device}_fp16"] = measure("torch fp16", fp16, tokenizer, seed=2)
+        graph = MINILM / "model.onnx"
+        if "CUDAExecutionProvider" in ort.get_available_providers() and graph.is_file():
+            from app.backends.onnx import OnnxBackend
+
+            onnx = OnnxBackend(graph, threads=8, device="cuda")
+            report["onnx_cuda_fp32"] = measure("onnx cuda fp32", onnx, tokenizer, seed=3)
+        else:
+            report["onnx_cuda"] = "not measured: onnxruntime-gpu is not installed here"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
