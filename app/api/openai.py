@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
-from app.api.routes import (
+from app.api.handling import (
     check_input_count,
     checked_inputs,
     json_response,

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from app import __version__
-from app.api.routes import checked_inputs, json_response, server, unless_disconnected, use_model
+from app.api.handling import checked_inputs, json_response, server, unless_disconnected, use_model
 from app.api.schemas import check_texts
 from app.engine.model import ClassifyOptions
 

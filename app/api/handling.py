@@ -1,0 +1,74 @@
+"""What every route does with a request: input limits, the model label, disconnects, JSON."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import Request
+from starlette.responses import Response
+
+from app.api.lifecycle import ServerState
+from app.api.schemas import as_list
+from app.engine.errors import ClientDisconnected, PayloadTooLarge
+from app.engine.model import ServedModel
+
+T = TypeVar("T")
+
+
+def json_response(content: Any) -> Response:
+    # orjson writes numpy float32 arrays directly: no per-float Python objects.
+    body = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(body, media_type="application/json")
+
+
+def server(request: Request) -> ServerState:
+    state: ServerState = request.app.state.server
+    return state
+
+
+def checked_inputs(request: Request, inputs: str | list[str]) -> list[str]:
+    """The request's texts, within the count and length limits (413 before tokenizing)."""
+    texts = as_list(inputs)
+    check_input_count(request, len(texts))
+    settings = server(request).settings
+    for index, text in enumerate(texts):
+        if len(text) > settings.max_input_chars:
+            raise PayloadTooLarge(
+                f"inputs[{index}] has {len(text)} characters; the limit is "
+                f"{settings.max_input_chars}"
+            )
+    return texts
+
+
+def check_input_count(request: Request, count: int) -> None:
+    limit = server(request).settings.max_inputs_per_request
+    if count > limit:
+        raise PayloadTooLarge(f"{count} inputs in one request; the limit is {limit}")
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await engine work; if the client hangs up first, cancel it so its queued inputs are
+    dropped before they cost a forward pass."""
+    task = asyncio.ensure_future(work)
+    # After the body is read, the next ASGI message is the client's disconnect.
+    watcher = asyncio.ensure_future(request.receive())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    hung_up = not task.done() and watcher.done() and not watcher.cancelled()
+    if hung_up and watcher.result().get("type") == "http.disconnect":
+        task.cancel()
+        raise ClientDisconnected("the client closed the connection before the answer")
+    return await task
+
+
+def use_model(request: Request, model: ServedModel) -> ServedModel:
+    request.state.model = model.name  # the `model` label of this request's metrics
+    return model
