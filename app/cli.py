@@ -1,8 +1,9 @@
-"""Command line: `encoder-serve serve` runs the server, `encoder-serve export` builds models."""
+"""Command line: `serve` runs the server, `export` builds models, `train-head` trains heads."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -54,6 +55,65 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_head(args: argparse.Namespace) -> int:
+    from app.export.head_fit import HeadConfig
+    from app.export.train_head import train_head
+
+    try:
+        config = HeadConfig(
+            **{name: value for name in HEAD_FLAGS if (value := getattr(args, name)) is not None}
+        )
+        manifest = train_head(
+            base=args.base,
+            data=args.data,
+            name=args.name,
+            labels=[label.strip() for label in args.labels.split(",")],
+            models_dir=args.models_dir or Settings().models_dir,
+            config=config,
+            eval_data=args.eval,
+            command=train_head_command(args),
+        )
+    except (ValueError, FileNotFoundError) as error:  # bad input, not a bug: no traceback
+        print(f"encoder-serve train-head: {error}", file=sys.stderr)
+        return 2
+    scores = manifest.evaluation
+    dev = f", dev accuracy {scores['dev_accuracy']:.4f}" if "dev_accuracy" in scores else ""
+    print(
+        f"trained '{manifest.name}' on '{args.base}': held-out accuracy "
+        f"{scores['held_out_accuracy']:.4f}{dev}"
+    )
+    return 0
+
+
+# Hyperparameter flags of `train-head` (defaults live in HeadConfig).
+HEAD_FLAGS = {
+    "hidden": (int, "hidden ReLU units (0: a linear head)"),
+    "members": (int, "independently seeded heads to average"),
+    "epochs": (int, "training epochs (learning rate cosine-annealed to zero over them)"),
+    "batch_size": (int, "rows per update"),
+    "learning_rate": (float, "peak AdamW learning rate"),
+    "weight_decay": (float, "AdamW weight decay"),
+    "dropout": (float, "dropout after the hidden layer"),
+    "input_dropout": (float, "dropout on the input features"),
+    "held_out": (float, "share of the data held out to measure the head"),
+    "seed": (int, "random seed"),
+}
+
+
+def train_head_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces a trained head, recorded in its manifest."""
+    words = ["encoder-serve", "train-head", "--base", args.base, "--data", str(args.data)]
+    if args.eval:
+        words += ["--eval", str(args.eval)]
+    words += ["--name", args.name, "--labels", args.labels]
+    if args.models_dir:
+        words += ["--models-dir", str(args.models_dir)]
+    for name in HEAD_FLAGS:
+        if (value := getattr(args, name)) is not None:
+            words += ["--" + name.replace("_", "-"), str(value)]
+    return shlex.join(words)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="encoder-serve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-existing", action="store_true", help="do nothing when the model is already built"
     )
     export.set_defaults(handler=_export)
+
+    train = commands.add_parser(
+        "train-head", help="train a classification head on a base model's embeddings"
+    )
+    train.add_argument("--base", required=True, help="embedding model that computes features")
+    train.add_argument("--data", type=Path, required=True, help="labelled TSV/CSV (text, label)")
+    train.add_argument("--name", required=True, help="model name (its directory under models/)")
+    train.add_argument("--labels", required=True, help="comma-separated label names, in order")
+    train.add_argument("--eval", type=Path, help="labelled TSV/CSV to report accuracy on")
+    train.add_argument("--models-dir", type=Path, help="model repository (default: models)")
+    for name, (kind, text) in HEAD_FLAGS.items():
+        train.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+    train.set_defaults(handler=_train_head)
     return parser
 
 

@@ -223,7 +223,9 @@ def run(plan: Plan, generator: str, out_dir: Path) -> Path:
         notes=notes,
         **points,
     )
-    path = save(report, out_dir, f"{now:%Y-%m-%d}-{report.host}" + ("-quick" if plan.quick else ""))
+    # One report per day, host and precision (fp32 unmarked): an int8 run keeps the fp32 one.
+    stem = f"{now:%Y-%m-%d}-{report.host}" + ("" if precision == "fp32" else f"-{precision}")
+    path = save(report, out_dir, stem + ("-quick" if plan.quick else ""))
     log(f"done in {time.monotonic() - started:.0f} s")
     print("\n".join([efficiency_line(report), "", *summary_table(report), "", f"report: {path}"]))
     return path

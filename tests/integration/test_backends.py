@@ -11,6 +11,7 @@ import pytest
 
 from app.engine.manifest import ModelManifest
 from tests.conftest import LiveServer, start_server
+from tests.sst2 import dev_accuracy
 
 TEXTS = [
     "A man is playing a guitar on the street corner.",
@@ -68,6 +69,19 @@ def test_int8_graph_stays_within_the_parity_gate(
     assert cosines.mean() >= 0.99
     assert info["precision"] == "int8"
     assert 'precision="int8"' in metrics
+
+
+def test_int8_costs_sentiment_at_most_one_point_of_dev_accuracy(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    fp32 = dev_accuracy(server.url)
+    live = start_server(tmp_path, {"ENCODER_PRECISION": "int8"})
+    try:
+        int8 = dev_accuracy(live.url)
+    finally:
+        live.stop()
+    print(f"SST-2 dev accuracy: fp32 {fp32:.4f}, int8 {int8:.4f}")
+    assert int8 >= fp32 - 0.01
 
 
 def test_a_precision_the_model_lacks_stops_startup(tmp_path: Path) -> None:

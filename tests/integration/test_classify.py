@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +15,11 @@ from app.config import Settings
 from app.engine.manifest import ModelManifest
 from app.export.exporter import export_model
 from tests.conftest import LiveServer
+from tests.sst2 import dev_accuracy
 from tests.tiny_models import build_tiny_classifier
 
 LABELS = ["red", "green", "blue"]
 TEXTS = ["hello world", "a somewhat longer sentence about colours", "blue"]
-SST2_DEV = Path(__file__).resolve().parents[3] / "shared" / "data" / "sst2" / "dev.tsv"
 
 
 def ready_client(models_dir: Path) -> Iterator[TestClient]:
@@ -175,23 +174,8 @@ def test_sentiment_classifies_unmistakable_sentences(server: LiveServer) -> None
 
 
 def test_sentiment_dev_accuracy_regression_guard(server: LiveServer) -> None:
-    if not SST2_DEV.is_file():
-        pytest.skip(f"SST-2 dev set not found at {SST2_DEV}; accuracy not measured")
-    with SST2_DEV.open(newline="") as file:
-        rows = list(csv.DictReader(file, delimiter="\t", quoting=csv.QUOTE_NONE))
-    text_column = next(c for c in ("sentence", "content", "text") if c in rows[0])
-    names = ["negative", "positive"]
-    correct = 0
-    with server.client() as client:
-        for start in range(0, len(rows), 128):
-            chunk = rows[start : start + 128]
-            body = {"inputs": [row[text_column] for row in chunk], "model": "sentiment"}
-            response = client.post("/classify", json=body)
-            assert response.status_code == 200, response.text
-            for row, result in zip(chunk, response.json()["results"], strict=True):
-                correct += result[0]["label"] == names[int(row["label"])]
-    accuracy = correct / len(rows)
-    print(f"SST-2 dev accuracy through the server: {accuracy:.4f} on {len(rows)} sentences")
+    accuracy = dev_accuracy(server.url)
+    print(f"SST-2 dev accuracy through the server: {accuracy:.4f}")
     assert accuracy >= 0.80
 
 

@@ -1,0 +1,173 @@
+"""`train-head`: a classification head trained on a base model's frozen, pooled embeddings."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.backends.onnx import OnnxBackend
+from app.engine.heads import ClassifierHead
+from app.engine.manifest import MANIFEST_FILE, ModelManifest
+from app.engine.pooling import normalize, pool
+from app.engine.tokenization import TextTokenizer, pad_batch
+from app.export.head_fit import HeadConfig, fit_head
+from app.export.labelled_data import held_out_split, read_labelled
+
+HEAD_FILE = "head.npz"
+EMBED_BATCH = 64
+
+
+def progress(stage: str, message: str) -> None:
+    print(f"[{stage}] {message}", file=sys.stderr, flush=True)
+
+
+def available_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class FeatureExtractor:
+    """The served head's input: the base model's pooled, L2-normalized vector per text."""
+
+    def __init__(self, base_dir: Path, *, threads: int | None = None) -> None:
+        self.manifest = ModelManifest.read(base_dir)
+        if self.manifest.task != "embedding" or "fp32" not in self.manifest.files:
+            raise ValueError(f"{base_dir}: the base must be a built embedding model")
+        tokenizer_path = base_dir / self.manifest.tokenizer
+        self._tokenizer = TextTokenizer(tokenizer_path, self.manifest.max_length)
+        graph = base_dir / self.manifest.files["fp32"]
+        self._backend = OnnxBackend(graph, threads=threads or available_cores(), device="cpu")
+
+    def embed(self, texts: list[str], *, stage: str = "embed") -> np.ndarray:
+        tokenized = self._tokenizer.encode(texts)
+        # Length-sorted batches waste little on padding; rows go back to input order after.
+        order = sorted(range(len(texts)), key=lambda i: tokenized[i].tokens)
+        features = np.zeros((len(texts), self.manifest.dimensions), dtype=np.float32)
+        start = time.perf_counter()
+        for begin in range(0, len(order), EMBED_BATCH):
+            rows = order[begin : begin + EMBED_BATCH]
+            inputs = pad_batch([tokenized[i] for i in rows])
+            hidden = self._backend.run(inputs)["last_hidden_state"]
+            pooled = pool(hidden, inputs["attention_mask"], self.manifest.pooling)
+            features[rows] = normalize(pooled)
+            done = begin + len(rows)
+            if done == len(order) or (begin // EMBED_BATCH) % 50 == 0:
+                rate = done / max(time.perf_counter() - start, 1e-9)
+                progress(stage, f"{done}/{len(order)} ({rate:.0f}/s)")
+        return features
+
+
+def accuracy(head: ClassifierHead, features: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(head.logits(features).argmax(axis=1) == labels))
+
+
+def _write_model(directory: Path, head: ClassifierHead, manifest: ModelManifest) -> None:
+    """Write head and manifest next to the target first, so a failure leaves the old model."""
+    directory.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".train-head-", dir=directory.parent))
+    try:
+        head.save(scratch / HEAD_FILE)
+        manifest.write(scratch)
+        for written in scratch.iterdir():
+            os.replace(written, directory / written.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def train_head(
+    *,
+    base: str,
+    data: Path,
+    name: str,
+    labels: list[str],
+    models_dir: Path,
+    config: HeadConfig,
+    eval_data: Path | None = None,
+    command: str = "",
+) -> ModelManifest:
+    """Train a head on `base`'s embeddings of `data` and write it as model `name`."""
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise ValueError(f"need at least two distinct labels, got {labels}")
+    base_dir = models_dir / base
+    if not (base_dir / MANIFEST_FILE).exists():
+        raise FileNotFoundError(f"no base model '{base}' in {models_dir} (export it first)")
+    extractor = FeatureExtractor(base_dir)
+    train_set = read_labelled(data, labels)
+    evaluation_set = read_labelled(eval_data, labels) if eval_data else None
+    train_rows, held_rows = held_out_split(
+        train_set.texts, train_set.labels, config.held_out, config.seed
+    )
+    dropped = len(train_set.texts) - len(train_rows) - len(held_rows)
+    progress(
+        "split",
+        f"{len(train_rows)} training rows, {len(held_rows)} held out, {dropped} dropped "
+        "(sub-phrases or copies of held-out rows)",
+    )
+    features = extractor.embed(train_set.texts)
+    held_features, held_labels = features[held_rows], train_set.labels[held_rows]
+
+    def report(member: int, epoch: int, epochs: int, head: ClassifierHead) -> None:
+        if epochs > 20 and (epoch + 1) % (epochs // 10) != 0:
+            return  # small data sets run hundreds of short epochs: show about ten
+        score = accuracy(head, held_features, held_labels)
+        progress(
+            "train",
+            f"head {member + 1}/{config.members}, epoch {epoch + 1}/{epochs}: "
+            f"held-out accuracy {score:.4f}",
+        )
+
+    head = fit_head(features[train_rows], train_set.labels[train_rows], len(labels), config, report)
+    held_out_accuracy = accuracy(head, held_features, held_labels)
+    progress("train", f"{config.describe()}: held-out accuracy {held_out_accuracy:.4f}")
+    evaluation: dict[str, Any] = {
+        "train_examples": len(train_rows),
+        "held_out_examples": len(held_rows),
+        "held_out_accuracy": round(held_out_accuracy, 4),
+    }
+    if evaluation_set is not None:
+        eval_features = extractor.embed(evaluation_set.texts, stage="eval")
+        dev_accuracy = accuracy(head, eval_features, evaluation_set.labels)
+        progress("eval", f"accuracy {dev_accuracy:.4f} on {len(evaluation_set.texts)} examples")
+        evaluation |= {"dev_accuracy": round(dev_accuracy, 4), "dev_examples": len(eval_features)}
+    evaluation |= {
+        "features": f"{base}: {extractor.manifest.pooling} pooling, L2-normalized",
+        "head": config.describe(),
+        "command": command,
+    }
+    manifest = _head_manifest(name, base, extractor.manifest, labels, evaluation)
+    _write_model(models_dir / name, head, manifest)
+    return manifest
+
+
+def _head_manifest(
+    name: str,
+    base: str,
+    base_manifest: ModelManifest,
+    labels: list[str],
+    evaluation: dict[str, Any],
+) -> ModelManifest:
+    return ModelManifest(
+        name=name,
+        task="classification",
+        source=base_manifest.source,
+        pooling=base_manifest.pooling,
+        normalize=base_manifest.normalize,
+        max_length=base_manifest.max_length,
+        dimensions=base_manifest.dimensions,
+        num_layers=base_manifest.num_layers,
+        num_heads=base_manifest.num_heads,
+        tokenizer=base_manifest.tokenizer,
+        labels=list(labels),
+        files={},  # the base model's graph runs the encoder
+        base=base,
+        head=HEAD_FILE,
+        evaluation=evaluation,
+    )

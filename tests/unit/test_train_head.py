@@ -1,0 +1,235 @@
+"""`train-head`: labelled-file reading, the leak-free split, and a head trained on real MiniLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.cli import build_parser
+from app.engine.heads import ClassifierHead
+from app.engine.manifest import ModelManifest
+from app.export.head_fit import HeadConfig, _Trainer, fit_head
+from app.export.labelled_data import held_out_split, read_labelled
+from app.export.train_head import FeatureExtractor, accuracy
+from tests.conftest import MODELS_DIR
+
+POSITIVE = [
+    "I loved this film, it was wonderful from start to finish.",
+    "An absolute delight: warm, funny and beautifully acted.",
+    "The best meal I have had in years, simply fantastic.",
+    "What a great experience, I would happily do it again.",
+    "The staff were kind and helpful and the room was lovely.",
+    "A brilliant, moving story that left me smiling.",
+    "Superb performances and a gorgeous soundtrack.",
+    "I am so happy with this purchase, it works perfectly.",
+    "Charming, clever and a joy to watch.",
+    "Excellent service and a truly pleasant evening.",
+    "This book is a masterpiece, I enjoyed every page.",
+    "Fantastic value, great quality, highly recommended.",
+    "A beautiful day out with wonderful people.",
+    "The concert was amazing and the crowd was thrilled.",
+    "Everything about it was perfect and lovely.",
+    "An inspiring, uplifting and heartfelt film.",
+    "I adore this little cafe, the coffee is terrific.",
+    "Great fun for the whole family, we loved it.",
+    "Outstanding work, the team did a marvellous job.",
+    "A delightful surprise, far better than I hoped.",
+]
+NEGATIVE = [
+    "I hated this film, it was awful from start to finish.",
+    "A dull, tedious and badly acted mess.",
+    "The worst meal I have had in years, simply disgusting.",
+    "What a terrible experience, I will never go back.",
+    "The staff were rude and the room was filthy.",
+    "A boring, pointless story that made me angry.",
+    "Wooden performances and an irritating soundtrack.",
+    "I am so disappointed with this purchase, it broke at once.",
+    "Clumsy, stupid and painful to watch.",
+    "Horrible service and a miserable evening.",
+    "This book is garbage, I regret every page.",
+    "Poor value, cheap quality, avoid it.",
+    "A wretched day out with unpleasant people.",
+    "The concert was dreadful and the crowd was furious.",
+    "Everything about it was wrong and ugly.",
+    "A depressing, lifeless and cynical film.",
+    "I despise this grimy cafe, the coffee is foul.",
+    "Awful for the whole family, we hated it.",
+    "Shoddy work, the team did an appalling job.",
+    "A nasty disappointment, far worse than I feared.",
+]
+LABELS = ["negative", "positive"]
+
+
+def _write_rows(path: Path, rows: list[tuple[str, str]], delimiter: str, header: str) -> Path:
+    lines = [header] + [f"{label}{delimiter}{text}" for label, text in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_reads_tsv_with_label_indices(tmp_path: Path) -> None:
+    rows = [("1", 'a "quoted" joy'), ("0", "a sad, sad day")]
+    data = read_labelled(_write_rows(tmp_path / "d.tsv", rows, "\t", "label\tsentence"), LABELS)
+    assert data.texts == ['a "quoted" joy', "a sad, sad day"]
+    assert data.labels.tolist() == [1, 0]
+
+
+def test_reads_csv_with_label_names_and_quoted_commas(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text('text,label\n"good, really good",positive\nbad,negative\n', encoding="utf-8")
+    data = read_labelled(path, LABELS)
+    assert data.texts == ["good, really good", "bad"]
+    assert data.labels.tolist() == [1, 0]
+
+
+def test_sniffs_the_delimiter_of_other_extensions(tmp_path: Path) -> None:
+    rows = [("positive", "nice"), ("negative", "nasty"), ("positive", "fine")]
+    data = read_labelled(_write_rows(tmp_path / "d.txt", rows, "\t", "label\tcontent"), LABELS)
+    assert data.labels.tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize("label", ["neutral", "2", "-1"])
+def test_unknown_label_is_a_clear_error(tmp_path: Path, label: str) -> None:
+    path = _write_rows(tmp_path / "d.tsv", [("1", "ok"), (label, "meh")], "\t", "label\ttext")
+    with pytest.raises(ValueError, match=rf"d\.tsv:3: label '{label}' is neither one of"):
+        read_labelled(path, LABELS)
+
+
+def test_missing_text_column_is_a_clear_error(tmp_path: Path) -> None:
+    path = _write_rows(tmp_path / "d.tsv", [("1", "ok")], "\t", "label\treview")
+    with pytest.raises(ValueError, match="no column named sentence or content or text"):
+        read_labelled(path, LABELS)
+
+
+def test_phrase_data_holds_out_whole_sentences_and_drops_their_phrases() -> None:
+    sentences = [f"movie {i} was {'good' if i % 2 else 'bad'} and {i} long" for i in range(40)]
+    texts: list[str] = []
+    for sentence in sentences:  # every sentence with two of its sub-phrases, SST style
+        words = sentence.split()
+        texts += [sentence, " ".join(words[:2]), " ".join(words[-2:])]
+    labels = np.asarray([i % 2 for i in range(40) for _ in range(3)])
+    train, held = held_out_split(texts, labels, 0.1, seed=0)
+    assert len(held) == 4 and {texts[i] for i in held} <= set(sentences)
+    held_sentences = [texts[i] for i in held]
+    for row in train:
+        assert not any(f" {texts[row]} " in f" {sentence} " for sentence in held_sentences)
+    assert len(train) == len(texts) - 3 * len(held)
+
+
+def test_plain_data_is_split_stratified_without_duplicates_leaking() -> None:
+    texts = [f"text number {i}" for i in range(50)] + ["text number 3"]
+    labels = np.asarray([i % 2 for i in range(50)] + [1])
+    train, held = held_out_split(texts, labels, 0.2, seed=1)
+    assert sorted(labels[held].tolist()) == [0] * 5 + [1] * 5
+    held_texts = {texts[i] for i in held}
+    assert not held_texts & {texts[i] for i in train}
+    assert len(train) + len(held) + ("text number 3" in held_texts) == len(texts)
+
+
+def test_head_round_trips_through_its_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    head = ClassifierHead(
+        (rng.normal(size=(8, 5)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)),
+        (rng.normal(size=5).astype(np.float32), rng.normal(size=3).astype(np.float32)),
+    )
+    head.save(tmp_path / "head.npz")
+    loaded = ClassifierHead.load(tmp_path / "head.npz")
+    features = rng.normal(size=(4, 8)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.logits(features), head.logits(features))
+
+
+@pytest.mark.parametrize("hidden", [0, 6])
+def test_hand_written_gradients_match_finite_differences(hidden: int) -> None:
+    rng = np.random.default_rng(3)
+    config = HeadConfig(hidden=hidden, input_dropout=0.0, dropout=0.0)
+    sizes = [5, hidden, 3] if hidden else [5, 3]
+    trainer = _Trainer(sizes, config, rng)
+    trainer.params = [p.astype(np.float64) for p in trainer.params]
+    x, labels = rng.normal(size=(7, 5)), rng.integers(0, 3, size=7)
+
+    def loss() -> float:
+        out = x
+        for index in range(0, len(trainer.params), 2):
+            if index:
+                out = np.maximum(out, 0.0)
+            out = out @ trainer.params[index] + trainer.params[index + 1]
+        out = out - out.max(axis=1, keepdims=True)
+        log_probs = out - np.log(np.exp(out).sum(axis=1, keepdims=True))
+        return float(-log_probs[np.arange(7), labels].mean())
+
+    for param, grad in zip(trainer.params, trainer.gradients(x, labels), strict=True):
+        for index in [(0,) * param.ndim, tuple(s - 1 for s in param.shape)]:
+            saved = param[index]
+            param[index] = saved + 1e-6
+            above = loss()
+            param[index] = saved - 1e-6
+            below = loss()
+            param[index] = saved
+            assert grad[index] == pytest.approx((above - below) / 2e-6, abs=1e-6)
+
+
+def test_fitted_head_separates_two_clusters_and_averages_members() -> None:
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(-1, 0.5, (40, 4)), rng.normal(1, 0.5, (40, 4))])
+    labels = np.repeat([0, 1], 40)
+    head = fit_head(features, labels, 2, HeadConfig(hidden=8, members=3, epochs=5))
+    assert [w.shape for w in head.weights] == [(4, 24), (24, 2)]
+    assert accuracy(head, features, labels) == 1.0
+
+
+@pytest.fixture(scope="module")
+def minilm_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not (MODELS_DIR / "minilm" / "model.onnx").exists():
+        pytest.skip("models/minilm is not built (run `make models`)")
+    repository = tmp_path_factory.mktemp("models")
+    (repository / "minilm").symlink_to(MODELS_DIR / "minilm", target_is_directory=True)
+    return repository
+
+
+def test_train_head_separates_a_small_labelled_set(minilm_repository: Path, tmp_path: Path) -> None:
+    rows = [("positive", text) for text in POSITIVE] + [("negative", text) for text in NEGATIVE]
+    data = _write_rows(tmp_path / "train.tsv", rows, "\t", "label\ttext")
+    argv = ["train-head", "--base", "minilm", "--data", str(data), "--name", "mood"]
+    argv += ["--labels", "negative,positive", "--eval", str(data)]
+    argv += ["--models-dir", str(minilm_repository), "--hidden", "64"]
+    args = build_parser().parse_args(argv)
+    assert args.handler(args) == 0
+
+    directory = minilm_repository / "mood"
+    assert sorted(path.name for path in directory.iterdir()) == ["head.npz", "model.json"]
+    manifest = ModelManifest.read(directory)
+    base = ModelManifest.read(minilm_repository / "minilm")
+    assert (manifest.task, manifest.base, manifest.head) == ("classification", "minilm", "head.npz")
+    assert manifest.labels == LABELS and manifest.files == {}
+    assert (manifest.pooling, manifest.dimensions, manifest.max_length) == (
+        base.pooling,
+        base.dimensions,
+        base.max_length,
+    )
+    scores = manifest.evaluation
+    assert scores["train_examples"] + scores["held_out_examples"] == len(rows)
+    assert scores["dev_accuracy"] >= 0.95  # the eval file here is the training file itself
+    assert scores["command"].startswith("encoder-serve train-head --base minilm --data ")
+    assert "--hidden 64" in scores["command"]
+
+    head = ClassifierHead.load(directory / "head.npz")
+    extractor = FeatureExtractor(minilm_repository / "minilm", threads=1)
+    texts = [text for _, text in rows]
+    labels = np.asarray([LABELS.index(label) for label, _ in rows])
+    assert accuracy(head, extractor.embed(texts), labels) >= 0.95
+    unseen = ["A wonderful, joyful and lovely show.", "A horrible, boring and awful show."]
+    assert head.logits(extractor.embed(unseen)).argmax(axis=1).tolist() == [1, 0]
+
+
+def test_cli_reports_bad_input_without_a_traceback(
+    minilm_repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write_rows(tmp_path / "d.tsv", [("1", "ok"), ("maybe", "meh")], "\t", "label\ttext")
+    common = ["--data", str(data), "--name", "x", "--labels", "negative,positive"]
+    common += ["--models-dir", str(minilm_repository)]
+    for base, message in [("nope", "no base model 'nope'"), ("minilm", "label 'maybe'")]:
+        args = build_parser().parse_args(["train-head", "--base", base, *common])
+        assert args.handler(args) == 2
+        assert message in capsys.readouterr().err
+    assert not (minilm_repository / "x").exists()
