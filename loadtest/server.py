@@ -198,11 +198,15 @@ def wait_idle(server: RunningServer, model: str, timeout_s: float = 60.0) -> Non
     last: tuple[float, ...] = ()
     while time.monotonic() < deadline:
         samples = model_samples(scrape(server), model)
-        dispatched = samples.get("encoder_batch_size_count", 0.0)
-        # A batch is observed in inference_duration only once it has finished.
-        finished = samples.get("encoder_inference_duration_seconds_count", 0.0)
-        now = (dispatched, finished, samples.get("encoder_tokens_total", 0.0))
-        if samples.get(QUEUE_DEPTH, 0.0) == 0 and dispatched == finished and now == last:
+        # A batch from the queue may run as several forward passes (encoder_batch_size
+        # counts passes), and is observed in inference_duration once it has finished:
+        # idle is an empty queue and counters that stood still between two scrapes.
+        now = (
+            samples.get("encoder_batch_size_count", 0.0),
+            samples.get("encoder_inference_duration_seconds_count", 0.0),
+            samples.get("encoder_tokens_total", 0.0),
+        )
+        if samples.get(QUEUE_DEPTH, 0.0) == 0 and now == last:
             return
         last = now
         time.sleep(0.25)

@@ -289,8 +289,6 @@ class DynamicBatcher(Generic[Payload, Result]):
             wait = metrics.queue_wait.labels(self.name)
             for item in batch:
                 wait.observe(started - item.enqueued_at)
-            metrics.batch_size.labels(self.name).observe(len(batch))
-            metrics.batch_tokens.labels(self.name).observe(len(batch) * batch[-1].tokens)
         self._running = len(batch)
         try:
             outcomes = await asyncio.get_running_loop().run_in_executor(

@@ -22,6 +22,9 @@ from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+# Measured on 2 cores with all-MiniLM-L6-v2: length-sorted passes of 8 gave 152-172
+# sequences/s from random batches of 32-64, passes of 4 or 12 a little less, unsplit ~105.
+CPU_FORWARD_BATCH = 8
 REBUILD = "run `make models` (or `encoder-serve export`) to build it"
 WARMUP_TEXT = "Warm-up: the first forward pass allocates what later ones reuse."
 
@@ -67,7 +70,15 @@ def load_encoder(directory: Path, settings: Settings, metrics: Metrics | None) -
     precision = manifest.default_precision if settings.precision == "auto" else settings.precision
     backend = open_backend(directory, manifest, settings, precision)
     limits = batch_limits(settings, manifest)
-    encoder = Encoder(manifest, tokenizer, backend, limits, settings.request_timeout_s, metrics)
+    encoder = Encoder(
+        manifest,
+        tokenizer,
+        backend,
+        limits,
+        settings.request_timeout_s,
+        metrics,
+        forward_batch_size(settings, backend),
+    )
     encoder.precision = precision
     if "attention" in manifest.files:
         encoder.attention = AttentionEncoder(
@@ -111,6 +122,13 @@ def open_backend(
         return OnnxBackend(path, threads=threads, device=device)
     except Exception as error:
         raise ModelLoadError(f"model '{manifest.name}': cannot load {path}: {error}") from error
+
+
+def forward_batch_size(settings: Settings, backend: Backend) -> int:
+    """Sequences per forward pass: small length-sorted passes on CPU, whole batches on GPU."""
+    if settings.forward_batch_size:
+        return settings.forward_batch_size
+    return CPU_FORWARD_BATCH if backend.device == "cpu" else settings.max_batch_size
 
 
 def read_manifest(directory: Path) -> ModelManifest:
