@@ -19,7 +19,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import LiveServer, free_port, start_server
+from tests.conftest import LiveServer, free_port, start_server, stop_process
 from tests.deploy.support import ALERT_RULES, alert_rules, require_tool
 
 pytestmark = pytest.mark.slow
@@ -67,13 +67,7 @@ class LivePrometheus:
         return float(result[0]["value"][1]) if result else None
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def start_prometheus(binary: str, tmp_dir: Path, target: str) -> LivePrometheus:
