@@ -82,6 +82,12 @@ class Encoder:
             for vector in self._forward_pass(items[start : start + size])
         ]
 
+    def warm_up(self, text: str) -> None:
+        """One pass before serving (allocations, kernel choices), kept out of the metrics."""
+        self.backend.run(pad_batch(self.tokenizer.encode([text])))
+        if self.attention is not None:
+            self.attention.forward(self.tokenizer.encode([text]))
+
     def _forward_pass(self, items: list[TokenizedText]) -> list[np.ndarray]:
         inputs = pad_batch(items)
         if self._metrics is not None:

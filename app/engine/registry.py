@@ -236,7 +236,5 @@ class ModelRegistry:
     def warm_up(self) -> None:
         """One forward pass per graph, off the event loop, before the server reports ready."""
         for encoder in self.encoders:
-            encoder.forward(encoder.tokenizer.encode([WARMUP_TEXT]))
-            if encoder.attention is not None:
-                encoder.attention.forward(encoder.tokenizer.encode([WARMUP_TEXT]))
+            encoder.warm_up(WARMUP_TEXT)
             log.info("model %s warmed up", encoder.name)
