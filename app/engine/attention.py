@@ -6,16 +6,14 @@ and worker thread: they never hold up a batch of the embedding path.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from app.backends.base import Backend
-from app.engine.batcher import BatchLimits, DynamicBatcher, settle
-from app.engine.errors import DeadlineExceeded, InvalidInput, PayloadTooLarge
-from app.engine.timing import record_timing
+from app.engine.batcher import BatchLimits, DynamicBatcher
+from app.engine.errors import InvalidInput, PayloadTooLarge
 from app.engine.tokenization import TextTokenizer, Token, TokenizedText, pad_batch
 
 Aggregate = Literal["none", "mean", "rollout"]
@@ -127,17 +125,7 @@ class AttentionEncoder:
             type_ids=np.zeros(len(tokens), dtype=np.int64),
             truncated=False,
         )
-        queued = self.batcher.enqueue([(item, item.tokens)], self.request_timeout_s)
-        future = queued[0].future
-        try:
-            maps = await asyncio.wait_for(future, self.request_timeout_s)
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"no attention map within the request timeout of {self.request_timeout_s:g} s"
-            ) from None
-        finally:
-            settle([future])
-        record_timing(queued, item.tokens)
+        (maps,) = await self.batcher.process([(item, item.tokens)], self.request_timeout_s)
         picked = maps[np.ix_(chosen_layers, chosen_heads)]
         result = np.round(aggregate(picked, how), ATTENTION_DECIMALS).astype(np.float32)
         return AttentionMap(

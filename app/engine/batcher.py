@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from app.engine.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
+from app.engine.timing import record_timing
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,29 @@ class DynamicBatcher(Generic[Payload, Result]):
         self._set_depth()
         self._arrived.set()
         return items
+
+    async def process(
+        self, payloads: Sequence[tuple[Payload, int]], timeout_s: float
+    ) -> list[Result]:
+        """Queue inputs and await their results, in order, within `timeout_s`.
+
+        However the wait ends (answer, error, timeout, the caller cancelled), no input is
+        left behind in the queue; the time spent goes to the current request's account.
+        """
+        queued = self.enqueue(payloads, timeout_s)
+        futures = [item.future for item in queued]
+        try:
+            async with asyncio.timeout(max(timeout_s, 0.0)):
+                results = [await future for future in futures]
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"model '{self.name}': no answer before the request deadline "
+                f"({timeout_s:.3g} s left when queued)"
+            ) from None
+        finally:
+            settle(futures)
+        record_timing(queued, sum(tokens for _, tokens in payloads))
+        return results
 
     # -- the worker --------------------------------------------------------
 

@@ -15,11 +15,10 @@ import numpy as np
 
 from app.backends.base import Backend
 from app.engine.attention import AttentionEncoder
-from app.engine.batcher import BatchLimits, DynamicBatcher, settle
-from app.engine.errors import DeadlineExceeded, InputTooLong
+from app.engine.batcher import BatchLimits, DynamicBatcher
+from app.engine.errors import InputTooLong
 from app.engine.manifest import ModelManifest
 from app.engine.pooling import pool
-from app.engine.timing import record_timing
 from app.engine.tokenization import TextTokenizer, TokenizedText, pad_batch
 from app.metrics import Metrics
 
@@ -128,20 +127,7 @@ class Encoder:
     ) -> EncoderOutput:
         """Vectors of already tokenized inputs; the timeout counts from `started` (default now)."""
         started = time.monotonic() if started is None else started
-        queued = self.batcher.enqueue(
-            [(item, item.tokens) for item in encoded], self.request_timeout_s
-        )
-        futures = [item.future for item in queued]
-        tokens = sum(item.tokens for item in encoded)
         remaining = self.request_timeout_s - (time.monotonic() - started)
-        try:
-            async with asyncio.timeout(max(remaining, 0.0)):
-                vectors = [await future for future in futures]
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"no answer within the request timeout of {self.request_timeout_s:g} s"
-            ) from None
-        finally:
-            settle(futures)
-        record_timing(queued, tokens)
+        vectors = await self.batcher.process([(item, item.tokens) for item in encoded], remaining)
+        tokens = sum(item.tokens for item in encoded)
         return EncoderOutput(np.stack(vectors), tokens)

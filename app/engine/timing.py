@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.engine.batcher import QueuedInput
+if TYPE_CHECKING:  # the batcher records into this module; only its type is needed here
+    from app.engine.batcher import QueuedInput
 
 
 @dataclass
