@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -63,6 +64,12 @@ class ServerState:
             if self.request_shutdown is not None:
                 self.request_shutdown()
             return
+        # What is loaded now lives as long as the server: take it out of the collector's
+        # sight. Otherwise each full collection walks every model and library object,
+        # stalling the event loop and the batch worker ~100 ms (measured at 32 clients:
+        # two such pauses in 15 s, which set the p99).
+        gc.collect()
+        gc.freeze()
         for batcher in registry.batchers:
             batcher.start()
         self._registry = registry
