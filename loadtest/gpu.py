@@ -104,6 +104,27 @@ def measure(name: str, backend: Any, tokenizer: TextTokenizer, seed: int) -> dic
     return result
 
 
+def measure_onnx_cuda(graph: Path, tokenizer: TextTokenizer, scratch: Path) -> dict[str, Any]:
+    """The served ONNX graph on CUDA (IO binding), and the fp16 graph the exporter derives
+    from it, each against the CPU provider's vectors for the same texts."""
+    from app.backends.onnx import OnnxBackend
+    from app.export.precision import convert_fp16
+
+    check = TextSource(seed=7).take(64)
+    reference = embed(OnnxBackend(graph, threads=8, device="cpu"), tokenizer, check)
+    fp32 = OnnxBackend(graph, threads=8, device="auto")  # must pick CUDA by itself
+    half_graph = scratch / "model.fp16.onnx"
+    convert_fp16(graph, half_graph)
+    fp16 = OnnxBackend(half_graph, threads=8, device="auto")
+    report: dict[str, Any] = {"onnx_auto_device": [fp32.device, fp16.device]}
+    for name, backend in (("fp32", fp32), ("fp16", fp16)):
+        cosine = (embed(backend, tokenizer, check) * reference).sum(axis=1)
+        report[f"onnx_cuda_{name}_min_cosine_to_cpu_fp32"] = round(float(cosine.min()), 6)
+    report["onnx_cuda_fp32"] = measure("onnx cuda fp32", fp32, tokenizer, seed=3)
+    report["onnx_cuda_fp16"] = measure("onnx cuda fp16", fp16, tokenizer, seed=4)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
@@ -131,10 +152,7 @@ def main() -> None:
         report[f"torch_{device}_fp16"] = measure("torch fp16", fp16, tokenizer, seed=2)
         graph = MINILM / "model.onnx"
         if "CUDAExecutionProvider" in ort.get_available_providers() and graph.is_file():
-            from app.backends.onnx import OnnxBackend
-
-            onnx = OnnxBackend(graph, threads=8, device="cuda")
-            report["onnx_cuda_fp32"] = measure("onnx cuda fp32", onnx, tokenizer, seed=3)
+            report.update(measure_onnx_cuda(graph, tokenizer, Path(scratch)))
         else:
             report["onnx_cuda"] = "not measured: onnxruntime-gpu is not installed here"
     args.out.mkdir(parents=True, exist_ok=True)

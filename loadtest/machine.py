@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import subprocess
 from pathlib import Path
 
 from app.config import Settings
@@ -72,8 +73,24 @@ def describe_machine() -> dict[str, str]:
         "onnxruntime": onnxruntime.__version__,
         "onnxruntime_providers": ", ".join(onnxruntime.get_available_providers()),
         "numpy": numpy.__version__,
+        "gpu": gpu_names(),
         "load_average_at_start": load_average(),
     }
+
+
+def gpu_names() -> str:
+    """The GPUs nvidia-smi lists, or "none": says which machine a GPU report came from."""
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "none"
+    return ", ".join(line.strip() for line in listed.splitlines() if line.strip()) or "none"
 
 
 def describe_settings(settings: Settings, env: dict[str, str]) -> dict[str, str]:

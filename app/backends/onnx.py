@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Literal
@@ -20,8 +21,22 @@ def choose_providers(device: Device) -> list[str]:
     if device == "cuda" and "CUDAExecutionProvider" not in available:
         raise RuntimeError("device 'cuda' requested but onnxruntime has no CUDAExecutionProvider")
     if device != "cpu" and "CUDAExecutionProvider" in available:
+        load_cuda_libraries()
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+@functools.cache
+def load_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* wheels (`pip install onnxruntime-gpu[cuda,cudnn]`),
+    which are not on the loader's path; a CUDA base image has them there already, and then
+    this finds nothing to do. Without it the session quietly falls back to the CPU."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
+    if preload is not None:
+        try:
+            preload()
+        except Exception as error:  # the loader's own paths may still have them
+            log.warning("onnxruntime.preload_dlls failed: %s", error)
 
 
 class OnnxBackend:
