@@ -22,11 +22,21 @@ from typing import TypeVar
 
 from app.config import Settings
 from loadtest import machine
-from loadtest.engine import EngineJob, measure_engine, served_graph, texts_needed
+from loadtest.engine import (
+    COMPARED_BATCH_SIZES,
+    EngineJob,
+    compare_precisions,
+    compare_texts_needed,
+    compared_precisions,
+    measure_engine,
+    served_graph,
+    texts_needed,
+)
 from loadtest.report import (
     BenchReport,
     EngineResult,
     LoadPoint,
+    PrecisionPoint,
     TorchResult,
     efficiency_line,
     summary_table,
@@ -55,6 +65,7 @@ class Plan:
     engine_budget_s: float  # per batch size
     torch_budget_s: float
     torch: bool  # the PyTorch context figure (its import alone takes seconds)
+    precisions: bool = True  # fp32 and int8 engine side by side, where both are built
     closed_clients: tuple[int, ...] = (1, 8, 32, 128)
     open_shares: tuple[float, ...] = (0.5, 0.8)
     batch_clients: int = 4
@@ -62,7 +73,7 @@ class Plan:
 
 
 FULL = Plan(False, 12.0, 3.0, (1, 2, 4, 8, 16, 32, 64, 128), 2.0, 4.0, torch=True)
-QUICK = Plan(True, 4.0, 1.0, (1, 8, 32, 128), 0.5, 1.0, torch=False)
+QUICK = Plan(True, 4.0, 1.0, (1, 8, 32, 128), 0.5, 1.0, torch=False, precisions=False)
 
 
 def in_fresh_process(function: Callable[[Job], Outcome], job: Job) -> Outcome:
@@ -90,6 +101,34 @@ def measure_engine_limit(plan: Plan, settings: Settings, texts: list[str]) -> En
         plan.engine_budget_s,
     )
     return in_fresh_process(measure_engine, job)
+
+
+def measure_precisions(
+    plan: Plan, settings: Settings, texts: TextSource, notes: list[str]
+) -> list[PrecisionPoint]:
+    """fp32 and int8 engine throughput side by side, where the model has both graphs."""
+    model_dir = settings.models_dir / MODEL
+    precisions = compared_precisions(model_dir)
+    if not plan.precisions or settings.device == "cuda" or len(precisions) < 2:
+        notes.append(
+            f"Precisions not compared side by side (graphs built: {precisions}; "
+            "`make models` builds int8 too; skipped in quick runs)."
+        )
+        return []
+    log(f"precisions side by side: {precisions}, batch sizes {list(COMPARED_BATCH_SIZES)}")
+    job = EngineJob(
+        model_dir,
+        "fp32",
+        settings.intra_op_threads,
+        settings.device,
+        COMPARED_BATCH_SIZES,
+        texts.take(compare_texts_needed(COMPARED_BATCH_SIZES)),
+        plan.engine_budget_s,
+    )
+    points = in_fresh_process(compare_precisions, job)
+    for point in points:
+        log(f"  {point.precision} batch {point.batch_size}: {point.sequences_per_s:.1f}/s")
+    return points
 
 
 def measure_pytorch(
@@ -207,6 +246,7 @@ def run(plan: Plan, generator: str, out_dir: Path) -> Path:
         notes.append("ENCODER_BACKEND is not onnx: the engine limit is ONNX Runtime's anyway.")
 
     engine, torch = measure_in_process(plan, settings, texts, notes)
+    precisions = measure_precisions(plan, settings, texts, notes)
     points, port = measure_served(plan, env, use_wrk, texts, engine.best.sequences_per_s)
 
     machine_info["load_average_at_end"] = machine.load_average()
@@ -221,6 +261,7 @@ def run(plan: Plan, generator: str, out_dir: Path) -> Path:
         engine=engine,
         torch=torch,
         notes=notes,
+        precisions=precisions,
         **points,
     )
     # One report per day, host and precision (fp32 unmarked): an int8 run keeps the fp32 one.

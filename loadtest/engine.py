@@ -15,12 +15,16 @@ from app.backends.onnx import Device, OnnxBackend
 from app.engine.manifest import ModelManifest
 from app.engine.pooling import normalize, pool
 from app.engine.tokenization import TextTokenizer, pad_batch
-from loadtest.report import EnginePoint, EngineResult
+from loadtest.report import EnginePoint, EngineResult, PrecisionPoint
 
 # Texts per batch size: enough length-sorted batches that a random sample of them is
 # representative, and at least a few batches even at batch size 128.
 WINDOW_TEXTS = 512
 WARMUP_TEXTS = 64
+# Precisions compared side by side (fp16 is a GPU graph), at these batch sizes, in rounds.
+COMPARED_PRECISIONS = ("fp32", "int8")
+COMPARED_BATCH_SIZES = (1, 8, 32)
+COMPARE_ROUNDS = 2
 
 
 def served_graph(model_dir: Path, precision: str) -> tuple[str, Path]:
@@ -119,3 +123,37 @@ def measure_engine(job: EngineJob) -> EngineResult:
 def texts_needed(batch_sizes: tuple[int, ...]) -> int:
     """How many fresh texts `measure_engine` may consume for this sweep."""
     return WARMUP_TEXTS + 64 + sum(max(WINDOW_TEXTS, 4 * size) for size in batch_sizes)
+
+
+def compared_precisions(model_dir: Path) -> list[str]:
+    """The model's CPU graph precisions, fp32 first; fewer than two means nothing to compare."""
+    files = ModelManifest.read(model_dir).files
+    return [precision for precision in COMPARED_PRECISIONS if precision in files]
+
+
+def compare_precisions(job: EngineJob) -> list[PrecisionPoint]:
+    """Each precision's throughput, batch sizes interleaved and on the same texts per round."""
+    precisions = compared_precisions(job.model_dir)
+    pipelines = {p: Pipeline(job.model_dir, p, job.threads, job.device) for p in precisions}
+    feed = iter(job.texts)
+    warmup = _take(feed, WARMUP_TEXTS)
+    for pipeline in pipelines.values():
+        for batch in length_sorted_batches(warmup, 32, seed=0):
+            pipeline.embed(batch)
+    done: dict[tuple[str, int], tuple[int, float]] = {}
+    for _ in range(COMPARE_ROUNDS):
+        for batch_size in job.batch_sizes:
+            window = _take(feed, max(WINDOW_TEXTS, 4 * batch_size))
+            for precision, pipeline in pipelines.items():
+                point, seconds = measure_batch_size(pipeline, window, batch_size, job.budget_s)
+                texts, spent = done.get((precision, batch_size), (0, 0.0))
+                done[(precision, batch_size)] = (texts + point.texts, spent + sum(seconds))
+    return [
+        PrecisionPoint(precision, batch_size, texts / spent)
+        for (precision, batch_size), (texts, spent) in done.items()
+    ]
+
+
+def compare_texts_needed(batch_sizes: tuple[int, ...]) -> int:
+    """How many fresh texts `compare_precisions` may consume."""
+    return WARMUP_TEXTS + COMPARE_ROUNDS * sum(max(WINDOW_TEXTS, 4 * size) for size in batch_sizes)

@@ -37,6 +37,16 @@ class EngineResult:
 
 
 @dataclass
+class PrecisionPoint:
+    """In-process throughput of one graph precision at one batch size, measured interleaved
+    with the other precisions on the same texts, so their ratio is not a between-runs one."""
+
+    precision: str
+    batch_size: int
+    sequences_per_s: float
+
+
+@dataclass
 class TorchResult:
     """In-process sentence-transformers (PyTorch) throughput, for context."""
 
@@ -92,6 +102,7 @@ class BenchReport:
     open_loop: list[LoadPoint]
     batches: list[LoadPoint]
     notes: list[str] = field(default_factory=list)
+    precisions: list[PrecisionPoint] = field(default_factory=list)
 
     def closed_at(self, clients: int) -> LoadPoint | None:
         return next((point for point in self.closed if point.clients == clients), None)
@@ -119,6 +130,7 @@ class BenchReport:
                 "closed": points("closed"),
                 "open_loop": points("open_loop"),
                 "batches": points("batches"),
+                "precisions": [PrecisionPoint(**point) for point in data.get("precisions", [])],
             }
         )
 
@@ -202,6 +214,41 @@ def _engine_section(report: BenchReport) -> list[str]:
     return lines
 
 
+def _precision_section(report: BenchReport) -> list[str]:
+    if not report.precisions:
+        return []
+    names = list(dict.fromkeys(point.precision for point in report.precisions))
+    sizes = sorted({point.batch_size for point in report.precisions})
+    rate = {(p.precision, p.batch_size): p.sequences_per_s for p in report.precisions}
+    ratios = names[1:]
+    header = " | ".join(f"{name} sequences/s" for name in names)
+    ratio_header = "".join(f" | {name} ÷ {names[0]}" for name in ratios)
+    lines = [
+        "## Precisions side by side (engine)",
+        "",
+        "Each graph precision of the model, in one process, batch sizes interleaved and the "
+        "same fresh texts for each, so the ratio does not carry the drift between runs.",
+        "",
+        f"| batch size | {header}{ratio_header} |",
+        "|---:" * (1 + len(names) + len(ratios)) + "|",
+    ]
+    for size in sizes:
+        cells = " | ".join(f"{rate[(name, size)]:.1f}" for name in names)
+        ratio_cells = "".join(
+            f" | {rate[(name, size)] / rate[(names[0], size)]:.2f}×" for name in ratios
+        )
+        lines.append(f"| {size} | {cells}{ratio_cells} |")
+    best = {name: max(rate[(name, size)] for size in sizes) for name in names}
+    lines += [
+        "",
+        "Best against best: "
+        + ", ".join(f"{name} {best[name] / best[names[0]]:.2f}× {names[0]}" for name in ratios)
+        + ".",
+        "",
+    ]
+    return lines
+
+
 def _closed_section(report: BenchReport) -> list[str]:
     lines = [
         "## Server, closed loop (one text per `POST /encode`)",
@@ -263,7 +310,8 @@ def to_markdown(report: BenchReport, plot_name: str | None = None) -> str:
     ]
     if plot_name:
         lines += [f"![throughput and latency against concurrency]({plot_name})", ""]
-    lines += _engine_section(report) + _closed_section(report) + _open_section(report)
+    lines += _engine_section(report) + _precision_section(report)
+    lines += _closed_section(report) + _open_section(report)
     if report.notes:
         lines += ["## Notes", "", *(f"- {note}" for note in report.notes), ""]
     lines += _table("Server settings", report.settings) + _table("Machine", report.machine)

@@ -13,6 +13,7 @@ from loadtest.report import (
     EnginePoint,
     EngineResult,
     LoadPoint,
+    PrecisionPoint,
     TorchResult,
     from_json,
     to_json,
@@ -84,6 +85,12 @@ def synthetic_report() -> BenchReport:
         ],
         batches=[load_point("4 clients × 32 texts", 4, 120.0, mode="batch", texts_per_request=32)],
         notes=["synthetic"],
+        precisions=[
+            PrecisionPoint("fp32", 1, 100.0),
+            PrecisionPoint("int8", 1, 120.0),
+            PrecisionPoint("fp32", 8, 160.0),
+            PrecisionPoint("int8", 8, 240.0),
+        ],
     )
 
 
@@ -108,6 +115,19 @@ def test_json_twin_round_trips(tmp_path: Path) -> None:
     write_report(report, tmp_path, "r", None)
     assert from_json((tmp_path / "r.json").read_text()) == report
     assert from_json(to_json(report)) == report
+
+
+def test_precisions_side_by_side_give_per_batch_and_best_ratios(tmp_path: Path) -> None:
+    text = write_report(synthetic_report(), tmp_path, "r", None).read_text()
+    assert "| 1 | 100.0 | 120.0 | 1.20× |" in text
+    assert "| 8 | 160.0 | 240.0 | 1.50× |" in text
+    assert "int8 1.50× fp32" in text  # best against best: 240 / 160
+
+
+def test_old_reports_without_precisions_still_load() -> None:
+    data = json.loads(to_json(synthetic_report()))
+    del data["precisions"]
+    assert from_json(json.dumps(data)).precisions == []
 
 
 def test_report_without_a_32_client_point_says_so() -> None:
