@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
+from onnxruntime import get_available_providers as available_providers
+
 from app.config import Settings
 from loadtest import machine
 from loadtest.engine import (
@@ -103,17 +105,26 @@ def measure_engine_limit(plan: Plan, settings: Settings, texts: list[str]) -> En
     return in_fresh_process(measure_engine, job)
 
 
+def why_not_compared(plan: Plan, settings: Settings, precisions: list[str]) -> str | None:
+    """Why the precisions are not measured side by side in this run, or None."""
+    if not plan.precisions:
+        return "not in quick runs"
+    if settings.device != "cpu" and "CUDAExecutionProvider" in available_providers():
+        return "int8 is a CPU graph, and this run is on the GPU"
+    if len(precisions) < 2:
+        return f"only {precisions} built; `make models` builds int8 too"
+    return None
+
+
 def measure_precisions(
     plan: Plan, settings: Settings, texts: TextSource, notes: list[str]
 ) -> list[PrecisionPoint]:
     """fp32 and int8 engine throughput side by side, where the model has both graphs."""
     model_dir = settings.models_dir / MODEL
     precisions = compared_precisions(model_dir)
-    if not plan.precisions or settings.device == "cuda" or len(precisions) < 2:
-        notes.append(
-            f"Precisions not compared side by side (graphs built: {precisions}; "
-            "`make models` builds int8 too; skipped in quick runs)."
-        )
+    skipped = why_not_compared(plan, settings, precisions)
+    if skipped:
+        notes.append(f"Precisions not compared side by side: {skipped}.")
         return []
     log(f"precisions side by side: {precisions}, batch sizes {list(COMPARED_BATCH_SIZES)}")
     job = EngineJob(
