@@ -50,7 +50,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, ge=1)
     max_batch_tokens: int = Field(16384, ge=1, description="Padded tokens per forward pass.")
     forward_batch_size: int = Field(
-        0, ge=0, description="Most sequences per forward pass; 0: 8 on CPU, unsplit on GPU."
+        0, ge=0, description="Most rows per forward pass; 0: 8 on CPU, unsplit on GPU."
+    )
+    packing: bool = Field(
+        True, description="On CPU, lay short inputs end to end in shared rows (fused graphs)."
     )
     max_wait_ms: float = Field(2.0, ge=0)
     max_queue: int = Field(1024, ge=1, description="Inputs waiting per model before 429.")

@@ -12,8 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from app.backends.onnx import Device, OnnxBackend
+from app.engine.batcher import BatchLimits
+from app.engine.encoder import Encoder
 from app.engine.manifest import ModelManifest
 from app.engine.pooling import normalize, pool
+from app.engine.registry import CPU_FORWARD_BATCH
 from app.engine.tokenization import TextTokenizer, pad_batch
 from loadtest.report import EnginePoint, EngineResult, PrecisionPoint
 
@@ -48,19 +51,38 @@ class EngineJob:
 
 
 class Pipeline:
-    """Text in, normalized vector out: the same steps the server runs for one batch."""
+    """Text in, normalized vector out: the same steps the server runs for one batch.
 
-    def __init__(self, model_dir: Path, precision: str, threads: int, device: Device) -> None:
+    Padded (the default): the batch runs as one pass, each text right-padded to the longest.
+    Packed: the server's own packing code (`Encoder.forward`): texts share rows of the
+    rewritten graph, in passes of at most `CPU_FORWARD_BATCH` rows.
+    """
+
+    def __init__(
+        self, model_dir: Path, precision: str, threads: int, device: Device, pack: bool = False
+    ) -> None:
         manifest = ModelManifest.read(model_dir)
         self.pooling = manifest.pooling
         self.tokenizer = TextTokenizer(model_dir / manifest.tokenizer, manifest.max_length)
         _, graph = served_graph(model_dir, precision)
-        self.backend = OnnxBackend(graph, threads=threads, device=device)
+        self.backend = OnnxBackend(graph, threads=threads, device=device, pack=pack)
+        self.packed = self.backend.packed
+        self._encoder = Encoder(
+            manifest, self.tokenizer, self.backend, BatchLimits(), 60.0, None, CPU_FORWARD_BATCH
+        )
 
     def embed(self, texts: list[str]) -> np.ndarray:
+        if self.packed:
+            return normalize(np.stack(self._encoder.forward(self.tokenizer.encode(texts))))
         inputs = pad_batch(self.tokenizer.encode(texts))
         hidden = self.backend.run(inputs)["last_hidden_state"]
         return normalize(pool(hidden, inputs["attention_mask"], self.pooling))
+
+    def batches(self, texts: list[str], batch_size: int, seed: int) -> list[list[str]]:
+        """Padded passes need neighbours in length; packed rows take texts as they come."""
+        if self.packed:
+            return [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+        return length_sorted_batches(texts, batch_size, seed)
 
 
 def length_sorted_batches(texts: list[str], batch_size: int, seed: int) -> list[list[str]]:
@@ -77,14 +99,15 @@ def measure_batch_size(
     """Throughput at one batch size within the budget, and each batch's seconds."""
     seconds: list[float] = []
     done = 0
-    for batch in length_sorted_batches(texts, batch_size, seed=batch_size):
+    for batch in pipeline.batches(texts, batch_size, seed=batch_size):
         started = time.perf_counter()
         pipeline.embed(batch)
         seconds.append(time.perf_counter() - started)
         done += len(batch)
         if sum(seconds) >= budget_s:
             break
-    return EnginePoint(batch_size, done / sum(seconds), done), seconds
+    batching = "packed" if pipeline.packed else "sorted"
+    return EnginePoint(batch_size, done / sum(seconds), done, batching), seconds
 
 
 def _take(feed: Iterator[str], count: int) -> list[str]:
@@ -95,27 +118,34 @@ def _take(feed: Iterator[str], count: int) -> list[str]:
 
 
 def measure_engine(job: EngineJob) -> EngineResult:
-    pipeline = Pipeline(job.model_dir, job.precision, job.threads, job.device)
+    """Each batch size padded and, where the graph takes them, in packed rows, on the same
+    texts; the limit is the best of all. One text alone is timed padded."""
+    padded = Pipeline(job.model_dir, job.precision, job.threads, job.device)
+    packed = Pipeline(job.model_dir, job.precision, job.threads, job.device, pack=True)
+    pipelines = [padded, packed] if packed.packed else [padded]
     feed = iter(job.texts)
     # The first passes allocate ORT's arena and warm caches; they are not the steady state.
     warmup = _take(feed, WARMUP_TEXTS)
-    for batch in length_sorted_batches(warmup, 32, seed=0):
-        pipeline.embed(batch)
+    for pipeline in pipelines:
+        for batch in length_sorted_batches(warmup, 32, seed=0):
+            pipeline.embed(batch)
     points: list[EnginePoint] = []
     single: list[float] = []
     for batch_size in job.batch_sizes:
         window = _take(feed, max(WINDOW_TEXTS, 4 * batch_size))
-        point, seconds = measure_batch_size(pipeline, window, batch_size, job.budget_s)
-        points.append(point)
-        if batch_size == 1:
-            single = seconds
-        print(
-            f"  engine batch {batch_size:>3}: {point.sequences_per_s:7.1f} sequences/s",
-            file=sys.stderr,
-            flush=True,
-        )
+        for pipeline in pipelines:
+            point, seconds = measure_batch_size(pipeline, window, batch_size, job.budget_s)
+            points.append(point)
+            if batch_size == 1 and pipeline is padded:
+                single = seconds
+            print(
+                f"  engine batch {batch_size:>3} {point.batching:>6}: "
+                f"{point.sequences_per_s:7.1f} sequences/s",
+                file=sys.stderr,
+                flush=True,
+            )
     if not single:  # batch size 1 was not in the sweep: time a few texts alone anyway
-        single = measure_batch_size(pipeline, _take(feed, 64), 1, job.budget_s / 2)[1]
+        single = measure_batch_size(padded, _take(feed, 64), 1, job.budget_s / 2)[1]
     p50, p99 = np.percentile(np.array(single) * 1000, [50, 99])
     return EngineResult(job.threads, points, float(p50), float(p99))
 

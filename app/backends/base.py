@@ -12,6 +12,9 @@ class Backend(Protocol):
 
     name: str  # "onnx" or "torch"
     device: str  # "cpu" or "cuda"
+    # The graph also takes `position_ids` and `segment_mask`, so one row may hold several
+    # inputs (app/backends/packing.py); otherwise each row is one right-padded input.
+    packed: bool
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch. `inputs` has input_ids, attention_mask, token_type_ids

@@ -21,6 +21,7 @@ class TorchBackend:
     """One transformers model; returns the same named outputs as the ONNX graphs."""
 
     name = "torch"
+    packed = False  # rows are right-padded inputs, one each
 
     def __init__(
         self,

@@ -119,13 +119,15 @@ def open_backend(
                 half=graph == "fp16",
                 attention=graph == "attention",
             )
-        return OnnxBackend(path, threads=threads, device=device)
+        # The attention graph returns per-row maps, which packed rows would mix.
+        pack = settings.packing and graph != "attention"
+        return OnnxBackend(path, threads=threads, device=device, pack=pack)
     except Exception as error:
         raise ModelLoadError(f"model '{manifest.name}': cannot load {path}: {error}") from error
 
 
 def forward_batch_size(settings: Settings, backend: Backend) -> int:
-    """Sequences per forward pass: small length-sorted passes on CPU, whole batches on GPU."""
+    """Rows per forward pass: small passes on CPU, whole batches on GPU."""
     if settings.forward_batch_size:
         return settings.forward_batch_size
     return CPU_FORWARD_BATCH if backend.device == "cpu" else settings.max_batch_size

@@ -153,13 +153,17 @@ class FlakyBackend:
 
     def __init__(self, real, poison_id: int) -> None:
         self.real = real
-        self.name, self.device = real.name, real.device
+        self.name, self.device, self.packed = real.name, real.device, real.packed
         self.poison_id = poison_id
-        self.batches: list[int] = []
+        self.batches: list[int] = []  # inputs per forward pass
         self.delay_s = 0.0
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.batches.append(len(inputs["input_ids"]))
+        if self.packed:  # each input's positions start at 0 in its row
+            starts = (inputs["position_ids"] == 0) & (inputs["attention_mask"] == 1)
+            self.batches.append(int(starts.sum()))
+        else:
+            self.batches.append(len(inputs["input_ids"]))
         time.sleep(self.delay_s)
         if (inputs["input_ids"] == self.poison_id).any():
             raise RuntimeError("poisoned input")

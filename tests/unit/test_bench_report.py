@@ -55,7 +55,9 @@ def synthetic_report() -> BenchReport:
         threads=2,
         points=[
             EnginePoint(1, 95.0, 300),
-            EnginePoint(32, 150.0, 512),
+            EnginePoint(1, 94.0, 300, "packed"),
+            EnginePoint(32, 140.0, 512),
+            EnginePoint(32, 150.0, 512, "packed"),
             EnginePoint(128, 140.0, 512),
         ],
         single_text_p50_ms=10.2,
@@ -122,6 +124,14 @@ def test_precisions_side_by_side_give_per_batch_and_best_ratios(tmp_path: Path) 
     assert "| 1 | 100.0 | 120.0 | 1.20× |" in text
     assert "| 8 | 160.0 | 240.0 | 1.50× |" in text
     assert "int8 1.50× fp32" in text  # best against best: 240 / 160
+
+
+def test_engine_limit_is_the_best_of_padded_and_packed_batches(tmp_path: Path) -> None:
+    text = write_report(synthetic_report(), tmp_path, "r", None).read_text()
+    assert "| 32 | 140.0 | 150.0 | 512 |" in text
+    assert "| 128 | 140.0 | – | 512 |" in text  # a batching not measured at this size
+    assert "at batch 32 (packed rows)" in text
+    assert "batch 32, packed)" in text.splitlines()[0]
 
 
 def test_old_reports_without_precisions_still_load() -> None:

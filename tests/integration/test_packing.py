@@ -1,0 +1,61 @@
+"""Packed rows on the real minilm graphs give each input the vector it gets alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.backends.onnx import OnnxBackend
+from app.engine.batcher import BatchLimits
+from app.engine.encoder import Encoder
+from app.engine.manifest import ModelManifest
+from app.engine.tokenization import TextTokenizer
+from loadtest.texts import TextSource
+
+# Mixed lengths: many short texts share rows, the long one widens them to its own length.
+TEXTS = [*TextSource(seed=5).take(40), "word " * 300, "short", "a"]
+
+
+def encoder(model_dir: Path, graph: str, *, pack: bool) -> Encoder:
+    manifest = ModelManifest.read(model_dir)
+    backend = OnnxBackend(model_dir / graph, threads=2, device="cpu", pack=pack)
+    assert backend.packed is pack
+    tokenizer = TextTokenizer(model_dir / manifest.tokenizer, manifest.max_length)
+    return Encoder(manifest, tokenizer, backend, BatchLimits(), 30.0, forward_batch_size=8)
+
+
+def vectors(encoder: Encoder, texts: list[str]) -> np.ndarray:
+    return np.stack(encoder.forward(encoder.tokenizer.encode(texts)))
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def minilm(default_models: Path) -> Path:
+    return default_models / "minilm"
+
+
+def test_packed_fp32_matches_each_input_run_alone(minilm: Path) -> None:
+    packed = vectors(encoder(minilm, "model.onnx", pack=True), TEXTS)
+    alone = encoder(minilm, "model.onnx", pack=False)
+    reference = np.concatenate([vectors(alone, [text]) for text in TEXTS])
+    np.testing.assert_allclose(packed, reference, atol=1e-5)
+
+
+def test_packed_int8_stays_within_the_parity_gate(minilm: Path) -> None:
+    if not (minilm / "model.int8.onnx").is_file():
+        pytest.fail("models/minilm/model.int8.onnx is not built: run `make models`")
+    # Dynamic quantization scales each pass by its own activations, so int8 vectors
+    # depend a little on their batch mates, packed or padded alike: hold them to the gate.
+    packed = vectors(encoder(minilm, "model.int8.onnx", pack=True), TEXTS)
+    fp32 = vectors(encoder(minilm, "model.onnx", pack=False), TEXTS)
+    assert cosines(packed, fp32).mean() >= 0.99
+
+
+def test_the_attention_graph_is_never_packed(minilm: Path) -> None:
+    backend = OnnxBackend(minilm / "attention.onnx", threads=1, device="cpu", pack=True)
+    assert not backend.packed
