@@ -135,6 +135,7 @@ def measure_precisions(
         COMPARED_BATCH_SIZES,
         texts.take(compare_texts_needed(COMPARED_BATCH_SIZES)),
         plan.engine_budget_s,
+        settings.packing,
     )
     points = in_fresh_process(compare_precisions, job)
     for point in points:

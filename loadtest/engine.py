@@ -48,6 +48,7 @@ class EngineJob:
     batch_sizes: tuple[int, ...]
     texts: list[str]  # fresh texts, consumed in order, never twice
     budget_s: float  # measuring time per batch size
+    pack: bool = True  # ENCODER_PACKING: how the server batches (the limit measures both)
 
 
 class Pipeline:
@@ -164,7 +165,10 @@ def compared_precisions(model_dir: Path) -> list[str]:
 def compare_precisions(job: EngineJob) -> list[PrecisionPoint]:
     """Each precision's throughput, batch sizes interleaved and on the same texts per round."""
     precisions = compared_precisions(job.model_dir)
-    pipelines = {p: Pipeline(job.model_dir, p, job.threads, job.device) for p in precisions}
+    # Batched as the server batches them: packed rows where the graph takes them.
+    pipelines = {
+        p: Pipeline(job.model_dir, p, job.threads, job.device, pack=job.pack) for p in precisions
+    }
     feed = iter(job.texts)
     warmup = _take(feed, WARMUP_TEXTS)
     for pipeline in pipelines.values():

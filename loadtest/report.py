@@ -245,7 +245,8 @@ def _precision_section(report: BenchReport) -> list[str]:
         "## Precisions side by side (engine)",
         "",
         "Each graph precision of the model, in one process, batch sizes interleaved and the "
-        "same fresh texts for each, so the ratio does not carry the drift between runs.",
+        "same fresh texts for each, so the ratio does not carry the drift between runs; "
+        "batched as the server batches (`ENCODER_PACKING`).",
         "",
         f"| batch size | {header}{ratio_header} |",
         "|---:" * (1 + len(names) + len(ratios)) + "|",
