@@ -64,7 +64,8 @@ class Plan:
     point_s: float  # each server load point
     warmup_s: float
     engine_batch_sizes: tuple[int, ...]
-    engine_budget_s: float  # per batch size
+    engine_budget_s: float  # per batch size and round
+    engine_rounds: int  # sweeps over the batch sizes; each point is the median of its rounds
     torch_budget_s: float
     torch: bool  # the PyTorch context figure (its import alone takes seconds)
     precisions: bool = True  # fp32 and int8 engine side by side, where both are built
@@ -74,8 +75,8 @@ class Plan:
     batch_texts: int = 32
 
 
-FULL = Plan(False, 12.0, 3.0, (1, 2, 4, 8, 16, 32, 64, 128), 2.0, 4.0, torch=True)
-QUICK = Plan(True, 4.0, 1.0, (1, 8, 32, 128), 0.5, 1.0, torch=False, precisions=False)
+FULL = Plan(False, 12.0, 3.0, (1, 2, 4, 8, 16, 32, 64, 128), 2.0, 3, 4.0, torch=True)
+QUICK = Plan(True, 4.0, 1.0, (1, 8, 32, 128), 0.5, 1, 1.0, torch=False, precisions=False)
 
 
 def in_fresh_process(function: Callable[[Job], Outcome], job: Job) -> Outcome:
@@ -91,7 +92,7 @@ def in_fresh_process(function: Callable[[Job], Outcome], job: Job) -> Outcome:
 def measure_engine_limit(plan: Plan, settings: Settings, texts: list[str]) -> EngineResult:
     log(
         f"engine limit: batch sizes {list(plan.engine_batch_sizes)}, "
-        f"{settings.intra_op_threads} threads"
+        f"{settings.intra_op_threads} threads, {plan.engine_rounds} rounds"
     )
     job = EngineJob(
         settings.models_dir / MODEL,
@@ -101,6 +102,8 @@ def measure_engine_limit(plan: Plan, settings: Settings, texts: list[str]) -> En
         plan.engine_batch_sizes,
         texts,
         plan.engine_budget_s,
+        settings.packing,
+        plan.engine_rounds,
     )
     return in_fresh_process(measure_engine, job)
 
@@ -213,7 +216,7 @@ def choose_generator(requested: str, notes: list[str]) -> bool:
 def measure_in_process(
     plan: Plan, settings: Settings, texts: TextSource, notes: list[str]
 ) -> tuple[EngineResult, TorchResult | None]:
-    engine_texts = texts.take(texts_needed(plan.engine_batch_sizes))
+    engine_texts = texts.take(texts_needed(plan.engine_batch_sizes, plan.engine_rounds))
     engine = measure_engine_limit(plan, settings, engine_texts)
     log(
         f"engine limit: {engine.best.sequences_per_s:.1f} sequences/s "

@@ -28,6 +28,7 @@ class EngineResult:
     points: list[EnginePoint]
     single_text_p50_ms: float
     single_text_p99_ms: float
+    rounds: int = 1  # sweeps over the batch sizes; each point is the median of its rounds
 
     @property
     def best(self) -> EnginePoint:
@@ -209,7 +210,7 @@ def _engine_section(report: BenchReport) -> list[str]:
         "intra-op threads, fresh texts, tokenization included. Length-sorted: each batch "
         "holds neighbours in length and runs as one padded pass. Packed: the texts come in "
         "arrival order and share rows, as the server runs them (each batching on the same "
-        "texts).",
+        f"texts). Each figure is the median of {engine.rounds} rounds over the whole sweep.",
         "",
         *table,
         "",

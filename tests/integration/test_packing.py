@@ -1,4 +1,5 @@
-"""Packed rows on the real minilm graphs give each input the vector it gets alone."""
+"""Packed rows on the real minilm graphs give each input the vector it gets alone; the bench's
+engine limit measures packed rows beside padded batches."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from app.engine.batcher import BatchLimits
 from app.engine.encoder import Encoder
 from app.engine.manifest import ModelManifest
 from app.engine.tokenization import TextTokenizer
+from loadtest.engine import EngineJob, measure_engine, texts_needed
 from loadtest.texts import TextSource
 
 # Mixed lengths: many short texts share rows, the long one widens them to its own length.
@@ -59,3 +61,27 @@ def test_packed_int8_stays_within_the_parity_gate(minilm: Path) -> None:
 def test_the_attention_graph_is_never_packed(minilm: Path) -> None:
     backend = OnnxBackend(minilm / "attention.onnx", threads=1, device="cpu", pack=True)
     assert not backend.packed
+
+
+def test_engine_limit_measures_padded_and_packed_batches_in_rounds(minilm: Path) -> None:
+    sizes = (1, 4)
+    job = EngineJob(
+        minilm,
+        "fp32",
+        2,
+        "cpu",
+        sizes,
+        TextSource(seed=9).take(texts_needed(sizes, 2)),
+        0.05,
+        rounds=2,
+    )
+    result = measure_engine(job)
+    assert {(point.batch_size, point.batching) for point in result.points} == {
+        (1, "sorted"),
+        (1, "packed"),
+        (4, "sorted"),
+        (4, "packed"),
+    }
+    assert all(point.sequences_per_s > 0 and point.texts >= 2 for point in result.points)
+    assert result.rounds == 2
+    assert 0 < result.single_text_p50_ms <= result.single_text_p99_ms
