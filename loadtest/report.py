@@ -247,7 +247,8 @@ def _precision_section(report: BenchReport) -> list[str]:
         "",
         "Each graph precision of the model, in one process, batch sizes interleaved and the "
         "same fresh texts for each, so the ratio does not carry the drift between runs; "
-        "batched as the server batches (`ENCODER_PACKING`).",
+        "packed rows as the server runs them (length-sorted padded batches under "
+        "`ENCODER_PACKING=false`).",
         "",
         f"| batch size | {header}{ratio_header} |",
         "|---:" * (1 + len(names) + len(ratios)) + "|",

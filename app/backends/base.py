@@ -8,7 +8,7 @@ import numpy as np
 
 
 class Backend(Protocol):
-    """Runs padded batches through one model graph."""
+    """Runs batches of rows through one model graph."""
 
     name: str  # "onnx" or "torch"
     device: str  # "cpu" or "cuda"
@@ -18,6 +18,7 @@ class Backend(Protocol):
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch. `inputs` has input_ids, attention_mask, token_type_ids
-        (int64, batch x tokens); the backend feeds those its graph takes and returns
-        the graph's outputs by name (e.g. `last_hidden_state`)."""
+        (int64, rows x tokens), and where `packed` also position_ids (int32, rows x
+        tokens) and segment_mask (int32, rows x tokens x tokens); the backend feeds those
+        its graph takes and returns the graph's outputs by name (e.g. `last_hidden_state`)."""
         ...

@@ -62,8 +62,14 @@ class OnnxBackend:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         providers = choose_providers(device)
-        # Packing is measured and tested on the CPU provider only; CUDA runs padded batches.
-        packed = packed_graph(graph) if pack and providers[0] == "CPUExecutionProvider" else None
+        # Packing is measured and tested on the CPU provider only; CUDA runs padded batches
+        # (and so does a session that asked for CUDA and fell back to the CPU).
+        packed = None
+        if pack and providers[0] == "CPUExecutionProvider":
+            try:
+                packed = packed_graph(graph)
+            except Exception as error:  # padded batches still work
+                log.warning("%s: cannot rewrite for packed rows (%s); running padded", graph, error)
         source = str(graph) if packed is None else packed
         self._session = ort.InferenceSession(source, options, providers=providers)
         self.packed = packed is not None

@@ -26,7 +26,6 @@ from onnx import TensorProto, helper
 
 POSITION_IDS = "position_ids"
 SEGMENT_MASK = "segment_mask"
-PACKED_INPUTS = (POSITION_IDS, SEGMENT_MASK)
 
 _EMBED = "EmbedLayerNormalization"
 _ATTENTION = "Attention"
@@ -39,35 +38,16 @@ _MASK_INDEX_SLOT = 3  # Attention inputs: input, weights, bias, mask_index
 def packed_graph(path: Path) -> bytes | None:
     """The graph at `path` rewritten to take packed rows, or None where it cannot be."""
     model = onnx.load(str(path))
+    if not _packable(model.graph):
+        return None
     graph = model.graph
-    if "last_hidden_state" not in {output.name for output in graph.output}:
-        return None  # pooling or a head inside the graph would mix the inputs of a row
-    embeds = [node for node in graph.node if node.op_type == _EMBED]
-    attentions = [node for node in graph.node if node.op_type == _ATTENTION]
-    if len(embeds) != 1 or not attentions:
-        return None
-    (embed,) = embeds
-    if len(embed.output) < 2 or any(name for name in embed.input[_POSITION_IDS_SLOT:]):
-        return None
-    mask_index = embed.output[1]
-    if any(
-        len(node.input) <= _MASK_INDEX_SLOT
-        or node.input[_MASK_INDEX_SLOT] != mask_index
-        or any(attribute.name == "unidirectional" and attribute.i for attribute in node.attribute)
-        for node in attentions
-    ):
-        return None
-    other_readers = [
-        node for node in graph.node if node.op_type != _ATTENTION and mask_index in node.input
-    ]
-    if other_readers:
-        return None
-
+    (embed,) = [node for node in graph.node if node.op_type == _EMBED]
     while len(embed.input) < _POSITION_IDS_SLOT:
         embed.input.append("")  # absent optional inputs are named ""
     embed.input.append(POSITION_IDS)
-    for node in attentions:
-        node.input[_MASK_INDEX_SLOT] = SEGMENT_MASK
+    for node in graph.node:
+        if node.op_type == _ATTENTION:
+            node.input[_MASK_INDEX_SLOT] = SEGMENT_MASK
     graph.input.extend(
         [
             helper.make_tensor_value_info(POSITION_IDS, TensorProto.INT32, ["rows", "tokens"]),
@@ -77,3 +57,41 @@ def packed_graph(path: Path) -> bytes | None:
         ]
     )
     return bytes(model.SerializeToString())
+
+
+def _packable(graph: onnx.GraphProto) -> bool:
+    """Whether the segment mask would reach every place where tokens meet, and nothing
+    else would read the packed row as one input."""
+    if [output.name for output in graph.output] != ["last_hidden_state"]:
+        return False  # pooling or a head inside the graph would mix the inputs of a row
+    nodes = list(graph.node)
+    embeds = [index for index, node in enumerate(nodes) if node.op_type == _EMBED]
+    attentions = [node for node in nodes if node.op_type == _ATTENTION]
+    if len(embeds) != 1 or not attentions:
+        return False
+    embed = nodes[embeds[0]]
+    if len(embed.output) < 2 or any(embed.input[_POSITION_IDS_SLOT:]):
+        return False
+    mask_index = embed.output[1]
+    for node in attentions:
+        if len(node.input) <= _MASK_INDEX_SLOT or node.input[_MASK_INDEX_SLOT] != mask_index:
+            return False
+        if any(attribute.name == "unidirectional" and attribute.i for attribute in node.attribute):
+            return False
+    if any(node.op_type != _ATTENTION and mask_index in node.input for node in nodes):
+        return False
+    # A layer left unfused would take its mask from attention_mask itself and let tokens
+    # of a row attend across inputs: the mask may reach only the embedding (maybe cast).
+    return _readers("attention_mask", nodes) <= set(embeds)
+
+
+def _readers(name: str, nodes: list[onnx.NodeProto]) -> set[int]:
+    """Indices of the nodes reading `name`, looking through Casts."""
+    readers: set[int] = set()
+    for index, node in enumerate(nodes):
+        if name in node.input:
+            if node.op_type == "Cast":
+                readers |= _readers(node.output[0], nodes)
+            else:
+                readers.add(index)
+    return readers

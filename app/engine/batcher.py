@@ -262,7 +262,8 @@ class DynamicBatcher(Generic[Payload, Result]):
         """How many queued inputs, oldest first, fit the next batch; and whether it is full.
 
         Inputs are taken in arrival order so none starves; the budget counts padded
-        tokens (batch size x longest input), which is what the forward pass costs.
+        tokens (batch size x longest input), what the batch would cost padded in one
+        pass: an upper bound on its passes, padded or packed.
         """
         limits = self.limits
         count, longest = 0, 0

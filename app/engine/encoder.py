@@ -18,7 +18,7 @@ from app.engine.attention import AttentionEncoder
 from app.engine.batcher import BatchLimits, DynamicBatcher
 from app.engine.errors import InputTooLong
 from app.engine.manifest import ModelManifest
-from app.engine.packing import pack_rows, packed_inputs, pool_spans
+from app.engine.packing import packed_inputs, packed_passes, pool_spans
 from app.engine.pooling import pool
 from app.engine.tokenization import TextTokenizer, TokenizedText, pad_batch
 from app.metrics import Metrics
@@ -107,20 +107,15 @@ class Encoder:
         return list(vectors.astype(np.float32, copy=False))
 
     def _forward_packed(self, items: list[TokenizedText]) -> list[np.ndarray]:
-        rows = pack_rows([item.tokens for item in items])
         vectors: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(items)
-        # Rows shared evenly between the fewest passes: 10 rows run as 5 + 5, not 8 + 2.
-        passes = -(-len(rows) // self.forward_batch_size)
-        size = -(-len(rows) // passes)
-        for start in range(0, len(rows), size):
-            pass_rows = rows[start : start + size]
-            inputs, spans = packed_inputs(items, pass_rows)
+        lengths = [item.tokens for item in items]
+        for rows in packed_passes(lengths, self.forward_batch_size):
+            inputs, spans = packed_inputs(items, rows)
             self._observe_pass(len(spans), inputs["input_ids"].size)
             hidden = self.backend.run(inputs)["last_hidden_state"]
             pooled = pool_spans(hidden, spans, self.manifest.pooling).astype(np.float32)
-            for index, vector in zip(
-                (index for row in pass_rows for index in row), pooled, strict=True
-            ):
+            indices = (index for row in rows for index in row)
+            for index, vector in zip(indices, pooled, strict=True):
                 vectors[index] = vector
         return vectors
 

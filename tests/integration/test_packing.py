@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from app.backends.onnx import OnnxBackend
+from app.config import Settings
 from app.engine.batcher import BatchLimits
 from app.engine.encoder import Encoder
 from app.engine.manifest import ModelManifest
+from app.engine.registry import open_backend
 from app.engine.tokenization import TextTokenizer
 from loadtest.engine import EngineJob, measure_engine, texts_needed
 from loadtest.texts import TextSource
@@ -85,3 +87,20 @@ def test_engine_limit_measures_padded_and_packed_batches_in_rounds(minilm: Path)
     assert all(point.sequences_per_s > 0 and point.texts >= 2 for point in result.points)
     assert result.rounds == 2
     assert 0 < result.single_text_p50_ms <= result.single_text_p99_ms
+
+
+@pytest.mark.parametrize(
+    ("graph", "packing", "packed"),
+    [
+        ("fp32", True, True),
+        ("int8", True, True),
+        ("fp32", False, False),
+        ("attention", True, False),
+    ],
+)
+def test_which_graphs_the_server_packs(
+    minilm: Path, graph: str, packing: bool, packed: bool
+) -> None:
+    settings = Settings(models_dir=minilm.parent, packing=packing, device="cpu")
+    backend = open_backend(minilm, ModelManifest.read(minilm), settings, graph)
+    assert backend.packed is packed

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from app.backends.packing import POSITION_IDS, SEGMENT_MASK, packed_graph
-from app.engine.packing import Span, pack_rows, packed_inputs, pool_spans
+from app.engine.packing import Span, pack_rows, packed_inputs, packed_passes, pool_spans
 from app.engine.tokenization import TokenizedText
 
 
@@ -28,14 +28,37 @@ def test_every_input_lands_in_exactly_one_row_within_its_capacity(
 ) -> None:
     rows = pack_rows(lengths, row_tokens)
     assert sorted(index for row in rows for index in row) == list(range(len(lengths)))
-    capacity = max(row_tokens, *lengths)
-    assert all(sum(lengths[index] for index in row) <= capacity for row in rows)
+    for row in rows:
+        tokens = sum(lengths[index] for index in row)
+        assert tokens <= row_tokens or len(row) == 1  # only a long input overfills, alone
 
 
-def test_short_inputs_share_rows_and_a_long_one_widens_them() -> None:
+def test_short_inputs_share_rows_and_a_long_one_takes_a_row_alone() -> None:
     assert pack_rows([30, 30, 30, 30], 64) == [[0, 1], [2, 3]]
-    # Longest first; the 80-token input widens every row to 80, so 60 + 20 share one.
-    assert pack_rows([10, 80, 20, 60], 64) == [[1], [3, 2], [0]]
+    # Longest first, each into the first row with room.
+    assert pack_rows([10, 80, 20, 40], 64) == [[1], [3, 2], [0]]
+
+
+@given(
+    st.lists(st.integers(1, 256), min_size=1, max_size=64),
+    st.integers(1, 16),
+)
+def test_passes_hold_every_row_once_and_keep_wide_rows_apart(
+    lengths: list[int], rows_per_pass: int
+) -> None:
+    passes = packed_passes(lengths, rows_per_pass, 64)
+    assert [row for rows in passes for row in rows] == pack_rows(lengths, 64)
+    for rows in passes:
+        assert 1 <= len(rows) <= rows_per_pass
+        wide = {lengths[row[0]] > 64 for row in rows}
+        assert len(wide) == 1  # a pass is as wide as its widest row
+
+
+def test_rows_are_shared_evenly_between_passes() -> None:
+    lengths = [60] * 10  # ten rows of one input each
+    assert [len(rows) for rows in packed_passes(lengths, 8, 64)] == [5, 5]
+    lengths = [100, 90, *[60] * 9]  # two wide rows, nine ordinary ones
+    assert [len(rows) for rows in packed_passes(lengths, 8, 64)] == [2, 5, 4]
 
 
 def test_packed_inputs_keep_each_input_to_itself() -> None:
@@ -72,15 +95,24 @@ def test_pooling_per_span() -> None:
 # -- the graph rewrite, on graphs with the shape of ONNX Runtime's fused BERT --
 
 
-def fused_graph(path: Path, *, output: str = "last_hidden_state", causal: bool = False) -> Path:
+def fused_graph(
+    path: Path,
+    *,
+    outputs: tuple[str, ...] = ("last_hidden_state",),
+    causal: bool = False,
+    unfused_layer: bool = False,
+) -> Path:
     """Node wiring only (no weights): enough for the rewrite, not for running."""
-    embed = helper.make_node(
-        "EmbedLayerNormalization",
-        ["ids", "types", "w", "p", "t", "gamma", "beta", "mask"],
-        ["embedded", "mask_index"],
-        domain="com.microsoft",
-    )
-    attentions = [
+    nodes = [
+        helper.make_node("Cast", ["attention_mask"], ["mask32"], to=TensorProto.INT32),
+        helper.make_node(
+            "EmbedLayerNormalization",
+            ["ids", "types", "w", "p", "t", "gamma", "beta", "mask32"],
+            ["embedded", "mask_index"],
+            domain="com.microsoft",
+        ),
+    ]
+    nodes += [
         helper.make_node(
             "Attention",
             [source, f"qkv{layer}", f"bias{layer}", "mask_index"],
@@ -91,14 +123,21 @@ def fused_graph(path: Path, *, output: str = "last_hidden_state", causal: bool =
         )
         for layer, source in enumerate(["embedded", "layer0"])
     ]
+    last = "layer1"
+    if unfused_layer:  # a layer ONNX Runtime's optimizer did not fuse builds its own mask
+        nodes += [
+            helper.make_node("Cast", ["attention_mask"], ["mask_float"], to=TensorProto.FLOAT),
+            helper.make_node("Add", ["layer1", "mask_float"], ["layer2"]),
+        ]
+        last = "layer2"
+    nodes.append(helper.make_node("Identity", [last], ["last_hidden_state"]))
+    nodes += [helper.make_node("Identity", [last], [name]) for name in outputs[1:]]
     graph = helper.make_graph(
-        [embed, *attentions],
+        nodes,
         "fused",
-        [helper.make_tensor_value_info("ids", TensorProto.INT32, ["b", "t"])],
-        [helper.make_tensor_value_info("layer1", TensorProto.FLOAT, ["b", "t", 4])],
+        [helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "t"])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["b", "t", 4]) for name in outputs],
     )
-    graph.output[0].name = output
-    graph.node[-1].output[0] = output
     onnx.save(helper.make_model(graph), path)
     return path
 
@@ -119,8 +158,13 @@ def test_fused_graph_gets_positions_and_a_segment_mask(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("why", "options"),
     [
-        ("pooling or a head in the graph would mix a row's inputs", {"output": "logits"}),
+        ("pooling or a head in the graph would mix a row's inputs", {"outputs": ("logits",)}),
+        (
+            "a second output would be read as if each row were one input",
+            {"outputs": ("last_hidden_state", "pooler_output")},
+        ),
         ("a causal mask cannot be replaced by a segment mask", {"causal": True}),
+        ("an unfused layer would let a row's inputs see each other", {"unfused_layer": True}),
     ],
 )
 def test_graphs_that_cannot_take_packed_rows_are_left_alone(
