@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     max_queue_tokens: int = Field(262144, ge=1, description="Their tokens, before 429.")
     request_timeout_s: float = Field(30.0, gt=0)
     drain_s: float = Field(30.0, ge=0, description="On SIGTERM, time to finish queued work.")
+    keep_alive_s: int = Field(
+        75, ge=1, description="Idle keep-alive connections close after this (clients' first)."
+    )
 
     # Request limits
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)

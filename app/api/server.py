@@ -48,5 +48,9 @@ def serve(app_state: ServerState, app: object, host: str, port: int, access_log:
         access_log=access_log,
         # Work was drained already; connections get as long again to send their answers.
         timeout_graceful_shutdown=max(int(app_state.settings.drain_s), 1),
+        # Longer than clients and load balancers keep idle connections (httpx 5 s, nginx
+        # 60 s), so they close first: when the server closes one as a client sends on
+        # it, that request fails (uvicorn's default of 5 s raced httpx's 5 s expiry).
+        timeout_keep_alive=app_state.settings.keep_alive_s,
     )
     DrainingServer(config, app_state).run()

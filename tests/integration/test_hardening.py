@@ -145,6 +145,20 @@ def test_real_server_answers_an_oversized_upload_with_413(tmp_path: Path) -> Non
         live.stop()
 
 
+def test_an_idle_keep_alive_connection_outlives_the_clients_own_expiry(server: LiveServer) -> None:
+    """httpx drops idle connections after 5 s; the server must not close them first, or a
+    request sent as it closes one fails (uvicorn's default keep-alive was 5 s)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    request = f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        for attempt in range(2):
+            if attempt:
+                time.sleep(6)
+            connection.sendall(request)
+            answer = connection.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200"), (attempt, answer[:80])
+
+
 # -- faults, deadlines and departed clients (in-process, with a wrapped backend) --------------
 
 
