@@ -29,10 +29,10 @@ SEGMENT_MASK = "segment_mask"
 
 _EMBED = "EmbedLayerNormalization"
 _ATTENTION = "Attention"
-_POSITION_IDS_SLOT = (
-    8  # EmbedLayerNormalization inputs: ids, segment ids, 5 weights, mask, positions
-)
-_MASK_INDEX_SLOT = 3  # Attention inputs: input, weights, bias, mask_index
+# EmbedLayerNormalization inputs: ids, segment ids, 5 weights, mask, positions.
+_POSITION_IDS_SLOT = 8
+# Attention inputs: input, weights, bias, mask_index.
+_MASK_INDEX_SLOT = 3
 
 
 def packed_graph(path: Path) -> bytes | None:
