@@ -155,8 +155,29 @@ def test_an_idle_keep_alive_connection_outlives_the_clients_own_expiry(server: L
             if attempt:
                 time.sleep(6)
             connection.sendall(request)
-            answer = connection.recv(65536)
-            assert answer.startswith(b"HTTP/1.1 200"), (attempt, answer[:80])
+            assert read_response(connection).startswith(b"HTTP/1.1 200"), attempt
+
+
+def read_response(connection: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response with a Content-Length body ("" if the server closed)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 # -- faults, deadlines and departed clients (in-process, with a wrapped backend) --------------
