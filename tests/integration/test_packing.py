@@ -18,7 +18,7 @@ from app.engine.tokenization import TextTokenizer
 from loadtest.engine import EngineJob, measure_engine, texts_needed
 from loadtest.texts import TextSource
 
-# Mixed lengths: many short texts share rows, the long one widens them to its own length.
+# Mixed lengths: many short texts share rows, the long one (truncated at 256) gets its own.
 TEXTS = [*TextSource(seed=5).take(40), "word " * 300, "short", "a"]
 
 
