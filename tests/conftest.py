@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,19 +76,41 @@ def start_server(
     return server
 
 
-def wait_until_ready(server: LiveServer, timeout: float = 120) -> None:
+def wait_ready(
+    get: Callable[[str], httpx.Response],
+    timeout: float = 120,
+    alive: Callable[[], bool] | None = None,
+) -> None:
+    """Poll GET /ready through `get` (an httpx or Starlette test client's) until it is 200.
+
+    Raises RuntimeError after `timeout` s, or at once when `alive` says the server is gone.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
+    while True:
+        if alive is not None and not alive():
+            raise RuntimeError("the server exited before /ready answered 200")
         try:
-            if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"server not ready within {timeout} s:\n{server.log()}")
+            status = get("/ready").status_code
+        except httpx.TransportError as error:  # a starting server may not listen yet
+            status = repr(error)
+        if status == 200:
+            return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"/ready not 200 within {timeout} s (last answer: {status})")
+        time.sleep(0.1)
+
+
+def wait_until_ready(server: LiveServer, timeout: float = 120) -> None:
+    """`wait_ready` for a server process; the error carries its exit status and log."""
+    try:
+        wait_ready(
+            lambda path: httpx.get(f"{server.url}{path}", timeout=2),
+            timeout,
+            alive=lambda: server.process.poll() is None,
+        )
+    except RuntimeError as error:
+        code = server.stop()
+        raise RuntimeError(f"{error}; exit status {code}, log:\n{server.log()}") from None
 
 
 @pytest.fixture(scope="session")

@@ -93,8 +93,13 @@ class DynamicBatcher(Generic[Payload, Result]):
         self._metrics = metrics
         self._queue: deque[QueuedInput[Payload, Result]] = deque()
         self._arrived = asyncio.Event()
+        # Set while nothing is queued or running, for `drain`. An Event binds to the loop on
+        # first use, so the batcher may be built outside it (at start-up, in a worker thread).
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
         self._worker: asyncio.Task[None] | None = None
+        self._restart: asyncio.TimerHandle | None = None  # a crashed worker's pending restart
         self._running = 0  # inputs in the forward pass now
         self._queued_tokens = 0
         self.restarts = 0
@@ -106,6 +111,7 @@ class DynamicBatcher(Generic[Payload, Result]):
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
+        self._restart = None
         self._worker = asyncio.get_running_loop().create_task(
             self._work(), name=f"batcher-{self.name}"
         )
@@ -122,15 +128,16 @@ class DynamicBatcher(Generic[Payload, Result]):
             worker.exception(),
             RESTART_DELAY_S,
         )
-        asyncio.get_running_loop().call_later(RESTART_DELAY_S, self.start)
+        self._restart = asyncio.get_running_loop().call_later(RESTART_DELAY_S, self.start)
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until every queued and running input is answered; False on timeout."""
-        deadline = time.monotonic() + timeout_s
-        while self.pending:
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.01)
+        try:
+            # Unlike wait_for, a timeout of 0 still reports an already drained batcher.
+            async with asyncio.timeout(max(timeout_s, 0.0)):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
         return True
 
     @property
@@ -144,8 +151,12 @@ class DynamicBatcher(Generic[Payload, Result]):
 
     async def stop(self) -> None:
         """Stop the worker and fail whatever is still queued (call `drain` first to finish it)."""
+        if self._restart is not None:  # a stopped batcher must not come back
+            self._restart.cancel()
+            self._restart = None
         worker, self._worker = self._worker, None
-        if worker is not None:
+        # Awaiting a worker that died of a bug would re-raise what `_restart_if_crashed` logged.
+        if worker is not None and not worker.done():
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
@@ -155,6 +166,7 @@ class DynamicBatcher(Generic[Payload, Result]):
                 item.future.set_exception(NotReady("the server is shutting down"))
         self._queued_tokens = 0
         self._set_depth()
+        self._update_idle()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- submission --------------------------------------------------------
@@ -190,6 +202,7 @@ class DynamicBatcher(Generic[Payload, Result]):
         self._queue.extend(items)
         self._queued_tokens += tokens
         self._set_depth()
+        self._update_idle()
         self._arrived.set()
         return items
 
@@ -244,6 +257,10 @@ class DynamicBatcher(Generic[Payload, Result]):
                                 InferenceFailed(f"batch worker failed: {error!r}")
                             )
                     raise
+                finally:
+                    # Only here, with the batch answered: `_take_batch` may empty the queue
+                    # before `_execute` counts the batch as running.
+                    self._update_idle()
 
     async def _wait_to_fill(self) -> None:
         """Wait until the next batch is full or its oldest input has waited `max_wait_s`."""
@@ -306,6 +323,7 @@ class DynamicBatcher(Generic[Payload, Result]):
             self._queue = kept
             self._queued_tokens = sum(item.tokens for item in kept)
             self._set_depth()
+            self._update_idle()
 
     async def _execute(self, batch: list[QueuedInput[Payload, Result]]) -> None:
         started = time.monotonic()
@@ -348,6 +366,13 @@ class DynamicBatcher(Generic[Payload, Result]):
                 error,
             )
         return [outcome for payload in payloads for outcome in self._run_guarded([payload])]
+
+    def _update_idle(self) -> None:
+        """Keep `_idle` (what `drain` awaits) in step with the queue and the forward pass."""
+        if self._queue or self._running:
+            self._idle.clear()
+        else:
+            self._idle.set()
 
     # -- metrics -----------------------------------------------------------
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,16 +10,14 @@ from fastapi.testclient import TestClient
 
 from app.api.app import create_app
 from app.config import Settings
+from tests.conftest import wait_ready
 
 
 @pytest.fixture(scope="module")
 def client(default_models: Path) -> Iterator[TestClient]:
     app = create_app(Settings(models_dir=default_models, max_inputs_per_request=8))
     with TestClient(app) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/ready").status_code != 200:
-            assert time.monotonic() < deadline, "models did not load"
-            time.sleep(0.1)
+        wait_ready(client.get)
         yield client
 
 

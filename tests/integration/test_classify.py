@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from app.api.app import create_app
 from app.config import Settings
 from app.engine.manifest import ModelManifest
 from app.export.exporter import export_model
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, wait_ready
 from tests.sst2 import dev_accuracy
 from tests.tiny_models import build_tiny_classifier
 
@@ -24,10 +23,7 @@ TEXTS = ["hello world", "a somewhat longer sentence about colours", "blue"]
 
 def ready_client(models_dir: Path) -> Iterator[TestClient]:
     with TestClient(create_app(Settings(models_dir=models_dir))) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/ready").status_code != 200:
-            assert time.monotonic() < deadline, "models did not load"
-            time.sleep(0.05)
+        wait_ready(client.get)
         yield client
 
 

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.engine.batcher import BatchLimits, DynamicBatcher
+from app.engine.batcher import RESTART_DELAY_S, BatchLimits, DynamicBatcher
 from app.engine.errors import DeadlineExceeded, InferenceFailed, Overloaded
+from app.engine.timing import RequestTiming, current_timing
 from app.metrics import Metrics
 
 POISON = -1
@@ -308,3 +309,129 @@ async def test_drain_waits_for_queued_and_running_inputs() -> None:
     assert await batcher.drain(5)
     assert all(future.done() for future in futures) and batcher.pending == 0
     await batcher.stop()
+
+
+async def test_drain_returns_once_the_held_batch_finishes() -> None:
+    backend = FakeBackend(hold_first=True)
+    batcher = make(backend)
+    futures = submit(batcher, 1, 2)
+    await wait_for(lambda: len(backend.batches) == 1)
+    draining = asyncio.ensure_future(batcher.drain(30))
+    await asyncio.sleep(0.05)
+    assert not draining.done()  # the batch is still held
+    backend.gate.set()
+    assert await asyncio.wait_for(draining, 10)
+    assert [future.result() for future in futures] == [10, 20]
+    assert batcher.pending == 0
+    assert await batcher.drain(0)  # already drained: no wait needed
+    await batcher.stop()
+
+
+async def test_drain_times_out_while_a_batch_is_held() -> None:
+    backend = FakeBackend(hold_first=True)
+    batcher = make(backend)
+    futures = submit(batcher, 1)
+    await wait_for(lambda: len(backend.batches) == 1)
+    assert await batcher.drain(0.1) is False
+    assert batcher.pending == 1
+    backend.gate.set()
+    assert await asyncio.gather(*futures) == [10]
+    await batcher.stop()
+
+
+async def test_process_answers_in_order() -> None:
+    backend = FakeBackend()
+    batcher = make(backend, max_wait_s=0.0)
+    lengths = {1: 40, 2: 5, 3: 20}  # the batch runs sorted by length, answers come back in order
+    assert await batcher.process(list(lengths.items()), 30.0) == [10, 20, 30]
+    assert backend.batches == [[2, 3, 1]]
+    await batcher.stop()
+
+
+async def test_process_timeout_raises_and_leaves_nothing_queued() -> None:
+    backend = FakeBackend(hold_first=True)
+    metrics = Metrics()
+    batcher = make(backend, metrics)
+    first = submit(batcher, 1)
+    await wait_for(lambda: len(backend.batches) == 1)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.process([(2, 10), (3, 10)], 0.05)
+    backend.gate.set()
+    assert await asyncio.gather(*first) == [10]
+    await wait_for(lambda: batcher.pending == 0)
+    assert backend.batches == [[1]]  # the timed-out inputs never ran
+    sample = metrics.registry.get_sample_value
+    assert sample("encoder_rejected_total", {"model": "fake", "reason": "deadline"}) == 2
+    await batcher.stop()
+
+
+async def test_cancelled_process_drops_its_inputs_before_the_forward_pass() -> None:
+    backend = FakeBackend(hold_first=True)
+    metrics = Metrics()
+    batcher = make(backend, metrics, max_wait_s=0.0)
+    first = submit(batcher, 1)
+    await wait_for(lambda: len(backend.batches) == 1)
+    task = asyncio.ensure_future(batcher.process([(2, 10), (3, 10)], 30.0))
+    await wait_for(lambda: batcher.pending == 3)  # the held input and the two queued
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    backend.gate.set()
+    assert await asyncio.gather(*first) == [10]
+    assert await batcher.drain(10)  # the worker emptied the queue by dropping them
+    assert batcher.pending == 0
+    assert backend.batches == [[1]]
+    assert metrics.rejected.labels("fake", "cancelled")._value.get() == 2
+    await batcher.stop()
+
+
+async def test_process_records_its_timing_in_the_current_request() -> None:
+    backend = FakeBackend(hold_first=True)
+    batcher = make(backend, max_wait_s=0.0)
+    first = submit(batcher, 1)
+    await wait_for(lambda: len(backend.batches) == 1)
+
+    async def request() -> tuple[list[int], RequestTiming]:
+        timing = RequestTiming()
+        current_timing.set(timing)  # this task's context only, as the HTTP edge does
+        return await batcher.process([(2, 7), (3, 5)], 30.0), timing
+
+    task = asyncio.ensure_future(request())
+    await wait_for(lambda: batcher.pending == 3)
+    backend.gate.set()  # also lets the second batch through: the gate stays open
+    results, timing = await asyncio.wait_for(task, 10)
+    assert results == [20, 30]
+    assert timing.queue_s > 0  # it queued behind the held batch
+    assert timing.inference_s > 0
+    assert (timing.inputs, timing.tokens) == (2, 12)
+    assert current_timing.get() is None  # not leaked into the test's own context
+    await asyncio.gather(*first)
+    await batcher.stop()
+
+
+async def test_stop_cancels_a_pending_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = FakeBackend()
+    batcher = make(backend, max_wait_s=0.0)
+    original = batcher._take_batch
+    calls = 0
+
+    def crash_once():
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("bug in the worker")
+        return original()
+
+    monkeypatch.setattr(batcher, "_take_batch", crash_once)
+    (queued,) = submit(batcher, 1)
+    await wait_for(lambda: not batcher.alive)
+    assert batcher.restarts == 1
+    assert batcher.pending == 1  # nobody takes it off the queue now
+    await batcher.stop()  # within RESTART_DELAY_S of the crash
+    assert await batcher.drain(0)  # stop emptied the queue
+    await asyncio.sleep(RESTART_DELAY_S * 2)
+    assert not batcher.alive
+    assert batcher.restarts == 1
+    assert calls == 1  # no worker ran again
+    assert queued.done() and not queued.cancelled()  # failed by stop, not left hanging
+    assert backend.batches == []
