@@ -11,13 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.backends.onnx import Device, OnnxBackend
-from app.engine.batcher import BatchLimits
-from app.engine.encoder import Encoder
+from app.backends.onnx import Device
 from app.engine.manifest import ModelManifest
-from app.engine.pooling import normalize, pool
-from app.engine.registry import CPU_FORWARD_BATCH
-from app.engine.tokenization import TextTokenizer, pad_batch
+from app.engine.pipeline import CPU_ROWS_PER_PASS, normalize, open_pipeline, resolve_precision
 from loadtest.report import EnginePoint, EngineResult, PrecisionPoint
 
 # Texts per batch size: enough length-sorted batches that a random sample of them is
@@ -28,12 +24,14 @@ WARMUP_TEXTS = 64
 COMPARED_PRECISIONS = ("fp32", "int8")
 COMPARED_BATCH_SIZES = (1, 8, 32)
 COMPARE_ROUNDS = 2
+# Rows of one padded pass: more than any batch size measured, so a batch is one pass.
+ONE_PASS = 4096
 
 
 def served_graph(model_dir: Path, precision: str) -> tuple[str, Path]:
-    """The precision and graph file the server loads for this setting (as the registry does)."""
+    """The precision and graph file the server loads for this setting."""
     manifest = ModelManifest.read(model_dir)
-    chosen = manifest.default_precision if precision == "auto" else precision
+    chosen = resolve_precision(manifest, precision)
     return chosen, model_dir / manifest.files[chosen]
 
 
@@ -53,32 +51,26 @@ class EngineJob:
 
 
 class Pipeline:
-    """Text in, normalized vector out: the same steps the server runs for one batch.
+    """Text in, normalized vector out: the server's own pipeline, batched two ways.
 
     Padded (the default): the batch runs as one pass, each text right-padded to the longest.
-    Packed: the server's own packing code (`Encoder.forward`): texts share rows of the
-    rewritten graph, in passes of at most `CPU_FORWARD_BATCH` rows.
+    Packed: texts share rows of the rewritten graph, in passes of at most
+    `CPU_ROWS_PER_PASS` rows, as the server runs a queued batch.
     """
 
     def __init__(
         self, model_dir: Path, precision: str, threads: int, device: Device, pack: bool = False
     ) -> None:
         manifest = ModelManifest.read(model_dir)
-        self.pooling = manifest.pooling
-        self.tokenizer = TextTokenizer(model_dir / manifest.tokenizer, manifest.max_length)
-        _, graph = served_graph(model_dir, precision)
-        self.backend = OnnxBackend(graph, threads=threads, device=device, pack=pack)
-        self.packed = self.backend.packed
-        self._encoder = Encoder(
-            manifest, self.tokenizer, self.backend, BatchLimits(), 60.0, None, CPU_FORWARD_BATCH
+        self._pipeline = open_pipeline(
+            model_dir, manifest, precision, threads=threads, device=device, pack=pack
         )
+        self.packed = self._pipeline.backend.packed
+        self._pipeline.rows_per_pass = CPU_ROWS_PER_PASS if self.packed else ONE_PASS
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        if self.packed:
-            return normalize(np.stack(self._encoder.forward(self.tokenizer.encode(texts))))
-        inputs = pad_batch(self.tokenizer.encode(texts))
-        hidden = self.backend.run(inputs)["last_hidden_state"]
-        return normalize(pool(hidden, inputs["attention_mask"], self.pooling))
+        pipeline = self._pipeline
+        return normalize(np.stack(pipeline.forward(pipeline.tokenize(texts))))
 
     def batches(self, texts: list[str], batch_size: int, seed: int) -> list[list[str]]:
         """Padded passes need neighbours in length; packed rows take texts as they come."""

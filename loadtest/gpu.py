@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 
 from app.backends.torch import TorchBackend
-from app.engine.pooling import normalize, pool
-from app.engine.tokenization import TextTokenizer, pad_batch
+from app.engine.pipeline import Pipeline
+from app.engine.tokenization import TextTokenizer
 from loadtest.texts import TextSource
 
 ROOT = Path(__file__).resolve().parent.parent
 MINILM = ROOT / "models" / "minilm"
 BATCH_SIZES = (1, 8, 32, 128, 512)
+ONE_PASS = max(BATCH_SIZES)  # every batch runs as one padded pass
 
 
 def minilm_shaped_weights(scratch: Path) -> tuple[Path, str]:
@@ -48,9 +49,8 @@ def minilm_shaped_weights(scratch: Path) -> tuple[Path, str]:
 
 
 def embed(backend: Any, tokenizer: TextTokenizer, texts: list[str]) -> np.ndarray:
-    inputs = pad_batch(tokenizer.encode(texts))
-    states = backend.run(inputs)["last_hidden_state"]
-    return normalize(pool(states, inputs["attention_mask"], "mean"))
+    """The server's pipeline over `backend`: normalized mean-pooled vectors, one pass."""
+    return Pipeline(tokenizer, backend, "mean", ONE_PASS).embed(texts)
 
 
 def throughput(backend: Any, tokenizer: TextTokenizer, source: TextSource, size: int) -> float:
@@ -74,12 +74,14 @@ def single_latency_ms(backend: Any, tokenizer: TextTokenizer, source: TextSource
 
 
 def forward_only(backend: Any, tokenizer: TextTokenizer, source: TextSource, size: int) -> float:
-    """Sequences/s of the forward pass alone (inputs padded beforehand): the device's share."""
-    batches = [pad_batch(tokenizer.encode(source.take(size))) for _ in range(8)]
-    backend.run(batches[0])
+    """Sequences/s without tokenization (inputs tokenized beforehand): the device's share,
+    with padding and pooling, which are small beside the pass."""
+    pipeline = Pipeline(tokenizer, backend, "mean", ONE_PASS)
+    batches = [pipeline.tokenize(source.take(size)) for _ in range(8)]
+    pipeline.forward(batches[0])
     started = time.perf_counter()
-    for inputs in batches:
-        backend.run(inputs)
+    for items in batches:
+        pipeline.forward(items)
     return size * len(batches) / (time.perf_counter() - started)
 
 
@@ -143,8 +145,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         weights, report["weights"] = minilm_shaped_weights(Path(scratch))
         device = args.device
-        fp32 = TorchBackend(weights, classifier=False, threads=8, device=device)
-        fp16 = TorchBackend(weights, classifier=False, threads=8, device=device, half=True)
+        fp32 = TorchBackend.load(weights, classifier=False, threads=8, device=device)
+        fp16 = TorchBackend.load(weights, classifier=False, threads=8, device=device, half=True)
         check = TextSource(seed=7).take(64)
         cosine = (embed(fp32, tokenizer, check) * embed(fp16, tokenizer, check)).sum(axis=1)
         report["fp16_min_cosine_to_fp32"] = round(float(cosine.min()), 6)

@@ -33,7 +33,7 @@ from loadtest.wrk import run_wrk, wrk_path
 # Checked from the innermost frame outwards; the first category with a matching frame wins.
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ONNX Runtime forward pass", ("onnxruntime", "app/backends/onnx.py")),
-    ("pad, pool, normalize (numpy)", ("pad_batch", "app/engine/pooling.py", "numpy/")),
+    ("pad or pack, pool, normalize", ("app/engine/pipeline.py", "app/engine/packing.py", "numpy/")),
     ("tokenization", ("tokenization.py", "tokenizers")),
     ("logging", ("logging/", "app/logs.py")),
     ("metrics (prometheus_client)", ("prometheus_client",)),

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from app.api.lifecycle import ServerState
 from app.api.schemas import as_list
 from app.engine.errors import ClientDisconnected, PayloadTooLarge
-from app.engine.model import ServedModel
+from app.engine.interface import Engine, ModelDescription, Task
 
 T = TypeVar("T")
 
@@ -24,16 +24,28 @@ def json_response(content: Any) -> Response:
     return Response(body, media_type="application/json")
 
 
-def server(request: Request) -> ServerState:
+def server_state(request: Request) -> ServerState:
     state: ServerState = request.app.state.server
     return state
+
+
+def engine(request: Request) -> Engine:
+    """The engine serving this request (NotReady, a 503, while loading or draining)."""
+    return server_state(request).engine
+
+
+def resolve_model(request: Request, name: str | None, task: Task) -> ModelDescription:
+    """The model a request names (or the default for `task`), labelled on its metrics."""
+    model = engine(request).model(name, task)
+    request.state.model = model.name  # the `model` label of this request's metrics
+    return model
 
 
 def checked_inputs(request: Request, inputs: str | list[str]) -> list[str]:
     """The request's texts, within the count and length limits (413 before tokenizing)."""
     texts = as_list(inputs)
     check_input_count(request, len(texts))
-    settings = server(request).settings
+    settings = server_state(request).settings
     for index, text in enumerate(texts):
         if len(text) > settings.max_input_chars:
             raise PayloadTooLarge(
@@ -44,7 +56,7 @@ def checked_inputs(request: Request, inputs: str | list[str]) -> list[str]:
 
 
 def check_input_count(request: Request, count: int) -> None:
-    limit = server(request).settings.max_inputs_per_request
+    limit = server_state(request).settings.max_inputs_per_request
     if count > limit:
         raise PayloadTooLarge(f"{count} inputs in one request; the limit is {limit}")
 
@@ -67,8 +79,3 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         task.cancel()
         raise ClientDisconnected("the client closed the connection before the answer")
     return await task
-
-
-def use_model(request: Request, model: ServedModel) -> ServedModel:
-    request.state.model = model.name  # the `model` label of this request's metrics
-    return model

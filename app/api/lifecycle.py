@@ -5,24 +5,23 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import time
 from collections.abc import Callable
 
 from app.config import Settings
 from app.engine.errors import NotReady
-from app.engine.registry import ModelRegistry
+from app.engine.interface import Engine, load_engine
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
 class ServerState:
-    """What the routes need to know about the server: its models and whether it is ready."""
+    """What the routes need to know about the server: its engine and whether it is ready."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self._registry: ModelRegistry | None = None
+        self._engine: Engine | None = None
         self.draining = False
         self.fatal_error: Exception | None = None
         # Set by the command line: asks the HTTP server to exit (a model failed to load).
@@ -30,34 +29,33 @@ class ServerState:
 
     @property
     def ready(self) -> bool:
-        registry = self._registry
-        if registry is None or self.draining:
+        engine = self._engine
+        if engine is None or self.draining:
             return False
-        return all(batcher.alive for batcher in registry.batchers)
+        return not engine.stopped_workers()
 
     @property
-    def registry(self) -> ModelRegistry:
-        """The loaded models; NotReady (503) while they are still loading or while draining."""
+    def engine(self) -> Engine:
+        """The loaded engine; NotReady (503) while models are still loading or while draining."""
         if self.draining:
             raise NotReady("the server is shutting down; send new requests to another replica")
-        if self._registry is None:
+        if self._engine is None:
             raise NotReady("models are still loading; retry when GET /ready answers 200")
-        return self._registry
+        return self._engine
 
     def not_ready_reason(self) -> str:
         if self.draining:
             return "draining: the server is shutting down"
-        if self._registry is None:
+        if self._engine is None:
             return "models are still loading"
-        dead = [batcher.name for batcher in self._registry.batchers if not batcher.alive]
-        return f"batch workers stopped for models: {', '.join(dead)}"
+        return f"batch workers stopped for models: {', '.join(self._engine.stopped_workers())}"
 
     async def load(self) -> None:
         """Load and warm every model; on failure record the error and stop the server."""
         try:
-            registry = await asyncio.to_thread(ModelRegistry.load, self.settings, self.metrics)
-            if self.settings.warmup:
-                await asyncio.to_thread(registry.warm_up)
+            engine = await asyncio.to_thread(
+                load_engine, self.settings, self.metrics, warm_up=self.settings.warmup
+            )
         except Exception as error:
             self.fatal_error = error
             log.error("start-up failed: %s", error)
@@ -70,22 +68,18 @@ class ServerState:
         # two such pauses in 15 s, which set the p99).
         gc.collect()
         gc.freeze()
-        for batcher in registry.batchers:
-            batcher.start()
-        self._registry = registry
-        log.info("ready: serving %s", ", ".join(model.name for model in registry))
+        engine.start()
+        self._engine = engine
+        log.info("ready: serving %s", ", ".join(model.name for model in engine.models()))
 
     async def drain(self) -> None:
         """Refuse new work (503, /ready too) and wait up to `drain_s` for queued work to finish."""
         self.draining = True
         log.info("draining: waiting up to %g s for queued work", self.settings.drain_s)
-        if self._registry is not None:
-            deadline = time.monotonic() + self.settings.drain_s
-            for batcher in self._registry.batchers:
-                await batcher.drain(max(deadline - time.monotonic(), 0.0))
+        if self._engine is not None:
+            await self._engine.drain(self.settings.drain_s)
         log.info("drained")
 
     async def close(self) -> None:
-        if self._registry is not None:
-            for batcher in self._registry.batchers:
-                await batcher.stop()
+        if self._engine is not None:
+            await self._engine.close()

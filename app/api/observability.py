@@ -11,7 +11,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.engine.timing import RequestTiming, current_timing
+from app.engine.interface import RequestTiming, current_timing
 from app.metrics import Metrics
 
 log = logging.getLogger("encoder_serve.requests")

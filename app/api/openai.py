@@ -13,12 +13,13 @@ from starlette.responses import Response
 from app.api.handling import (
     check_input_count,
     checked_inputs,
+    engine,
     json_response,
-    server,
+    resolve_model,
     unless_disconnected,
-    use_model,
 )
-from app.engine.model import TokenIds
+from app.api.schemas import OPENAI_ERRORS
+from app.engine.interface import TokenIds
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -92,12 +93,13 @@ def _as_base64(vector: np.ndarray) -> str:
     return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
 
 
-@router.post("/embeddings", response_model=OpenAIEmbeddingResponse)
+@router.post("/embeddings", response_model=OpenAIEmbeddingResponse, responses=OPENAI_ERRORS)
 async def create_embeddings(body: OpenAIEmbeddingRequest, request: Request) -> Response:
     """Embeddings exactly as OpenAI's API returns them."""
-    model = use_model(request, server(request).registry.get(body.model, "embedding"))
+    model = resolve_model(request, body.model, "embedding")
     inputs = _inputs(request, body.input)
-    result = await unless_disconnected(request, model.embed(inputs, dimensions=body.dimensions))
+    work = engine(request).embed(model.name, inputs, dimensions=body.dimensions)
+    result = await unless_disconnected(request, work)
     encode = _as_base64 if body.encoding_format == "base64" else (lambda v: v)
     return json_response(
         {
@@ -112,7 +114,7 @@ async def create_embeddings(body: OpenAIEmbeddingRequest, request: Request) -> R
     )
 
 
-@router.get("/models", response_model=OpenAIModelList)
+@router.get("/models", response_model=OpenAIModelList, responses=OPENAI_ERRORS)
 async def list_models(request: Request) -> OpenAIModelList:
     """The served models in OpenAI's list shape."""
-    return OpenAIModelList(data=[OpenAIModel(id=model.name) for model in server(request).registry])
+    return OpenAIModelList(data=[OpenAIModel(id=model.name) for model in engine(request).models()])

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from app.api.errors import error_response
-from app.api.handling import checked_inputs, json_response, server, unless_disconnected, use_model
+from app.api.handling import (
+    checked_inputs,
+    engine,
+    json_response,
+    resolve_model,
+    server_state,
+    unless_disconnected,
+)
 from app.api.schemas import (
+    ERRORS,
     AttentionRequest,
     AttentionResponse,
     ClassifyRequest,
@@ -25,26 +31,24 @@ from app.api.schemas import (
     TokenizeResponse,
 )
 from app.engine.errors import InvalidInput
-from app.engine.model import ClassifyOptions
+from app.engine.interface import ClassifyOptions
 
 router = APIRouter()
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 429, 500, 503, 504)
-}
 
 
 @router.post("/encode", response_model=EncodeResponse, responses=ERRORS, tags=["inference"])
 async def encode(body: EncodeRequest, request: Request) -> Response:
     """Sentence embeddings, in input order."""
     texts = checked_inputs(request, body.inputs)
-    model = use_model(request, server(request).registry.get(body.model, "embedding"))
-    result = await unless_disconnected(
-        request,
-        model.embed(
-            texts, normalize=body.normalize, truncate=body.truncate, dimensions=body.dimensions
-        ),
+    model = resolve_model(request, body.model, "embedding")
+    work = engine(request).embed(
+        model.name,
+        texts,
+        normalize=body.normalize,
+        truncate=body.truncate,
+        dimensions=body.dimensions,
     )
+    result = await unless_disconnected(request, work)
     return json_response(
         {
             "model": model.name,
@@ -59,19 +63,19 @@ async def encode(body: EncodeRequest, request: Request) -> Response:
 async def classify(body: ClassifyRequest, request: Request) -> Response:
     """Label scores per input, highest first: a classifier's labels, or zero-shot candidates."""
     texts = checked_inputs(request, body.inputs)
-    state = server(request)
     labels = body.candidate_labels
     options = ClassifyOptions(body.truncate, body.top_k, body.raw_scores, body.multi_label)
     if labels is None:
-        model = use_model(request, state.registry.get(body.model, "classification"))
-        result = await unless_disconnected(request, model.classify(texts, options))
+        model = resolve_model(request, body.model, "classification")
+        work = engine(request).classify(model.name, texts, options)
     else:
-        limit = state.settings.max_candidate_labels
+        limit = server_state(request).settings.max_candidate_labels
         if len(labels) > limit:
             raise InvalidInput(f"{len(labels)} candidate_labels; the limit is {limit}")
-        model = use_model(request, state.registry.get(body.model, "embedding"))
-        work = model.zero_shot(texts, labels, body.hypothesis_template, options)
-        result = await unless_disconnected(request, work)
+        model = resolve_model(request, body.model, "embedding")
+        template = body.hypothesis_template
+        work = engine(request).zero_shot(model.name, texts, labels, template, options)
+    result = await unless_disconnected(request, work)
     return json_response(
         {
             "model": model.name,
@@ -87,9 +91,14 @@ async def classify(body: ClassifyRequest, request: Request) -> Response:
 async def attention(body: AttentionRequest, request: Request) -> Response:
     """Attention probabilities of one input: per head, averaged over heads, or rolled out."""
     (text,) = checked_inputs(request, body.inputs)
-    model = use_model(request, server(request).registry.get(body.model, "embedding"))
-    work = model.attention(
-        text, layers=body.layers, heads=body.heads, how=body.aggregate, truncate=body.truncate
+    model = resolve_model(request, body.model, "embedding")
+    work = engine(request).attention(
+        model.name,
+        text,
+        layers=body.layers,
+        heads=body.heads,
+        how=body.aggregate,
+        truncate=body.truncate,
     )
     result = await unless_disconnected(request, work)
     return json_response(
@@ -111,8 +120,8 @@ async def attention(body: AttentionRequest, request: Request) -> Response:
 async def tokenize(body: TokenizeRequest, request: Request) -> Response:
     """The model's tokens of each input, with character spans; special tokens marked."""
     texts = checked_inputs(request, body.inputs)
-    model = use_model(request, server(request).registry.get(body.model, "embedding"))
-    tokenizer = model.encoder.tokenizer
+    model = resolve_model(request, body.model, "embedding")
+    result = await unless_disconnected(request, engine(request).tokenize(model.name, texts))
     return json_response(
         {
             "model": model.name,
@@ -125,10 +134,11 @@ async def tokenize(body: TokenizeRequest, request: Request) -> Response:
                         "stop": t.stop,
                         "special": t.special,
                     }
-                    for t in tokenizer.tokens(text)[0]
+                    for t in tokens
                 ]
-                for text in texts
+                for tokens in result.tokens
             ],
+            "truncated": result.truncated,
         }
     )
 
@@ -140,16 +150,16 @@ async def list_models(request: Request) -> ModelsResponse:
         models=[
             ModelInfo(
                 name=model.name,
-                task=model.manifest.task,
-                labels=model.manifest.labels,
-                dimensions=model.manifest.dimensions,
-                max_length=model.manifest.max_length,
-                backend=model.encoder.backend.name,
-                device=model.encoder.backend.device,
-                precision=model.encoder.precision,
-                pooling=model.manifest.pooling,
+                task=model.task,
+                labels=model.labels,
+                dimensions=model.dimensions,
+                max_length=model.max_length,
+                backend=model.backend,
+                device=model.device,
+                precision=model.precision,
+                pooling=model.pooling,
             )
-            for model in server(request).registry
+            for model in engine(request).models()
         ]
     )
 
@@ -166,7 +176,7 @@ async def health() -> StatusResponse:
 )  # fmt: skip
 async def ready(request: Request) -> Response:
     """200 once every model is loaded and warmed; 503 otherwise (readiness)."""
-    state = server(request)
+    state = server_state(request)
     if not state.ready:
         return error_response(503, "not_ready", state.not_ready_reason())
     return json_response({"status": "ready"})
@@ -175,5 +185,5 @@ async def ready(request: Request) -> Response:
 @router.get("/metrics", tags=["operations"], response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus text format."""
-    body = generate_latest(server(request).metrics.registry)
+    body = generate_latest(server_state(request).metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -12,7 +12,7 @@ from pydantic import (
     field_validator,
 )
 
-from app.engine.classification import DEFAULT_HYPOTHESIS_TEMPLATE
+from app.engine.interface import DEFAULT_HYPOTHESIS_TEMPLATE
 
 
 class _Request(BaseModel):
@@ -165,6 +165,9 @@ class TokenOut(BaseModel):
 class TokenizeResponse(BaseModel):
     model: str
     tokens: list[list[TokenOut]]
+    truncated: list[bool] = Field(
+        description="Per input: it had more tokens than the model's max length and was cut."
+    )
 
 
 class LabelScoreOut(BaseModel):
@@ -212,6 +215,30 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class OpenAIErrorResponse(BaseModel):
+    """OpenAI's error shape, which its client libraries parse (routes under /v1/)."""
+
+    error: OpenAIErrorDetail
+
+
+# What an inference route may answer besides 200: documented, so clients and the
+# contract tests know every status and its body.
+ERROR_STATUSES = (400, 401, 404, 413, 422, 429, 500, 503, 504)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in ERROR_STATUSES
+}
+OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": OpenAIErrorResponse} for code in ERROR_STATUSES
+}
 
 
 class StatusResponse(BaseModel):

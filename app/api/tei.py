@@ -9,11 +9,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from app import __version__
-from app.api.handling import checked_inputs, json_response, server, unless_disconnected, use_model
-from app.api.schemas import check_texts
-from app.engine.model import ClassifyOptions
+from app.api.handling import (
+    checked_inputs,
+    engine,
+    json_response,
+    resolve_model,
+    server_state,
+    unless_disconnected,
+)
+from app.api.schemas import ERRORS, check_texts
+from app.engine.interface import ClassifyOptions
 
 router = APIRouter(tags=["tei"])
+
+# TEI names dtypes as torch does; int8 has no such name and is reported as is.
+MODEL_DTYPES = {"fp32": "float32", "fp16": "float16"}
 
 
 class _TeiRequest(BaseModel):
@@ -40,39 +50,64 @@ class TeiLabelScore(BaseModel):
     score: float
 
 
-@router.post("/embed", response_model=list[list[float]])
+class TeiInfo(BaseModel):
+    """TEI's `Info`: the fields its clients read, and the models this server serves."""
+
+    model_id: str
+    model_sha: str | None
+    model_dtype: str
+    model_type: dict[str, Any]
+    max_concurrent_requests: int
+    max_input_length: int
+    max_batch_tokens: int
+    max_batch_requests: int | None
+    max_client_batch_size: int
+    auto_truncate: bool
+    tokenization_workers: int
+    version: str
+    served_models: list[str]
+
+
+@router.post("/embed", response_model=list[list[float]], responses=ERRORS)
 async def embed(body: TeiEmbedRequest, request: Request) -> Response:
     """A bare list of vectors from the default embedding model."""
     texts = checked_inputs(request, body.inputs)
-    model = use_model(request, server(request).registry.get(None, "embedding"))
-    work = model.embed(
-        texts, normalize=body.normalize, truncate=body.truncate, dimensions=body.dimensions
+    model = resolve_model(request, None, "embedding")
+    work = engine(request).embed(
+        model.name,
+        texts,
+        normalize=body.normalize,
+        truncate=body.truncate,
+        dimensions=body.dimensions,
     )
     result = await unless_disconnected(request, work)
     return json_response(result.vectors)
 
 
-@router.post("/predict", response_model=list[TeiLabelScore] | list[list[TeiLabelScore]])
+@router.post(
+    "/predict",
+    response_model=list[TeiLabelScore] | list[list[TeiLabelScore]],
+    responses=ERRORS,
+)
 async def predict(body: TeiPredictRequest, request: Request) -> Response:
     """Label scores from the default classification model: a list for one input, else lists."""
     texts = checked_inputs(request, body.inputs)
-    model = use_model(request, server(request).registry.get(None, "classification"))
+    model = resolve_model(request, None, "classification")
     options = ClassifyOptions(truncate=body.truncate, raw_scores=body.raw_scores)
-    result = await unless_disconnected(request, model.classify(texts, options))
+    result = await unless_disconnected(
+        request, engine(request).classify(model.name, texts, options)
+    )
     answers = [[{"label": s.label, "score": s.score} for s in scores] for scores in result.results]
     return json_response(answers[0] if isinstance(body.inputs, str) else answers)
 
 
-@router.get("/info")
+@router.get("/info", response_model=TeiInfo, responses=ERRORS)
 async def info(request: Request) -> dict[str, Any]:
     """TEI's description of the served model (the default embedding model, else the first)."""
-    state = server(request)
-    registry = state.registry
-    models = list(registry)
+    models = engine(request).models()
     model = next((m for m in models if m.task == "embedding"), models[0])
-    manifest = model.manifest
-    if manifest.task == "classification":
-        labels = dict(enumerate(manifest.labels))
+    if model.task == "classification":
+        labels = dict(enumerate(model.labels))
         model_type: dict[str, Any] = {
             "classifier": {
                 "id2label": {str(i): label for i, label in labels.items()},
@@ -80,21 +115,19 @@ async def info(request: Request) -> dict[str, Any]:
             }
         }
     else:
-        model_type = {"embedding": {"pooling": manifest.pooling}}
-    settings = state.settings
-    limits = model.encoder.batcher.limits
+        model_type = {"embedding": {"pooling": model.pooling}}
     return {
-        "model_id": manifest.source,
+        "model_id": model.source,
         "model_sha": None,
-        "model_dtype": "float32",
+        "model_dtype": MODEL_DTYPES.get(model.precision, model.precision),
         "model_type": model_type,
-        "max_concurrent_requests": limits.max_queue,
-        "max_input_length": manifest.max_length,
-        "max_batch_tokens": limits.max_batch_tokens,
-        "max_batch_requests": limits.max_batch_size,
-        "max_client_batch_size": settings.max_inputs_per_request,
+        "max_concurrent_requests": model.max_queue,
+        "max_input_length": model.max_length,
+        "max_batch_tokens": model.max_batch_tokens,
+        "max_batch_requests": model.max_batch_size,
+        "max_client_batch_size": server_state(request).settings.max_inputs_per_request,
         "auto_truncate": False,
-        "tokenization_workers": 1,
+        "tokenization_workers": model.tokenization_workers,
         "version": __version__,
         "served_models": [m.name for m in models],
     }

@@ -6,15 +6,18 @@ and worker thread: they never hold up a batch of the embedding path.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from app.backends.base import Backend
 from app.engine.batcher import BatchLimits, DynamicBatcher
 from app.engine.errors import InvalidInput, PayloadTooLarge
-from app.engine.tokenization import TextTokenizer, Token, TokenizedText, pad_batch
+from app.engine.tokenization import Token, TokenizedText, tokenize_without_stalling
+
+if TYPE_CHECKING:  # the interface imports this module's result types, not the graph code
+    from app.engine.pipeline import Pipeline
 
 Aggregate = Literal["none", "mean", "rollout"]
 
@@ -79,28 +82,25 @@ class AttentionEncoder:
     def __init__(
         self,
         name: str,
-        tokenizer: TextTokenizer,  # truncating at the attention token limit
-        backend: Backend,
+        pipeline: Pipeline,  # the attention graph; its tokenizer cuts at the attention limit
         num_layers: int,
         num_heads: int,
         request_timeout_s: float,
+        tokenize_executor: Executor | None = None,
     ) -> None:
         self.name = name
-        self.tokenizer = tokenizer
-        self.backend = backend
+        self.pipeline = pipeline
         self.num_layers = num_layers
         self.num_heads = num_heads
-        self.max_tokens = tokenizer.max_length
+        self.max_tokens = pipeline.tokenizer.max_length
         self.request_timeout_s = request_timeout_s
+        self._tokenize_executor = tokenize_executor
         self.batcher: DynamicBatcher[TokenizedText, np.ndarray] = DynamicBatcher(
-            f"{name}-attention", self.forward, ATTENTION_LIMITS
+            f"{name}-attention", pipeline.attention_maps, ATTENTION_LIMITS
         )
 
-    def forward(self, items: list[TokenizedText]) -> list[np.ndarray]:
-        """(layers, heads, n, n) probabilities per input, cut to its own tokens."""
-        inputs = pad_batch(items)
-        maps = self.backend.run(inputs)["attentions"]  # (batch, layers, heads, T, T)
-        return [maps[row, :, :, : item.tokens, : item.tokens] for row, item in enumerate(items)]
+    def warm_up(self, text: str) -> None:
+        self.pipeline.attention_maps(self.pipeline.tokenize([text]))
 
     async def attention(
         self,
@@ -114,7 +114,9 @@ class AttentionEncoder:
         chosen_layers = select(layers, self.num_layers, "layers")
         chosen_heads = select(heads, self.num_heads, "heads")
         # This tokenizer truncates at the attention token limit, not the model's.
-        tokens, truncated = self.tokenizer.tokens(text)
+        ((tokens, truncated),) = await tokenize_without_stalling(
+            [text], self.pipeline.tokenizer.token_lists, self._tokenize_executor
+        )
         if truncated and not truncate:
             raise PayloadTooLarge(
                 f"the input has more than {self.max_tokens} tokens, the limit for attention "

@@ -1,4 +1,4 @@
-"""An encoder: one graph with its tokenizer, backend and batcher, turning texts into vectors.
+"""An encoder: one model's pipeline behind its dynamic batcher, turning texts into vectors.
 
 Several served models may share one encoder (a trained head on a base model), so
 their inputs go through the same batches and the same forward passes.
@@ -6,26 +6,20 @@ their inputs go through the same batches and the same forward passes.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
 
-from app.backends.base import Backend
 from app.engine.attention import AttentionEncoder
 from app.engine.batcher import BatchLimits, DynamicBatcher
 from app.engine.errors import InputTooLong
 from app.engine.manifest import ModelManifest
-from app.engine.packing import packed_inputs, packed_passes, pool_spans
-from app.engine.pooling import pool
-from app.engine.tokenization import TextTokenizer, TokenizedText, pad_batch
+from app.engine.pipeline import Pipeline
+from app.engine.tokenization import Token, TokenizedText, tokenize_without_stalling
 from app.metrics import Metrics
-
-# Above this many characters a request is tokenized in a worker thread, so one
-# large request cannot stall the event loop for everyone else.
-INLINE_TOKENIZE_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -35,28 +29,27 @@ class EncoderOutput:
 
 
 class Encoder:
-    """Runs texts through one model graph in dynamic batches."""
+    """Runs texts through one model's pipeline in dynamic batches."""
 
     def __init__(
         self,
         manifest: ModelManifest,
-        tokenizer: TextTokenizer,
-        backend: Backend,
+        pipeline: Pipeline,
         limits: BatchLimits,
         request_timeout_s: float,
+        *,
+        precision: str,
+        tokenize_executor: Executor | None = None,
         metrics: Metrics | None = None,
-        forward_batch_size: int = 0,
     ) -> None:
         self.manifest = manifest
-        self.tokenizer = tokenizer
-        self.backend = backend
+        self.pipeline = pipeline
+        self.precision = precision
         self.request_timeout_s = request_timeout_s
-        self._metrics = metrics
-        self.forward_batch_size = forward_batch_size or limits.max_batch_size
+        self._tokenize_executor = tokenize_executor
         self.batcher: DynamicBatcher[TokenizedText, np.ndarray] = DynamicBatcher(
-            manifest.name, self.forward, limits, metrics
+            manifest.name, pipeline.forward, limits, metrics
         )
-        self.precision = "fp32"
         # Its own graph, batcher and thread: attention requests never slow this path.
         self.attention: AttentionEncoder | None = None
 
@@ -64,72 +57,16 @@ class Encoder:
     def name(self) -> str:
         return self.manifest.name
 
-    def forward(self, items: list[TokenizedText]) -> list[np.ndarray]:
-        """A batch from the queue (worker thread): a vector per input, in order.
-
-        It runs as passes of at most `forward_batch_size` rows. On CPU, padding and
-        attention's quadratic cost weigh more than batching gains, so small passes
-        with little padding are fastest (measured on 2 cores: random batches of 32 ran
-        at 101 sequences/s in one pass, 160 in length-sorted passes of 8, 200 packed).
-        Where the graph takes packed rows, short inputs share rows; otherwise each row
-        is one input, and neighbours in length share a pass.
-        """
-        if self.backend.packed:
-            return self._forward_packed(items)
-        size = self.forward_batch_size
-        if len(items) <= size:
-            return self._forward_pass(items)
-        return [
-            vector
-            for start in range(0, len(items), size)
-            for vector in self._forward_pass(items[start : start + size])
-        ]
-
     def warm_up(self, text: str) -> None:
-        """One pass before serving (allocations, kernel choices), kept out of the metrics."""
-        items = self.tokenizer.encode([text])
-        self.backend.run(
-            packed_inputs(items, [[0]])[0] if self.backend.packed else pad_batch(items)
-        )
+        """One pass per graph before serving (allocations, kernel choices)."""
+        self.pipeline.warm_up(text)
         if self.attention is not None:
-            self.attention.forward(self.tokenizer.encode([text]))
-
-    def _forward_pass(self, items: list[TokenizedText]) -> list[np.ndarray]:
-        inputs = pad_batch(items)
-        self._observe_pass(len(items), inputs["input_ids"].size)
-        outputs = self.backend.run(inputs)
-        if "logits" in outputs:  # a sequence-classification graph pools and classifies itself
-            vectors = outputs["logits"]
-        else:
-            vectors = pool(
-                outputs["last_hidden_state"], inputs["attention_mask"], self.manifest.pooling
-            )
-        return list(vectors.astype(np.float32, copy=False))
-
-    def _forward_packed(self, items: list[TokenizedText]) -> list[np.ndarray]:
-        vectors: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(items)
-        lengths = [item.tokens for item in items]
-        for rows in packed_passes(lengths, self.forward_batch_size):
-            inputs, spans = packed_inputs(items, rows)
-            self._observe_pass(len(spans), inputs["input_ids"].size)
-            hidden = self.backend.run(inputs)["last_hidden_state"]
-            pooled = pool_spans(hidden, spans, self.manifest.pooling).astype(np.float32)
-            indices = (index for row in rows for index in row)
-            for index, vector in zip(indices, pooled, strict=True):
-                vectors[index] = vector
-        return vectors
-
-    def _observe_pass(self, inputs: int, padded_tokens: int) -> None:
-        if self._metrics is not None:
-            self._metrics.batch_size.labels(self.name).observe(inputs)
-            self._metrics.batch_tokens.labels(self.name).observe(padded_tokens)
+            self.attention.warm_up(text)
 
     async def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[TokenizedText]:
-        batch = list(texts)
-        if sum(map(len, batch)) > INLINE_TOKENIZE_CHARS:
-            encoded = await asyncio.to_thread(self.tokenizer.encode, batch)
-        else:
-            encoded = self.tokenizer.encode(batch)
+        encoded = await tokenize_without_stalling(
+            list(texts), self.pipeline.tokenize, self._tokenize_executor
+        )
         if not truncate:
             for index, item in enumerate(encoded):
                 if item.truncated:
@@ -138,6 +75,12 @@ class Encoder:
                         f"{self.manifest.max_length} tokens; shorten it or set truncate to true"
                     )
         return encoded
+
+    async def token_spans(self, texts: Sequence[str]) -> list[tuple[list[Token], bool]]:
+        """Each text's tokens with character spans, and whether it was truncated."""
+        return await tokenize_without_stalling(
+            list(texts), self.pipeline.tokenizer.token_lists, self._tokenize_executor
+        )
 
     async def run(self, texts: Sequence[str], *, truncate: bool = True) -> EncoderOutput:
         """Vectors of `texts`, in input order, through the batcher, within the request timeout."""

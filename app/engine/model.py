@@ -4,49 +4,29 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from app.engine import classification
 from app.engine.attention import Aggregate, AttentionMap
-from app.engine.classification import LabelScore
 from app.engine.encoder import Encoder
 from app.engine.errors import InvalidInput
 from app.engine.heads import ClassifierHead
+from app.engine.interface import (
+    Classification,
+    ClassifyOptions,
+    Embeddings,
+    TokenIds,
+    Tokenization,
+)
 from app.engine.manifest import ModelManifest
-from app.engine.pooling import normalize as normalize_rows
+from app.engine.pipeline import normalize as normalize_rows
 from app.metrics import Metrics
+
+DEFAULT_OPTIONS = ClassifyOptions()
 
 # Zero-shot label embeddings kept per model: (template, label) -> vector.
 LABEL_CACHE_SIZE = 4096
-
-
-@dataclass(frozen=True)
-class TokenIds:
-    """Inputs given as token ids rather than text (special tokens included)."""
-
-    ids: list[list[int]]
-
-
-@dataclass(frozen=True)
-class Embeddings:
-    vectors: np.ndarray  # float32 (inputs, dimensions)
-    tokens: int
-
-
-@dataclass(frozen=True)
-class ClassifyOptions:
-    truncate: bool = True
-    top_k: int | None = None  # keep the K best labels per input
-    raw_scores: bool = False  # logits (or cosines) instead of probabilities
-    multi_label: bool = False  # each label on its own (sigmoid) instead of a softmax
-
-
-@dataclass(frozen=True)
-class Classification:
-    results: list[list[LabelScore]]  # per input, highest score first
-    tokens: int
 
 
 class ServedModel:
@@ -94,7 +74,9 @@ class ServedModel:
                 f"'{self.name}', got {dimensions}"
             )
         if isinstance(texts, TokenIds):
-            output = await self.encoder.run_tokenized(self.encoder.tokenizer.from_ids(texts.ids))
+            output = await self.encoder.run_tokenized(
+                self.encoder.pipeline.tokenizer.from_ids(texts.ids)
+            )
         else:
             output = await self.encoder.run(texts, truncate=truncate)
         self._count_tokens(output.tokens)
@@ -106,7 +88,7 @@ class ServedModel:
         return Embeddings(vectors.astype(np.float32, copy=False), output.tokens)
 
     async def classify(
-        self, texts: Sequence[str], options: ClassifyOptions = ClassifyOptions()
+        self, texts: Sequence[str], options: ClassifyOptions = DEFAULT_OPTIONS
     ) -> Classification:
         """Scores of a classification model's labels (softmax; sigmoid when multi-label)."""
         if self.task != "classification":
@@ -129,7 +111,7 @@ class ServedModel:
         texts: Sequence[str],
         labels: list[str],
         template: str = classification.DEFAULT_HYPOTHESIS_TEMPLATE,
-        options: ClassifyOptions = ClassifyOptions(),
+        options: ClassifyOptions = DEFAULT_OPTIONS,
     ) -> Classification:
         """Score `labels` by the cosine similarity of each text to the filled-in template."""
         if self.task != "embedding":
@@ -167,6 +149,11 @@ class ServedModel:
         )
         self._count_tokens(len(result.tokens))
         return result
+
+    async def tokenize(self, texts: Sequence[str]) -> Tokenization:
+        """The model's tokens of each text with character spans, and which were truncated."""
+        spans = await self.encoder.token_spans(texts)
+        return Tokenization([tokens for tokens, _ in spans], [cut for _, cut in spans])
 
     async def _label_embeddings(self, template: str, labels: list[str]) -> np.ndarray:
         """Normalized embeddings of the filled templates, cached per (template, label)."""

@@ -7,6 +7,7 @@ every input gets the vector it would get alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,7 +72,7 @@ def packed_passes(
 
 
 def packed_inputs(
-    items: list[TokenizedText], rows: list[list[int]]
+    items: Sequence[TokenizedText], rows: list[list[int]]
 ) -> tuple[dict[str, np.ndarray], list[Span]]:
     """The graph inputs for `rows` of `items`, and where each of those items lies.
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from app.backends.base import Backend
-from app.backends.onnx import OnnxBackend
 from app.config import Settings
 from app.engine.attention import AttentionEncoder
 from app.engine.batcher import BatchLimits, DynamicBatcher
@@ -17,15 +16,13 @@ from app.engine.errors import ModelLoadError, ModelNotFound
 from app.engine.heads import ClassifierHead
 from app.engine.manifest import MANIFEST_FILE, ModelManifest, Task
 from app.engine.model import ServedModel
-from app.engine.tokenization import TextTokenizer
+from app.engine.pipeline import open_pipeline, resolve_precision
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-# Measured on 2 cores with all-MiniLM-L6-v2: length-sorted passes of 8 gave 152-172
-# sequences/s from random batches of 32-64, passes of 4 or 12 a little less, unsplit ~105.
-CPU_FORWARD_BATCH = 8
-REBUILD = "run `make models` (or `encoder-serve export`) to build it"
+T = TypeVar("T", int, float)
+
 WARMUP_TEXT = "Warm-up: the first forward pass allocates what later ones reuse."
 
 
@@ -46,100 +43,81 @@ def discover(models_dir: Path, selected: list[str]) -> list[Path]:
 def batch_limits(settings: Settings, manifest: ModelManifest) -> BatchLimits:
     """The server's batch limits, with the manifest's per-model overrides applied."""
     overrides = manifest.batching
+
+    def pick(override: T | None, default: T) -> T:
+        return default if override is None else override
+
     return BatchLimits(
-        max_batch_size=int(overrides.get("max_batch_size", settings.max_batch_size)),
-        max_batch_tokens=int(overrides.get("max_batch_tokens", settings.max_batch_tokens)),
-        max_wait_s=float(overrides.get("max_wait_ms", settings.max_wait_ms)) / 1000,
-        max_queue=int(overrides.get("max_queue", settings.max_queue)),
-        max_queue_tokens=int(overrides.get("max_queue_tokens", settings.max_queue_tokens)),
+        max_batch_size=pick(overrides.max_batch_size, settings.max_batch_size),
+        max_batch_tokens=pick(overrides.max_batch_tokens, settings.max_batch_tokens),
+        max_wait_s=pick(overrides.max_wait_ms, settings.max_wait_ms) / 1000,
+        max_queue=pick(overrides.max_queue, settings.max_queue),
+        max_queue_tokens=pick(overrides.max_queue_tokens, settings.max_queue_tokens),
     )
 
 
-def load_encoder(directory: Path, settings: Settings, metrics: Metrics | None) -> Encoder:
-    """Load the graph and tokenizer of one model directory; failures name the model and file."""
-    manifest = read_manifest(directory)
-    tokenizer_path = directory / manifest.tokenizer
-    if not tokenizer_path.is_file():
-        raise ModelLoadError(f"model '{manifest.name}': {tokenizer_path} is missing; {REBUILD}")
-    try:
-        tokenizer = TextTokenizer(tokenizer_path, manifest.max_length)
-    except Exception as error:
-        raise ModelLoadError(
-            f"model '{manifest.name}': bad tokenizer {tokenizer_path}: {error}"
-        ) from error
-    precision = manifest.default_precision if settings.precision == "auto" else settings.precision
-    backend = open_backend(directory, manifest, settings, precision)
+def load_encoder(
+    directory: Path,
+    manifest: ModelManifest,
+    settings: Settings,
+    metrics: Metrics | None = None,
+    tokenize_executor: Executor | None = None,
+) -> Encoder:
+    """Open the pipelines of one model directory; failures name the model and file."""
     limits = batch_limits(settings, manifest)
+
+    def observe(inputs: int, padded_tokens: int) -> None:
+        if metrics is not None:
+            metrics.batch_size.labels(manifest.name).observe(inputs)
+            metrics.batch_tokens.labels(manifest.name).observe(padded_tokens)
+
+    pipeline = open_pipeline(
+        directory,
+        manifest,
+        settings.precision,
+        engine=settings.backend,
+        threads=settings.intra_op_threads,
+        device=settings.device,
+        pack=settings.packing,
+        rows_per_pass=settings.forward_batch_size,
+        unsplit_rows=limits.max_batch_size,
+        observe=observe,
+    )
     encoder = Encoder(
         manifest,
-        tokenizer,
-        backend,
+        pipeline,
         limits,
         settings.request_timeout_s,
-        metrics,
-        forward_batch_size(settings, backend),
+        precision=resolve_precision(manifest, settings.precision),
+        tokenize_executor=tokenize_executor,
+        metrics=metrics,
     )
-    encoder.precision = precision
     if "attention" in manifest.files:
+        attention = open_pipeline(
+            directory,
+            manifest,
+            "attention",
+            engine=settings.backend,
+            threads=settings.intra_op_threads,
+            device=settings.device,
+            max_length=settings.max_attention_tokens,
+        )
         encoder.attention = AttentionEncoder(
             manifest.name,
-            TextTokenizer(tokenizer_path, min(settings.max_attention_tokens, manifest.max_length)),
-            open_backend(directory, manifest, settings, "attention"),
+            attention,
             manifest.num_layers,
             manifest.num_heads,
             settings.request_timeout_s,
+            tokenize_executor,
         )
     return encoder
-
-
-def open_backend(
-    directory: Path, manifest: ModelManifest, settings: Settings, graph: str
-) -> Backend:
-    """The backend for one graph of a model: a precision ("fp32", "int8", …) or "attention"."""
-    torch_backend = settings.backend == "torch"
-    key = "torch" if torch_backend else graph
-    if key not in manifest.files:
-        raise ModelLoadError(
-            f"model '{manifest.name}' has no {key} build ({directory / MANIFEST_FILE} lists "
-            f"{sorted(manifest.files)}); re-export it with that precision"
-        )
-    path = directory / manifest.files[key]
-    if not path.exists():
-        raise ModelLoadError(f"model '{manifest.name}': {path} is missing; {REBUILD}")
-    threads, device = settings.intra_op_threads, settings.device
-    try:
-        if torch_backend:
-            from app.backends.torch import TorchBackend
-
-            return TorchBackend(
-                path,
-                classifier=manifest.task == "classification",
-                threads=threads,
-                device=device,
-                half=graph == "fp16",
-                attention=graph == "attention",
-            )
-        # The attention graph returns per-row maps, which packed rows would mix.
-        pack = settings.packing and graph != "attention"
-        return OnnxBackend(path, threads=threads, device=device, pack=pack)
-    except Exception as error:
-        raise ModelLoadError(f"model '{manifest.name}': cannot load {path}: {error}") from error
-
-
-def forward_batch_size(settings: Settings, backend: Backend) -> int:
-    """Rows per forward pass: small passes on CPU, whole batches on GPU."""
-    if settings.forward_batch_size:
-        return settings.forward_batch_size
-    return CPU_FORWARD_BATCH if backend.device == "cpu" else settings.max_batch_size
 
 
 def read_manifest(directory: Path) -> ModelManifest:
     try:
         return ModelManifest.read(directory)
     except Exception as error:
-        raise ModelLoadError(
-            f"model '{directory.name}': cannot read {directory / MANIFEST_FILE}: {error}"
-        ) from error
+        raise ModelLoadError(f"model '{directory.name}': {error}") from error
 
 
 def load_head(directory: Path, manifest: ModelManifest, base: Encoder) -> ClassifierHead:
@@ -169,14 +147,28 @@ class ModelRegistry:
         self._order = preferred + sorted(set(self._models) - set(preferred))
 
     @classmethod
-    def load(cls, settings: Settings, metrics: Metrics | None = None) -> ModelRegistry:
-        """Load every selected model; a head model shares its base model's encoder."""
+    def load(
+        cls,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        tokenize_executor: Executor | None = None,
+    ) -> ModelRegistry:
+        """Load every selected model; a head model shares its base model's encoder.
+
+        Each manifest is read once, whether its model is served, a base, or both.
+        """
         directories = discover(settings.models_dir, settings.models)
         if not directories:
             raise ModelLoadError(
                 f"no models under {settings.models_dir}: run `make models` to build the defaults"
             )
+        manifests: dict[str, ModelManifest] = {}
         encoders: dict[str, Encoder] = {}
+
+        def manifest_of(name: str) -> ModelManifest:
+            if name not in manifests:
+                manifests[name] = read_manifest(settings.models_dir / name)
+            return manifests[name]
 
         def encoder_of(name: str) -> Encoder:
             if name not in encoders:
@@ -185,12 +177,14 @@ class ModelRegistry:
                     raise ModelLoadError(
                         f"base model '{name}' has no {MANIFEST_FILE} in {settings.models_dir}"
                     )
-                encoders[name] = load_encoder(directory, settings, metrics)
+                encoders[name] = load_encoder(
+                    directory, manifest_of(name), settings, metrics, tokenize_executor
+                )
             return encoders[name]
 
         models = []
         for directory in directories:
-            manifest = read_manifest(directory)
+            manifest = manifest_of(directory.name)
             if manifest.base is None:
                 models.append(ServedModel(manifest, encoder_of(directory.name), None, metrics))
                 continue
@@ -200,8 +194,8 @@ class ModelRegistry:
         if metrics is not None:
             for model in models:
                 encoder = model.encoder
-                info = (model.name, model.task, encoder.backend.name, encoder.precision)
-                metrics.model_info.labels(*info).set(1)
+                backend = encoder.pipeline.backend.name
+                metrics.model_info.labels(model.name, model.task, backend, encoder.precision).set(1)
         return cls(models, settings.default_models)
 
     def __iter__(self) -> Iterator[ServedModel]:

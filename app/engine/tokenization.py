@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from app.engine.errors import InputTooLong, InvalidInput
 
+# Above this many characters a request is tokenized in a worker thread, so one
+# large request cannot stall the event loop for everyone else.
+INLINE_TOKENIZE_CHARS = 4096
+
+T = TypeVar("T")
+
 
 @dataclass(frozen=True, slots=True)
 class TokenizedText:
-    """One input as token ids, ready to be padded into a batch."""
+    """One input as token ids, ready to be padded or packed into a batch."""
 
     ids: np.ndarray  # int64, shape (tokens,)
     type_ids: np.ndarray  # int64, shape (tokens,)
@@ -79,33 +89,32 @@ class TextTokenizer:
 
     def tokens(self, text: str) -> tuple[list[Token], bool]:
         """The tokens of one text with their character spans, and whether it was truncated."""
-        encoding = self._tokenizer.encode(text)
-        tokens = [
-            Token(id=token_id, text=token, start=start, stop=stop, special=bool(special))
-            for token_id, token, (start, stop), special in zip(
-                encoding.ids,
-                encoding.tokens,
-                encoding.offsets,
-                encoding.special_tokens_mask,
-                strict=True,
+        return self.token_lists([text])[0]
+
+    def token_lists(self, texts: list[str]) -> list[tuple[list[Token], bool]]:
+        """`tokens` of each text, tokenized as one batch."""
+        return [
+            (
+                [
+                    Token(id=token_id, text=token, start=start, stop=stop, special=bool(special))
+                    for token_id, token, (start, stop), special in zip(
+                        encoding.ids,
+                        encoding.tokens,
+                        encoding.offsets,
+                        encoding.special_tokens_mask,
+                        strict=True,
+                    )
+                ],
+                bool(encoding.overflowing),
             )
+            for encoding in self._tokenizer.encode_batch(texts)
         ]
-        return tokens, bool(encoding.overflowing)
 
 
-def pad_batch(items: list[TokenizedText]) -> dict[str, np.ndarray]:
-    """Right-pad a batch to its longest input: the three standard encoder inputs."""
-    longest = max(item.tokens for item in items)
-    input_ids = np.zeros((len(items), longest), dtype=np.int64)
-    token_type_ids = np.zeros_like(input_ids)
-    attention_mask = np.zeros_like(input_ids)
-    for row, item in enumerate(items):
-        n = item.tokens
-        input_ids[row, :n] = item.ids
-        token_type_ids[row, :n] = item.type_ids
-        attention_mask[row, :n] = 1
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "token_type_ids": token_type_ids,
-    }
+async def tokenize_without_stalling(
+    texts: list[str], work: Callable[[list[str]], T], executor: Executor | None
+) -> T:
+    """`work(texts)`: inline when short (a thread hop costs more), else in `executor`."""
+    if sum(map(len, texts)) > INLINE_TOKENIZE_CHARS:
+        return await asyncio.get_running_loop().run_in_executor(executor, work, texts)
+    return work(texts)

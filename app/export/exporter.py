@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import shutil
 import sys
 import tempfile
@@ -10,15 +9,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnxruntime as ort
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from app.backends.onnx import OnnxBackend
+from app.backends.torch import TorchBackend, model_input_names
 from app.engine.manifest import ModelManifest, Pooling, Task
-from app.engine.tokenization import TextTokenizer, pad_batch
-from app.export.parity import ParityReport, compare_logits, compare_states, parity_texts
+from app.engine.pipeline import OFFLINE_BATCH, Pipeline
+from app.engine.tokenization import TextTokenizer
+from app.export.parity import (
+    ParityReport,
+    compare,
+    compare_attention,
+    graph_pipeline,
+    parity_texts,
+)
 from app.export.precision import PRECISION_FILES, Precision, build_precision
 from app.export.source import read_sentence_transformer_config, resolve_source
 
@@ -75,12 +80,6 @@ class _AttentionProbabilities(torch.nn.Module):
         return torch.stack(outputs.attentions, dim=1)
 
 
-def model_input_names(model: torch.nn.Module) -> list[str]:
-    """The standard encoder inputs this model's forward accepts (DistilBERT has no type ids)."""
-    accepted = inspect.signature(model.forward).parameters
-    return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
-
-
 def _export(
     wrapper: torch.nn.Module,
     path: Path,
@@ -118,18 +117,9 @@ def export_attention_graph(model: torch.nn.Module, path: Path, input_names: list
 
 def check_attention_parity(model: torch.nn.Module, graph: Path, tokenizer: TextTokenizer) -> float:
     """Max abs difference of attention probabilities over the real tokens of a few texts."""
-    items = tokenizer.encode(parity_texts()[:ATTENTION_PARITY_TEXTS])
-    inputs = pad_batch(items)
-    names = model_input_names(model)
-    feeds = {n: torch.from_numpy(inputs[n]) for n in names}
-    with torch.inference_mode():
-        reference = torch.stack(model(**feeds, output_attentions=True).attentions, dim=1).numpy()
-    candidate = OnnxBackend(graph, threads=ort_threads(), device="cpu").run(inputs)
-    served = candidate[ATTENTION_OUTPUT]
-    return max(
-        float(np.abs(reference[row, ..., :n, :n] - served[row, ..., :n, :n]).max())
-        for row, n in enumerate(item.tokens for item in items)
-    )
+    reference = Pipeline(tokenizer, TorchBackend(model, attention=True), "mean", OFFLINE_BATCH)
+    candidate = graph_pipeline(graph, tokenizer, "mean", ort_threads())
+    return compare_attention(reference, candidate, parity_texts()[:ATTENTION_PARITY_TEXTS])
 
 
 def optimize_graph(path: Path, target: Path, config: Any) -> bool:
@@ -156,17 +146,12 @@ def optimize_graph(path: Path, target: Path, config: Any) -> bool:
 
 
 def check_parity(
-    model: torch.nn.Module, graph: Path, tokenizer: TextTokenizer, pooling: Pooling, output: str
+    model: torch.nn.Module, graph: Path, tokenizer: TextTokenizer, pooling: Pooling
 ) -> ParityReport:
-    """Run the parity texts as one padded batch through PyTorch and ONNX Runtime."""
-    inputs = pad_batch(tokenizer.encode(parity_texts()))
-    names = model_input_names(model)
-    with torch.inference_mode():
-        reference = getattr(model(**{n: torch.from_numpy(inputs[n]) for n in names}), output)
-    candidate = OnnxBackend(graph, threads=ort_threads(), device="cpu").run(inputs)[output]
-    if output == "logits":
-        return compare_logits(reference.numpy(), candidate)
-    return compare_states(reference.numpy(), candidate, inputs["attention_mask"], pooling)
+    """The parity texts through the pipeline, with PyTorch and with ONNX Runtime."""
+    reference = Pipeline(tokenizer, TorchBackend(model), pooling, OFFLINE_BATCH)
+    candidate = graph_pipeline(graph, tokenizer, pooling, ort_threads())
+    return compare(reference, candidate, parity_texts())
 
 
 def parity_holds(report: ParityReport, output: str) -> bool:
@@ -230,12 +215,12 @@ def export_model(
         export_graph(model, raw, input_names, output)
 
         progress(4, total, "applying ONNX Runtime transformer optimizations; checking parity")
-        parity = check_parity(model, raw, tokenizer, pooling, output)
+        parity = check_parity(model, raw, tokenizer, pooling)
         graph, optimized_with = raw, "none"
         print(f"      raw graph  : {parity}", file=sys.stderr)
         fused = work / "fused.onnx"
         if optimize_graph(raw, fused, config):
-            fused_parity = check_parity(model, fused, tokenizer, pooling, output)
+            fused_parity = check_parity(model, fused, tokenizer, pooling)
             print(f"      fused graph: {fused_parity}", file=sys.stderr)
             if parity_holds(fused_parity, output):
                 graph, parity, optimized_with = fused, fused_parity, "onnxruntime.transformers bert"
@@ -266,7 +251,6 @@ def export_model(
             task=task,
             source=source,
             pooling=pooling,
-            normalize=st_config.normalize,
             max_length=length,
             dimensions=int(config.hidden_size),
             num_layers=int(config.num_hidden_layers),
@@ -290,7 +274,7 @@ def export_model(
         for step, precision in enumerate(extra, start=6):
             progress(step, total, f"building the {precision} graph; checking it against fp32")
             parities[precision] = build_precision(
-                precision, work, work / GRAPH_FILE, tokenizer, pooling, output
+                precision, work, work / GRAPH_FILE, tokenizer, pooling
             )
             files[precision] = PRECISION_FILES[precision]
             print(f"      {precision:10} : {parities[precision]}", file=sys.stderr)
@@ -326,7 +310,7 @@ def is_built(models_dir: Path, name: str, precisions: Sequence[str] = ("fp32",))
     directory = models_dir / name
     try:
         manifest = ModelManifest.read(directory)
-    except (OSError, ValueError, TypeError):
+    except ValueError:  # ManifestError: missing, unreadable or invalid
         return False
     files = [*manifest.files.values(), manifest.tokenizer]
     if not all(precision in manifest.files for precision in precisions):

@@ -1,14 +1,17 @@
-"""Parity of an exported graph against the PyTorch model it came from."""
+"""Parity of an exported graph against the PyTorch model it came from, through the pipeline."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from app.backends.onnx import OnnxBackend
 from app.engine.manifest import Pooling
-from app.engine.pooling import normalize, pool
+from app.engine.pipeline import OFFLINE_BATCH, Pipeline
+from app.engine.tokenization import TextTokenizer
 
 # Short to long, plain to odd: the lengths exercise padding inside one batch, and the
 # last texts run past typical max lengths so truncation is covered too.
@@ -48,20 +51,25 @@ class ParityReport:
         return asdict(self)
 
 
-def compare_states(
-    reference: np.ndarray, candidate: np.ndarray, attention_mask: np.ndarray, pooling: Pooling
-) -> ParityReport:
-    """Compare two (batch, tokens, hidden) outputs on real tokens and pooled vectors."""
-    real = attention_mask.astype(bool)
-    max_abs = float(np.abs(reference[real] - candidate[real]).max())
-    a = normalize(pool(reference, attention_mask, pooling))
-    b = normalize(pool(candidate, attention_mask, pooling))
-    cosines = (a * b).sum(axis=1)
-    return ParityReport(len(reference), max_abs, float(cosines.min()))
+def graph_pipeline(
+    graph: Path, tokenizer: TextTokenizer, pooling: Pooling, threads: int = 0
+) -> Pipeline:
+    """A graph file under check, on the CPU, in padded passes (what every provider runs)."""
+    backend = OnnxBackend(graph, threads=threads, device="cpu")
+    return Pipeline(tokenizer, backend, pooling, OFFLINE_BATCH)
 
 
-def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> ParityReport:
-    """Compare two (batch, labels) logit arrays."""
-    max_abs = float(np.abs(reference - candidate).max())
-    cosines = (normalize(reference) * normalize(candidate)).sum(axis=1)
-    return ParityReport(len(reference), max_abs, float(cosines.min()))
+def compare(reference: Pipeline, candidate: Pipeline, texts: list[str]) -> ParityReport:
+    """Token states (a classifier's logits) compared value by value, and the served vectors
+    (pooled and normalized, through the same pipeline) by cosine."""
+    pairs = zip(reference.token_states(texts), candidate.token_states(texts), strict=True)
+    max_abs = max(float(np.abs(a - b).max()) for a, b in pairs)
+    cosines = (reference.embed(texts) * candidate.embed(texts)).sum(axis=1)
+    return ParityReport(len(texts), max_abs, float(cosines.min()))
+
+
+def compare_attention(reference: Pipeline, candidate: Pipeline, texts: list[str]) -> float:
+    """Max abs difference of attention probabilities over the real tokens of `texts`."""
+    items = reference.tokenize(texts)
+    pairs = zip(reference.attention_maps(items), candidate.attention_maps(items), strict=True)
+    return max(float(np.abs(a - b).max()) for a, b in pairs)

@@ -5,14 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import onnx
 
-from app.backends.onnx import OnnxBackend
 from app.engine.manifest import Pooling
-from app.engine.pooling import normalize, pool
-from app.engine.tokenization import TextTokenizer, pad_batch
-from app.export.parity import parity_texts
+from app.engine.tokenization import TextTokenizer
+from app.export.parity import graph_pipeline, parity_texts
 
 Precision = Literal["fp32", "int8", "fp16"]
 PRECISION_FILES: dict[str, str] = {"int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
@@ -53,27 +50,19 @@ def convert_fp16(fp32: Path, target: Path) -> None:
     model.save_model_to_file(str(target))
 
 
-def _vectors(graph: Path, inputs: dict[str, np.ndarray], output: str, pooling: Pooling) -> Any:
-    result = OnnxBackend(graph, threads=0, device="cpu").run(inputs)[output]
-    if output == "logits":
-        return normalize(result.astype(np.float32))
-    return normalize(pool(result.astype(np.float32), inputs["attention_mask"], pooling))
-
-
 def build_precision(
     precision: Precision,
     work: Path,
     fp32: Path,
     tokenizer: TextTokenizer,
     pooling: Pooling,
-    output: str,
 ) -> dict[str, Any]:
     """Write the graph for `precision` into `work`; its agreement with fp32, or PrecisionError."""
     target = work / PRECISION_FILES[precision]
     (quantize_int8 if precision == "int8" else convert_fp16)(fp32, target)
-    inputs = pad_batch(tokenizer.encode(parity_texts()))
-    reference = _vectors(fp32, inputs, output, pooling)
-    candidate = _vectors(target, inputs, output, pooling)
+    texts = parity_texts()
+    reference = graph_pipeline(fp32, tokenizer, pooling).embed(texts)
+    candidate = graph_pipeline(target, tokenizer, pooling).embed(texts)
     cosines = (reference * candidate).sum(axis=1)
     report = {
         "texts": len(cosines),

@@ -31,10 +31,13 @@ def resolve_source(source: str) -> Path:
 
 @dataclass(frozen=True)
 class SentenceTransformerConfig:
-    """What a sentence-transformers model directory says about pooling and normalization."""
+    """What a sentence-transformers model directory says about pooling and length.
+
+    Its Normalize module is not read: the served vectors are normalized unless a request
+    asks otherwise (`normalize`, default true, as in TEI), whatever the model says.
+    """
 
     pooling: str | None  # "mean" / "cls", None when the directory has no pooling module
-    normalize: bool
     max_length: int | None
 
 
@@ -45,7 +48,6 @@ def _read_json(path: Path) -> Any:
 def read_sentence_transformer_config(directory: Path) -> SentenceTransformerConfig:
     modules: list[dict[str, Any]] = _read_json(directory / "modules.json") or []
     pooling: str | None = None
-    normalize = False
     for module in modules:
         kind = module.get("type", "")
         if kind.endswith("Pooling"):
@@ -63,7 +65,5 @@ def read_sentence_transformer_config(directory: Path) -> SentenceTransformerConf
                 raise ValueError(
                     f"unsupported sentence-transformers pooling {modes} in {directory}"
                 )
-        elif kind.endswith("Normalize"):
-            normalize = True
     max_length = (_read_json(directory / "sentence_bert_config.json") or {}).get("max_seq_length")
-    return SentenceTransformerConfig(pooling, normalize, max_length)
+    return SentenceTransformerConfig(pooling, max_length)

@@ -12,16 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from app.backends.onnx import OnnxBackend
 from app.engine.heads import ClassifierHead
 from app.engine.manifest import MANIFEST_FILE, ModelManifest
-from app.engine.pooling import normalize, pool
-from app.engine.tokenization import TextTokenizer, pad_batch
+from app.engine.pipeline import OFFLINE_BATCH, open_pipeline
 from app.export.head_fit import HeadConfig, fit_head
 from app.export.labelled_data import held_out_split, read_labelled
 
 HEAD_FILE = "head.npz"
-EMBED_BATCH = 64
+PROGRESS_EVERY = 3200  # texts between progress lines
 
 
 def progress(stage: str, message: str) -> None:
@@ -41,28 +39,28 @@ class FeatureExtractor:
         self.manifest = ModelManifest.read(base_dir)
         if self.manifest.task != "embedding" or "fp32" not in self.manifest.files:
             raise ValueError(f"{base_dir}: the base must be a built embedding model")
-        tokenizer_path = base_dir / self.manifest.tokenizer
-        self._tokenizer = TextTokenizer(tokenizer_path, self.manifest.max_length)
-        graph = base_dir / self.manifest.files["fp32"]
-        self._backend = OnnxBackend(graph, threads=threads or available_cores(), device="cpu")
+        # fp32 in padded passes: the served vectors of any precision approximate these.
+        self._pipeline = open_pipeline(
+            base_dir,
+            self.manifest,
+            "fp32",
+            threads=threads or available_cores(),
+            device="cpu",
+            rows_per_pass=OFFLINE_BATCH,
+        )
 
     def embed(self, texts: list[str], *, stage: str = "embed") -> np.ndarray:
-        tokenized = self._tokenizer.encode(texts)
-        # Length-sorted batches waste little on padding; rows go back to input order after.
-        order = sorted(range(len(texts)), key=lambda i: tokenized[i].tokens)
-        features = np.zeros((len(texts), self.manifest.dimensions), dtype=np.float32)
         start = time.perf_counter()
-        for begin in range(0, len(order), EMBED_BATCH):
-            rows = order[begin : begin + EMBED_BATCH]
-            inputs = pad_batch([tokenized[i] for i in rows])
-            hidden = self._backend.run(inputs)["last_hidden_state"]
-            pooled = pool(hidden, inputs["attention_mask"], self.manifest.pooling)
-            features[rows] = normalize(pooled)
-            done = begin + len(rows)
-            if done == len(order) or (begin // EMBED_BATCH) % 50 == 0:
+        shown = 0
+
+        def report(done: int, total: int) -> None:
+            nonlocal shown
+            if done == total or done - shown >= PROGRESS_EVERY:
+                shown = done
                 rate = done / max(time.perf_counter() - start, 1e-9)
-                progress(stage, f"{done}/{len(order)} ({rate:.0f}/s)")
-        return features
+                progress(stage, f"{done}/{total} ({rate:.0f}/s)")
+
+        return self._pipeline.embed(texts, progress=report)
 
 
 def accuracy(head: ClassifierHead, features: np.ndarray, labels: np.ndarray) -> float:
@@ -159,7 +157,6 @@ def _head_manifest(
         task="classification",
         source=base_manifest.source,
         pooling=base_manifest.pooling,
-        normalize=base_manifest.normalize,
         max_length=base_manifest.max_length,
         dimensions=base_manifest.dimensions,
         num_layers=base_manifest.num_layers,

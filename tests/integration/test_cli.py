@@ -41,7 +41,6 @@ def test_export_writes_a_complete_model_with_parity_figures(tiny_repo: tuple[Pat
     _, repo = tiny_repo
     manifest = ModelManifest.read(repo / "tiny")
     assert manifest.task == "embedding" and manifest.pooling == "mean"
-    assert manifest.normalize is False  # no sentence-transformers config says otherwise
     assert manifest.dimensions == 32 and manifest.num_layers == 2 and manifest.num_heads == 2
     assert manifest.max_length == 128  # the position embeddings bound it
     parity = manifest.parity["fp32"]

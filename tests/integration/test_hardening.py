@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from app.api.app import create_app
 from app.config import Settings
-from tests.conftest import LiveServer, start_server
+from tests.conftest import LiveServer, start_server, wait_ready
 
 INFERENCE = [
     ("POST", "/encode", {"inputs": "x"}),
@@ -28,18 +28,11 @@ INFERENCE = [
 ]
 
 
-def wait_ready(client: TestClient) -> None:
-    deadline = time.monotonic() + 60
-    while client.get("/ready").status_code != 200:
-        assert time.monotonic() < deadline, "models did not load"
-        time.sleep(0.05)
-
-
 @contextlib.contextmanager
 def ready_client(**settings: object) -> Iterator[TestClient]:
     app = create_app(Settings(models=["minilm"], **settings))  # type: ignore[arg-type]
     with TestClient(app) as client:
-        wait_ready(client)
+        wait_ready(client.get)
         yield client
 
 
@@ -225,10 +218,10 @@ def flaky_app(default_models: Path, **settings: object) -> tuple[FastAPI, list[F
 
     async def load_and_wrap() -> None:
         await original_load()
-        encoder = app.state.server.registry.get("minilm", "embedding").encoder
-        poison_id = encoder.tokenizer.encode(["xylophone"])[0].ids[1]
-        encoder.backend = FlakyBackend(encoder.backend, int(poison_id))
-        holder.append(encoder.backend)
+        pipeline = app.state.server.engine.registry.get("minilm", "embedding").encoder.pipeline
+        poison_id = pipeline.tokenize(["xylophone"])[0].ids[1]
+        pipeline.backend = FlakyBackend(pipeline.backend, int(poison_id))
+        holder.append(pipeline.backend)
 
     app.state.server.load = load_and_wrap
     return app, holder

@@ -10,11 +10,9 @@ import pytest
 
 from app.backends.onnx import OnnxBackend
 from app.config import Settings
-from app.engine.batcher import BatchLimits
-from app.engine.encoder import Encoder
 from app.engine.manifest import ModelManifest
-from app.engine.registry import open_backend
-from app.engine.tokenization import TextTokenizer
+from app.engine.pipeline import Pipeline, open_pipeline
+from app.engine.registry import load_encoder
 from loadtest.engine import EngineJob, measure_engine, texts_needed
 from loadtest.texts import TextSource
 
@@ -22,16 +20,15 @@ from loadtest.texts import TextSource
 TEXTS = [*TextSource(seed=5).take(40), "word " * 300, "short", "a"]
 
 
-def encoder(model_dir: Path, graph: str, *, pack: bool) -> Encoder:
+def pipeline(model_dir: Path, precision: str, *, pack: bool) -> Pipeline:
     manifest = ModelManifest.read(model_dir)
-    backend = OnnxBackend(model_dir / graph, threads=2, device="cpu", pack=pack)
-    assert backend.packed is pack
-    tokenizer = TextTokenizer(model_dir / manifest.tokenizer, manifest.max_length)
-    return Encoder(manifest, tokenizer, backend, BatchLimits(), 30.0, forward_batch_size=8)
+    opened = open_pipeline(model_dir, manifest, precision, threads=2, device="cpu", pack=pack)
+    assert opened.backend.packed is pack
+    return opened
 
 
-def vectors(encoder: Encoder, texts: list[str]) -> np.ndarray:
-    return np.stack(encoder.forward(encoder.tokenizer.encode(texts)))
+def vectors(pipeline: Pipeline, texts: list[str]) -> np.ndarray:
+    return np.stack(pipeline.forward(pipeline.tokenize(texts)))
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -44,8 +41,8 @@ def minilm(default_models: Path) -> Path:
 
 
 def test_packed_fp32_matches_each_input_run_alone(minilm: Path) -> None:
-    packed = vectors(encoder(minilm, "model.onnx", pack=True), TEXTS)
-    alone = encoder(minilm, "model.onnx", pack=False)
+    packed = vectors(pipeline(minilm, "fp32", pack=True), TEXTS)
+    alone = pipeline(minilm, "fp32", pack=False)
     reference = np.concatenate([vectors(alone, [text]) for text in TEXTS])
     np.testing.assert_allclose(packed, reference, atol=1e-5)
 
@@ -55,8 +52,8 @@ def test_packed_int8_stays_within_the_parity_gate(minilm: Path) -> None:
         pytest.fail("models/minilm/model.int8.onnx is not built: run `make models`")
     # Dynamic quantization scales each pass by its own activations, so int8 vectors
     # depend a little on their batch mates, packed or padded alike: hold them to the gate.
-    packed = vectors(encoder(minilm, "model.int8.onnx", pack=True), TEXTS)
-    fp32 = vectors(encoder(minilm, "model.onnx", pack=False), TEXTS)
+    packed = vectors(pipeline(minilm, "int8", pack=True), TEXTS)
+    fp32 = vectors(pipeline(minilm, "fp32", pack=False), TEXTS)
     assert cosines(packed, fp32).mean() >= 0.99
 
 
@@ -90,17 +87,16 @@ def test_engine_limit_measures_padded_and_packed_batches_in_rounds(minilm: Path)
 
 
 @pytest.mark.parametrize(
-    ("graph", "packing", "packed"),
-    [
-        ("fp32", True, True),
-        ("int8", True, True),
-        ("fp32", False, False),
-        ("attention", True, False),
-    ],
+    ("precision", "packing", "packed"),
+    [("fp32", True, True), ("int8", True, True), ("fp32", False, False)],
 )
 def test_which_graphs_the_server_packs(
-    minilm: Path, graph: str, packing: bool, packed: bool
+    minilm: Path, precision: str, packing: bool, packed: bool
 ) -> None:
-    settings = Settings(models_dir=minilm.parent, packing=packing, device="cpu")
-    backend = open_backend(minilm, ModelManifest.read(minilm), settings, graph)
-    assert backend.packed is packed
+    settings = Settings(
+        models_dir=minilm.parent, packing=packing, device="cpu", precision=precision
+    )
+    encoder = load_encoder(minilm, ModelManifest.read(minilm), settings)
+    assert encoder.pipeline.backend.packed is packed
+    assert encoder.attention is not None
+    assert not encoder.attention.pipeline.backend.packed  # per-row maps must not mix inputs

@@ -13,7 +13,7 @@ RAW = f"""\
 {MAIN};RequestResponseCycle.send (uvicorn/protocols/http/httptools_impl.py:524) 10
 {MAIN} 60
 {WORKER};Encoder.forward (app/engine/encoder.py:60);OnnxBackend.run (app/backends/onnx.py:57) 90
-{WORKER};Encoder.forward (app/engine/encoder.py:61);pool (app/engine/pooling.py:16) 10
+{WORKER};Pipeline.forward (app/engine/pipeline.py:104);pool (app/engine/pipeline.py:52) 10
 """
 
 

@@ -1,0 +1,175 @@
+"""The engine as the HTTP edge sees it: calls and results of plain data, nothing more.
+
+`app/api/` imports from the engine only this module and `app.engine.errors`. Arguments
+and results are strings, numbers, numpy arrays and frozen dataclasses of them, so one
+interface serves calls in this process and, later, across a process boundary; the API
+never holds a backend, a batcher or a tokenizer.
+
+Per-request accounting: each call adds its queue and inference time to the caller's
+`current_timing` (a context variable the HTTP edge opens per request).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from app.engine.attention import Aggregate, AttentionMap
+from app.engine.classification import DEFAULT_HYPOTHESIS_TEMPLATE, LabelScore
+from app.engine.manifest import Pooling, Task
+from app.engine.timing import RequestTiming, current_timing
+from app.engine.tokenization import Token
+
+if TYPE_CHECKING:
+    from app.config import Settings
+    from app.metrics import Metrics
+
+__all__ = [
+    "DEFAULT_HYPOTHESIS_TEMPLATE",
+    "Aggregate",
+    "AttentionMap",
+    "Classification",
+    "ClassifyOptions",
+    "Embeddings",
+    "Engine",
+    "LabelScore",
+    "ModelDescription",
+    "Pooling",
+    "RequestTiming",
+    "Task",
+    "Token",
+    "TokenIds",
+    "Tokenization",
+    "current_timing",
+    "load_engine",
+]
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """A served model as clients are told about it (GET /models, TEI's /info)."""
+
+    name: str
+    task: Task
+    source: str  # what it was exported from (a package, a directory, a hub id)
+    labels: list[str]
+    dimensions: int
+    max_length: int
+    pooling: Pooling
+    backend: str  # "onnx" or "torch"
+    device: str  # "cpu" or "cuda"
+    precision: str  # "fp32", "int8", "fp16"
+    max_batch_size: int
+    max_batch_tokens: int
+    max_queue: int
+    tokenization_workers: int  # threads that tokenize large requests off the event loop
+    attention: bool  # has an attention graph (POST /attention)
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """Inputs given as token ids rather than text (special tokens included)."""
+
+    ids: list[list[int]]
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: np.ndarray  # float32 (inputs, dimensions)
+    tokens: int
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    truncate: bool = True
+    top_k: int | None = None  # keep the K best labels per input
+    raw_scores: bool = False  # logits (or cosines) instead of probabilities
+    multi_label: bool = False  # each label on its own (sigmoid) instead of a softmax
+
+
+@dataclass(frozen=True)
+class Classification:
+    results: list[list[LabelScore]]  # per input, highest score first
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Tokenization:
+    tokens: list[list[Token]]  # per input, special tokens included
+    truncated: list[bool]  # per input: it had more tokens than the model's max length
+
+
+class Engine(Protocol):
+    """Every model the server serves, and what a request can ask of them."""
+
+    def models(self) -> list[ModelDescription]:
+        """Every served model, the default of each task first."""
+        ...
+
+    def model(self, name: str | None, task: Task) -> ModelDescription:
+        """The named model (of any task), or the default for `task`; ModelNotFound else."""
+        ...
+
+    async def embed(
+        self,
+        model: str,
+        inputs: Sequence[str] | TokenIds,
+        *,
+        normalize: bool = True,
+        truncate: bool = True,
+        dimensions: int | None = None,
+    ) -> Embeddings: ...
+
+    async def classify(
+        self, model: str, inputs: Sequence[str], options: ClassifyOptions
+    ) -> Classification: ...
+
+    async def zero_shot(
+        self,
+        model: str,
+        inputs: Sequence[str],
+        labels: list[str],
+        template: str,
+        options: ClassifyOptions,
+    ) -> Classification: ...
+
+    async def attention(
+        self,
+        model: str,
+        text: str,
+        *,
+        layers: list[int] | None,
+        heads: list[int] | None,
+        how: Aggregate,
+        truncate: bool,
+    ) -> AttentionMap: ...
+
+    async def tokenize(self, model: str, texts: Sequence[str]) -> Tokenization: ...
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the batch workers on the running event loop."""
+        ...
+
+    def stopped_workers(self) -> list[str]:
+        """Names of batch workers that are not running (the server is then not ready)."""
+        ...
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait, up to `timeout_s`, until every queued and running input is answered."""
+        ...
+
+    async def close(self) -> None:
+        """Stop the workers; what is still queued fails as NotReady."""
+        ...
+
+
+def load_engine(settings: Settings, metrics: Metrics | None, *, warm_up: bool) -> Engine:
+    """Load (and warm) every model of the repository into this process. Blocking."""
+    from app.engine.local import InProcessEngine  # the implementation imports this module
+
+    return InProcessEngine.load(settings, metrics, warm_up=warm_up)

@@ -1,0 +1,151 @@
+"""The engine interface served in this process: the registry's models, their batchers, threads."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from app.config import Settings
+from app.engine.attention import Aggregate, AttentionMap
+from app.engine.interface import (
+    Classification,
+    ClassifyOptions,
+    Embeddings,
+    ModelDescription,
+    TokenIds,
+    Tokenization,
+)
+from app.engine.manifest import Task
+from app.engine.model import ServedModel
+from app.engine.registry import ModelRegistry
+from app.metrics import Metrics
+
+
+def tokenization_threads() -> int:
+    """Threads for tokenizing large requests: one per core this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+
+def describe(model: ServedModel, tokenization_workers: int) -> ModelDescription:
+    manifest, encoder = model.manifest, model.encoder
+    limits = encoder.batcher.limits
+    return ModelDescription(
+        name=model.name,
+        task=manifest.task,
+        source=manifest.source,
+        labels=list(manifest.labels),
+        dimensions=manifest.dimensions,
+        max_length=manifest.max_length,
+        pooling=manifest.pooling,
+        backend=encoder.pipeline.backend.name,
+        device=encoder.pipeline.backend.device,
+        precision=encoder.precision,
+        max_batch_size=limits.max_batch_size,
+        max_batch_tokens=limits.max_batch_tokens,
+        max_queue=limits.max_queue,
+        tokenization_workers=tokenization_workers,
+        attention=encoder.attention is not None,
+    )
+
+
+class InProcessEngine:
+    """Implements `app.engine.interface.Engine` over a `ModelRegistry` in this process."""
+
+    def __init__(
+        self, registry: ModelRegistry, tokenize_executor: ThreadPoolExecutor, workers: int
+    ) -> None:
+        self._registry = registry
+        self._tokenize_executor = tokenize_executor
+        # Descriptions never change once loaded: built once, not per request.
+        self._descriptions = {model.name: describe(model, workers) for model in registry}
+
+    @classmethod
+    def load(cls, settings: Settings, metrics: Metrics | None, *, warm_up: bool) -> InProcessEngine:
+        workers = tokenization_threads()
+        executor = ThreadPoolExecutor(workers, thread_name_prefix="tokenize")
+        try:
+            registry = ModelRegistry.load(settings, metrics, executor)
+            if warm_up:
+                registry.warm_up()
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(registry, executor, workers)
+
+    @property
+    def registry(self) -> ModelRegistry:
+        """The loaded models themselves, for tools and tests in this process."""
+        return self._registry
+
+    def models(self) -> list[ModelDescription]:
+        return [self._descriptions[model.name] for model in self._registry]
+
+    def model(self, name: str | None, task: Task) -> ModelDescription:
+        return self._descriptions[self._registry.get(name, task).name]
+
+    async def embed(
+        self,
+        model: str,
+        inputs: Sequence[str] | TokenIds,
+        *,
+        normalize: bool = True,
+        truncate: bool = True,
+        dimensions: int | None = None,
+    ) -> Embeddings:
+        served = self._registry.get(model, "embedding")
+        return await served.embed(
+            inputs, normalize=normalize, truncate=truncate, dimensions=dimensions
+        )
+
+    async def classify(
+        self, model: str, inputs: Sequence[str], options: ClassifyOptions
+    ) -> Classification:
+        return await self._registry.get(model, "classification").classify(inputs, options)
+
+    async def zero_shot(
+        self,
+        model: str,
+        inputs: Sequence[str],
+        labels: list[str],
+        template: str,
+        options: ClassifyOptions,
+    ) -> Classification:
+        served = self._registry.get(model, "embedding")
+        return await served.zero_shot(inputs, labels, template, options)
+
+    async def attention(
+        self,
+        model: str,
+        text: str,
+        *,
+        layers: list[int] | None,
+        heads: list[int] | None,
+        how: Aggregate,
+        truncate: bool,
+    ) -> AttentionMap:
+        served = self._registry.get(model, "embedding")
+        return await served.attention(text, layers=layers, heads=heads, how=how, truncate=truncate)
+
+    async def tokenize(self, model: str, texts: Sequence[str]) -> Tokenization:
+        return await self._registry.get(model, "embedding").tokenize(texts)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        for batcher in self._registry.batchers:
+            batcher.start()
+
+    def stopped_workers(self) -> list[str]:
+        return [batcher.name for batcher in self._registry.batchers if not batcher.alive]
+
+    async def drain(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for batcher in self._registry.batchers:
+            await batcher.drain(max(deadline - time.monotonic(), 0.0))
+
+    async def close(self) -> None:
+        for batcher in self._registry.batchers:
+            await batcher.stop()
+        self._tokenize_executor.shutdown(wait=False, cancel_futures=True)

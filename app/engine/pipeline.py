@@ -1,0 +1,272 @@
+"""The one inference pipeline: tokenize → pad or pack → run → pool → normalize.
+
+The server's forward passes, the exporter's parity and precision checks, head-training
+features and the benchmark's engine limit all run through `Pipeline`, and every graph is
+opened through `open_pipeline`, so what a check or a benchmark measures is what is served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from app.backends.base import Backend
+from app.backends.onnx import Device, OnnxBackend
+from app.engine.errors import ModelLoadError
+from app.engine.manifest import MANIFEST_FILE, ModelManifest, Pooling
+from app.engine.packing import packed_inputs, packed_passes, pool_spans
+from app.engine.tokenization import TextTokenizer, TokenizedText
+
+# Measured on 2 cores with all-MiniLM-L6-v2: length-sorted passes of 8 gave 152-172
+# sequences/s from random batches of 32-64, passes of 4 or 12 a little less, unsplit ~105.
+CPU_ROWS_PER_PASS = 8
+# Offline work (export checks, features) takes inputs in length-sorted chunks of this many.
+OFFLINE_BATCH = 64
+REBUILD = "run `make models` (or `encoder-serve export`) to build it"
+
+# Called once per forward pass with (inputs in it, padded tokens it ran): batch metrics.
+PassObserver = Callable[[int, int], None]
+
+
+def pad_batch(items: Sequence[TokenizedText]) -> dict[str, np.ndarray]:
+    """Right-pad a batch to its longest input: the three standard encoder inputs."""
+    longest = max(item.tokens for item in items)
+    input_ids = np.zeros((len(items), longest), dtype=np.int64)
+    token_type_ids = np.zeros_like(input_ids)
+    attention_mask = np.zeros_like(input_ids)
+    for row, item in enumerate(items):
+        n = item.tokens
+        input_ids[row, :n] = item.ids
+        token_type_ids[row, :n] = item.type_ids
+        attention_mask[row, :n] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": token_type_ids,
+    }
+
+
+def pool(hidden: np.ndarray, attention_mask: np.ndarray, mode: Pooling) -> np.ndarray:
+    """(batch, tokens, hidden) states -> (batch, hidden) vectors, ignoring padding."""
+    if mode == "cls":
+        return hidden[:, 0, :]
+    mask = attention_mask[:, :, None].astype(hidden.dtype)
+    summed = (hidden * mask).sum(axis=1)
+    counts = np.maximum(mask.sum(axis=1), 1e-9)
+    return summed / counts
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Scale rows to unit L2 length (a zero row stays zero)."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+class Pipeline:
+    """One graph with its tokenizer: texts or tokenized inputs in, vectors out.
+
+    A vector is the pooled last hidden state, or a classifier graph's logits. Passes hold
+    at most `rows_per_pass` rows: packed rows where the backend takes them (short inputs
+    share a row), else one right-padded input per row, in the order given.
+    """
+
+    def __init__(
+        self,
+        tokenizer: TextTokenizer,
+        backend: Backend,
+        pooling: Pooling,
+        rows_per_pass: int,
+        observe: PassObserver | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.pooling = pooling
+        self.rows_per_pass = rows_per_pass
+        self._observe = observe
+
+    def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]:
+        return self.tokenizer.encode(list(texts))
+
+    def forward(self, items: Sequence[TokenizedText]) -> list[np.ndarray]:
+        """A vector per input, in order (a batch from the queue, in the worker thread).
+
+        On CPU, padding and attention's quadratic cost weigh more than batching gains, so
+        small passes with little padding are fastest (measured on 2 cores: random batches
+        of 32 ran at 101 sequences/s in one pass, 160 in length-sorted passes of 8, 200
+        packed). The batcher sorts by length, so neighbours in length share a pass.
+        """
+        if self.backend.packed:
+            return self._forward_packed(items)
+        size = self.rows_per_pass
+        return [
+            vector
+            for start in range(0, len(items), size)
+            for vector in self._forward_padded(items[start : start + size])
+        ]
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        normalized: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """(texts, width) vectors of many texts at once (offline work: checks, features).
+
+        Chunks of neighbours in length (a pass's rows, at least `OFFLINE_BATCH`), so little
+        is padding; rows come back in input order. `progress(done, total)` follows each.
+        """
+        items = self.tokenize(texts)
+        order = sorted(range(len(items)), key=lambda index: items[index].tokens)
+        vectors: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(items)
+        size = max(self.rows_per_pass, OFFLINE_BATCH)
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            for index, vector in zip(chunk, self.forward([items[i] for i in chunk]), strict=True):
+                vectors[index] = vector
+            if progress is not None:
+                progress(start + len(chunk), len(order))
+        stacked = np.stack(vectors)
+        return normalize(stacked) if normalized else stacked
+
+    def token_states(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Each text's (tokens, hidden) last states without padding, from one padded pass:
+        what parity compares token by token. Classifier graphs give (labels,) logits."""
+        items = self.tokenize(texts)
+        inputs = pad_batch(items)
+        outputs = self.backend.run(inputs)
+        if "logits" in outputs:
+            return list(outputs["logits"].astype(np.float32, copy=False))
+        hidden = outputs["last_hidden_state"].astype(np.float32, copy=False)
+        return [hidden[row, : item.tokens] for row, item in enumerate(items)]
+
+    def attention_maps(self, items: Sequence[TokenizedText]) -> list[np.ndarray]:
+        """(layers, heads, n, n) attention probabilities per input, cut to its own tokens
+        (an attention graph: one padded pass, whose rows must not mix inputs)."""
+        inputs = pad_batch(items)
+        maps = self.backend.run(inputs)["attentions"]  # (batch, layers, heads, T, T)
+        return [maps[row, :, :, : item.tokens, : item.tokens] for row, item in enumerate(items)]
+
+    def warm_up(self, text: str) -> None:
+        """One pass (allocations, kernel choices) that no metric sees."""
+        observe, self._observe = self._observe, None
+        try:
+            self.forward(self.tokenize([text]))
+        finally:
+            self._observe = observe
+
+    def _forward_padded(self, items: Sequence[TokenizedText]) -> list[np.ndarray]:
+        inputs = pad_batch(items)
+        self._count_pass(len(items), inputs["input_ids"].size)
+        outputs = self.backend.run(inputs)
+        if "logits" in outputs:  # a sequence-classification graph pools and classifies itself
+            vectors = outputs["logits"]
+        else:
+            vectors = pool(outputs["last_hidden_state"], inputs["attention_mask"], self.pooling)
+        return list(vectors.astype(np.float32, copy=False))
+
+    def _forward_packed(self, items: Sequence[TokenizedText]) -> list[np.ndarray]:
+        vectors: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(items)
+        lengths = [item.tokens for item in items]
+        for rows in packed_passes(lengths, self.rows_per_pass):
+            inputs, spans = packed_inputs(items, rows)
+            self._count_pass(len(spans), inputs["input_ids"].size)
+            hidden = self.backend.run(inputs)["last_hidden_state"]
+            pooled = pool_spans(hidden, spans, self.pooling).astype(np.float32)
+            indices = (index for row in rows for index in row)
+            for index, vector in zip(indices, pooled, strict=True):
+                vectors[index] = vector
+        return vectors
+
+    def _count_pass(self, inputs: int, padded_tokens: int) -> None:
+        if self._observe is not None:
+            self._observe(inputs, padded_tokens)
+
+
+def resolve_precision(manifest: ModelManifest, requested: str) -> str:
+    """The graph a precision setting selects: `auto` takes the manifest's default."""
+    return manifest.default_precision if requested == "auto" else requested
+
+
+def open_backend(
+    directory: Path,
+    manifest: ModelManifest,
+    graph: str,
+    *,
+    engine: str = "onnx",
+    threads: int,
+    device: Device = "auto",
+    pack: bool = False,
+) -> Backend:
+    """The backend for one graph of a model: a precision ("fp32", "int8", …) or "attention".
+
+    `engine` "torch" runs the exported PyTorch weights instead of an ONNX graph.
+    """
+    torch_engine = engine == "torch"
+    key = "torch" if torch_engine else graph
+    if key not in manifest.files:
+        raise ModelLoadError(
+            f"model '{manifest.name}' has no {key} build ({directory / MANIFEST_FILE} lists "
+            f"{sorted(manifest.files)}); re-export it with that precision"
+        )
+    path = directory / manifest.files[key]
+    if not path.exists():
+        raise ModelLoadError(f"model '{manifest.name}': {path} is missing; {REBUILD}")
+    try:
+        if torch_engine:
+            from app.backends.torch import TorchBackend
+
+            return TorchBackend.load(
+                path,
+                classifier=manifest.task == "classification",
+                threads=threads,
+                device=device,
+                half=graph == "fp16",
+                attention=graph == "attention",
+            )
+        # The attention graph returns per-row maps, which packed rows would mix.
+        return OnnxBackend(path, threads=threads, device=device, pack=pack and graph != "attention")
+    except Exception as error:
+        raise ModelLoadError(f"model '{manifest.name}': cannot load {path}: {error}") from error
+
+
+def open_tokenizer(directory: Path, manifest: ModelManifest, max_length: int) -> TextTokenizer:
+    path = directory / manifest.tokenizer
+    if not path.is_file():
+        raise ModelLoadError(f"model '{manifest.name}': {path} is missing; {REBUILD}")
+    try:
+        return TextTokenizer(path, max_length)
+    except Exception as error:
+        raise ModelLoadError(f"model '{manifest.name}': bad tokenizer {path}: {error}") from error
+
+
+def open_pipeline(
+    directory: Path,
+    manifest: ModelManifest,
+    graph: str = "auto",
+    *,
+    engine: str = "onnx",
+    threads: int,
+    device: Device = "auto",
+    pack: bool = False,
+    rows_per_pass: int = 0,
+    unsplit_rows: int = OFFLINE_BATCH,
+    max_length: int | None = None,
+    observe: PassObserver | None = None,
+) -> Pipeline:
+    """The pipeline of one graph of a model directory, as the server opens it.
+
+    `graph`: a precision setting ("auto", "fp32", "int8", "fp16") or "attention".
+    `rows_per_pass` 0: small passes on CPU, `unsplit_rows` (a whole batch) on a GPU.
+    `max_length` cuts the tokenizer shorter than the model's (the attention limit).
+    """
+    chosen = graph if graph == "attention" else resolve_precision(manifest, graph)
+    length = min(max_length or manifest.max_length, manifest.max_length)
+    tokenizer = open_tokenizer(directory, manifest, length)
+    backend = open_backend(
+        directory, manifest, chosen, engine=engine, threads=threads, device=device, pack=pack
+    )
+    rows = rows_per_pass or (CPU_ROWS_PER_PASS if backend.device == "cpu" else unsplit_rows)
+    return Pipeline(tokenizer, backend, manifest.pooling, rows, observe)
