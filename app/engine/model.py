@@ -85,7 +85,8 @@ class ServedModel:
             vectors = vectors[:, :dimensions]
         if normalize:
             vectors = normalize_rows(vectors)
-        return Embeddings(vectors.astype(np.float32, copy=False), output.tokens)
+        # A Matryoshka cut is a strided view; serializers need the rows contiguous.
+        return Embeddings(np.ascontiguousarray(vectors, dtype=np.float32), output.tokens)
 
     async def classify(
         self, texts: Sequence[str], options: ClassifyOptions = DEFAULT_OPTIONS

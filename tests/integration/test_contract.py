@@ -29,6 +29,11 @@ SCHEMA = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
 OPERATIONS = [result.ok() for result in SCHEMA.get_all_operations()]
 CHECKS = [response_schema_conformance, status_code_conformance, content_type_conformance]
 CASES_PER_ROUTE = 25
+# Fuzzing a live server: no per-case deadline, the same cases every run (a failure here
+# is reproducible), no example database between runs.
+FUZZ_SETTINGS = settings(
+    deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+)
 TEXT = "The viewer shows attention maps, and they are worth having."
 
 # A valid request per operation that must succeed: (method, path, JSON body or None).
@@ -92,13 +97,7 @@ WITH_BODY = [op for op in OPERATIONS if op.method.upper() == "POST"]
 @pytest.mark.parametrize("operation", WITH_BODY, ids=lambda op: f"{op.method.upper()} {op.path}")
 def test_invalid_requests_get_documented_errors(server: LiveServer, operation) -> None:
     @given(case=operation.as_strategy(generation_mode=GenerationMode.NEGATIVE))
-    @settings(
-        max_examples=CASES_PER_ROUTE,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        derandomize=True,  # the same cases every run: a failure here is reproducible
-        database=None,
-    )
+    @settings(FUZZ_SETTINGS, max_examples=CASES_PER_ROUTE)
     def check(case: schemathesis.Case) -> None:
         response = case.call(base_url=server.url, timeout=60)
         case.validate_response(response, checks=CHECKS)

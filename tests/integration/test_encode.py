@@ -79,6 +79,18 @@ def test_normalize_false_returns_raw_mean_pooling(server: LiveServer) -> None:
     assert not np.allclose(norms, 1.0, atol=1e-3)
 
 
+def test_raw_matryoshka_cut_is_the_prefix_of_the_raw_vector(server: LiveServer) -> None:
+    """dimensions without normalization: the first N raw values, on /encode and TEI's /embed
+    (the cut once reached the JSON writer as a strided view and answered 500)."""
+    with server.client() as client:
+        full = np.asarray(encode(client, TEXTS[:2], normalize=False)["embeddings"])
+        cut = encode(client, TEXTS[:2], normalize=False, dimensions=3)["embeddings"]
+        tei = client.post("/embed", json={"inputs": TEXTS[:2], "normalize": False, "dimensions": 3})
+    np.testing.assert_allclose(cut, full[:, :3], rtol=1e-6)
+    assert tei.status_code == 200
+    np.testing.assert_allclose(tei.json(), full[:, :3], rtol=1e-6)
+
+
 def test_truncation_keeps_long_input_at_max_length(server: LiveServer) -> None:
     with server.client() as client:
         body = encode(client, TEXTS[5])

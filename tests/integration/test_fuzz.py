@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 
 from app.api.app import create_app
 from app.config import Settings
 from tests.conftest import LiveServer
-from tests.integration.test_contract import CHECKS
+from tests.integration.test_contract import CHECKS, FUZZ_SETTINGS
 
 # The document comes from the app itself (no models needed to build it).
 SCHEMA = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
@@ -24,13 +24,7 @@ def test_no_server_errors_and_every_error_in_the_contract_shape(
     server: LiveServer, operation
 ) -> None:
     @given(case=operation.as_strategy())
-    @settings(
-        max_examples=CASES_PER_ROUTE,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        derandomize=True,  # the same cases every run: a failure here is reproducible
-        database=None,
-    )
+    @settings(FUZZ_SETTINGS, max_examples=CASES_PER_ROUTE)
     def check(case: schemathesis.Case) -> None:
         response = case.call(base_url=server.url, timeout=60)
         assert response.status_code < 500, f"{response.status_code}: {response.text[:500]}"
