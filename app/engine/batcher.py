@@ -9,6 +9,10 @@ Dispatch policy:
   request pays no batching delay;
 - busy: dispatch as soon as the next batch is full (count or token budget), or
   when its oldest input has waited `max_wait_s`, whichever comes first.
+Fairness: a batch takes inputs round-robin across the waiting requests
+(`app/engine/fair_queue.py`), so a small request never waits behind whole large ones.
+Admission: a request is refused at once (Overloaded, 429) when the work that would run
+before it is done cannot finish before its deadline, measured from recent passes.
 Before forming a batch it drops inputs whose caller went away or whose deadline
 passed, so no forward pass is spent on an answer nobody will read.
 """
@@ -18,14 +22,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from app.engine.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
+from app.engine.fair_queue import FairQueue
 from app.engine.timing import record_timing
 from app.metrics import Metrics
 
@@ -36,8 +41,11 @@ Result = TypeVar("Result")
 
 RESTART_DELAY_S = 0.5
 
-# Why an input never reached a forward pass (the `reason` label of encoder_rejected_total).
-REJECT_REASONS = ("queue_full", "cancelled", "deadline")
+# Why an input never reached a forward pass (the `reason` label of encoder_rejected_total):
+# `would_miss_deadline` is admission refusing work that could not finish in time.
+REJECT_REASONS = ("queue_full", "would_miss_deadline", "cancelled", "deadline")
+# Weight of the newest pass in the running estimate of seconds per token (admission).
+PASS_COST_SMOOTHING = 0.2
 
 # Runs one batch in the worker thread; returns one result per payload, in order.
 BatchRunner = Callable[[list[Payload]], Sequence[Result]]
@@ -91,7 +99,7 @@ class DynamicBatcher(Generic[Payload, Result]):
         self.limits = limits
         self._run_batch = run_batch
         self._metrics = metrics
-        self._queue: deque[QueuedInput[Payload, Result]] = deque()
+        self._queue: FairQueue[QueuedInput[Payload, Result]] = FairQueue()
         self._arrived = asyncio.Event()
         # Set while nothing is queued or running, for `drain`. An Event binds to the loop on
         # first use, so the batcher may be built outside it (at start-up, in a worker thread).
@@ -101,7 +109,10 @@ class DynamicBatcher(Generic[Payload, Result]):
         self._worker: asyncio.Task[None] | None = None
         self._restart: asyncio.TimerHandle | None = None  # a crashed worker's pending restart
         self._running = 0  # inputs in the forward pass now
-        self._queued_tokens = 0
+        self._running_tokens = 0  # and their tokens
+        # Smoothed seconds and tokens of recent passes: their ratio prices queued work.
+        self._pass_seconds = 0.0
+        self._pass_tokens = 0.0
         self.restarts = 0
         if metrics is not None:  # series exist from the start, so rates and alerts see zeros
             for reason in REJECT_REASONS:
@@ -160,11 +171,9 @@ class DynamicBatcher(Generic[Payload, Result]):
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
-        while self._queue:
-            item = self._queue.popleft()
+        for item in self._queue.clear():
             if not item.future.done():
                 item.future.set_exception(NotReady("the server is shutting down"))
-        self._queued_tokens = 0
         self._set_depth()
         self._update_idle()
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -182,16 +191,25 @@ class DynamicBatcher(Generic[Payload, Result]):
     ) -> list[QueuedInput[Payload, Result]]:
         """Like `submit`, returning the queued inputs, which also record when they ran."""
         tokens = sum(count for _, count in payloads)
-        limits = self.limits
-        too_many = len(self._queue) + len(payloads) > limits.max_queue
+        limits, queue = self.limits, self._queue
+        too_many = len(queue) + len(payloads) > limits.max_queue
         # A request over the token bound on its own is still taken into an empty queue.
-        too_long = bool(self._queue) and self._queued_tokens + tokens > limits.max_queue_tokens
+        too_long = bool(queue) and queue.tokens + tokens > limits.max_queue_tokens
         if too_many or too_long:
             self._count_rejected("queue_full", len(payloads))
             raise Overloaded(
-                f"model '{self.name}' has {len(self._queue)} inputs ({self._queued_tokens} "
-                f"tokens) queued; limits {limits.max_queue} inputs, {limits.max_queue_tokens} "
+                f"model '{self.name}' has {len(queue)} inputs ({queue.tokens} tokens) "
+                f"queued; limits {limits.max_queue} inputs, {limits.max_queue_tokens} "
                 "tokens; retry later"
+            )
+        expected_s = self._expected_seconds(len(payloads), tokens)
+        if expected_s > timeout_s:
+            self._count_rejected("would_miss_deadline", len(payloads))
+            raise Overloaded(
+                f"model '{self.name}' is busy: this request would take about "
+                f"{expected_s:.1f} s with the work queued ahead of it, past its "
+                f"{timeout_s:.3g} s deadline; retry later or send fewer inputs",
+                retry_after_s=max(1, math.ceil(expected_s - timeout_s)),
             )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
@@ -199,8 +217,7 @@ class DynamicBatcher(Generic[Payload, Result]):
             QueuedInput(payload, tokens, now + timeout_s, loop.create_future(), now)
             for payload, tokens in payloads
         ]
-        self._queue.extend(items)
-        self._queued_tokens += tokens
+        queue.add(items)
         self._set_depth()
         self._update_idle()
         self._arrived.set()
@@ -266,7 +283,8 @@ class DynamicBatcher(Generic[Payload, Result]):
         """Wait until the next batch is full or its oldest input has waited `max_wait_s`."""
         while self._queue:
             _, full = self._select()
-            remaining = self._queue[0].enqueued_at + self.limits.max_wait_s - time.monotonic()
+            oldest = self._queue.oldest()
+            remaining = oldest.enqueued_at + self.limits.max_wait_s - time.monotonic()
             if full or remaining <= 0:
                 return
             self._arrived.clear()
@@ -276,15 +294,16 @@ class DynamicBatcher(Generic[Payload, Result]):
                 return
 
     def _select(self) -> tuple[int, bool]:
-        """How many queued inputs, oldest first, fit the next batch; and whether it is full.
+        """How many queued inputs, round-robin across requests, fit the next batch; and
+        whether it is full.
 
-        Inputs are taken in arrival order so none starves; the budget counts padded
-        tokens (batch size x longest input), what the batch would cost padded in one
-        pass: an upper bound on its passes, padded or packed.
+        Every waiting request gets a share of each batch, so none starves; the budget
+        counts padded tokens (batch size x longest input), what the batch would cost
+        padded in one pass: an upper bound on its passes, padded or packed.
         """
         limits = self.limits
         count, longest = 0, 0
-        for item in self._queue:
+        for item in self._queue.round_robin():
             if count == limits.max_batch_size:
                 return count, True
             new_longest = max(longest, item.tokens)
@@ -295,8 +314,7 @@ class DynamicBatcher(Generic[Payload, Result]):
 
     def _take_batch(self) -> list[QueuedInput[Payload, Result]]:
         count, _ = self._select()
-        batch = [self._queue.popleft() for _ in range(count)]
-        self._queued_tokens -= sum(item.tokens for item in batch)
+        batch = self._queue.take(count)
         self._set_depth()
         # Sorted by length, neighbours in the padded batch differ least.
         batch.sort(key=lambda item: item.tokens)
@@ -307,23 +325,39 @@ class DynamicBatcher(Generic[Payload, Result]):
         if not self._queue:
             return
         now = time.monotonic()
-        kept: deque[QueuedInput[Payload, Result]] = deque()
-        for item in self._queue:
+        gone = self._queue.remove(lambda item: item.future.done() or item.deadline <= now)
+        for item in gone:
             if item.future.done():
                 # The caller gave up: at its deadline (it timed out waiting) or before.
                 self._count_rejected("deadline" if item.deadline <= now else "cancelled")
-            elif item.deadline <= now:
+            else:
                 item.future.set_exception(
                     DeadlineExceeded("the request deadline passed before inference started")
                 )
                 self._count_rejected("deadline")
-            else:
-                kept.append(item)
-        if len(kept) != len(self._queue):
-            self._queue = kept
-            self._queued_tokens = sum(item.tokens for item in kept)
+        if gone:
             self._set_depth()
             self._update_idle()
+
+    def _expected_seconds(self, inputs: int, tokens: int) -> float:
+        """How long a new request of `inputs` inputs (`tokens` in all) would take: the work
+        that round-robin runs before its last input, and its own, priced at recent passes.
+
+        Zero while nothing is queued or running (a request into an idle model always runs
+        at once) and before any pass was measured.
+        """
+        if not (self._queue or self._running) or self._pass_tokens <= 0:
+            return 0.0
+        ahead = self._queue.tokens_served_before(inputs) + self._running_tokens
+        return (ahead + tokens) * self._pass_seconds / self._pass_tokens
+
+    def _measure_pass(self, seconds: float, tokens: int) -> None:
+        if self._pass_tokens <= 0:
+            self._pass_seconds, self._pass_tokens = seconds, float(tokens)
+            return
+        keep = 1 - PASS_COST_SMOOTHING
+        self._pass_seconds = keep * self._pass_seconds + PASS_COST_SMOOTHING * seconds
+        self._pass_tokens = keep * self._pass_tokens + PASS_COST_SMOOTHING * tokens
 
     async def _execute(self, batch: list[QueuedInput[Payload, Result]]) -> None:
         started = time.monotonic()
@@ -332,14 +366,16 @@ class DynamicBatcher(Generic[Payload, Result]):
             wait = metrics.queue_wait.labels(self.name)
             for item in batch:
                 wait.observe(started - item.enqueued_at)
-        self._running = len(batch)
+        tokens = sum(item.tokens for item in batch)
+        self._running, self._running_tokens = len(batch), tokens
         try:
             outcomes = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._run_guarded, [item.payload for item in batch]
             )
         finally:
-            self._running = 0
+            self._running = self._running_tokens = 0
         finished = time.monotonic()
+        self._measure_pass(finished - started, tokens)
         if metrics is not None:
             metrics.inference_duration.labels(self.name).observe(finished - started)
         for item, outcome in zip(batch, outcomes, strict=True):

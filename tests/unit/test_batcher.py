@@ -435,3 +435,46 @@ async def test_stop_cancels_a_pending_restart(monkeypatch: pytest.MonkeyPatch) -
     assert calls == 1  # no worker ran again
     assert queued.done() and not queued.cancelled()  # failed by stop, not left hanging
     assert backend.batches == []
+
+
+async def test_a_small_request_rides_the_next_pass_past_large_ones() -> None:
+    backend = FakeBackend(hold_first=True)
+    batcher = make(backend, max_batch_size=8, max_queue=1000)
+    first = submit(batcher, 0)
+    await wait_for(lambda: len(backend.batches) == 1)
+    large = [submit(batcher, *range(100 * r, 100 * r + 50)) for r in (1, 2, 3, 4)]
+    (small,) = submit(batcher, 7)  # arrives behind 200 queued inputs
+    backend.gate.set()
+    assert await small == 70
+    # The pass after the held one takes a turn of each request: the small one included.
+    assert 7 in backend.batches[1]
+    assert sorted(backend.batches[1]) == [7, 100, 101, 200, 201, 300, 301, 400]
+    await asyncio.gather(*first, *(f for futures in large for f in futures))
+    await batcher.stop()
+
+
+async def test_work_that_cannot_finish_before_its_deadline_is_refused_at_once() -> None:
+    backend = FakeBackend()
+    metrics = Metrics()
+    batcher = make(backend, metrics, max_batch_size=4)
+
+    def slow(payloads: list[int]) -> list[int]:
+        time.sleep(0.05)  # 0.05 s for a pass of 10-token inputs
+        return [p * 10 for p in payloads]
+
+    batcher._run_batch = slow  # type: ignore[assignment]
+    assert await asyncio.gather(*submit(batcher, 1, 2, 3, 4)) == [10, 20, 30, 40]
+    # An idle model admits anything: nothing is ahead of it.
+    assert await asyncio.gather(*submit(batcher, 5, timeout=0.01)) == [50]
+    busy = submit(batcher, *range(10, 50))  # 40 inputs: about 0.5 s of passes
+    with pytest.raises(Overloaded) as refused:
+        # 40 more: round-robin finishes them only after about 1 s of passes.
+        submit(batcher, *range(100, 140), timeout=0.2)
+    assert "deadline" in str(refused.value) and refused.value.retry_after_s >= 1
+    # One input with the same deadline is admitted: its turn comes in the next pass.
+    assert await asyncio.gather(*submit(batcher, 98, timeout=0.2)) == [980]
+    sample = metrics.registry.get_sample_value
+    reason = {"model": "fake", "reason": "would_miss_deadline"}
+    assert sample("encoder_rejected_total", reason) == 40
+    await asyncio.gather(*busy)
+    await batcher.stop()

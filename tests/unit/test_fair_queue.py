@@ -1,0 +1,95 @@
+"""The fair queue: requests leave round-robin, with exact counts and token totals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.engine.fair_queue import FairQueue
+
+
+@dataclass(eq=False)
+class Input:
+    name: str
+    tokens: int = 1
+
+
+def queue_of(*requests: str) -> FairQueue[Input]:
+    """One request per string, one input per character: "aaa", "b" -> a0 a1 a2, b0."""
+    queue: FairQueue[Input] = FairQueue()
+    for request in requests:
+        queue.add([Input(f"{char}{i}") for i, char in enumerate(request)])
+    return queue
+
+
+def names(items: list[Input]) -> list[str]:
+    return [item.name for item in items]
+
+
+def test_requests_take_turns() -> None:
+    queue = queue_of("aaaa", "bbbb", "c")
+    assert names(list(queue.round_robin())) == [
+        "a0",
+        "b0",
+        "c0",
+        "a1",
+        "b1",
+        "a2",
+        "b2",
+        "a3",
+        "b3",
+    ]
+    assert names(queue.take(4)) == ["a0", "b0", "c0", "a1"]
+    # Turns carry over between batches: b, whose turn was next, goes first.
+    assert names(queue.take(3)) == ["b1", "a2", "b2"]
+    assert names(queue.take(10)) == ["a3", "b3"]
+    assert len(queue) == 0 and queue.tokens == 0 and not queue
+
+
+def test_oldest_is_the_head_of_the_earliest_request() -> None:
+    queue = queue_of("ab", "c")
+    assert queue.oldest().name == "a0"
+    queue.take(1)
+    assert queue.oldest().name == "b1"  # the first request still waits longest
+
+
+def test_no_request_starves_when_more_wait_than_a_batch_holds() -> None:
+    queue = queue_of(*(chr(ord("a") + i) * 3 for i in range(6)))  # six requests of three
+    first, second = queue.take(4), queue.take(4)
+    assert names(first) == ["a0", "b0", "c0", "d0"]
+    assert names(second) == ["e0", "f0", "a1", "b1"]  # e and f before a's second turn
+
+
+def test_remove_keeps_the_order_of_what_is_left() -> None:
+    queue = queue_of("aaa", "bb", "c")
+    removed = queue.remove(lambda item: item.name in {"a1", "c0"})
+    assert names(removed) == ["a1", "c0"]
+    assert names(list(queue.round_robin())) == ["a0", "b0", "a2", "b1"]
+    assert len(queue) == 4
+
+
+def test_work_before_a_new_request_counts_up_to_its_size_from_each() -> None:
+    queue: FairQueue[Input] = FairQueue()
+    queue.add([Input("a", 10)] * 5)
+    queue.add([Input("b", 3)] * 2)
+    # A new request of 3 inputs finishes after 3 of a's and both of b's.
+    assert queue.tokens_served_before(3) == 3 * 10 + 2 * 3
+    assert queue.tokens_served_before(1) == 10 + 3
+
+
+@given(st.lists(st.lists(st.integers(1, 50), max_size=6), max_size=6), st.integers(0, 40))
+def test_take_is_a_prefix_of_round_robin_and_counts_stay_exact(
+    requests: list[list[int]], count: int
+) -> None:
+    queue: FairQueue[Input] = FairQueue()
+    for index, lengths in enumerate(requests):
+        queue.add([Input(f"{index}.{i}", tokens) for i, tokens in enumerate(lengths)])
+    order = list(queue.round_robin())
+    taken = queue.take(count)
+    assert taken == order[:count]
+    rest = order[count:]
+    assert list(queue.round_robin()) == rest
+    assert len(queue) == len(rest)
+    assert queue.tokens == sum(item.tokens for item in rest)
