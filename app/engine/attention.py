@@ -1,7 +1,7 @@
 """Attention maps: run the attention graph in its own small batcher, select and aggregate.
 
-Attention requests are few, large and slow, so they get their own batcher, session
-and worker thread: they never hold up a batch of the embedding path.
+Attention requests are few, large and slow, so they get their own batcher, session and
+worker thread, and their passes yield to the embedding path's (app/engine/pass_gate.py).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 
 from app.engine.batcher import BatchLimits, DynamicBatcher
 from app.engine.errors import InvalidInput, PayloadTooLarge
+from app.engine.pass_gate import PassGate
 from app.engine.tokenization import Token, TokenizedText, tokenize_without_stalling
 
 if TYPE_CHECKING:  # the interface imports this module's result types, not the graph code
@@ -87,6 +88,7 @@ class AttentionEncoder:
         num_heads: int,
         request_timeout_s: float,
         tokenize_executor: Executor | None = None,
+        gate: PassGate | None = None,  # shared with the model's embedding path
     ) -> None:
         self.name = name
         self.pipeline = pipeline
@@ -95,9 +97,14 @@ class AttentionEncoder:
         self.max_tokens = pipeline.tokenizer.max_length
         self.request_timeout_s = request_timeout_s
         self._tokenize_executor = tokenize_executor
+        self.gate = gate or PassGate(lambda: False)
         self.batcher: DynamicBatcher[TokenizedText, np.ndarray] = DynamicBatcher(
-            f"{name}-attention", pipeline.attention_maps, ATTENTION_LIMITS
+            f"{name}-attention", self._forward, ATTENTION_LIMITS
         )
+
+    def _forward(self, items: list[TokenizedText]) -> list[np.ndarray]:
+        with self.gate.secondary():
+            return self.pipeline.attention_maps(items)
 
     def warm_up(self, text: str) -> None:
         self.pipeline.attention_maps(self.pipeline.tokenize([text]))

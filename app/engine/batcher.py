@@ -156,6 +156,11 @@ class DynamicBatcher(Generic[Payload, Result]):
         return self._worker is not None and not self._worker.done()
 
     @property
+    def queued(self) -> int:
+        """Inputs waiting for a forward pass."""
+        return len(self._queue)
+
+    @property
     def pending(self) -> int:
         """Inputs queued or in the forward pass."""
         return len(self._queue) + self._running

@@ -17,6 +17,7 @@ from app.engine.attention import AttentionEncoder
 from app.engine.batcher import BatchLimits, DynamicBatcher
 from app.engine.errors import InputTooLong
 from app.engine.manifest import ModelManifest
+from app.engine.pass_gate import PassGate
 from app.engine.pipeline import Pipeline
 from app.engine.tokenization import Token, TokenizedText, tokenize_without_stalling
 from app.metrics import Metrics
@@ -48,14 +49,21 @@ class Encoder:
         self.request_timeout_s = request_timeout_s
         self._tokenize_executor = tokenize_executor
         self.batcher: DynamicBatcher[TokenizedText, np.ndarray] = DynamicBatcher(
-            manifest.name, pipeline.forward, limits, metrics
+            manifest.name, self._forward, limits, metrics
         )
-        # Its own graph, batcher and thread: attention requests never slow this path.
+        # Attention has its own graph, batcher and thread, and passes that yield to this
+        # path's through the gate: an attention burst costs an embedding batch at most
+        # one attention pass.
+        self.gate = PassGate(lambda: self.batcher.queued > 0)
         self.attention: AttentionEncoder | None = None
 
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    def _forward(self, items: list[TokenizedText]) -> list[np.ndarray]:
+        with self.gate.primary():
+            return self.pipeline.forward(items)
 
     def warm_up(self, text: str) -> None:
         """One pass per graph before serving (allocations, kernel choices)."""

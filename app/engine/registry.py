@@ -109,6 +109,7 @@ def load_encoder(
             manifest.num_heads,
             settings.request_timeout_s,
             tokenize_executor,
+            encoder.gate,
         )
     return encoder
 
@@ -185,12 +186,16 @@ class ModelRegistry:
         models = []
         for directory in directories:
             manifest = manifest_of(directory.name)
+            cache = settings.label_cache_bytes
             if manifest.base is None:
-                models.append(ServedModel(manifest, encoder_of(directory.name), None, metrics))
+                encoder = encoder_of(directory.name)
+                models.append(
+                    ServedModel(manifest, encoder, None, metrics, label_cache_bytes=cache)
+                )
                 continue
             base = encoder_of(manifest.base)
             head = load_head(directory, manifest, base) if manifest.head else None
-            models.append(ServedModel(manifest, base, head, metrics))
+            models.append(ServedModel(manifest, base, head, metrics, label_cache_bytes=cache))
         if metrics is not None:
             for model in models:
                 encoder = model.encoder

@@ -100,3 +100,4 @@ def test_which_graphs_the_server_packs(
     assert encoder.pipeline.backend.packed is packed
     assert encoder.attention is not None
     assert not encoder.attention.pipeline.backend.packed  # per-row maps must not mix inputs
+    assert encoder.attention.gate is encoder.gate  # attention passes yield to embedding ones
