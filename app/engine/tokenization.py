@@ -63,13 +63,15 @@ class TextTokenizer:
         for index, ids in enumerate(ids_lists):
             if not ids:
                 raise InvalidInput(f"input {index} is an empty list of token ids")
-            if any(not 0 <= token < vocab for token in ids):
-                raise InvalidInput(
-                    f"input {index} has token ids outside the vocabulary (0-{vocab - 1})"
-                )
+            # The length first: a huge list is refused before any per-token work.
             if len(ids) > self.max_length:
                 raise InputTooLong(
                     f"input {index} has {len(ids)} tokens; the max length is {self.max_length}"
+                )
+            # Checked in Python (at most max_length ids): an id past int64 must be a 422 too.
+            if any(not 0 <= token < vocab for token in ids):
+                raise InvalidInput(
+                    f"input {index} has token ids outside the vocabulary (0-{vocab - 1})"
                 )
             array = np.asarray(ids, dtype=np.int64)
             items.append(TokenizedText(array, np.zeros_like(array), truncated=False))
