@@ -38,6 +38,14 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
 _HTTP_TYPES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
 
 
+class RequestRejected(HTTPException):
+    """A request refused before its fields are validated (its body), with its error type."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(status, message)
+        self.kind = kind
+
+
 OPENAI_PREFIX = "/v1/"
 
 
@@ -49,7 +57,16 @@ def _openai_type(status: int) -> str:
     return "server_error" if status >= 500 else "invalid_request_error"
 
 
+def _writable(text: str) -> str:
+    """`text` with lone surrogates escaped (`\\ud800`): orjson refuses to write them."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(status: int, kind: str, message: str, path: str = "") -> bytes:
+    # Messages may quote what a client sent; whatever it was, the answer must be writable.
+    message = _writable(message)
     if path.startswith(OPENAI_PREFIX):
         error = {"message": message, "type": _openai_type(status), "param": None, "code": kind}
         return orjson.dumps({"error": error})
@@ -90,7 +107,10 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    kind = _HTTP_TYPES.get(exc.status_code, "http_error")
+    if isinstance(exc, RequestRejected):
+        kind = exc.kind
+    else:
+        kind = _HTTP_TYPES.get(exc.status_code, "http_error")
     return error_response(exc.status_code, kind, str(exc.detail), exc.headers, request.url.path)
 
 
@@ -106,15 +126,21 @@ async def _engine_error(request: Request, exc: Exception) -> Response:
     return await _unexpected_error(request, exc)
 
 
+def internal_error_response(path: str) -> Response:
+    """The answer to an unexpected exception (a bug), whichever layer caught it."""
+    return error_response(500, "internal_error", "internal server error (this is a bug)", path=path)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(
-        500, "internal_error", "internal server error (this is a bug)", path=request.url.path
-    )
+    return internal_error_response(request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(errors.EngineError, _engine_error)
+    # Unexpected exceptions in routes are answered by RequestObservabilityMiddleware (inside
+    # its reach: request id and timing headers, metrics, keep-alive) with
+    # internal_error_response. This handler is Starlette's last resort outside it.
     app.add_exception_handler(Exception, _unexpected_error)

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import base64
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 from starlette.responses import Response
 
+from app.api.bodies import StrictJSONRoute
 from app.api.handling import (
     check_input_count,
     checked_inputs,
@@ -18,17 +27,28 @@ from app.api.handling import (
     resolve_model,
     unless_disconnected,
 )
-from app.api.schemas import OPENAI_ERRORS
+from app.api.schemas import OPENAI_ERRORS, request_limits
+from app.engine.errors import PayloadTooLarge
 from app.engine.interface import TokenIds
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=StrictJSONRoute)
+
+# Fail-fast lists: one error for a bad list, not one per item and per branch of the union.
+# Token ids are strict integers: JSON's true and false are not ids 1 and 0.
+Texts = Annotated[list[str], Field(fail_fast=True)]
+Ids = Annotated[list[StrictInt], Field(fail_fast=True)]
+IdLists = Annotated[list[Ids], Field(fail_fast=True)]
+INPUT_SHAPE = (
+    "must be a string, a list of strings, a list of token ids or a list of such lists "
+    "(token ids are integers; true and false are not)"
+)
 
 
 class OpenAIEmbeddingRequest(BaseModel):
     # OpenAI's clients may send fields this server does not use; accept and ignore them.
     model_config = ConfigDict(extra="ignore")
 
-    input: str | list[str] | list[int] | list[list[int]] = Field(
+    input: str | Texts | Ids | IdLists = Field(
         description="A text, a list of texts, or token ids (one list, or a list of lists)."
     )
     model: str = Field(description="A served embedding model's name.")
@@ -36,14 +56,23 @@ class OpenAIEmbeddingRequest(BaseModel):
     dimensions: int | None = Field(None, ge=1)
     user: str | None = Field(None, description="Ignored.")
 
-    @field_validator("input")
+    @field_validator("input", mode="wrap")
     @classmethod
-    def _not_empty(cls, value: Any) -> Any:
-        if isinstance(value, list) and not value:
-            raise ValueError("input must not be an empty list")
-        if value == "" or (isinstance(value, list) and "" in value):
+    def _check_input(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """The input count before any per-item work (a flat list of ids is one input)."""
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("input must not be an empty list")
+            limit = request_limits().max_inputs_per_request
+            if len(value) > limit and not isinstance(value[0], int):
+                raise PayloadTooLarge(f"{len(value)} inputs in one request; the limit is {limit}")
+        try:
+            checked = handler(value)
+        except ValidationError:
+            raise ValueError(INPUT_SHAPE) from None
+        if checked == "" or (isinstance(checked, list) and "" in checked):
             raise ValueError("input must not contain empty strings")
-        return value
+        return checked
 
 
 class OpenAIEmbedding(BaseModel):

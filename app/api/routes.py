@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
+from app.api.bodies import StrictJSONRoute
 from app.api.errors import error_response
 from app.api.handling import (
     checked_inputs,
@@ -30,10 +31,9 @@ from app.api.schemas import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from app.engine.errors import InvalidInput
 from app.engine.interface import ClassifyOptions
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
 
 
 @router.post("/encode", response_model=EncodeResponse, responses=ERRORS, tags=["inference"])
@@ -69,9 +69,7 @@ async def classify(body: ClassifyRequest, request: Request) -> Response:
         model = resolve_model(request, body.model, "classification")
         work = engine(request).classify(model.name, texts, options)
     else:
-        limit = server_state(request).settings.max_candidate_labels
-        if len(labels) > limit:
-            raise InvalidInput(f"{len(labels)} candidate_labels; the limit is {limit}")
+        # The label count, label and template limits are checked as the body is parsed.
         model = resolve_model(request, body.model, "embedding")
         template = body.hypothesis_template
         work = engine(request).zero_shot(model.name, texts, labels, template, options)
@@ -164,12 +162,16 @@ async def list_models(request: Request) -> ModelsResponse:
     )
 
 
+# Load balancers probe with HEAD too: the same answer, without its body (uvicorn drops it).
+# Kept out of the OpenAPI document, which describes the GET probes.
+@router.head("/health", include_in_schema=False)
 @router.get("/health", response_model=StatusResponse, tags=["operations"])
 async def health() -> StatusResponse:
     """200 while the process serves HTTP (liveness)."""
     return StatusResponse(status="ok")
 
 
+@router.head("/ready", include_in_schema=False)
 @router.get(
     "/ready", response_model=StatusResponse, responses={503: {"model": ErrorResponse}},
     tags=["operations"],

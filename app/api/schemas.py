@@ -1,8 +1,18 @@
-"""Wire schemas of the v1 HTTP contract (requests validated here, nowhere below)."""
+"""Wire schemas of the v1 HTTP contract (requests validated here, nowhere below).
+
+Every validator is linear in the body's size, checks a count limit before it looks at
+the items, and stops at the first mistake: one request must never hold the event loop
+(and every other request, /health included) for long. Lists are validated fail-fast,
+since pydantic otherwise builds one error object per bad item (seconds for a 4 MB body).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, fields
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -10,14 +20,72 @@ from pydantic import (
     Field,
     ValidatorFunctionWrapHandler,
     field_validator,
+    model_validator,
 )
 
+from app.config import Settings
+from app.engine.errors import PayloadTooLarge
 from app.engine.interface import DEFAULT_HYPOTHESIS_TEMPLATE
+
+# More unknown fields than this in one body are reported as one error, not one each.
+MAX_REPORTED_UNKNOWN_FIELDS = 5
+# No encoder has this many layers or heads: a longer index list necessarily repeats one.
+MAX_INDICES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """The settings request validators enforce (ENCODER_MAX_*)."""
+
+    max_inputs_per_request: int
+    max_input_chars: int
+    max_candidate_labels: int
+    max_label_chars: int
+    max_template_chars: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> RequestLimits:
+        return cls(**{field.name: getattr(settings, field.name) for field in fields(cls)})
+
+
+DEFAULT_LIMITS = RequestLimits(
+    **{field.name: Settings.model_fields[field.name].default for field in fields(RequestLimits)}
+)
+# Validators cannot be handed the app's settings: the route class (app/api/bodies.py) sets
+# them here for the request being parsed. Outside a request, the defaults apply.
+_limits: ContextVar[RequestLimits] = ContextVar("request_limits", default=DEFAULT_LIMITS)
+
+
+def request_limits() -> RequestLimits:
+    return _limits.get()
+
+
+@contextmanager
+def limits_for_request(limits: RequestLimits) -> Iterator[None]:
+    token = _limits.set(limits)
+    try:
+        yield
+    finally:
+        _limits.reset(token)
 
 
 class _Request(BaseModel):
     # Unknown fields are refused rather than silently ignored: a typo must not change results.
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _few_unknown_fields(cls, data: Any) -> Any:
+        """Many unknown fields are one error (pydantic would build one per field)."""
+        if isinstance(data, dict) and len(data) > len(cls.model_fields):
+            unknown = [key for key in data if key not in cls.model_fields]
+            if len(unknown) > MAX_REPORTED_UNKNOWN_FIELDS:
+                shown = ", ".join(repr(str(key)[:64]) for key in unknown[:3])
+                raise ValueError(
+                    f"{len(unknown)} unknown fields ({shown}, …); "
+                    f"accepted: {', '.join(cls.model_fields)}"
+                )
+        return data
 
 
 def as_list(inputs: str | list[str]) -> list[str]:
@@ -25,20 +93,88 @@ def as_list(inputs: str | list[str]) -> list[str]:
 
 
 def check_texts(value: Any, handler: ValidatorFunctionWrapHandler) -> str | list[str]:
-    """One clear message per mistake, instead of one per branch of `str | list[str]`."""
+    """One clear message per mistake, instead of one per branch of `str | list[str]`.
+
+    The count and character limits are 413s (PayloadTooLarge, which pydantic lets
+    through), checked here so that an oversized list costs no per-item work.
+    """
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list):
         raise ValueError(f"must be a string or a list of strings, not {type(value).__name__}")
     if not items:
         raise ValueError("must not be an empty list")
+    limits = request_limits()
+    if len(items) > limits.max_inputs_per_request:
+        raise PayloadTooLarge(
+            f"{len(items)} inputs in one request; the limit is {limits.max_inputs_per_request}"
+        )
     for index, item in enumerate(items):
         where = "the input" if isinstance(value, str) else f"item {index}"
         if not isinstance(item, str):
             raise ValueError(f"{where} must be a string, not {type(item).__name__}")
         if not item:
             raise ValueError(f"{where} is an empty string")
+        if len(item) > limits.max_input_chars:
+            raise PayloadTooLarge(
+                f"inputs[{index}] has {len(item)} characters; the limit is {limits.max_input_chars}"
+            )
     result: str | list[str] = handler(value)
     return result
+
+
+def check_labels(value: Any, handler: ValidatorFunctionWrapHandler) -> list[str] | None:
+    """Zero-shot labels: the count limit before anything else, then each label once."""
+    limits = request_limits()
+    if isinstance(value, list) and len(value) > limits.max_candidate_labels:
+        raise ValueError(
+            f"{len(value)} labels; the limit is {limits.max_candidate_labels} "
+            "(ENCODER_MAX_CANDIDATE_LABELS)"
+        )
+    labels: list[str] | None = handler(value)
+    if labels is None:
+        return None
+    if not labels:
+        raise ValueError("must not be empty; omit it to use the model's own labels")
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for index, label in enumerate(labels):
+        if len(label) > limits.max_label_chars:
+            raise ValueError(
+                f"item {index} has {len(label)} characters; the limit is "
+                f"{limits.max_label_chars} (ENCODER_MAX_LABEL_CHARS)"
+            )
+        if not label.strip():
+            raise ValueError(f"labels must not be empty strings (item {index})")
+        if label in seen:
+            repeated.append(label)
+        seen.add(label)
+    if repeated:
+        raise ValueError(f"labels must be distinct; repeated: {sorted(set(repeated))}")
+    return labels
+
+
+def check_template(template: str) -> str:
+    """Data, not a format string: one `{}` and no other brace, within the length limit."""
+    limit = request_limits().max_template_chars
+    if len(template) > limit:
+        raise ValueError(
+            f"{len(template)} characters; the limit is {limit} (ENCODER_MAX_TEMPLATE_CHARS)"
+        )
+    if template.count("{}") != 1 or template.count("{") + template.count("}") != 2:
+        raise ValueError(
+            "must contain exactly one {} placeholder (where the label goes) and no other brace"
+        )
+    return template
+
+
+def check_indices(value: Any) -> Any:
+    """Layer or head indices: the count before pydantic looks at each item."""
+    if isinstance(value, list) and len(value) > MAX_INDICES:
+        raise ValueError(f"{len(value)} indices; at most {MAX_INDICES}")
+    return value
+
+
+Indices = Annotated[list[int], Field(max_length=MAX_INDICES, fail_fast=True)]
 
 
 class EncodeRequest(_Request):
@@ -73,40 +209,18 @@ class ClassifyRequest(_Request):
     raw_scores: bool = Field(False, description="Logits (or cosines) instead of probabilities.")
     multi_label: bool = Field(False, description="Score each label on its own (sigmoid).")
     truncate: bool = Field(True, description="Cut inputs to the model's max length (else 422).")
-    candidate_labels: list[str] | None = Field(
+    candidate_labels: Annotated[list[str], Field(fail_fast=True)] | None = Field(
         None, description="Zero-shot: score these labels with an embedding model."
     )
     hypothesis_template: str = Field(
         DEFAULT_HYPOTHESIS_TEMPLATE,
-        description="Zero-shot: each label is embedded as this template with {} filled in.",
+        description="Zero-shot: each label is embedded as this template with its one {} "
+        "replaced by the label (no other brace; not a format string).",
     )
 
     _check_inputs = field_validator("inputs", mode="wrap")(check_texts)
-
-    @field_validator("candidate_labels")
-    @classmethod
-    def _distinct_labels(cls, labels: list[str] | None) -> list[str] | None:
-        if labels is None:
-            return None
-        if not labels:
-            raise ValueError("must not be empty; omit it to use the model's own labels")
-        if any(not label.strip() for label in labels):
-            raise ValueError("labels must not be empty strings")
-        duplicates = sorted({label for label in labels if labels.count(label) > 1})
-        if duplicates:
-            raise ValueError(f"labels must be distinct; repeated: {duplicates}")
-        return labels
-
-    @field_validator("hypothesis_template")
-    @classmethod
-    def _one_placeholder(cls, template: str) -> str:
-        try:
-            filled = template.format("label")
-        except (IndexError, KeyError, ValueError):
-            filled = None
-        if template.count("{}") != 1 or filled is None:
-            raise ValueError("must contain exactly one {} placeholder and no other braces")
-        return template
+    _check_labels = field_validator("candidate_labels", mode="wrap")(check_labels)
+    _check_template = field_validator("hypothesis_template")(check_template)
 
 
 class AttentionRequest(_Request):
@@ -114,8 +228,8 @@ class AttentionRequest(_Request):
     model: str | None = Field(
         None, description="Model name; defaults to the first embedding model."
     )
-    layers: list[int] | None = Field(None, description="Layer indices (0-based); default all.")
-    heads: list[int] | None = Field(None, description="Head indices (0-based); default all.")
+    layers: Indices | None = Field(None, description="Layer indices (0-based); default all.")
+    heads: Indices | None = Field(None, description="Head indices (0-based); default all.")
     aggregate: Literal["none", "mean", "rollout"] = Field(
         "mean",
         description="none: [layer][head][i][j]; mean over heads: [layer][i][j]; "
@@ -124,6 +238,8 @@ class AttentionRequest(_Request):
     truncate: bool = Field(
         True, description="Cut inputs past the attention token limit (else 413)."
     )
+
+    _check_indices = field_validator("layers", "heads", mode="before")(check_indices)
 
     @field_validator("inputs", mode="before")
     @classmethod

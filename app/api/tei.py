@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from app import __version__
+from app.api.bodies import StrictJSONRoute
 from app.api.handling import (
     checked_inputs,
     engine,
@@ -20,7 +21,7 @@ from app.api.handling import (
 from app.api.schemas import ERRORS, check_texts
 from app.engine.interface import ClassifyOptions
 
-router = APIRouter(tags=["tei"])
+router = APIRouter(tags=["tei"], route_class=StrictJSONRoute)
 
 # TEI names dtypes as torch does; int8 has no such name and is reported as is.
 MODEL_DTYPES = {"fp32": "float32", "fp16": "float16"}

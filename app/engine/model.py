@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -25,8 +27,52 @@ from app.metrics import Metrics
 
 DEFAULT_OPTIONS = ClassifyOptions()
 
-# Zero-shot label embeddings kept per model: (template, label) -> vector.
-LABEL_CACHE_SIZE = 4096
+# Zero-shot label embeddings cached per model, in bytes (ENCODER_LABEL_CACHE_BYTES).
+DEFAULT_LABEL_CACHE_BYTES = 32 * 1024 * 1024
+
+
+class LabelVectorCache:
+    """Label embeddings by (template, label), least recently used first out, bounded in bytes.
+
+    An entry costs its key strings and its vector (`sys.getsizeof`, so headers count too);
+    the total never exceeds `max_bytes`. Every method is synchronous: callers that await
+    between a lookup and a use must keep what they looked up, since another request may
+    evict it meanwhile.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._entries: OrderedDict[tuple[str, str], tuple[np.ndarray, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def cost(key: tuple[str, str], vector: np.ndarray) -> int:
+        return sys.getsizeof(key[0]) + sys.getsizeof(key[1]) + sys.getsizeof(vector)
+
+    def get(self, key: tuple[str, str]) -> np.ndarray | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key)
+        return entry[0]
+
+    def put(self, key: tuple[str, str], vector: np.ndarray) -> None:
+        """Keep `vector` (copied: a row of a batch would pin the whole batch in memory)."""
+        vector = np.array(vector, dtype=np.float32, copy=True)
+        size = self.cost(key, vector)
+        if size > self.max_bytes:
+            return  # would not fit even alone
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.nbytes -= old[1]
+        while self._entries and self.nbytes + size > self.max_bytes:
+            _, (_, freed) = self._entries.popitem(last=False)
+            self.nbytes -= freed
+        self._entries[key] = (vector, size)
+        self.nbytes += size
 
 
 class ServedModel:
@@ -38,12 +84,14 @@ class ServedModel:
         encoder: Encoder,
         head: ClassifierHead | None = None,
         metrics: Metrics | None = None,
+        *,
+        label_cache_bytes: int = DEFAULT_LABEL_CACHE_BYTES,
     ) -> None:
         self.manifest = manifest
         self.encoder = encoder
         self.head = head
         self._metrics = metrics
-        self._label_vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self.label_cache = LabelVectorCache(label_cache_bytes)
 
     @property
     def name(self) -> str:
@@ -120,8 +168,12 @@ class ServedModel:
                 f"candidate_labels (zero-shot) needs an embedding model; '{self.name}' is a "
                 f"{self.task} model with fixed labels"
             )
-        text_vectors = await self.embed(texts, truncate=options.truncate)
+        problem = classification.template_problem(template)
+        if problem is not None:
+            raise InvalidInput(f"hypothesis_template {problem}")
+        # Labels first: a label the template cannot hold fails before the texts cost a pass.
         label_vectors = await self._label_embeddings(template, labels)
+        text_vectors = await self.embed(texts, truncate=options.truncate)
         similarities = text_vectors.vectors @ label_vectors.T
         scores = classification.zero_shot_scores(
             similarities, raw=options.raw_scores, multi_label=options.multi_label
@@ -157,17 +209,37 @@ class ServedModel:
         return Tokenization([tokens for tokens, _ in spans], [cut for _, cut in spans])
 
     async def _label_embeddings(self, template: str, labels: list[str]) -> np.ndarray:
-        """Normalized embeddings of the filled templates, cached per (template, label)."""
-        cache = self._label_vectors
-        missing = [label for label in labels if (template, label) not in cache]
-        if missing:
-            fresh = await self.embed([template.format(label) for label in missing])
-            for label, vector in zip(missing, fresh.vectors, strict=True):
-                cache[(template, label)] = vector
-        vectors = []
+        """Normalized embeddings of the filled templates, cached per (template, label).
+
+        Built only from what this request found in the cache before awaiting and what it
+        embedded itself: concurrent requests may evict any entry while this one awaits.
+        A filled template longer than the model's max length is refused (InvalidInput
+        naming the label): truncation would cut the label off, and every label so cut
+        would score alike. The check reads the truncation flag of the one tokenization
+        the embedding needs anyway.
+        """
+        found: dict[str, np.ndarray] = {}
         for label in labels:
-            cache.move_to_end((template, label))
-            vectors.append(cache[(template, label)])
-        while len(cache) > LABEL_CACHE_SIZE:
-            cache.popitem(last=False)
-        return np.stack(vectors)
+            vector = self.label_cache.get((template, label))
+            if vector is not None:
+                found[label] = vector
+        missing = list(dict.fromkeys(label for label in labels if label not in found))
+        if missing:
+            started = time.monotonic()
+            hypotheses = [classification.fill_template(template, label) for label in missing]
+            encoded = await self.encoder.tokenize(hypotheses, truncate=True)
+            for label, item in zip(missing, encoded, strict=True):
+                if item.truncated:
+                    index = labels.index(label)
+                    raise InvalidInput(
+                        f"candidate_labels[{index}] ({label[:64]!r}): the hypothesis_template "
+                        "filled with it is longer than the max length of model "
+                        f"'{self.name}' ({self.manifest.max_length} tokens), so truncation "
+                        "would cut the label off; shorten the label or the template"
+                    )
+            output = await self.encoder.run_tokenized(encoded, started)
+            self._count_tokens(output.tokens)
+            for label, vector in zip(missing, normalize_rows(output.vectors), strict=True):
+                found[label] = vector
+                self.label_cache.put((template, label), vector)
+        return np.stack([found[label] for label in labels]).astype(np.float32, copy=False)

@@ -1,0 +1,124 @@
+"""Request bodies: strict JSON (valid UTF-8, valid Unicode) and the limits their validators use.
+
+Every route that takes a body is an `StrictJSONRoute`, so this is the one place where
+bytes become Python values. A body that is not UTF-8 is a 400; a string with a lone
+surrogate escape (`"\\ud800"`, valid JSON but not Unicode) a 422 naming its field. Such
+strings never reach a validator, the tokenizer or an error message (orjson, which writes
+every answer, refuses to write them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.routing import APIRoute
+from starlette.responses import Response
+
+from app.api.errors import RequestRejected
+from app.api.lifecycle import ServerState
+from app.api.schemas import RequestLimits, limits_for_request
+
+NOT_UTF8 = "the request body is not valid UTF-8 JSON"
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON value of `body`; RequestRejected (400, 422) for what is not Unicode.
+
+    orjson reads valid bodies (fast, and it refuses invalid UTF-8 and lone surrogates).
+    What it refuses is read again by the standard library, only to tell why: invalid
+    UTF-8 (400), a lone surrogate (422, with its path), malformed JSON
+    (json.JSONDecodeError, which FastAPI turns into the usual 400), or JSON that orjson
+    is stricter about than the standard library (NaN, numbers beyond a double), which is
+    accepted as before and left to the fields' validation.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestRejected(400, "malformed_json", NOT_UTF8) from None
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise RequestRejected(
+            400, "malformed_json", "the request body is nested too deeply"
+        ) from None
+    path = lone_surrogate_path(value)
+    if path is not None:
+        where = f"{path}: " if path else ""
+        raise RequestRejected(
+            422,
+            "validation_error",
+            f"{where}contains a lone surrogate escape (\\ud800-\\udfff), which is not valid "
+            "Unicode; send text as UTF-8 or as paired escapes",
+        )
+    return value
+
+
+def _is_unicode(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _children(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield (f"{path}.{key}" if path else str(key)), item
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield f"{path}.{index}", item
+
+
+def lone_surrogate_path(value: Any) -> str | None:
+    """The dotted path (as validation errors name fields) of the first string, or object
+    key, that holds a lone surrogate; None when there is none. Iterative: a deeply nested
+    body cannot exhaust the stack."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if not _is_unicode(item):
+                return path
+            continue
+        if isinstance(item, dict):
+            for key in item:
+                if not _is_unicode(key):
+                    return f"{path}.{key}" if path else key
+        children = list(_children(item, path))
+        stack.extend(reversed(children))
+    return None
+
+
+class StrictJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = parse_json(await self.body())
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """Parses the body with `parse_json`, and validates it under this app's request limits."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def strict_handler(request: Request) -> Response:
+            state: ServerState = request.app.state.server
+            with limits_for_request(RequestLimits.of(state.settings)):
+                return await handle(StrictJSONRequest(request.scope, request.receive))
+
+        return strict_handler
+
+
+__all__ = ["NOT_UTF8", "RequestLimits", "StrictJSONRoute", "lone_surrogate_path", "parse_json"]
