@@ -7,6 +7,7 @@ from types import FrameType
 
 import uvicorn
 
+from app.api.connections import ConnectionLimits, GuardedHttpToolsProtocol, raise_open_files_limit
 from app.api.lifecycle import ServerState
 
 
@@ -40,17 +41,28 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(app_state: ServerState, app: object, host: str, port: int, access_log: bool) -> None:
+    settings = app_state.settings
+    limits = ConnectionLimits(
+        max_header_bytes=settings.max_header_bytes,
+        read_timeout_s=settings.read_timeout_s,
+        max_connections=settings.max_connections,
+    )
+    # The cap is only worth its 503 if accept() does not fail on descriptors first.
+    raise_open_files_limit(limits.max_connections)
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
         port=port,
+        # httptools (uvicorn's fastest parser) with bounds on headers, read time and
+        # connections; uvicorn itself has none of them for httptools.
+        http=GuardedHttpToolsProtocol.with_limits(limits),
         log_config=None,
         access_log=access_log,
         # Work was drained already; connections get as long again to send their answers.
-        timeout_graceful_shutdown=max(int(app_state.settings.drain_s), 1),
+        timeout_graceful_shutdown=max(int(settings.drain_s), 1),
         # Longer than clients and load balancers keep idle connections (httpx 5 s, nginx
         # 60 s), so they close first: when the server closes one as a client sends on
         # it, that request fails (uvicorn's default of 5 s raced httpx's 5 s expiry).
-        timeout_keep_alive=app_state.settings.keep_alive_s,
+        timeout_keep_alive=settings.keep_alive_s,
     )
     DrainingServer(config, app_state).run()
