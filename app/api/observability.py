@@ -11,6 +11,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import internal_error_response
 from app.engine.interface import RequestTiming, current_timing
 from app.metrics import Metrics
 
@@ -38,10 +39,12 @@ class RequestObservabilityMiddleware:
         timing = RequestTiming()
         token = current_timing.set(timing)
         status = 500  # what the client sees if the app raises before responding
+        started_response = False
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
+                started_response = True
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
                 headers["x-request-id"] = request_id
@@ -52,6 +55,21 @@ class RequestObservabilityMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except Exception as error:
+            # A bug. Answered here rather than by Starlette's outer ServerErrorMiddleware, so
+            # the 500 carries the request id and timing headers and is counted, and the
+            # connection stays open (the exception does not reach uvicorn).
+            log.error(
+                "unhandled error on %s %s",
+                scope["method"],
+                scope["path"],
+                exc_info=error,
+                extra={"request_id": request_id},
+            )
+            if not started_response:
+                await internal_error_response(scope["path"])(scope, receive, send_with_headers)
+            # Otherwise part of an answer is out and nothing can be sent: returning with it
+            # incomplete makes uvicorn close the connection.
         finally:
             current_timing.reset(token)
             if scope["path"] not in UNOBSERVED_PATHS:

@@ -38,3 +38,49 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     missing = [f"ENCODER_{name.upper()}" for name in Settings.model_fields]
     missing = [variable for variable in missing if f"`{variable}`" not in text]
     assert not missing, f"settings missing from the README table: {missing}"
+
+
+# -- ENCODER_API_KEY: a value that yields no key must not silently leave the API open ------
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_api_key_means_no_keys(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    # docker compose passes `ENCODER_API_KEY: ${API_KEY:-}`, empty when API_KEY is unset.
+    monkeypatch.setenv("ENCODER_API_KEY", value)
+    assert Settings().api_key == []
+
+
+def test_api_keys_are_split_on_commas(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENCODER_API_KEY", " key-one , key-two,")
+    assert [key.get_secret_value() for key in Settings().api_key] == ["key-one", "key-two"]
+    keys = Settings(api_key=["a", "b"]).api_key  # type: ignore[list-item]
+    assert [key.get_secret_value() for key in keys] == ["a", "b"]
+
+
+@pytest.mark.parametrize("value", [",", " , ", ",,,", " ,\t, "])
+def test_an_api_key_value_without_keys_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("ENCODER_API_KEY", value)
+    with pytest.raises(ValidationError, match="ENCODER_API_KEY is set but holds no key"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    "value", ["good,bad key", "good,bad\tkey", "bad\x01key", "bad\u2028key", "bad\x85key"]
+)
+def test_api_keys_with_whitespace_or_control_characters_are_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("ENCODER_API_KEY", value)
+    with pytest.raises(ValidationError, match="contains whitespace or a control character") as info:
+        Settings()
+    assert "ENCODER_API_KEY" in str(info.value)
+    assert "bad" not in str(info.value)  # the message never repeats a key
+
+
+def test_api_keys_given_as_a_list_are_checked_too() -> None:
+    with pytest.raises(ValidationError, match="key 2 of 2 is empty"):
+        Settings(api_key=["fine", ""])  # type: ignore[list-item]
+    with pytest.raises(ValidationError, match="whitespace"):
+        Settings(api_key=["two words"])  # type: ignore[list-item]
