@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -17,10 +18,47 @@ def _split_names(value: object) -> object:
     return value
 
 
+def _api_keys(value: object) -> object:
+    """`ENCODER_API_KEY`: comma-separated keys; empty or unset (blank) means none.
+
+    A value that is set but holds no key (`" , "`) would silently leave the API open, and
+    a key with whitespace or a control character inside could never match a header: both
+    are refused. Messages never repeat a key.
+    """
+    if isinstance(value, str):
+        if not value.strip():
+            return []
+        keys: list[object] = [key.strip() for key in value.split(",") if key.strip()]
+        if not keys:
+            raise ValueError(
+                "ENCODER_API_KEY is set but holds no key (only commas and spaces); "
+                "unset it or leave it empty to serve without keys"
+            )
+    elif isinstance(value, list | tuple):
+        keys = list(value)
+    else:
+        return value
+    for number, key in enumerate(keys, 1):
+        text = key.get_secret_value() if isinstance(key, SecretStr) else key
+        if not isinstance(text, str):
+            continue  # pydantic refuses it with its own message
+        if not text:
+            raise ValueError(f"ENCODER_API_KEY: key {number} of {len(keys)} is empty")
+        if any(char.isspace() or unicodedata.category(char) == "Cc" for char in text):
+            raise ValueError(
+                f"ENCODER_API_KEY: key {number} of {len(keys)} contains whitespace or a "
+                "control character, so no 'Authorization: Bearer' header could match it"
+            )
+    return keys
+
+
 class Settings(BaseSettings):
     """Server settings; each field `x` is also the environment variable `ENCODER_X`."""
 
-    model_config = SettingsConfigDict(env_prefix="ENCODER_", extra="ignore")
+    # Errors name the variable and the problem but never echo its value (API keys are secret).
+    model_config = SettingsConfigDict(
+        env_prefix="ENCODER_", extra="ignore", hide_input_in_errors=True
+    )
 
     # Network
     host: str = "0.0.0.0"
@@ -64,11 +102,50 @@ class Settings(BaseSettings):
         75, ge=1, description="Idle keep-alive connections close after this (clients' first)."
     )
 
+    # Connections (app/api/connections.py)
+    # nginx lets a request carry up to 4 x 8 KiB of headers (large_client_header_buffers):
+    # whatever a proxy in front passes is accepted here too (Node allows 16 KiB, gunicorn
+    # 8 KiB per field); an API request with a bearer key needs well under 1 KiB.
+    max_header_bytes: int = Field(
+        32768, ge=1024, description="Request line + headers before 431 (counted as they arrive)."
+    )
+    # Slowloris: a request must arrive whole within this. The largest accepted body (4 MiB)
+    # needs about 1.1 Mbit/s to make it; nginx and Node wait 60 s for headers alone.
+    read_timeout_s: float = Field(
+        30.0, gt=0, description="Time to receive a whole request from its first byte."
+    )
+    # 2,000 idle connections must leave room for normal traffic; the soft RLIMIT_NOFILE is
+    # raised at start-up to fit this many plus the process's own descriptors.
+    max_connections: int = Field(
+        4096, ge=1, description="Open connections before new ones are refused with 503."
+    )
+
     # Request limits
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_inputs_per_request: int = Field(256, ge=1)
     max_input_chars: int = Field(100_000, ge=1, description="Characters of one input.")
     max_candidate_labels: int = Field(32, ge=1, description="Zero-shot labels per request.")
+    # A label is a class name or a short phrase: 256 characters (~50 words) is far beyond
+    # any real one, yet keeps 32 labels within a few KB and, in the default template,
+    # within the 256-token max length of the default model for ordinary text.
+    max_label_chars: int = Field(
+        256, ge=1, description="Characters of one zero-shot candidate label before 422."
+    )
+    # A template is one sentence with a slot: 1024 characters (~250 tokens of English) is
+    # about the default model's whole max length, so a longer one could never leave room
+    # for the label. It also bounds the template stored in each label-cache key.
+    max_template_chars: int = Field(
+        1024, ge=2, description="Characters of a zero-shot hypothesis_template before 422."
+    )
+    # Per embedding model. At 384 dimensions an entry (the template and label strings plus
+    # a 1.5 KB float32 vector) takes ~2 KB, so 32 MiB keeps ~16,000 (template, label)
+    # pairs: every label set a real deployment reuses, in memory small next to the model.
+    label_cache_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=0,
+        description="Bytes of zero-shot label embeddings (vectors and their keys) cached "
+        "per embedding model; 0 turns the cache off.",
+    )
     max_attention_tokens: int = Field(128, ge=2, description="Tokens of an /attention input.")
 
     # Access control
@@ -82,9 +159,10 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     access_log: bool = Field(False, description="uvicorn's own access log (doubles the lines).")
 
-    _split_lists = field_validator(
-        "models", "default_models", "api_key", "cors_origins", mode="before"
-    )(_split_names)
+    _split_lists = field_validator("models", "default_models", "cors_origins", mode="before")(
+        _split_names
+    )
+    _check_api_keys = field_validator("api_key", mode="before")(_api_keys)
 
     @model_validator(mode="after")
     def _resolve_threads(self) -> Settings:
