@@ -272,16 +272,17 @@ async def test_deadline_passed_in_the_queue_is_504_without_inference(
 
 
 def test_a_client_that_disconnects_has_its_queued_inputs_dropped(server: LiveServer) -> None:
-    def rejected() -> float:
+    def sample(series: str) -> float:
+        """The series' value; 0 before it exists (a histogram appears at its first pass)."""
         text = httpx.get(f"{server.url}/metrics").text
-        line = next(
-            line
-            for line in text.splitlines()
-            if line.startswith('encoder_rejected_total{model="minilm",reason="cancelled"}')
-        )
-        return float(line.rsplit(" ", 1)[1])
+        lines = [line for line in text.splitlines() if line.startswith(series)]
+        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+    def rejected() -> float:
+        return sample('encoder_rejected_total{model="minilm",reason="cancelled"}')
 
     before = rejected()
+    passes_before = sample('encoder_batch_size_count{model="minilm"}')
     long_texts = [f"{i} " + "a long input to keep the model busy " * 40 for i in range(64)]
     host, port = server.url.removeprefix("http://").split(":")
     with httpx.Client(base_url=server.url, timeout=120) as client:
@@ -293,7 +294,12 @@ def test_a_client_that_disconnects_has_its_queued_inputs_dropped(server: LiveSer
 
             worker = threading.Thread(target=client.send, args=(busy,))
             worker.start()
-            time.sleep(0.3)
+            # Until its batch is in the forward pass (a fixed sleep was too short on a
+            # loaded machine): the hung-up input then waits for that long batch.
+            deadline = time.monotonic() + 30
+            while sample('encoder_batch_size_count{model="minilm"}') == passes_before:
+                assert time.monotonic() < deadline, "the long request never ran"
+                time.sleep(0.01)
             sock.sendall(
                 b"POST /encode HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
                 + f"content-length: {len(body)}\r\n\r\n".encode()
