@@ -18,15 +18,20 @@ def _split_names(value: object) -> object:
     return value
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _api_keys(value: object) -> object:
-    """`ENCODER_API_KEY`: comma-separated keys; empty or unset (blank) means none.
+    """`ENCODER_API_KEY`: comma-separated keys; empty or unset means none.
 
     A value that is set but holds no key (`" , "`) would silently leave the API open, and
     a key with whitespace or a control character inside could never match a header: both
     are refused. Messages never repeat a key.
     """
     if isinstance(value, str):
-        if not value.strip():
+        if value == "":
             return []
         keys: list[object] = [key.strip() for key in value.split(",") if key.strip()]
         if not keys:
@@ -80,7 +85,12 @@ class Settings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     intra_op_threads: int = Field(
-        0, ge=0, description="Threads per forward pass; 0 uses every available core."
+        0, ge=0, description="Threads of a model's passes, shared by its instances; 0: all."
+    )
+    instances: int | Literal["auto"] = Field(
+        "auto",
+        description="Backend sessions per model running batches side by side (model.json "
+        "batching.instances overrides); auto: see app/engine/instances.py.",
     )
     warmup: bool = True
 
@@ -167,5 +177,5 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _resolve_threads(self) -> Settings:
         if self.intra_op_threads == 0:
-            self.intra_op_threads = len(os.sched_getaffinity(0))
+            self.intra_op_threads = available_cores()
         return self

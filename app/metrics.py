@@ -84,6 +84,19 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        # Model instances (ENCODER_INSTANCES): how many run a batch now, and batches each ran.
+        self.instances_busy = Gauge(
+            "encoder_instances_busy",
+            "Model instances running a batch now.",
+            ["model"],
+            registry=r,
+        )
+        self.instance_batches = Counter(
+            "encoder_instance_batches",
+            "Batches run, per model instance.",
+            ["model", "instance"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "encoder_model_info",
             "Loaded models (value 1).",

@@ -22,11 +22,15 @@ log = logging.getLogger(__name__)
 # Closing at once with unread bytes makes the kernel send a reset, which can destroy the
 # answer before the client reads it (a client still writing a 1 MB header never sees a 431).
 LINGER_S = 2.0
+# Refused connections lingering at once, at most: past this (a flood of refusals), a
+# refusal closes at once, so lingering never eats the descriptors the cap protects.
+MAX_LINGERING = 256
 # Descriptors the process needs besides its client connections: the listening socket,
 # model files, logs, the event loop's own, and refused connections while they linger.
 FD_HEADROOM = 1024
 # At most one log line per kind of refusal per this many seconds (a flood must not flood
-# the log too); the line says how many connections were refused since the last one.
+# the log too); the line says how many connections were refused since the last line
+# (refusals after the last line of a burst are counted in the next burst's line).
 LOG_INTERVAL_S = 10.0
 
 
@@ -75,11 +79,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     limits: ClassVar[ConnectionLimits]
     tallies: ClassVar[dict[int, _Tally]]
+    lingering: ClassVar[list[int]]  # refused connections lingering now (one shared cell)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._read_timer: asyncio.TimerHandle | None = None
-        self._linger_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None  # set while lingering
         self._waiting_first_byte = True
         # Between the end of one request and the end of the next one's headers.
         self._in_head = True
@@ -97,7 +102,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             408: _Tally("closed: request not received within the read timeout", logging.INFO),
             503: _Tally("refused with 503: at the connection limit"),
         }
-        bound = type(cls.__name__, (cls,), {"limits": limits, "tallies": tallies})
+        bound = type(cls.__name__, (cls,), {"limits": limits, "tallies": tallies, "lingering": [0]})
         return cast(type[GuardedHttpToolsProtocol], bound)
 
     # Connection lifetime
@@ -121,6 +126,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
+            self.lingering[0] -= 1
         super().connection_lost(exc)
 
     def handle_websocket_upgrade(self) -> None:
@@ -239,6 +245,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, kind: str, message: str) -> None:
         """Answer `status` and close; an answer already on its way is finished first."""
         cycle = self.cycle
+        if cycle is not None and cycle.response_complete:
+            # Answered already (a 413 before its body came, or the last request of a
+            # kept-alive connection): a second answer would be read as the next one's.
+            self._discarding = True
+            self.transport.close()
+            return
         if cycle is not None and not cycle.response_complete:
             if cycle.response_started or not cycle.more_body:
                 # A complete request is being answered (the refused bytes are a pipelined
@@ -269,8 +281,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         if self.flow is not None:
             self.flow.resume_reading()  # read (and drop) what the client still sends
-        if self.transport.can_write_eof():
+        if self.transport.can_write_eof() and self.lingering[0] < MAX_LINGERING:
             self.transport.write_eof()
+            self.lingering[0] += 1
             self._linger_timer = self.loop.call_later(LINGER_S, self.transport.close)
         else:
             self.transport.close()

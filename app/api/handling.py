@@ -11,8 +11,7 @@ from fastapi import Request
 from starlette.responses import Response
 
 from app.api.lifecycle import ServerState
-from app.api.schemas import as_list
-from app.engine.errors import ClientDisconnected, PayloadTooLarge
+from app.engine.errors import ClientDisconnected
 from app.engine.interface import Engine, ModelDescription, Task
 
 T = TypeVar("T")
@@ -39,26 +38,6 @@ def resolve_model(request: Request, name: str | None, task: Task) -> ModelDescri
     model = engine(request).model(name, task)
     request.state.model = model.name  # the `model` label of this request's metrics
     return model
-
-
-def checked_inputs(request: Request, inputs: str | list[str]) -> list[str]:
-    """The request's texts, within the count and length limits (413 before tokenizing)."""
-    texts = as_list(inputs)
-    check_input_count(request, len(texts))
-    settings = server_state(request).settings
-    for index, text in enumerate(texts):
-        if len(text) > settings.max_input_chars:
-            raise PayloadTooLarge(
-                f"inputs[{index}] has {len(text)} characters; the limit is "
-                f"{settings.max_input_chars}"
-            )
-    return texts
-
-
-def check_input_count(request: Request, count: int) -> None:
-    limit = server_state(request).settings.max_inputs_per_request
-    if count > limit:
-        raise PayloadTooLarge(f"{count} inputs in one request; the limit is {limit}")
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

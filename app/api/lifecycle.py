@@ -76,8 +76,9 @@ class ServerState:
         """Refuse new work (503, /ready too) and wait up to `drain_s` for queued work to finish."""
         self.draining = True
         log.info("draining: waiting up to %g s for queued work", self.settings.drain_s)
-        if self._engine is not None:
-            await self._engine.drain(self.settings.drain_s)
+        if self._engine is not None and not await self._engine.drain(self.settings.drain_s):
+            log.warning("drain: work still queued after %g s; it fails now", self.settings.drain_s)
+            return
         log.info("drained")
 
     async def close(self) -> None:

@@ -20,15 +20,12 @@ from starlette.responses import Response
 
 from app.api.bodies import StrictJSONRoute
 from app.api.handling import (
-    check_input_count,
-    checked_inputs,
     engine,
     json_response,
     resolve_model,
     unless_disconnected,
 )
-from app.api.schemas import OPENAI_ERRORS, request_limits
-from app.engine.errors import PayloadTooLarge
+from app.api.schemas import OPENAI_ERRORS, check_input_chars, check_input_count
 from app.engine.interface import TokenIds
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=StrictJSONRoute)
@@ -63,15 +60,18 @@ class OpenAIEmbeddingRequest(BaseModel):
         if isinstance(value, list):
             if not value:
                 raise ValueError("input must not be an empty list")
-            limit = request_limits().max_inputs_per_request
-            if len(value) > limit and not isinstance(value[0], int):
-                raise PayloadTooLarge(f"{len(value)} inputs in one request; the limit is {limit}")
+            if not isinstance(value[0], int):  # a flat list of ids is one input
+                check_input_count(len(value))
         try:
             checked = handler(value)
         except ValidationError:
             raise ValueError(INPUT_SHAPE) from None
         if checked == "" or (isinstance(checked, list) and "" in checked):
             raise ValueError("input must not contain empty strings")
+        texts = [checked] if isinstance(checked, str) else checked
+        for index, text in enumerate(texts):
+            if isinstance(text, str):
+                check_input_chars(index, text)
         return checked
 
 
@@ -105,16 +105,12 @@ class OpenAIModelList(BaseModel):
     data: list[OpenAIModel]
 
 
-def _inputs(
-    request: Request, raw: str | list[str] | list[int] | list[list[int]]
-) -> list[str] | TokenIds:
+def _inputs(raw: str | list[str] | list[int] | list[list[int]]) -> list[str] | TokenIds:
     """Texts, or token ids: one list of ids is one input, a list of lists is several."""
     items: list[Any] = [raw] if isinstance(raw, str) else list(raw)
     if all(isinstance(item, str) for item in items):
-        return checked_inputs(request, items)
-    ids = [items] if all(isinstance(item, int) for item in items) else items
-    check_input_count(request, len(ids))
-    return TokenIds(ids)
+        return items  # counted and measured by the request's validation
+    return TokenIds([items] if all(isinstance(item, int) for item in items) else items)
 
 
 def _as_base64(vector: np.ndarray) -> str:
@@ -126,7 +122,7 @@ def _as_base64(vector: np.ndarray) -> str:
 async def create_embeddings(body: OpenAIEmbeddingRequest, request: Request) -> Response:
     """Embeddings exactly as OpenAI's API returns them."""
     model = resolve_model(request, body.model, "embedding")
-    inputs = _inputs(request, body.input)
+    inputs = _inputs(body.input)
     work = engine(request).embed(model.name, inputs, dimensions=body.dimensions)
     result = await unless_disconnected(request, work)
     encode = _as_base64 if body.encoding_format == "base64" else (lambda v: v)

@@ -9,7 +9,6 @@ from starlette.responses import Response
 from app.api.bodies import StrictJSONRoute
 from app.api.errors import error_response
 from app.api.handling import (
-    checked_inputs,
     engine,
     json_response,
     resolve_model,
@@ -30,6 +29,7 @@ from app.api.schemas import (
     StatusResponse,
     TokenizeRequest,
     TokenizeResponse,
+    as_list,
 )
 from app.engine.interface import ClassifyOptions
 
@@ -39,7 +39,7 @@ router = APIRouter(route_class=StrictJSONRoute)
 @router.post("/encode", response_model=EncodeResponse, responses=ERRORS, tags=["inference"])
 async def encode(body: EncodeRequest, request: Request) -> Response:
     """Sentence embeddings, in input order."""
-    texts = checked_inputs(request, body.inputs)
+    texts = as_list(body.inputs)
     model = resolve_model(request, body.model, "embedding")
     work = engine(request).embed(
         model.name,
@@ -62,7 +62,7 @@ async def encode(body: EncodeRequest, request: Request) -> Response:
 @router.post("/classify", response_model=ClassifyResponse, responses=ERRORS, tags=["inference"])
 async def classify(body: ClassifyRequest, request: Request) -> Response:
     """Label scores per input, highest first: a classifier's labels, or zero-shot candidates."""
-    texts = checked_inputs(request, body.inputs)
+    texts = as_list(body.inputs)
     labels = body.candidate_labels
     options = ClassifyOptions(body.truncate, body.top_k, body.raw_scores, body.multi_label)
     if labels is None:
@@ -88,7 +88,7 @@ async def classify(body: ClassifyRequest, request: Request) -> Response:
 @router.post("/attention", response_model=AttentionResponse, responses=ERRORS, tags=["inference"])
 async def attention(body: AttentionRequest, request: Request) -> Response:
     """Attention probabilities of one input: per head, averaged over heads, or rolled out."""
-    (text,) = checked_inputs(request, body.inputs)
+    (text,) = as_list(body.inputs)
     model = resolve_model(request, body.model, "embedding")
     work = engine(request).attention(
         model.name,
@@ -117,7 +117,7 @@ async def attention(body: AttentionRequest, request: Request) -> Response:
 @router.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS, tags=["inference"])
 async def tokenize(body: TokenizeRequest, request: Request) -> Response:
     """The model's tokens of each input, with character spans; special tokens marked."""
-    texts = checked_inputs(request, body.inputs)
+    texts = as_list(body.inputs)
     model = resolve_model(request, body.model, "embedding")
     result = await unless_disconnected(request, engine(request).tokenize(model.name, texts))
     return json_response(
@@ -156,6 +156,7 @@ async def list_models(request: Request) -> ModelsResponse:
                 device=model.device,
                 precision=model.precision,
                 pooling=model.pooling,
+                instances=model.instances,
             )
             for model in engine(request).models()
         ]

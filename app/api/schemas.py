@@ -25,7 +25,7 @@ from pydantic import (
 
 from app.config import Settings
 from app.engine.errors import PayloadTooLarge
-from app.engine.interface import DEFAULT_HYPOTHESIS_TEMPLATE
+from app.engine.interface import DEFAULT_HYPOTHESIS_TEMPLATE, template_problem
 
 # More unknown fields than this in one body are reported as one error, not one each.
 MAX_REPORTED_UNKNOWN_FIELDS = 5
@@ -103,23 +103,30 @@ def check_texts(value: Any, handler: ValidatorFunctionWrapHandler) -> str | list
         raise ValueError(f"must be a string or a list of strings, not {type(value).__name__}")
     if not items:
         raise ValueError("must not be an empty list")
-    limits = request_limits()
-    if len(items) > limits.max_inputs_per_request:
-        raise PayloadTooLarge(
-            f"{len(items)} inputs in one request; the limit is {limits.max_inputs_per_request}"
-        )
+    check_input_count(len(items))
     for index, item in enumerate(items):
         where = "the input" if isinstance(value, str) else f"item {index}"
         if not isinstance(item, str):
             raise ValueError(f"{where} must be a string, not {type(item).__name__}")
         if not item:
             raise ValueError(f"{where} is an empty string")
-        if len(item) > limits.max_input_chars:
-            raise PayloadTooLarge(
-                f"inputs[{index}] has {len(item)} characters; the limit is {limits.max_input_chars}"
-            )
+        check_input_chars(index, item)
     result: str | list[str] = handler(value)
     return result
+
+
+def check_input_count(count: int) -> None:
+    """ENCODER_MAX_INPUTS_PER_REQUEST, a 413 (PayloadTooLarge, which pydantic lets through)."""
+    limit = request_limits().max_inputs_per_request
+    if count > limit:
+        raise PayloadTooLarge(f"{count} inputs in one request; the limit is {limit}")
+
+
+def check_input_chars(index: int, text: str) -> None:
+    """ENCODER_MAX_INPUT_CHARS for one input, a 413."""
+    limit = request_limits().max_input_chars
+    if len(text) > limit:
+        raise PayloadTooLarge(f"inputs[{index}] has {len(text)} characters; the limit is {limit}")
 
 
 def check_labels(value: Any, handler: ValidatorFunctionWrapHandler) -> list[str] | None:
@@ -160,10 +167,9 @@ def check_template(template: str) -> str:
         raise ValueError(
             f"{len(template)} characters; the limit is {limit} (ENCODER_MAX_TEMPLATE_CHARS)"
         )
-    if template.count("{}") != 1 or template.count("{") + template.count("}") != 2:
-        raise ValueError(
-            "must contain exactly one {} placeholder (where the label goes) and no other brace"
-        )
+    problem = template_problem(template)
+    if problem is not None:
+        raise ValueError(problem)
     return template
 
 
@@ -248,6 +254,8 @@ class AttentionRequest(_Request):
             raise ValueError("must be one string: attention maps are computed per input")
         if value == "":
             raise ValueError("the input is an empty string")
+        if isinstance(value, str):
+            check_input_chars(0, value)
         return value
 
 
@@ -318,6 +326,7 @@ class ModelInfo(BaseModel):
     device: str
     precision: str
     pooling: str
+    instances: int = Field(description="Backend sessions running batches side by side.")
 
 
 class ModelsResponse(BaseModel):

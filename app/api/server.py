@@ -22,17 +22,17 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
         super().__init__(config)
         self.state = state
-        self._draining: asyncio.Future[None] | None = None
+        self._draining = False  # the first signal came; a second one skips the wait
         # A model that fails to load stops start-up: the app asks the server to exit.
         state.request_shutdown = lambda: setattr(self, "should_exit", True)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._draining is not None or self.should_exit:
+        if self._draining or self.should_exit:
             super().handle_exit(sig, frame)
             return
         loop = asyncio.get_event_loop()
         # Called from a signal handler: schedule through the loop's thread-safe door.
-        self._draining = loop.create_future()
+        self._draining = True
         loop.call_soon_threadsafe(lambda: loop.create_task(self._drain_then_exit(sig, frame)))
 
     async def _drain_then_exit(self, sig: int, frame: FrameType | None) -> None:

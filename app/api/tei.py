@@ -11,14 +11,13 @@ from starlette.responses import Response
 from app import __version__
 from app.api.bodies import StrictJSONRoute
 from app.api.handling import (
-    checked_inputs,
     engine,
     json_response,
     resolve_model,
     server_state,
     unless_disconnected,
 )
-from app.api.schemas import ERRORS, check_texts
+from app.api.schemas import ERRORS, as_list, check_texts
 from app.engine.interface import ClassifyOptions
 
 router = APIRouter(tags=["tei"], route_class=StrictJSONRoute)
@@ -72,7 +71,7 @@ class TeiInfo(BaseModel):
 @router.post("/embed", response_model=list[list[float]], responses=ERRORS)
 async def embed(body: TeiEmbedRequest, request: Request) -> Response:
     """A bare list of vectors from the default embedding model."""
-    texts = checked_inputs(request, body.inputs)
+    texts = as_list(body.inputs)
     model = resolve_model(request, None, "embedding")
     work = engine(request).embed(
         model.name,
@@ -92,7 +91,7 @@ async def embed(body: TeiEmbedRequest, request: Request) -> Response:
 )
 async def predict(body: TeiPredictRequest, request: Request) -> Response:
     """Label scores from the default classification model: a list for one input, else lists."""
-    texts = checked_inputs(request, body.inputs)
+    texts = as_list(body.inputs)
     model = resolve_model(request, None, "classification")
     options = ClassifyOptions(truncate=body.truncate, raw_scores=body.raw_scores)
     result = await unless_disconnected(

@@ -99,12 +99,11 @@ class AttentionEncoder:
         self._tokenize_executor = tokenize_executor
         self.gate = gate or PassGate(lambda: False)
         self.batcher: DynamicBatcher[TokenizedText, np.ndarray] = DynamicBatcher(
-            f"{name}-attention", self._forward, ATTENTION_LIMITS
+            f"{name}-attention",
+            pipeline.attention_maps,
+            ATTENTION_LIMITS,
+            gate=self.gate.secondary,
         )
-
-    def _forward(self, items: list[TokenizedText]) -> list[np.ndarray]:
-        with self.gate.secondary():
-            return self.pipeline.attention_maps(items)
 
     def warm_up(self, text: str) -> None:
         self.pipeline.attention_maps(self.pipeline.tokenize([text]))

@@ -1,8 +1,9 @@
 """Dynamic batcher: groups queued inputs into length-sorted batches under a padded-token budget.
 
 One batcher serves one model. Callers `submit` inputs and await the returned futures;
-a single worker task forms batches and runs them, one at a time, in a dedicated
-thread so the event loop keeps accepting and tokenizing requests meanwhile.
+a worker task per model instance (a backend session of its own) forms batches and runs
+them, one at a time each, in a dedicated thread, so the event loop keeps accepting and
+tokenizing requests meanwhile and a free instance takes the next batch.
 
 Dispatch policy:
 - idle (nothing ran since the queue was last empty): dispatch at once — a lone
@@ -26,6 +27,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -63,6 +65,18 @@ class BatchLimits:
 
 
 @dataclass(eq=False)
+class _Instance(Generic[Payload, Result]):
+    """One model instance: its runner, the thread its passes run in, and its worker task."""
+
+    index: int
+    run_batch: BatchRunner[Payload, Result]
+    executor: ThreadPoolExecutor
+    worker: asyncio.Task[None] | None = None
+    restart: asyncio.TimerHandle | None = None  # a crashed worker's pending restart
+    busy: bool = False
+
+
+@dataclass(eq=False)
 class QueuedInput(Generic[Payload, Result]):
     """One input waiting for a forward pass, and the future its caller awaits."""
 
@@ -73,6 +87,13 @@ class QueuedInput(Generic[Payload, Result]):
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None  # its forward pass began
     finished_at: float | None = None  # its forward pass ended
+
+
+def fail(items: Sequence[QueuedInput[Any, Any]], error: Exception) -> None:
+    """Answer every input not answered yet with `error`."""
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(error)
 
 
 def settle(futures: list[asyncio.Future[Any]]) -> None:
@@ -91,23 +112,29 @@ class DynamicBatcher(Generic[Payload, Result]):
     def __init__(
         self,
         name: str,
-        run_batch: BatchRunner[Payload, Result],
+        run_batch: BatchRunner[Payload, Result] | Sequence[BatchRunner[Payload, Result]],
         limits: BatchLimits,
         metrics: Metrics | None = None,
+        gate: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> None:
+        """`run_batch`: one runner, or one per model instance (each its own session).
+        `gate`: entered around each batch in its thread (a model's pass gate); the time
+        waiting there is not counted as the batch's."""
         self.name = name
         self.limits = limits
-        self._run_batch = run_batch
         self._metrics = metrics
+        self._gate = gate
+        runners = [run_batch] if callable(run_batch) else list(run_batch)
+        self._instances = [
+            _Instance(index, runner, ThreadPoolExecutor(1, f"infer-{name}-{index}"))
+            for index, runner in enumerate(runners)
+        ]
         self._queue: FairQueue[QueuedInput[Payload, Result]] = FairQueue()
         self._arrived = asyncio.Event()
         # Set while nothing is queued or running, for `drain`. An Event binds to the loop on
         # first use, so the batcher may be built outside it (at start-up, in a worker thread).
         self._idle = asyncio.Event()
         self._idle.set()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
-        self._worker: asyncio.Task[None] | None = None
-        self._restart: asyncio.TimerHandle | None = None  # a crashed worker's pending restart
         self._running = 0  # inputs in the forward pass now
         self._running_tokens = 0  # and their tokens
         # Smoothed seconds and tokens of recent passes: their ratio prices queued work.
@@ -118,28 +145,44 @@ class DynamicBatcher(Generic[Payload, Result]):
             for reason in REJECT_REASONS:
                 metrics.rejected.labels(name, reason)
             metrics.queue_depth.labels(name).set(0)
+            metrics.instances_busy.labels(name).set(0)
+            for instance in self._instances:
+                metrics.instance_batches.labels(name, str(instance.index))
 
     # -- lifecycle ---------------------------------------------------------
 
-    def start(self) -> None:
-        self._restart = None
-        self._worker = asyncio.get_running_loop().create_task(
-            self._work(), name=f"batcher-{self.name}"
-        )
-        self._worker.add_done_callback(self._restart_if_crashed)
+    @property
+    def instances(self) -> int:
+        return len(self._instances)
 
-    def _restart_if_crashed(self, worker: asyncio.Task[None]) -> None:
+    def start(self) -> None:
+        for instance in self._instances:
+            self._start_worker(instance)
+
+    def _start_worker(self, instance: _Instance[Payload, Result]) -> None:
+        instance.restart = None
+        instance.worker = asyncio.get_running_loop().create_task(
+            self._work(instance), name=f"batcher-{self.name}-{instance.index}"
+        )
+        instance.worker.add_done_callback(lambda task: self._restart_if_crashed(instance, task))
+
+    def _restart_if_crashed(
+        self, instance: _Instance[Payload, Result], worker: asyncio.Task[None]
+    ) -> None:
         """A worker that died of a bug is restarted; until then `alive` (and /ready) is false."""
-        if worker.cancelled() or worker is not self._worker:
+        if worker.cancelled() or worker is not instance.worker:
             return
         self.restarts += 1
         log.error(
-            "model %s: batch worker died (%r); restarting in %.1f s",
+            "model %s: batch worker %d died (%r); restarting in %.1f s",
             self.name,
+            instance.index,
             worker.exception(),
             RESTART_DELAY_S,
         )
-        self._restart = asyncio.get_running_loop().call_later(RESTART_DELAY_S, self.start)
+        instance.restart = asyncio.get_running_loop().call_later(
+            RESTART_DELAY_S, self._start_worker, instance
+        )
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until every queued and running input is answered; False on timeout."""
@@ -153,7 +196,8 @@ class DynamicBatcher(Generic[Payload, Result]):
 
     @property
     def alive(self) -> bool:
-        return self._worker is not None and not self._worker.done()
+        """Every instance's worker runs."""
+        return all(i.worker is not None and not i.worker.done() for i in self._instances)
 
     @property
     def queued(self) -> int:
@@ -167,21 +211,21 @@ class DynamicBatcher(Generic[Payload, Result]):
 
     async def stop(self) -> None:
         """Stop the worker and fail whatever is still queued (call `drain` first to finish it)."""
-        if self._restart is not None:  # a stopped batcher must not come back
-            self._restart.cancel()
-            self._restart = None
-        worker, self._worker = self._worker, None
-        # Awaiting a worker that died of a bug would re-raise what `_restart_if_crashed` logged.
-        if worker is not None and not worker.done():
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
-        for item in self._queue.clear():
-            if not item.future.done():
-                item.future.set_exception(NotReady("the server is shutting down"))
+        for instance in self._instances:
+            if instance.restart is not None:  # a stopped batcher must not come back
+                instance.restart.cancel()
+                instance.restart = None
+            worker, instance.worker = instance.worker, None
+            # Awaiting a worker that died of a bug would re-raise what was logged.
+            if worker is not None and not worker.done():
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+        fail(self._queue.clear(), NotReady("the server is shutting down"))
         self._set_depth()
         self._update_idle()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for instance in self._instances:
+            instance.executor.shutdown(wait=False, cancel_futures=True)
 
     # -- submission --------------------------------------------------------
 
@@ -207,6 +251,8 @@ class DynamicBatcher(Generic[Payload, Result]):
                 f"queued; limits {limits.max_queue} inputs, {limits.max_queue_tokens} "
                 "tokens; retry later"
             )
+        if timeout_s <= 0:  # spent before queueing (tokenizing, an earlier pass)
+            raise DeadlineExceeded(f"model '{self.name}': the request deadline passed")
         expected_s = self._expected_seconds(len(payloads), tokens)
         if expected_s > timeout_s:
             self._count_rejected("would_miss_deadline", len(payloads))
@@ -253,7 +299,9 @@ class DynamicBatcher(Generic[Payload, Result]):
 
     # -- the worker --------------------------------------------------------
 
-    async def _work(self) -> None:
+    async def _work(self, instance: _Instance[Payload, Result]) -> None:
+        """One instance's loop. Instances share the queue; each takes the next batch when it
+        is free (no await between choosing a batch and taking it, so none is taken twice)."""
         idle = True
         while True:
             self._drop_dead()
@@ -269,15 +317,14 @@ class DynamicBatcher(Generic[Payload, Result]):
             if batch:
                 idle = False
                 try:
-                    await self._execute(batch)
+                    await self._execute(batch, instance)
                 except BaseException as error:
                     # Never leave a caller waiting: answer the batch, then let the
-                    # worker die (a bug) or stop (cancelled) as it would have.
-                    for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(
-                                InferenceFailed(f"batch worker failed: {error!r}")
-                            )
+                    # worker die (a bug) or stop (cancelled: shutting down) as it would have.
+                    if isinstance(error, asyncio.CancelledError):
+                        fail(batch, NotReady("the server is shutting down"))
+                    else:
+                        fail(batch, InferenceFailed(f"batch worker failed: {error!r}"))
                     raise
                 finally:
                     # Only here, with the batch answered: `_take_batch` may empty the queue
@@ -354,7 +401,8 @@ class DynamicBatcher(Generic[Payload, Result]):
         if not (self._queue or self._running) or self._pass_tokens <= 0:
             return 0.0
         ahead = self._queue.tokens_served_before(inputs) + self._running_tokens
-        return (ahead + tokens) * self._pass_seconds / self._pass_tokens
+        # Instances run batches side by side: together they go that many times as fast.
+        return (ahead + tokens) * self._pass_seconds / self._pass_tokens / len(self._instances)
 
     def _measure_pass(self, seconds: float, tokens: int) -> None:
         if self._pass_tokens <= 0:
@@ -364,7 +412,9 @@ class DynamicBatcher(Generic[Payload, Result]):
         self._pass_seconds = keep * self._pass_seconds + PASS_COST_SMOOTHING * seconds
         self._pass_tokens = keep * self._pass_tokens + PASS_COST_SMOOTHING * tokens
 
-    async def _execute(self, batch: list[QueuedInput[Payload, Result]]) -> None:
+    async def _execute(
+        self, batch: list[QueuedInput[Payload, Result]], instance: _Instance[Payload, Result]
+    ) -> None:
         started = time.monotonic()
         metrics = self._metrics
         if metrics is not None:
@@ -372,17 +422,22 @@ class DynamicBatcher(Generic[Payload, Result]):
             for item in batch:
                 wait.observe(started - item.enqueued_at)
         tokens = sum(item.tokens for item in batch)
-        self._running, self._running_tokens = len(batch), tokens
+        self._running += len(batch)
+        self._running_tokens += tokens
+        self._set_busy(instance, True)
         try:
-            outcomes = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._run_guarded, [item.payload for item in batch]
+            outcomes, seconds = await asyncio.get_running_loop().run_in_executor(
+                instance.executor, self._run_gated, instance.run_batch, [i.payload for i in batch]
             )
         finally:
-            self._running = self._running_tokens = 0
+            self._running -= len(batch)
+            self._running_tokens -= tokens
+            self._set_busy(instance, False)
         finished = time.monotonic()
-        self._measure_pass(finished - started, tokens)
+        self._measure_pass(seconds, tokens)
         if metrics is not None:
             metrics.inference_duration.labels(self.name).observe(finished - started)
+            metrics.instance_batches.labels(self.name, str(instance.index)).inc()
         for item, outcome in zip(batch, outcomes, strict=True):
             item.started_at, item.finished_at = started, finished
             if item.future.done():
@@ -392,10 +447,21 @@ class DynamicBatcher(Generic[Payload, Result]):
             else:
                 item.future.set_result(outcome)
 
-    def _run_guarded(self, payloads: list[Payload]) -> list[Result | InferenceFailed]:
+    def _run_gated(
+        self, run_batch: BatchRunner[Payload, Result], payloads: list[Payload]
+    ) -> tuple[list[Result | InferenceFailed], float]:
+        """Run a batch through the gate; its outcomes, and the seconds it ran (not waited)."""
+        with self._gate():
+            started = time.perf_counter()
+            outcomes = self._run_guarded(run_batch, payloads)
+            return outcomes, time.perf_counter() - started
+
+    def _run_guarded(
+        self, run_batch: BatchRunner[Payload, Result], payloads: list[Payload]
+    ) -> list[Result | InferenceFailed]:
         """Run a batch; if it fails, retry each input alone so one bad input fails only itself."""
         try:
-            return list(self._run_batch(payloads))
+            return list(run_batch(payloads))
         except Exception as error:
             if len(payloads) == 1:
                 log.exception("model %s: forward pass failed", self.name)
@@ -406,7 +472,9 @@ class DynamicBatcher(Generic[Payload, Result]):
                 len(payloads),
                 error,
             )
-        return [outcome for payload in payloads for outcome in self._run_guarded([payload])]
+        return [
+            outcome for payload in payloads for outcome in self._run_guarded(run_batch, [payload])
+        ]
 
     def _update_idle(self) -> None:
         """Keep `_idle` (what `drain` awaits) in step with the queue and the forward pass."""
@@ -416,6 +484,12 @@ class DynamicBatcher(Generic[Payload, Result]):
             self._idle.set()
 
     # -- metrics -----------------------------------------------------------
+
+    def _set_busy(self, instance: _Instance[Payload, Result], busy: bool) -> None:
+        instance.busy = busy
+        if self._metrics is not None:
+            count = sum(i.busy for i in self._instances)
+            self._metrics.instances_busy.labels(self.name).set(count)
 
     def _set_depth(self) -> None:
         if self._metrics is not None:

@@ -35,7 +35,7 @@ class Encoder:
     def __init__(
         self,
         manifest: ModelManifest,
-        pipeline: Pipeline,
+        pipelines: list[Pipeline],  # one per model instance, each its own session
         limits: BatchLimits,
         request_timeout_s: float,
         *,
@@ -44,30 +44,32 @@ class Encoder:
         metrics: Metrics | None = None,
     ) -> None:
         self.manifest = manifest
-        self.pipeline = pipeline
+        self.pipelines = pipelines
+        self.pipeline = pipelines[0]  # tokenizes for all: the instances share a tokenizer
         self.precision = precision
         self.request_timeout_s = request_timeout_s
         self._tokenize_executor = tokenize_executor
-        self.batcher: DynamicBatcher[TokenizedText, np.ndarray] = DynamicBatcher(
-            manifest.name, self._forward, limits, metrics
-        )
         # Attention has its own graph, batcher and thread, and passes that yield to this
         # path's through the gate: an attention burst costs an embedding batch at most
         # one attention pass.
         self.gate = PassGate(lambda: self.batcher.queued > 0)
+        self.batcher: DynamicBatcher[TokenizedText, np.ndarray] = DynamicBatcher(
+            manifest.name,
+            [pipeline.forward for pipeline in pipelines],
+            limits,
+            metrics,
+            self.gate.primary,
+        )
         self.attention: AttentionEncoder | None = None
 
     @property
     def name(self) -> str:
         return self.manifest.name
 
-    def _forward(self, items: list[TokenizedText]) -> list[np.ndarray]:
-        with self.gate.primary():
-            return self.pipeline.forward(items)
-
     def warm_up(self, text: str) -> None:
         """One pass per graph before serving (allocations, kernel choices)."""
-        self.pipeline.warm_up(text)
+        for pipeline in self.pipelines:
+            pipeline.warm_up(text)
         if self.attention is not None:
             self.attention.warm_up(text)
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 
-class Sized(Protocol):
+class HasTokens(Protocol):
     @property
     def tokens(self) -> int: ...
 
 
-Item = TypeVar("Item", bound=Sized)
+Item = TypeVar("Item", bound=HasTokens)
 
 
 @dataclass(eq=False)
@@ -80,8 +80,11 @@ class FairQueue(Generic[Item]):
         return taken
 
     def remove(self, dead: Callable[[Item], bool]) -> list[Item]:
-        """Remove and return every item for which `dead(item)` is true (asked once each)."""
+        """Remove and return every item for which `dead(item)` is true (a pure test: it may
+        be asked twice of an item)."""
         removed: list[Item] = []
+        if not any(dead(item) for group in self._groups for item in group.items):
+            return removed  # the common case: nothing to rebuild
         for group in self._groups:
             kept: deque[Item] = deque()
             for item in group.items:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from app.engine.attention import Aggregate, AttentionMap
-from app.engine.classification import DEFAULT_HYPOTHESIS_TEMPLATE, LabelScore
+from app.engine.classification import DEFAULT_HYPOTHESIS_TEMPLATE, LabelScore, template_problem
 from app.engine.manifest import Pooling, Task
 from app.engine.timing import RequestTiming, current_timing
 from app.engine.tokenization import Token
@@ -45,6 +45,7 @@ __all__ = [
     "Tokenization",
     "current_timing",
     "load_engine",
+    "template_problem",
 ]
 
 
@@ -62,6 +63,7 @@ class ModelDescription:
     backend: str  # "onnx" or "torch"
     device: str  # "cpu" or "cuda"
     precision: str  # "fp32", "int8", "fp16"
+    instances: int  # backend sessions running batches side by side
     max_batch_size: int
     max_batch_tokens: int
     max_queue: int
@@ -159,8 +161,9 @@ class Engine(Protocol):
         """Names of batch workers that are not running (the server is then not ready)."""
         ...
 
-    async def drain(self, timeout_s: float) -> None:
-        """Wait, up to `timeout_s`, until every queued and running input is answered."""
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait, up to `timeout_s`, until every queued and running input is answered;
+        False when the time ran out first."""
         ...
 
     async def close(self) -> None:

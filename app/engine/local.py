@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from app.config import Settings
+from app.config import Settings, available_cores
 from app.engine.attention import Aggregate, AttentionMap
 from app.engine.interface import (
     Classification,
@@ -21,11 +20,6 @@ from app.engine.manifest import Task
 from app.engine.model import ServedModel
 from app.engine.registry import ModelRegistry
 from app.metrics import Metrics
-
-
-def tokenization_threads() -> int:
-    """Threads for tokenizing large requests: one per core this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
 def describe(model: ServedModel, tokenization_workers: int) -> ModelDescription:
@@ -42,6 +36,7 @@ def describe(model: ServedModel, tokenization_workers: int) -> ModelDescription:
         backend=encoder.pipeline.backend.name,
         device=encoder.pipeline.backend.device,
         precision=encoder.precision,
+        instances=encoder.batcher.instances,
         max_batch_size=limits.max_batch_size,
         max_batch_tokens=limits.max_batch_tokens,
         max_queue=limits.max_queue,
@@ -63,7 +58,7 @@ class InProcessEngine:
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics | None, *, warm_up: bool) -> InProcessEngine:
-        workers = tokenization_threads()
+        workers = available_cores()  # threads that tokenize large requests: one per core
         executor = ThreadPoolExecutor(workers, thread_name_prefix="tokenize")
         try:
             registry = ModelRegistry.load(settings, metrics, executor)
@@ -140,10 +135,16 @@ class InProcessEngine:
     def stopped_workers(self) -> list[str]:
         return [batcher.name for batcher in self._registry.batchers if not batcher.alive]
 
-    async def drain(self, timeout_s: float) -> None:
+    async def drain(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
-        for batcher in self._registry.batchers:
-            await batcher.drain(max(deadline - time.monotonic(), 0.0))
+        batchers = self._registry.batchers
+        # Until all are idle at once: a request of several passes (zero-shot: labels, then
+        # texts) may queue again in a batcher already seen idle.
+        while any(batcher.pending for batcher in batchers):
+            for batcher in batchers:
+                if not await batcher.drain(max(deadline - time.monotonic(), 0.0)):
+                    return False
+        return True
 
     async def close(self) -> None:
         for batcher in self._registry.batchers:

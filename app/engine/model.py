@@ -150,8 +150,11 @@ class ServedModel:
         logits = output.vectors
         if self.head is not None:
             logits = self.head.logits(normalize_rows(logits))
-        multi = options.multi_label or self.manifest.problem_type == "multi_label_classification"
-        scores = classification.classifier_scores(logits, raw=options.raw_scores, multi_label=multi)
+        problem = self.manifest.problem_type
+        multi = options.multi_label or problem == "multi_label_classification"
+        # A regression head's output is its answer: a softmax over one value is always 1.
+        raw = options.raw_scores or problem == "regression"
+        scores = classification.classifier_scores(logits, raw=raw, multi_label=multi)
         ranked = classification.ranked(scores, self.manifest.labels, options.top_k)
         return Classification(ranked, output.tokens)
 
@@ -171,10 +174,13 @@ class ServedModel:
         problem = classification.template_problem(template)
         if problem is not None:
             raise InvalidInput(f"hypothesis_template {problem}")
+        started = time.monotonic()  # one deadline for both passes
         # Labels first: a label the template cannot hold fails before the texts cost a pass.
-        label_vectors = await self._label_embeddings(template, labels)
-        text_vectors = await self.embed(texts, truncate=options.truncate)
-        similarities = text_vectors.vectors @ label_vectors.T
+        label_vectors = await self._label_embeddings(template, labels, started)
+        encoded = await self.encoder.tokenize(texts, truncate=options.truncate)
+        text_vectors = await self.encoder.run_tokenized(encoded, started)
+        self._count_tokens(text_vectors.tokens)
+        similarities = normalize_rows(text_vectors.vectors) @ label_vectors.T
         scores = classification.zero_shot_scores(
             similarities, raw=options.raw_scores, multi_label=options.multi_label
         )
@@ -208,7 +214,9 @@ class ServedModel:
         spans = await self.encoder.token_spans(texts)
         return Tokenization([tokens for tokens, _ in spans], [cut for _, cut in spans])
 
-    async def _label_embeddings(self, template: str, labels: list[str]) -> np.ndarray:
+    async def _label_embeddings(
+        self, template: str, labels: list[str], started: float
+    ) -> np.ndarray:
         """Normalized embeddings of the filled templates, cached per (template, label).
 
         Built only from what this request found in the cache before awaiting and what it
@@ -225,7 +233,6 @@ class ServedModel:
                 found[label] = vector
         missing = list(dict.fromkeys(label for label in labels if label not in found))
         if missing:
-            started = time.monotonic()
             hypotheses = [classification.fill_template(template, label) for label in missing]
             encoded = await self.encoder.tokenize(hypotheses, truncate=True)
             for label, item in zip(missing, encoded, strict=True):

@@ -3,8 +3,10 @@
 The embedding and attention paths have their own batchers and threads, but they share
 the cores: an attention pass running beside an embedding pass slows it, since both
 sessions want every core (each ONNX Runtime pass waits for its slowest thread). So a
-model's passes take turns through its gate, and an attention pass also waits while
-embedding inputs are queued, for at most `max_defer_s` so attention is never starved.
+model's attention passes take turns with its embedding passes through its gate (the
+embedding passes of several instances may run side by side), and an attention pass
+also waits while embedding inputs are queued, for at most `max_defer_s` so attention
+is never starved.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ RECHECK_S = 0.005
 
 
 class PassGate:
-    """Lets one pass run at a time; secondary passes yield to queued primary work."""
+    """Primary passes run side by side, a secondary pass alone; secondary passes yield to
+    queued primary work."""
 
     def __init__(
         self, primary_queued: Callable[[], bool], max_defer_s: float = MAX_DEFER_S
@@ -29,18 +32,21 @@ class PassGate:
         self._primary_queued = primary_queued
         self._max_defer_s = max_defer_s
         self._turn = threading.Condition()
-        self._busy = False
+        self._primaries = 0  # primary passes running
+        self._secondary = False  # a secondary pass running
 
     @contextlib.contextmanager
     def primary(self) -> Iterator[None]:
-        """An embedding pass: waits only for a pass already running."""
+        """An embedding pass: waits only for a secondary pass already running."""
         with self._turn:
-            self._turn.wait_for(lambda: not self._busy)
-            self._busy = True
+            self._turn.wait_for(lambda: not self._secondary)
+            self._primaries += 1
         try:
             yield
         finally:
-            self._release()
+            with self._turn:
+                self._primaries -= 1
+                self._turn.notify_all()
 
     @contextlib.contextmanager
     def secondary(self) -> Iterator[None]:
@@ -48,15 +54,14 @@ class PassGate:
         queued, up to `max_defer_s`."""
         give_up = time.monotonic() + self._max_defer_s
         with self._turn:
-            while self._busy or (self._primary_queued() and time.monotonic() < give_up):
+            while self._secondary or (self._primary_queued() and time.monotonic() < give_up):
                 self._turn.wait(RECHECK_S)
-            self._busy = True
+            # Claimed: no primary pass starts now, and the running ones finish first.
+            self._secondary = True
+            self._turn.wait_for(lambda: not self._primaries)
         try:
             yield
         finally:
-            self._release()
-
-    def _release(self) -> None:
-        with self._turn:
-            self._busy = False
-            self._turn.notify_all()
+            with self._turn:
+                self._secondary = False
+                self._turn.notify_all()

@@ -14,9 +14,10 @@ from app.engine.batcher import BatchLimits, DynamicBatcher
 from app.engine.encoder import Encoder
 from app.engine.errors import ModelLoadError, ModelNotFound
 from app.engine.heads import ClassifierHead
+from app.engine.instances import instance_count, threads_per_instance
 from app.engine.manifest import MANIFEST_FILE, ModelManifest, Task
 from app.engine.model import ServedModel
-from app.engine.pipeline import open_pipeline, resolve_precision
+from app.engine.pipeline import Pipeline, open_pipeline, resolve_precision
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -71,21 +72,36 @@ def load_encoder(
             metrics.batch_size.labels(manifest.name).observe(inputs)
             metrics.batch_tokens.labels(manifest.name).observe(padded_tokens)
 
-    pipeline = open_pipeline(
-        directory,
-        manifest,
-        settings.precision,
-        engine=settings.backend,
-        threads=settings.intra_op_threads,
-        device=settings.device,
-        pack=settings.packing,
-        rows_per_pass=settings.forward_batch_size,
-        unsplit_rows=limits.max_batch_size,
-        observe=observe,
+    # The count for a CPU first; a model that lands on a GPU keeps one instance.
+    cpu_instances = instance_count(settings.instances, manifest.batching.instances, "cpu")
+
+    def open_instance() -> Pipeline:
+        return open_pipeline(
+            directory,
+            manifest,
+            settings.precision,
+            engine=settings.backend,
+            threads=threads_per_instance(settings.intra_op_threads, cpu_instances),
+            device=settings.device,
+            pack=settings.packing,
+            rows_per_pass=settings.forward_batch_size,
+            unsplit_rows=limits.max_batch_size,
+            observe=observe,
+        )
+
+    first = open_instance()
+    count = instance_count(settings.instances, manifest.batching.instances, first.backend.device)
+    pipelines = [first, *(open_instance() for _ in range(count - 1))]
+    log.info(
+        "model %s: %d instance(s) of %d thread(s) on %s",
+        manifest.name,
+        count,
+        threads_per_instance(settings.intra_op_threads, cpu_instances),
+        first.backend.device,
     )
     encoder = Encoder(
         manifest,
-        pipeline,
+        pipelines,
         limits,
         settings.request_timeout_s,
         precision=resolve_precision(manifest, settings.precision),

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from app.config import available_cores
 from app.engine.heads import ClassifierHead
 from app.engine.manifest import MANIFEST_FILE, ModelManifest
 from app.engine.pipeline import OFFLINE_BATCH, open_pipeline
@@ -24,12 +25,6 @@ PROGRESS_EVERY = 3200  # texts between progress lines
 
 def progress(stage: str, message: str) -> None:
     print(f"[{stage}] {message}", file=sys.stderr, flush=True)
-
-
-def available_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 class FeatureExtractor:

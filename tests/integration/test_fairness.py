@@ -33,7 +33,8 @@ class PassRecorder:
 async def test_a_single_text_runs_before_large_inputs_queued_ahead_of_it(
     default_models: Path,
 ) -> None:
-    app = create_app(Settings(models_dir=default_models, models=["minilm"]))
+    # One instance: the order of passes is the order of batches.
+    app = create_app(Settings(models_dir=default_models, models=["minilm"], instances=1))
     async with running(app) as client:
         encoder = app.state.server.engine.registry.get("minilm", "embedding").encoder
         marker_id = int(encoder.pipeline.tokenize([MARKER])[0].ids[1])

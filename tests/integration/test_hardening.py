@@ -211,30 +211,39 @@ async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
-def flaky_app(default_models: Path, **settings: object) -> tuple[FastAPI, list[FlakyBackend]]:
-    app = create_app(Settings(models_dir=default_models, models=["minilm"], **settings))  # type: ignore[arg-type]
+def flaky_app(
+    default_models: Path, instances: int = 1, **settings: object
+) -> tuple[FastAPI, list[FlakyBackend]]:
+    """The app with every model instance's backend wrapped (one FlakyBackend each)."""
+    app = create_app(
+        Settings(models_dir=default_models, models=["minilm"], instances=instances, **settings)  # type: ignore[arg-type]
+    )
     holder: list[FlakyBackend] = []
     original_load = app.state.server.load
 
     async def load_and_wrap() -> None:
         await original_load()
-        pipeline = app.state.server.engine.registry.get("minilm", "embedding").encoder.pipeline
-        poison_id = pipeline.tokenize(["xylophone"])[0].ids[1]
-        pipeline.backend = FlakyBackend(pipeline.backend, int(poison_id))
-        holder.append(pipeline.backend)
+        encoder = app.state.server.engine.registry.get("minilm", "embedding").encoder
+        poison_id = encoder.pipeline.tokenize(["xylophone"])[0].ids[1]
+        for pipeline in encoder.pipelines:
+            pipeline.backend = FlakyBackend(pipeline.backend, int(poison_id))
+            holder.append(pipeline.backend)
 
     app.state.server.load = load_and_wrap
     return app, holder
 
 
+@pytest.mark.parametrize("instances", [1, 2])
 async def test_a_poisoned_input_fails_alone_and_the_server_keeps_serving(
-    default_models: Path,
+    default_models: Path, instances: int
 ) -> None:
-    app, holder = flaky_app(default_models)
+    app, holder = flaky_app(default_models, instances)
     texts = [f"an ordinary sentence number {i}" for i in range(12)]
     async with running(app) as client:
         expected = (await client.post("/encode", json={"inputs": texts})).json()["embeddings"]
-        holder[0].batches.clear()
+        assert len(holder) == instances
+        for backend in holder:
+            backend.batches.clear()
         requests = [client.post("/encode", json={"inputs": text}) for text in texts]
         requests.insert(5, client.post("/encode", json={"inputs": "a xylophone"}))
         responses = await asyncio.gather(*requests)
@@ -244,7 +253,8 @@ async def test_a_poisoned_input_fails_alone_and_the_server_keeps_serving(
         for response, vector in zip(responses, expected, strict=True):
             assert response.status_code == 200
             np.testing.assert_allclose(response.json()["embeddings"][0], vector, atol=1e-5)
-        assert max(holder[0].batches) > 1, "the poisoned input never shared a batch"
+        passes = [size for backend in holder for size in backend.batches]
+        assert max(passes) > 1, "the poisoned input never shared a batch"
         after = await client.post("/encode", json={"inputs": "still serving"})
         assert after.status_code == 200
 

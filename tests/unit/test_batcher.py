@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.engine.batcher import RESTART_DELAY_S, BatchLimits, DynamicBatcher
-from app.engine.errors import DeadlineExceeded, InferenceFailed, Overloaded
+from app.engine.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 from app.engine.timing import RequestTiming, current_timing
 from app.metrics import Metrics
 
@@ -90,6 +90,7 @@ async def test_full_batch_dispatches_without_waiting() -> None:
     batcher = make(backend, max_wait_s=2.0, max_batch_size=4)
     first = submit(batcher, 1)
     await wait_for(lambda: len(backend.batches) == 1)
+    queued = time.monotonic()  # before: the inputs' wait counts from their enqueue time
     rest = submit(batcher, *range(2, 8))
     released = time.monotonic()
     backend.gate.set()
@@ -98,7 +99,7 @@ async def test_full_batch_dispatches_without_waiting() -> None:
     assert [len(batch) for batch in backend.batches] == [1, 4, 2]
     # The full batch went at once; only the partial one waited out max_wait.
     assert backend.started[1] - released < 1.0
-    assert backend.started[2] - released >= 2.0 - 0.01
+    assert backend.started[2] - queued >= 2.0 - 0.01
     await batcher.stop()
 
 
@@ -205,9 +206,10 @@ async def test_failing_batch_retries_inputs_alone_so_neighbours_succeed() -> Non
     max_batch_size=st.integers(1, 8),
     max_batch_tokens=st.integers(60, 300),
     poison=st.integers(0, 6),
+    instances=st.integers(1, 3),
 )
 def test_every_input_gets_exactly_one_outcome_never_crossed(
-    requests, max_batch_size, max_batch_tokens, poison
+    requests, max_batch_size, max_batch_tokens, poison, instances
 ) -> None:
     def poisoned(payload: int) -> bool:
         return poison > 0 and payload % 7 == poison
@@ -224,7 +226,7 @@ def test_every_input_gets_exactly_one_outcome_never_crossed(
 
         batcher: DynamicBatcher[int, int] = DynamicBatcher(
             "prop",
-            backend,
+            [backend] * instances,  # several instances share the queue
             BatchLimits(max_batch_size, max_batch_tokens, max_wait_s=0.001, max_queue=10_000),
         )
         batcher.start()
@@ -267,12 +269,12 @@ async def test_a_worker_that_dies_answers_its_batch_and_is_restarted(
     original = batcher._execute
     calls = 0
 
-    async def crash_once(batch):
+    async def crash_once(batch, instance):
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("bug in the worker")
-        await original(batch)
+        await original(batch, instance)
 
     monkeypatch.setattr(batcher, "_execute", crash_once)
     (lost,) = submit(batcher, 1)
@@ -454,15 +456,16 @@ async def test_a_small_request_rides_the_next_pass_past_large_ones() -> None:
 
 
 async def test_work_that_cannot_finish_before_its_deadline_is_refused_at_once() -> None:
-    backend = FakeBackend()
     metrics = Metrics()
-    batcher = make(backend, metrics, max_batch_size=4)
 
     def slow(payloads: list[int]) -> list[int]:
         time.sleep(0.05)  # 0.05 s for a pass of 10-token inputs
         return [p * 10 for p in payloads]
 
-    batcher._run_batch = slow  # type: ignore[assignment]
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(
+        "fake", slow, BatchLimits(max_batch_size=4), metrics
+    )
+    batcher.start()
     assert await asyncio.gather(*submit(batcher, 1, 2, 3, 4)) == [10, 20, 30, 40]
     # An idle model admits anything: nothing is ahead of it.
     assert await asyncio.gather(*submit(batcher, 5, timeout=0.01)) == [50]
@@ -478,3 +481,56 @@ async def test_work_that_cannot_finish_before_its_deadline_is_refused_at_once() 
     assert sample("encoder_rejected_total", reason) == 40
     await asyncio.gather(*busy)
     await batcher.stop()
+
+
+async def test_instances_run_batches_side_by_side_each_answer_once() -> None:
+    both_running = threading.Barrier(2, timeout=10)
+    ran: list[tuple[int, list[int]]] = []
+
+    def instance(index: int):
+        def run(payloads: list[int]) -> list[int]:
+            ran.append((index, list(payloads)))
+            if len(ran) <= 2:
+                both_running.wait()  # the first two batches must run at the same time
+            return [p * 10 for p in payloads]
+
+        return run
+
+    metrics = Metrics()
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(
+        "fake", [instance(0), instance(1)], BatchLimits(max_batch_size=2), metrics
+    )
+    batcher.start()
+    assert batcher.instances == 2
+    futures = [submit(batcher, 2 * n, 2 * n + 1) for n in range(6)]
+    results = await asyncio.gather(*(f for pair in futures for f in pair))
+    assert results == [p * 10 for p in range(12)]
+    assert sorted(p for _, batch in ran for p in batch) == list(range(12))  # exactly once
+    assert {index for index, _ in ran} == {0, 1}
+    per_instance = [
+        metrics.registry.get_sample_value(
+            "encoder_instance_batches_total", {"model": "fake", "instance": str(index)}
+        )
+        for index in (0, 1)
+    ]
+    assert sum(per_instance) == len(ran) and all(per_instance)
+    assert metrics.registry.get_sample_value("encoder_instances_busy", {"model": "fake"}) == 0
+    await batcher.stop()
+
+
+async def test_a_request_with_no_time_left_is_a_deadline_not_overloaded() -> None:
+    batcher = make(FakeBackend())
+    with pytest.raises(DeadlineExceeded):
+        await batcher.process([(1, 10)], 0.0)  # its time went to tokenizing, say
+    await batcher.stop()
+
+
+async def test_inputs_in_the_running_batch_at_shutdown_are_not_ready() -> None:
+    backend = FakeBackend(hold_first=True)
+    batcher = make(backend)
+    (running,) = submit(batcher, 1)
+    await wait_for(lambda: len(backend.batches) == 1)
+    await batcher.stop()
+    backend.gate.set()
+    with pytest.raises(NotReady):
+        await running

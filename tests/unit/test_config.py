@@ -43,10 +43,9 @@ def test_every_setting_is_documented_in_the_readme() -> None:
 # -- ENCODER_API_KEY: a value that yields no key must not silently leave the API open ------
 
 
-@pytest.mark.parametrize("value", ["", "   "])
-def test_an_empty_api_key_means_no_keys(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+def test_an_empty_api_key_means_no_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     # docker compose passes `ENCODER_API_KEY: ${API_KEY:-}`, empty when API_KEY is unset.
-    monkeypatch.setenv("ENCODER_API_KEY", value)
+    monkeypatch.setenv("ENCODER_API_KEY", "")
     assert Settings().api_key == []
 
 
@@ -57,7 +56,7 @@ def test_api_keys_are_split_on_commas(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [key.get_secret_value() for key in keys] == ["a", "b"]
 
 
-@pytest.mark.parametrize("value", [",", " , ", ",,,", " ,\t, "])
+@pytest.mark.parametrize("value", ["   ", ",", " , ", ",,,", " ,\t, "])
 def test_an_api_key_value_without_keys_is_refused(
     monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:

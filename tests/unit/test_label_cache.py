@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -155,8 +156,8 @@ def test_a_request_whose_cached_labels_are_evicted_while_it_awaits_gets_right_ve
         first = ["x", "slow 1", "slow 2"]
         second = [f"b{index}" for index in range(6)]
         results = await asyncio.gather(
-            model._label_embeddings(TEMPLATE, first),
-            model._label_embeddings(TEMPLATE, second),
+            model._label_embeddings(TEMPLATE, first, time.monotonic()),
+            model._label_embeddings(TEMPLATE, second, time.monotonic()),
         )
         for labels, vectors in zip((first, second), results, strict=True):
             expected = np.stack([expected_label_vector(TEMPLATE, label) for label in labels])

@@ -62,3 +62,34 @@ def test_a_secondary_pass_is_not_starved() -> None:
     thread.start()
     thread.join(10)
     assert done.is_set()
+
+
+def test_embedding_passes_of_several_instances_run_side_by_side_and_attention_still_runs() -> None:
+    gate = PassGate(lambda: True, max_defer_s=0.05)  # embedding work never runs out
+    both_inside = threading.Event()
+    inside = [0]
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def embedding() -> None:
+        while not stop.is_set():
+            with gate.primary():
+                with lock:
+                    inside[0] += 1
+                    if inside[0] == 2:
+                        both_inside.set()
+                time.sleep(0.002)
+                with lock:
+                    inside[0] -= 1
+
+    instances = [threading.Thread(target=embedding) for _ in range(2)]
+    for thread in instances:
+        thread.start()
+    assert both_inside.wait(10)  # two instances' passes overlapped
+    attention_saw: list[int] = []
+    with gate.secondary():  # not starved by passes that keep overlapping
+        attention_saw.append(inside[0])
+    stop.set()
+    for thread in instances:
+        thread.join(10)
+    assert attention_saw == [0]  # it ran alone
