@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     )
 
     # Inference engine
-    backend: Literal["onnx", "torch"] = "onnx"
+    # "benchmark-fixed" answers fixed vectors without running a model: benchmarks only.
+    backend: Literal["onnx", "torch", "benchmark-fixed"] = "onnx"
     precision: Literal["auto", "fp32", "int8", "fp16"] = Field(
         "auto", description="Graph precision; auto takes each manifest's default_precision."
     )

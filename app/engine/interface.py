@@ -60,7 +60,7 @@ class ModelDescription:
     dimensions: int
     max_length: int
     pooling: Pooling
-    backend: str  # "onnx" or "torch"
+    backend: str  # "onnx", "torch" (or "benchmark-fixed", benchmarks only)
     device: str  # "cpu" or "cuda"
     precision: str  # "fp32", "int8", "fp16"
     instances: int  # backend sessions running batches side by side

@@ -202,8 +202,11 @@ def open_backend(
 ) -> Backend:
     """The backend for one graph of a model: a precision ("fp32", "int8", …) or "attention".
 
-    `engine` "torch" runs the exported PyTorch weights instead of an ONNX graph.
+    `engine` "torch" runs the exported PyTorch weights instead of an ONNX graph, and
+    "benchmark-fixed" no model at all (app/backends/fixed.py: benchmarks only).
     """
+    if engine == "benchmark-fixed":
+        return fixed_backend(manifest, graph)
     torch_engine = engine == "torch"
     key = "torch" if torch_engine else graph
     if key not in manifest.files:
@@ -230,6 +233,17 @@ def open_backend(
         return OnnxBackend(path, threads=threads, device=device, pack=pack and graph != "attention")
     except Exception as error:
         raise ModelLoadError(f"model '{manifest.name}': cannot load {path}: {error}") from error
+
+
+def fixed_backend(manifest: ModelManifest, graph: str) -> Backend:
+    """The benchmark-only backend, shaped like the graph it stands in for."""
+    from app.backends.fixed import FixedBackend
+
+    if graph == "attention":
+        return FixedBackend("attentions", 0, manifest.num_layers, manifest.num_heads)
+    if manifest.task == "classification":
+        return FixedBackend("logits", len(manifest.labels))
+    return FixedBackend("last_hidden_state", manifest.dimensions)
 
 
 def open_tokenizer(directory: Path, manifest: ModelManifest, max_length: int) -> TextTokenizer:

@@ -174,6 +174,11 @@ class ModelRegistry:
 
         Each manifest is read once, whether its model is served, a base, or both.
         """
+        if settings.backend == "benchmark-fixed":
+            log.warning(
+                "ENCODER_BACKEND=benchmark-fixed: no model runs and every answer is the same "
+                "vector; for measuring the server around the engine only"
+            )
         directories = discover(settings.models_dir, settings.models)
         if not directories:
             raise ModelLoadError(
