@@ -115,7 +115,7 @@ class StrictJSONRoute(APIRoute):
 
         async def strict_handler(request: Request) -> Response:
             state: ServerState = request.app.state.server
-            with limits_for_request(RequestLimits.of(state.settings)):
+            with limits_for_request(state.request_limits):
                 return await handle(StrictJSONRequest(request.scope, request.receive))
 
         return strict_handler

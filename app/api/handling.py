@@ -1,4 +1,4 @@
-"""What every route does with a request: input limits, the model label, disconnects, JSON."""
+"""What every route does with a request: the engine, the model label, disconnects, JSON."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ import gc
 import logging
 from collections.abc import Callable
 
+from app.api.schemas import RequestLimits
 from app.config import Settings
 from app.engine.errors import NotReady
 from app.engine.interface import Engine, load_engine
@@ -21,6 +22,8 @@ class ServerState:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
+        # What the request validators enforce: derived from the settings once, not per request.
+        self.request_limits = RequestLimits.of(settings)
         self._engine: Engine | None = None
         self.draining = False
         self.fatal_error: Exception | None = None
