@@ -1,24 +1,26 @@
 """Attention maps: run the attention graph in its own small batcher, select and aggregate.
 
 Attention requests are few, large and slow, so they get their own batcher, session and
-worker thread, and their passes yield to the embedding path's (app/engine/pass_gate.py).
+worker thread (app/engine/runner.py), and their passes yield to the embedding path's
+(app/engine/pass_gate.py).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
-from app.engine.batcher import BatchLimits, DynamicBatcher
+from app.engine.batcher import BatchLimits, BatchService
 from app.engine.errors import InvalidInput, PayloadTooLarge
-from app.engine.pass_gate import PassGate
-from app.engine.tokenization import Token, TokenizedText, tokenize_without_stalling
-
-if TYPE_CHECKING:  # the interface imports this module's result types, not the graph code
-    from app.engine.pipeline import Pipeline
+from app.engine.tokenization import (
+    TextTokenizer,
+    Token,
+    TokenizedText,
+    tokenize_without_stalling,
+)
 
 Aggregate = Literal["none", "mean", "rollout"]
 
@@ -78,35 +80,27 @@ def aggregate(maps: np.ndarray, how: Aggregate) -> np.ndarray:
 
 
 class AttentionEncoder:
-    """Answers attention maps for one model from its attention graph."""
+    """Answers attention maps for one model: tokenize at the attention limit, run the
+    attention graph through its batch service, select and aggregate."""
 
     def __init__(
         self,
         name: str,
-        pipeline: Pipeline,  # the attention graph; its tokenizer cuts at the attention limit
+        tokenizer: TextTokenizer,  # cuts at the attention token limit, not the model's
         num_layers: int,
         num_heads: int,
+        batches: BatchService[TokenizedText, np.ndarray],  # the attention graph's batcher
         request_timeout_s: float,
         tokenize_executor: Executor | None = None,
-        gate: PassGate | None = None,  # shared with the model's embedding path
     ) -> None:
         self.name = name
-        self.pipeline = pipeline
+        self.tokenizer = tokenizer
         self.num_layers = num_layers
         self.num_heads = num_heads
-        self.max_tokens = pipeline.tokenizer.max_length
+        self.max_tokens = tokenizer.max_length
+        self.batches = batches
         self.request_timeout_s = request_timeout_s
         self._tokenize_executor = tokenize_executor
-        self.gate = gate or PassGate(lambda: False)
-        self.batcher: DynamicBatcher[TokenizedText, np.ndarray] = DynamicBatcher(
-            f"{name}-attention",
-            pipeline.attention_maps,
-            ATTENTION_LIMITS,
-            gate=self.gate.secondary,
-        )
-
-    def warm_up(self, text: str) -> None:
-        self.pipeline.attention_maps(self.pipeline.tokenize([text]))
 
     async def attention(
         self,
@@ -121,7 +115,7 @@ class AttentionEncoder:
         chosen_heads = select(heads, self.num_heads, "heads")
         # This tokenizer truncates at the attention token limit, not the model's.
         ((tokens, truncated),) = await tokenize_without_stalling(
-            [text], self.pipeline.tokenizer.token_lists, self._tokenize_executor
+            [text], self.tokenizer.token_lists, self._tokenize_executor
         )
         if truncated and not truncate:
             raise PayloadTooLarge(
@@ -133,7 +127,7 @@ class AttentionEncoder:
             type_ids=np.zeros(len(tokens), dtype=np.int64),
             truncated=False,
         )
-        (maps,) = await self.batcher.process([(item, item.tokens)], self.request_timeout_s)
+        (maps,) = await self.batches.process([(item, item.tokens)], self.request_timeout_s)
         picked = maps[np.ix_(chosen_layers, chosen_heads)]
         result = np.round(aggregate(picked, how), ATTENTION_DECIMALS).astype(np.float32)
         return AttentionMap(

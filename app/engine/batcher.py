@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from app.engine.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 from app.engine.fair_queue import FairQueue
@@ -51,6 +51,17 @@ PASS_COST_SMOOTHING = 0.2
 
 # Runs one batch in the worker thread; returns one result per payload, in order.
 BatchRunner = Callable[[list[Payload]], Sequence[Result]]
+
+PayloadIn = TypeVar("PayloadIn", contravariant=True)
+
+
+class BatchService(Protocol[PayloadIn, Result]):
+    """What the request side needs of a batcher: a `DynamicBatcher` in this process, or
+    the engine process's one through `app/engine/remote.py`."""
+
+    async def process(
+        self, payloads: Sequence[tuple[PayloadIn, int]], timeout_s: float
+    ) -> list[Result]: ...
 
 
 @dataclass(frozen=True)

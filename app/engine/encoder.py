@@ -1,7 +1,10 @@
-"""An encoder: one model's pipeline behind its dynamic batcher, turning texts into vectors.
+"""An encoder: the request side of one model, turning texts into vectors.
 
-Several served models may share one encoder (a trained head on a base model), so
-their inputs go through the same batches and the same forward passes.
+It tokenizes in the calling process and sends token ids to the model's batch service:
+the batcher of the model's `ModelRunner` (app/engine/runner.py), in this process with
+one worker, in the engine process with several (app/engine/remote.py). Several served
+models may share one encoder (a trained head on a base model), so their inputs go
+through the same batches and the same forward passes.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.engine.attention import AttentionEncoder
-from app.engine.batcher import BatchLimits, DynamicBatcher
+from app.engine.batcher import BatchService
 from app.engine.errors import InputTooLong
 from app.engine.manifest import ModelManifest
-from app.engine.pass_gate import PassGate
-from app.engine.pipeline import Pipeline
-from app.engine.tokenization import Token, TokenizedText, tokenize_without_stalling
-from app.metrics import Metrics
+from app.engine.tokenization import (
+    TextTokenizer,
+    Token,
+    TokenizedText,
+    tokenize_without_stalling,
+)
 
 
 @dataclass(frozen=True)
@@ -30,52 +35,33 @@ class EncoderOutput:
 
 
 class Encoder:
-    """Runs texts through one model's pipeline in dynamic batches."""
+    """Turns texts into vectors for one model: tokenize here, then the forward passes
+    through its batch service (the model's batcher, in this process or the engine's)."""
 
     def __init__(
         self,
         manifest: ModelManifest,
-        pipelines: list[Pipeline],  # one per model instance, each its own session
-        limits: BatchLimits,
+        tokenizer: TextTokenizer,
+        batches: BatchService[TokenizedText, np.ndarray],
         request_timeout_s: float,
         *,
-        precision: str,
         tokenize_executor: Executor | None = None,
-        metrics: Metrics | None = None,
+        attention: AttentionEncoder | None = None,
     ) -> None:
         self.manifest = manifest
-        self.pipelines = pipelines
-        self.pipeline = pipelines[0]  # tokenizes for all: the instances share a tokenizer
-        self.precision = precision
+        self.tokenizer = tokenizer
+        self.batches = batches
         self.request_timeout_s = request_timeout_s
         self._tokenize_executor = tokenize_executor
-        # Attention has its own graph, batcher and thread, and passes that yield to this
-        # path's through the gate: an attention burst costs an embedding batch at most
-        # one attention pass.
-        self.gate = PassGate(lambda: self.batcher.queued > 0)
-        self.batcher: DynamicBatcher[TokenizedText, np.ndarray] = DynamicBatcher(
-            manifest.name,
-            [pipeline.forward for pipeline in pipelines],
-            limits,
-            metrics,
-            self.gate.primary,
-        )
-        self.attention: AttentionEncoder | None = None
+        self.attention = attention
 
     @property
     def name(self) -> str:
         return self.manifest.name
 
-    def warm_up(self, text: str) -> None:
-        """One pass per graph before serving (allocations, kernel choices)."""
-        for pipeline in self.pipelines:
-            pipeline.warm_up(text)
-        if self.attention is not None:
-            self.attention.warm_up(text)
-
     async def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[TokenizedText]:
         encoded = await tokenize_without_stalling(
-            list(texts), self.pipeline.tokenize, self._tokenize_executor
+            list(texts), self.tokenizer.encode, self._tokenize_executor
         )
         if not truncate:
             for index, item in enumerate(encoded):
@@ -89,7 +75,7 @@ class Encoder:
     async def token_spans(self, texts: Sequence[str]) -> list[tuple[list[Token], bool]]:
         """Each text's tokens with character spans, and whether it was truncated."""
         return await tokenize_without_stalling(
-            list(texts), self.pipeline.tokenizer.token_lists, self._tokenize_executor
+            list(texts), self.tokenizer.token_lists, self._tokenize_executor
         )
 
     async def run(self, texts: Sequence[str], *, truncate: bool = True) -> EncoderOutput:
@@ -104,6 +90,6 @@ class Encoder:
         """Vectors of already tokenized inputs; the timeout counts from `started` (default now)."""
         started = time.monotonic() if started is None else started
         remaining = self.request_timeout_s - (time.monotonic() - started)
-        vectors = await self.batcher.process([(item, item.tokens) for item in encoded], remaining)
+        vectors = await self.batches.process([(item, item.tokens) for item in encoded], remaining)
         tokens = sum(item.tokens for item in encoded)
         return EncoderOutput(np.stack(vectors), tokens)

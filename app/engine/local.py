@@ -19,12 +19,15 @@ from app.engine.interface import (
 from app.engine.manifest import Task
 from app.engine.model import ServedModel
 from app.engine.registry import ModelRegistry
+from app.engine.runner import ModelRunner
 from app.metrics import Metrics
 
 
-def describe(model: ServedModel, tokenization_workers: int) -> ModelDescription:
-    manifest, encoder = model.manifest, model.encoder
-    limits = encoder.batcher.limits
+def describe(
+    model: ServedModel, runner: ModelRunner, tokenization_workers: int
+) -> ModelDescription:
+    manifest, backend = model.manifest, runner.pipeline.backend
+    limits = runner.batcher.limits
     return ModelDescription(
         name=model.name,
         task=manifest.task,
@@ -33,15 +36,15 @@ def describe(model: ServedModel, tokenization_workers: int) -> ModelDescription:
         dimensions=manifest.dimensions,
         max_length=manifest.max_length,
         pooling=manifest.pooling,
-        backend=encoder.pipeline.backend.name,
-        device=encoder.pipeline.backend.device,
-        precision=encoder.precision,
-        instances=encoder.batcher.instances,
+        backend=backend.name,
+        device=backend.device,
+        precision=runner.precision,
+        instances=runner.batcher.instances,
         max_batch_size=limits.max_batch_size,
         max_batch_tokens=limits.max_batch_tokens,
         max_queue=limits.max_queue,
         tokenization_workers=tokenization_workers,
-        attention=encoder.attention is not None,
+        attention=runner.attention is not None,
     )
 
 
@@ -54,7 +57,9 @@ class InProcessEngine:
         self._registry = registry
         self._tokenize_executor = tokenize_executor
         # Descriptions never change once loaded: built once, not per request.
-        self._descriptions = {model.name: describe(model, workers) for model in registry}
+        self._descriptions = {
+            model.name: describe(model, registry.runner_of(model), workers) for model in registry
+        }
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics | None, *, warm_up: bool) -> InProcessEngine:

@@ -122,9 +122,7 @@ class ServedModel:
                 f"'{self.name}', got {dimensions}"
             )
         if isinstance(texts, TokenIds):
-            output = await self.encoder.run_tokenized(
-                self.encoder.pipeline.tokenizer.from_ids(texts.ids)
-            )
+            output = await self.encoder.run_tokenized(self.encoder.tokenizer.from_ids(texts.ids))
         else:
             output = await self.encoder.run(texts, truncate=truncate)
         self._count_tokens(output.tokens)

@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from app.config import Settings
 from app.engine.attention import AttentionEncoder
-from app.engine.batcher import BatchLimits, DynamicBatcher
+from app.engine.batcher import BatchLimits, BatchService, DynamicBatcher
 from app.engine.encoder import Encoder
 from app.engine.errors import ModelLoadError, ModelNotFound
 from app.engine.heads import ClassifierHead
 from app.engine.instances import instance_count, threads_per_instance
 from app.engine.manifest import MANIFEST_FILE, ModelManifest, Task
 from app.engine.model import ServedModel
-from app.engine.pipeline import Pipeline, open_pipeline, resolve_precision
+from app.engine.pipeline import Pipeline, open_pipeline, open_tokenizer, resolve_precision
+from app.engine.runner import ModelRunner, attention_service
+from app.engine.tokenization import TextTokenizer, TokenizedText
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T", int, float)
+
+# A model's batch service by name (the model's, or `attention_service(model)`): its
+# runner's batchers in this process, or the engine process's (app/engine/remote.py).
+BatchesOf = Callable[[str], BatchService[TokenizedText, np.ndarray]]
 
 WARMUP_TEXT = "Warm-up: the first forward pass allocates what later ones reuse."
 
@@ -57,14 +65,10 @@ def batch_limits(settings: Settings, manifest: ModelManifest) -> BatchLimits:
     )
 
 
-def load_encoder(
-    directory: Path,
-    manifest: ModelManifest,
-    settings: Settings,
-    metrics: Metrics | None = None,
-    tokenize_executor: Executor | None = None,
-) -> Encoder:
-    """Open the pipelines of one model directory; failures name the model and file."""
+def load_runner(
+    directory: Path, manifest: ModelManifest, settings: Settings, metrics: Metrics | None = None
+) -> ModelRunner:
+    """Open the sessions of one model directory; failures name the model and file."""
     limits = batch_limits(settings, manifest)
 
     def observe(inputs: int, padded_tokens: int) -> None:
@@ -99,15 +103,7 @@ def load_encoder(
         threads_per_instance(settings.intra_op_threads, cpu_instances),
         first.backend.device,
     )
-    encoder = Encoder(
-        manifest,
-        pipelines,
-        limits,
-        settings.request_timeout_s,
-        precision=resolve_precision(manifest, settings.precision),
-        tokenize_executor=tokenize_executor,
-        metrics=metrics,
-    )
+    attention = None
     if "attention" in manifest.files:
         attention = open_pipeline(
             directory,
@@ -118,16 +114,62 @@ def load_encoder(
             device=settings.device,
             max_length=settings.max_attention_tokens,
         )
-        encoder.attention = AttentionEncoder(
+    return ModelRunner(
+        manifest,
+        pipelines,
+        limits,
+        precision=resolve_precision(manifest, settings.precision),
+        attention=attention,
+        metrics=metrics,
+    )
+
+
+def build_encoder(
+    manifest: ModelManifest,
+    tokenizer: TextTokenizer,
+    attention_tokenizer: TextTokenizer | None,
+    batches_of: BatchesOf,
+    settings: Settings,
+    tokenize_executor: Executor | None = None,
+) -> Encoder:
+    """The request side of a model over its batch services (see `BatchesOf`)."""
+    attention = None
+    if attention_tokenizer is not None:
+        attention = AttentionEncoder(
             manifest.name,
-            attention,
+            attention_tokenizer,
             manifest.num_layers,
             manifest.num_heads,
+            batches_of(attention_service(manifest.name)),
             settings.request_timeout_s,
             tokenize_executor,
-            encoder.gate,
         )
-    return encoder
+    return Encoder(
+        manifest,
+        tokenizer,
+        batches_of(manifest.name),
+        settings.request_timeout_s,
+        tokenize_executor=tokenize_executor,
+        attention=attention,
+    )
+
+
+def remote_encoder(
+    directory: Path,
+    manifest: ModelManifest,
+    settings: Settings,
+    batches_of: BatchesOf,
+    tokenize_executor: Executor | None = None,
+) -> Encoder:
+    """A model's request side whose passes run elsewhere: tokenizers only, no session."""
+    attention_tokenizer = None
+    if "attention" in manifest.files:
+        length = min(settings.max_attention_tokens, manifest.max_length)
+        attention_tokenizer = open_tokenizer(directory, manifest, length)
+    tokenizer = open_tokenizer(directory, manifest, manifest.max_length)
+    return build_encoder(
+        manifest, tokenizer, attention_tokenizer, batches_of, settings, tokenize_executor
+    )
 
 
 def read_manifest(directory: Path) -> ModelManifest:
@@ -155,10 +197,20 @@ def load_head(directory: Path, manifest: ModelManifest, base: Encoder) -> Classi
 
 
 class ModelRegistry:
-    """The loaded models by name, and the default model of each task."""
+    """The loaded models by name, and the default model of each task.
 
-    def __init__(self, models: list[ServedModel], default_order: list[str]) -> None:
+    In the process that runs the passes it also holds each base model's `ModelRunner`
+    (sessions and batchers); a front-end worker's registry has none (`remote`).
+    """
+
+    def __init__(
+        self,
+        models: list[ServedModel],
+        default_order: list[str],
+        runners: dict[str, ModelRunner] | None = None,
+    ) -> None:
         self._models = {model.name: model for model in models}
+        self.runners = runners or {}
         # Defaults: the preferred names first, then the rest alphabetically.
         preferred = [name for name in default_order if name in self._models]
         self._order = preferred + sorted(set(self._models) - set(preferred))
@@ -169,12 +221,15 @@ class ModelRegistry:
         settings: Settings,
         metrics: Metrics | None = None,
         tokenize_executor: Executor | None = None,
+        *,
+        remote: BatchesOf | None = None,
     ) -> ModelRegistry:
         """Load every selected model; a head model shares its base model's encoder.
 
+        With `remote`, the passes run elsewhere: only tokenizers and heads are loaded here.
         Each manifest is read once, whether its model is served, a base, or both.
         """
-        if settings.backend == "benchmark-fixed":
+        if settings.backend == "benchmark-fixed" and remote is None:
             log.warning(
                 "ENCODER_BACKEND=benchmark-fixed: no model runs and every answer is the same "
                 "vector; for measuring the server around the engine only"
@@ -186,6 +241,7 @@ class ModelRegistry:
             )
         manifests: dict[str, ModelManifest] = {}
         encoders: dict[str, Encoder] = {}
+        runners: dict[str, ModelRunner] = {}
 
         def manifest_of(name: str) -> ModelManifest:
             if name not in manifests:
@@ -193,15 +249,29 @@ class ModelRegistry:
             return manifests[name]
 
         def encoder_of(name: str) -> Encoder:
-            if name not in encoders:
-                directory = settings.models_dir / name
-                if "/" in name or not (directory / MANIFEST_FILE).is_file():
-                    raise ModelLoadError(
-                        f"base model '{name}' has no {MANIFEST_FILE} in {settings.models_dir}"
-                    )
-                encoders[name] = load_encoder(
-                    directory, manifest_of(name), settings, metrics, tokenize_executor
+            if name in encoders:
+                return encoders[name]
+            directory = settings.models_dir / name
+            if "/" in name or not (directory / MANIFEST_FILE).is_file():
+                raise ModelLoadError(
+                    f"base model '{name}' has no {MANIFEST_FILE} in {settings.models_dir}"
                 )
+            manifest = manifest_of(name)
+            if remote is not None:
+                encoders[name] = remote_encoder(
+                    directory, manifest, settings, remote, tokenize_executor
+                )
+                return encoders[name]
+            runner = runners[name] = load_runner(directory, manifest, settings, metrics)
+            attention = runner.attention.tokenizer if runner.attention is not None else None
+            encoders[name] = build_encoder(
+                manifest,
+                runner.pipeline.tokenizer,
+                attention,
+                runner.service,
+                settings,
+                tokenize_executor,
+            )
             return encoders[name]
 
         models = []
@@ -219,10 +289,14 @@ class ModelRegistry:
             models.append(ServedModel(manifest, base, head, metrics, label_cache_bytes=cache))
         if metrics is not None:
             for model in models:
-                encoder = model.encoder
-                backend = encoder.pipeline.backend.name
-                metrics.model_info.labels(model.name, model.task, backend, encoder.precision).set(1)
-        return cls(models, settings.default_models)
+                runner = runners.get(model.encoder.name)
+                if runner is not None:
+                    backend = runner.pipeline.backend.name
+                    info = metrics.model_info.labels(
+                        model.name, model.task, backend, runner.precision
+                    )
+                    info.set(1)
+        return cls(models, settings.default_models, runners)
 
     def __iter__(self) -> Iterator[ServedModel]:
         return (self._models[name] for name in self._order)
@@ -239,24 +313,17 @@ class ModelRegistry:
             raise ModelNotFound(f"model '{name}' is not loaded (loaded: {', '.join(self._order)})")
         return found
 
-    @property
-    def batchers(self) -> list[DynamicBatcher[Any, Any]]:
-        """Every batcher of every encoder: the inference path and the attention path."""
-        found: list[DynamicBatcher[Any, Any]] = []
-        for encoder in self.encoders:
-            found.append(encoder.batcher)
-            if encoder.attention is not None:
-                found.append(encoder.attention.batcher)
-        return found
+    def runner_of(self, model: ServedModel) -> ModelRunner:
+        """The runner of the model's base encoder (KeyError in a front-end worker)."""
+        return self.runners[model.encoder.name]
 
     @property
-    def encoders(self) -> list[Encoder]:
-        """Each encoder once, though several models may share it."""
-        unique = {id(model.encoder): model.encoder for model in self}
-        return list(unique.values())
+    def batchers(self) -> list[DynamicBatcher[Any, Any]]:
+        """Every batcher of every runner: the inference path and the attention path."""
+        return [batcher for runner in self.runners.values() for batcher in runner.batchers]
 
     def warm_up(self) -> None:
         """One forward pass per graph, off the event loop, before the server reports ready."""
-        for encoder in self.encoders:
-            encoder.warm_up(WARMUP_TEXT)
-            log.info("model %s warmed up", encoder.name)
+        for runner in self.runners.values():
+            runner.warm_up(WARMUP_TEXT)
+            log.info("model %s warmed up", runner.name)

@@ -36,18 +36,18 @@ async def test_a_single_text_runs_before_large_inputs_queued_ahead_of_it(
     # One instance: the order of passes is the order of batches.
     app = create_app(Settings(models_dir=default_models, models=["minilm"], instances=1))
     async with running(app) as client:
-        encoder = app.state.server.engine.registry.get("minilm", "embedding").encoder
-        marker_id = int(encoder.pipeline.tokenize([MARKER])[0].ids[1])
-        recorder = PassRecorder(encoder.pipeline.backend, marker_id)
-        encoder.pipeline.backend = recorder
+        runner = app.state.server.engine.registry.runners["minilm"]
+        marker_id = int(runner.pipeline.tokenize([MARKER])[0].ids[1])
+        recorder = PassRecorder(runner.pipeline.backend, marker_id)
+        runner.pipeline.backend = recorder
         source = TextSource(seed=11)
         large = [[text for text in source.take(MAX_INPUTS) if MARKER not in text] for _ in range(4)]
         # Four clients with maximal requests fill the queue first.
         heavy = [
             asyncio.ensure_future(client.post("/encode", json={"inputs": texts})) for texts in large
         ]
-        queued = sum(map(len, large)) - 2 * encoder.batcher.limits.max_batch_size
-        while encoder.batcher.pending < queued:
+        queued = sum(map(len, large)) - 2 * runner.batcher.limits.max_batch_size
+        while runner.batcher.pending < queued:
             await asyncio.sleep(0.005)
         # A fifth client sends one text.
         single = await client.post("/encode", json={"inputs": f"a {MARKER} concert"})

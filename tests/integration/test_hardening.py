@@ -223,9 +223,9 @@ def flaky_app(
 
     async def load_and_wrap() -> None:
         await original_load()
-        encoder = app.state.server.engine.registry.get("minilm", "embedding").encoder
-        poison_id = encoder.pipeline.tokenize(["xylophone"])[0].ids[1]
-        for pipeline in encoder.pipelines:
+        runner = app.state.server.engine.registry.runners["minilm"]
+        poison_id = runner.pipeline.tokenize(["xylophone"])[0].ids[1]
+        for pipeline in runner.pipelines:
             pipeline.backend = FlakyBackend(pipeline.backend, int(poison_id))
             holder.append(pipeline.backend)
 

@@ -12,7 +12,7 @@ from app.backends.onnx import OnnxBackend
 from app.config import Settings
 from app.engine.manifest import ModelManifest
 from app.engine.pipeline import Pipeline, open_pipeline
-from app.engine.registry import load_encoder
+from app.engine.registry import load_runner
 from loadtest.engine import EngineJob, measure_engine, texts_needed
 from loadtest.texts import TextSource
 
@@ -96,8 +96,9 @@ def test_which_graphs_the_server_packs(
     settings = Settings(
         models_dir=minilm.parent, packing=packing, device="cpu", precision=precision
     )
-    encoder = load_encoder(minilm, ModelManifest.read(minilm), settings)
-    assert encoder.pipeline.backend.packed is packed
-    assert encoder.attention is not None
-    assert not encoder.attention.pipeline.backend.packed  # per-row maps must not mix inputs
-    assert encoder.attention.gate is encoder.gate  # attention passes yield to embedding ones
+    runner = load_runner(minilm, ModelManifest.read(minilm), settings)
+    assert runner.pipeline.backend.packed is packed
+    assert runner.attention is not None and runner.attention_batcher is not None
+    assert not runner.attention.backend.packed  # per-row maps must not mix inputs
+    # Attention passes yield to embedding ones: its batcher enters the gate's secondary side.
+    assert runner.attention_batcher._gate == runner.gate.secondary

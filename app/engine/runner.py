@@ -1,0 +1,89 @@
+"""The engine side of one model: its sessions (instances) behind a dynamic batcher, and its
+attention graph behind a second one. This is what the engine process owns; requests reach
+it as token ids through `Encoder` (app/engine/encoder.py), in this process or another.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from app.engine.attention import ATTENTION_LIMITS
+from app.engine.batcher import BatchLimits, DynamicBatcher
+from app.engine.manifest import ModelManifest
+from app.engine.pass_gate import PassGate
+from app.engine.pipeline import Pipeline
+from app.engine.tokenization import TokenizedText
+from app.metrics import Metrics
+
+
+def attention_service(name: str) -> str:
+    """The name under which a model's attention batcher is served."""
+    return f"{name}-attention"
+
+
+class ModelRunner:
+    """Runs one model's forward passes in dynamic batches, on one or more instances."""
+
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        pipelines: list[Pipeline],  # one per model instance, each its own session
+        limits: BatchLimits,
+        *,
+        precision: str,
+        attention: Pipeline | None = None,  # the attention graph, when exported
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.pipelines = pipelines
+        self.pipeline = pipelines[0]
+        self.attention = attention
+        self.precision = precision
+        # Attention has its own graph, batcher and thread, and passes that yield to the
+        # embedding path's through the gate: an attention burst costs an embedding batch
+        # at most one attention pass.
+        self.gate = PassGate(lambda: self.batcher.queued > 0)
+        self.batcher: DynamicBatcher[TokenizedText, np.ndarray] = DynamicBatcher(
+            manifest.name,
+            [pipeline.forward for pipeline in pipelines],
+            limits,
+            metrics,
+            self.gate.primary,
+        )
+        self.attention_batcher: DynamicBatcher[TokenizedText, np.ndarray] | None = None
+        if attention is not None:
+            self.attention_batcher = DynamicBatcher(
+                attention_service(manifest.name),
+                attention.attention_maps,
+                ATTENTION_LIMITS,
+                gate=self.gate.secondary,
+            )
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def batchers(self) -> list[DynamicBatcher[Any, Any]]:
+        """The inference path's batcher, then the attention path's (when there is one)."""
+        found: list[DynamicBatcher[Any, Any]] = [self.batcher]
+        if self.attention_batcher is not None:
+            found.append(self.attention_batcher)
+        return found
+
+    def service(self, name: str) -> DynamicBatcher[TokenizedText, np.ndarray]:
+        """The batcher served as `name`: the model's, or `attention_service(model)`."""
+        if name == self.name:
+            return self.batcher
+        if name == attention_service(self.name) and self.attention_batcher is not None:
+            return self.attention_batcher
+        raise KeyError(name)
+
+    def warm_up(self, text: str) -> None:
+        """One pass per graph before serving (allocations, kernel choices)."""
+        for pipeline in self.pipelines:
+            pipeline.warm_up(text)
+        if self.attention is not None:
+            self.attention.attention_maps(self.attention.tokenize([text]))
