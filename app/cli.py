@@ -14,15 +14,19 @@ def _serve(args: argparse.Namespace) -> int:
     from app.api.app import create_app
     from app.api.server import serve
     from app.logs import configure_logging
+    from app.processes import Supervisor, worker_count
 
     overrides = {
         key: value for key in ("host", "port", "models_dir") if (value := getattr(args, key))
     }
     settings = Settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
+    workers = worker_count(settings.workers)
+    if workers > 1:
+        return Supervisor(settings, workers).run()
     app = create_app(settings)
     state = app.state.server
-    serve(state, app, settings.host, settings.port, settings.access_log)
+    serve(state, app)
     error = state.fatal_error
     if error is not None:
         print(f"encoder-serve: {error}", file=sys.stderr)

@@ -94,6 +94,11 @@ class Settings(BaseSettings):
         "batching.instances overrides); auto: see app/engine/instances.py.",
     )
     warmup: bool = True
+    workers: int | Literal["auto"] = Field(
+        "auto",
+        description="HTTP worker processes in front of one engine process; 1 keeps one "
+        "process; auto: one per 4 cores, at most 8 (app/processes.py).",
+    )
 
     # Dynamic batcher
     max_batch_size: int = Field(64, ge=1)
@@ -174,6 +179,13 @@ class Settings(BaseSettings):
         _split_names
     )
     _check_api_keys = field_validator("api_key", mode="before")(_api_keys)
+
+    @field_validator("instances", "workers")
+    @classmethod
+    def _at_least_one(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1, or auto")
+        return value
 
     @model_validator(mode="after")
     def _resolve_threads(self) -> Settings:

@@ -51,6 +51,8 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            # With worker processes (ENCODER_WORKERS) several processes share the stream.
+            "pid": record.process,
             "message": record.getMessage(),
         }
         entry.update(_extras(record))

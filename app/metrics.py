@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -10,7 +12,9 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
+    generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # `*_created` series double the exposition and no dashboard reads them.
 disable_created_metrics()
@@ -27,10 +31,20 @@ BATCH_TOKEN_BUCKETS = tuple(float(2**i) for i in range(3, 18))  # 8 … 131072
 
 
 class Metrics:
-    """The server's collectors, registered in one registry per app (tests build many apps)."""
+    """The server's collectors, registered in one registry per app (tests build many apps).
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    With worker processes (ENCODER_WORKERS > 1) every process writes its samples to files
+    in `multiprocess_dir` (prometheus_client's multiprocess mode, switched on for the
+    children by `PROMETHEUS_MULTIPROC_DIR`) and `exposition` merges them: counters and
+    histograms add up across processes, gauges follow their `multiprocess_mode`.
+    Per-process collectors (`process_*`, `python_info`) are then left out.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, multiprocess_dir: Path | None = None
+    ) -> None:
         self.registry = registry or CollectorRegistry()
+        self.multiprocess_dir = multiprocess_dir
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         r = self.registry
@@ -73,7 +87,11 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "encoder_queue_depth", "Inputs waiting in the batcher queue.", ["model"], registry=r
+            "encoder_queue_depth",
+            "Inputs waiting in the batcher queue.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.tokens = Counter(
             "encoder_tokens", "Tokens processed (without padding).", ["model"], registry=r
@@ -90,6 +108,7 @@ class Metrics:
             "Model instances running a batch now.",
             ["model"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.instance_batches = Counter(
             "encoder_instance_batches",
@@ -102,4 +121,13 @@ class Metrics:
             "Loaded models (value 1).",
             ["model", "task", "backend", "precision"],
             registry=r,
+            multiprocess_mode="livemax",
         )
+
+    def exposition(self) -> bytes:
+        """Every sample in Prometheus' text format: this process's, or all processes'."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=str(self.multiprocess_dir))
+        return generate_latest(merged)

@@ -1,19 +1,21 @@
-"""What the server around the engine sustains on its own: the benchmark-only backend.
+"""What the server around the engine sustains on its own, by worker processes.
 
-`python -m loadtest.front_end [--out DIR]` starts the server with
+`python -m loadtest.front_end [--workers 1 2] [--out DIR]` starts the server with
 ENCODER_BACKEND=benchmark-fixed (no model runs; every answer is the same vector), so
-HTTP, validation, tokenization, batching, serialization, metrics and logs are all that
-costs, and runs closed loops of single-text /encode requests at a few client counts.
-Writes front-end.md and front-end.json into DIR (default loadtest/results). With
-worker processes (issue #16) this is the figure that shows how the front end scales
-with cores before a GPU is at hand; today the server is one process.
+HTTP, validation, tokenization, batching, the hop to the engine process, serialization,
+metrics and logs are all that costs, and runs closed loops of single-text /encode
+requests at a few client counts. Each worker count gets a fresh server per round, and
+the rounds alternate which count goes first (the machine drifts between runs). With one
+worker the server is one process; with more, HTTP workers plus an engine process
+(app/processes.py). Writes front-end.md and front-end.json into DIR (default
+loadtest/results).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import statistics
 import tempfile
 from dataclasses import asdict
 from datetime import date
@@ -27,34 +29,69 @@ from loadtest.wrk import run_wrk, wrk_path
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = (1, 8, 32)
+WORKERS = (1, 2)
 TEXTS_PER_POINT = 40_000  # more than a 10 s point sends at the rates seen: each text fresh
 
 
-def measure(clients: tuple[int, ...], seconds: float, out: Path) -> dict[str, object]:
-    env = {
-        "ENCODER_BACKEND": "benchmark-fixed",
-        "ENCODER_MODELS": "minilm",
-        "ENCODER_MODELS_DIR": str(ROOT / "models"),
-        "ENCODER_LOG_LEVEL": "warning",
-    }
-    generator = "wrk" if wrk_path() else "asyncio client"
-    points = []
+def measure(
+    workers: tuple[int, ...], clients: tuple[int, ...], seconds: float, rounds: int
+) -> list[dict[str, object]]:
+    generator_runs = run_wrk if wrk_path() else run_load
+    points: list[dict[str, object]] = []
     source = TextSource(seed=5)
-    with (
-        tempfile.TemporaryDirectory() as scratch,
-        running_server(env, Path(scratch) / "server.log") as server,
-    ):
-        for count in clients:
-            texts = source.take(TEXTS_PER_POINT)
-            spec = LoadSpec("127.0.0.1", server.port, texts, 1, seconds, count)
-            outcome = run_wrk(spec) if wrk_path() else run_load(spec)
-            rate = outcome.answered / outcome.window_s
-            points.append({"clients": count, "requests_per_s": round(rate, 1), **asdict(outcome)})
-            print(f"{count:>3} clients: {rate:8.1f} requests/s, p50 {outcome.p50_ms:.1f} ms")
+    for round_index in range(rounds):
+        order = workers if round_index % 2 == 0 else tuple(reversed(workers))
+        for count in order:
+            env = {
+                "ENCODER_BACKEND": "benchmark-fixed",
+                "ENCODER_MODELS": "minilm",
+                "ENCODER_MODELS_DIR": str(ROOT / "models"),
+                "ENCODER_LOG_LEVEL": "warning",
+                "ENCODER_WORKERS": str(count),
+            }
+            with (
+                tempfile.TemporaryDirectory() as scratch,
+                running_server(env, Path(scratch) / "server.log") as server,
+            ):
+                for users in clients:
+                    spec = LoadSpec(
+                        "127.0.0.1", server.port, source.take(TEXTS_PER_POINT), 1, seconds, users
+                    )
+                    outcome = generator_runs(spec)
+                    rate = outcome.answered / outcome.window_s
+                    points.append(
+                        {
+                            "round": round_index + 1,
+                            "workers": count,
+                            "clients": users,
+                            "requests_per_s": round(rate, 1),
+                            **asdict(outcome),
+                        }
+                    )
+                    print(
+                        f"round {round_index + 1}, {count} worker(s), {users:>3} clients: "
+                        f"{rate:8.1f} requests/s, p50 {outcome.p50_ms:.1f} ms",
+                        flush=True,
+                    )
+    return points
+
+
+def median_rate(points: list[dict[str, object]], workers: int, clients: int) -> float:
+    rates = [
+        float(p["requests_per_s"])  # type: ignore[arg-type]
+        for p in points
+        if p["workers"] == workers and p["clients"] == clients
+    ]
+    return statistics.median(rates)
+
+
+def write_report(
+    points: list[dict[str, object]], workers: tuple[int, ...], clients: tuple[int, ...], out: Path
+) -> None:
+    generator = "wrk" if wrk_path() else "asyncio client"
     report = {
         "date": date.today().isoformat(),
         "backend": "benchmark-fixed",
-        "workers": 1,
         "generator": generator,
         "machine": describe_machine(),
         "points": points,
@@ -62,28 +99,55 @@ def measure(clients: tuple[int, ...], seconds: float, out: Path) -> dict[str, ob
     out.mkdir(parents=True, exist_ok=True)
     (out / "front-end.json").write_text(json.dumps(report, indent=2) + "\n")
     rows = "\n".join(
-        f"| {p['clients']} | {p['requests_per_s']} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} | "
-        f"{p['errors']} |"
+        f"| {p['round']} | {p['workers']} | {p['clients']} | {p['requests_per_s']} | "
+        f"{p['p50_ms']:.1f} | {p['p99_ms']:.1f} | {p['errors']} |"
         for p in points
     )
+    base = workers[0]
+    ratios = "\n".join(
+        f"| {users} | "
+        + " | ".join(f"{median_rate(points, count, users):.0f}" for count in workers)
+        + " | "
+        + " | ".join(
+            f"{median_rate(points, count, users) / median_rate(points, base, users):.2f}"
+            for count in workers[1:]
+        )
+        + " |"
+        for users in clients
+    )
+    headers = " | ".join(f"{count} worker(s)" for count in workers)
+    ratio_headers = " | ".join(f"{count} ÷ {base}" for count in workers[1:])
+    machine = report["machine"]
+    cores = machine["cores_usable"]
     (out / "front-end.md").write_text(
-        f"# Front end alone ({report['date']})\n\n"
+        f"# Front end alone, by worker processes ({report['date']})\n\n"
         "`python -m loadtest.front_end`: ENCODER_BACKEND=benchmark-fixed (no model runs), "
-        f"single-text `/encode`, closed loop by {generator}, one server process, "
-        f"{os.cpu_count()} cores.\n\n"
-        "| clients | requests/s | p50 ms | p99 ms | errors |\n|---:|---:|---:|---:|---:|\n"
+        f"single-text `/encode`, closed loop by {generator} on the same machine "
+        f"({cores} cores), a fresh server per worker count and round, "
+        "the first worker count alternating between rounds. One worker is one process; "
+        "more are HTTP workers plus the engine process.\n\n"
+        "Median requests/s over the rounds:\n\n"
+        f"| clients | {headers} | {ratio_headers} |\n"
+        f"|---:|{'---:|' * len(workers)}{'---:|' * (len(workers) - 1)}\n"
+        f"{ratios}\n\n"
+        "Every run:\n\n"
+        "| round | workers | clients | requests/s | p50 ms | p99 ms | errors |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|\n"
         f"{rows}\n"
     )
-    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "loadtest" / "results")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS))
+    parser.add_argument("--workers", type=int, nargs="+", default=list(WORKERS))
     args = parser.parse_args()
-    measure(tuple(args.clients), args.seconds, args.out)
+    workers, clients = tuple(args.workers), tuple(args.clients)
+    points = measure(workers, clients, args.seconds, args.rounds)
+    write_report(points, workers, clients, args.out)
 
 
 if __name__ == "__main__":

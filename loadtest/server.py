@@ -47,10 +47,27 @@ class RunningServer:
         return "\n".join(text.splitlines()[-lines:])
 
     def cpu_seconds(self) -> float:
-        """User + system CPU seconds of the server process, all its threads."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        # After the ")" closing the command name, utime and stime are fields 12 and 13.
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU seconds of the server: its process and, with worker processes
+        (ENCODER_WORKERS > 1), the engine and workers it started, all their threads."""
+        return sum(_process_cpu_seconds(pid) for pid in _process_tree(self.process.pid))
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (Linux /proc)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in task.read_text().split():
+            found += _process_tree(int(child))
+    return found
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:  # exited meanwhile
+        return 0.0
+    # After the ")" closing the command name, utime and stime are fields 12 and 13.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -61,7 +78,10 @@ def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return int(error.code), error.read()
 
 
-def wait_ready(server: RunningServer, timeout_s: float = READY_TIMEOUT_S) -> None:
+def wait_ready(
+    server: RunningServer, timeout_s: float = READY_TIMEOUT_S, path: str = "/ready"
+) -> None:
+    """Until `path` answers 200 (another server's probe for a peer: infinity's /health)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -69,7 +89,7 @@ def wait_ready(server: RunningServer, timeout_s: float = READY_TIMEOUT_S) -> Non
                 f"the server exited with {server.process.returncode}:\n{server.log_tail()}"
             )
         with contextlib.suppress(OSError):
-            if _get(f"{server.url}/ready", timeout=2)[0] == 200:
+            if _get(f"{server.url}{path}", timeout=2)[0] == 200:
                 return
         time.sleep(0.2)
     raise RuntimeError(f"the server was not ready within {timeout_s:.0f} s:\n{server.log_tail()}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -20,9 +21,17 @@ from app.config import Settings
 from app.metrics import Metrics
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine_socket: Path | None = None,
+    metrics_dir: Path | None = None,
+) -> FastAPI:
+    """The app of one HTTP process. In a front-end worker (ENCODER_WORKERS > 1, see
+    app/processes.py) the passes run in the engine process behind `engine_socket`, and
+    `/metrics` merges every process's samples from `metrics_dir`."""
     settings = settings or Settings()
-    state = ServerState(settings, Metrics())
+    state = ServerState(settings, Metrics(multiprocess_dir=metrics_dir), engine_socket)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

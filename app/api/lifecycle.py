@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from app.api.schemas import RequestLimits
 from app.config import Settings
@@ -19,9 +20,12 @@ log = logging.getLogger(__name__)
 class ServerState:
     """What the routes need to know about the server: its engine and whether it is ready."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, engine_socket: Path | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.engine_socket = engine_socket  # set in a front-end worker: the engine process
         # What the request validators enforce: derived from the settings once, not per request.
         self.request_limits = RequestLimits.of(settings)
         self._engine: Engine | None = None
@@ -35,7 +39,7 @@ class ServerState:
         engine = self._engine
         if engine is None or self.draining:
             return False
-        return not engine.stopped_workers()
+        return engine.not_ready() is None
 
     @property
     def engine(self) -> Engine:
@@ -51,13 +55,17 @@ class ServerState:
             return "draining: the server is shutting down"
         if self._engine is None:
             return "models are still loading"
-        return f"batch workers stopped for models: {', '.join(self._engine.stopped_workers())}"
+        return self._engine.not_ready() or "ready"
 
     async def load(self) -> None:
         """Load and warm every model; on failure record the error and stop the server."""
         try:
             engine = await asyncio.to_thread(
-                load_engine, self.settings, self.metrics, warm_up=self.settings.warmup
+                load_engine,
+                self.settings,
+                self.metrics,
+                warm_up=self.settings.warmup,
+                engine_socket=self.engine_socket,
             )
         except Exception as error:
             self.fatal_error = error
@@ -71,7 +79,11 @@ class ServerState:
         # two such pauses in 15 s, which set the p99).
         gc.collect()
         gc.freeze()
-        engine.start()
+        try:
+            await engine.start()
+        except asyncio.CancelledError:  # shut down while a worker waited for the engine
+            await engine.close()
+            raise
         self._engine = engine
         log.info("ready: serving %s", ", ".join(model.name for model in engine.models()))
 

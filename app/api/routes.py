@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from app.api.bodies import StrictJSONRoute
@@ -188,5 +188,5 @@ async def ready(request: Request) -> Response:
 @router.get("/metrics", tags=["operations"], response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus text format."""
-    body = generate_latest(server_state(request).metrics.registry)
+    body = server_state(request).metrics.exposition()
     return Response(body, media_type=CONTENT_TYPE_LATEST)

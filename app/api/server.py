@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from types import FrameType
 
 import uvicorn
@@ -40,7 +41,9 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(app_state: ServerState, app: object, host: str, port: int, access_log: bool) -> None:
+def serve(app_state: ServerState, app: object, sockets: list[socket.socket] | None = None) -> None:
+    """Run the HTTP server until it is stopped: on the settings' host and port, or on
+    `sockets` already bound (a front-end worker's share of the supervisor's socket)."""
     settings = app_state.settings
     limits = ConnectionLimits(
         max_header_bytes=settings.max_header_bytes,
@@ -51,13 +54,13 @@ def serve(app_state: ServerState, app: object, host: str, port: int, access_log:
     raise_open_files_limit(limits.max_connections)
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
-        host=host,
-        port=port,
+        host=settings.host,
+        port=settings.port,
         # httptools (uvicorn's fastest parser) with bounds on headers, read time and
         # connections; uvicorn itself has none of them for httptools.
         http=GuardedHttpToolsProtocol.with_limits(limits),
         log_config=None,
-        access_log=access_log,
+        access_log=settings.access_log,
         # Work was drained already; connections get as long again to send their answers.
         timeout_graceful_shutdown=max(int(settings.drain_s), 1),
         # Longer than clients and load balancers keep idle connections (httpx 5 s, nginx
@@ -65,4 +68,4 @@ def serve(app_state: ServerState, app: object, host: str, port: int, access_log:
         # it, that request fails (uvicorn's default of 5 s raced httpx's 5 s expiry).
         timeout_keep_alive=settings.keep_alive_s,
     )
-    DrainingServer(config, app_state).run()
+    DrainingServer(config, app_state).run(sockets=sockets)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -153,12 +154,14 @@ class Engine(Protocol):
 
     # -- lifecycle ---------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the batch workers on the running event loop."""
+    async def start(self) -> None:
+        """Start serving on the running event loop: the batch workers, or the link to the
+        engine process (waiting until it has described its models)."""
         ...
 
-    def stopped_workers(self) -> list[str]:
-        """Names of batch workers that are not running (the server is then not ready)."""
+    def not_ready(self) -> str | None:
+        """Why the engine cannot serve now (batch workers stopped, the engine process
+        restarting), or None when it can."""
         ...
 
     async def drain(self, timeout_s: float) -> bool:
@@ -171,8 +174,21 @@ class Engine(Protocol):
         ...
 
 
-def load_engine(settings: Settings, metrics: Metrics | None, *, warm_up: bool) -> Engine:
-    """Load (and warm) every model of the repository into this process. Blocking."""
-    from app.engine.local import InProcessEngine  # the implementation imports this module
+def load_engine(
+    settings: Settings,
+    metrics: Metrics | None,
+    *,
+    warm_up: bool,
+    engine_socket: Path | None = None,
+) -> Engine:
+    """Load (and warm) every model of the repository into this process; or, given the
+    engine process's socket, wait for it and load only what requests need here
+    (tokenizers, heads). Blocking."""
+    # The implementations import this module.
+    if engine_socket is not None:
+        from app.engine.remote import RemoteEngine
+
+        return RemoteEngine.load(settings, metrics, engine_socket)
+    from app.engine.local import InProcessEngine
 
     return InProcessEngine.load(settings, metrics, warm_up=warm_up)

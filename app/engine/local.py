@@ -48,31 +48,19 @@ def describe(
     )
 
 
-class InProcessEngine:
-    """Implements `app.engine.interface.Engine` over a `ModelRegistry` in this process."""
+class RegistryEngine:
+    """The requests of `app.engine.interface.Engine` over a `ModelRegistry`; subclasses
+    say where the passes run (`InProcessEngine` here, `RemoteEngine` in the engine process)."""
 
     def __init__(
-        self, registry: ModelRegistry, tokenize_executor: ThreadPoolExecutor, workers: int
+        self,
+        registry: ModelRegistry,
+        descriptions: dict[str, ModelDescription],
+        tokenize_executor: ThreadPoolExecutor,
     ) -> None:
         self._registry = registry
+        self._descriptions = descriptions  # never change once loaded: built once
         self._tokenize_executor = tokenize_executor
-        # Descriptions never change once loaded: built once, not per request.
-        self._descriptions = {
-            model.name: describe(model, registry.runner_of(model), workers) for model in registry
-        }
-
-    @classmethod
-    def load(cls, settings: Settings, metrics: Metrics | None, *, warm_up: bool) -> InProcessEngine:
-        workers = available_cores()  # threads that tokenize large requests: one per core
-        executor = ThreadPoolExecutor(workers, thread_name_prefix="tokenize")
-        try:
-            registry = ModelRegistry.load(settings, metrics, executor)
-            if warm_up:
-                registry.warm_up()
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        return cls(registry, executor, workers)
 
     @property
     def registry(self) -> ModelRegistry:
@@ -131,14 +119,33 @@ class InProcessEngine:
     async def tokenize(self, model: str, texts: Sequence[str]) -> Tokenization:
         return await self._registry.get(model, "embedding").tokenize(texts)
 
-    # -- lifecycle ---------------------------------------------------------
 
-    def start(self) -> None:
+class InProcessEngine(RegistryEngine):
+    """Implements `app.engine.interface.Engine` with the sessions in this process."""
+
+    @classmethod
+    def load(cls, settings: Settings, metrics: Metrics | None, *, warm_up: bool) -> InProcessEngine:
+        workers = tokenization_threads()
+        executor = ThreadPoolExecutor(workers, thread_name_prefix="tokenize")
+        try:
+            registry = ModelRegistry.load(settings, metrics, executor)
+            if warm_up:
+                registry.warm_up()
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        descriptions = {
+            model.name: describe(model, registry.runner_of(model), workers) for model in registry
+        }
+        return cls(registry, descriptions, executor)
+
+    async def start(self) -> None:
         for batcher in self._registry.batchers:
             batcher.start()
 
-    def stopped_workers(self) -> list[str]:
-        return [batcher.name for batcher in self._registry.batchers if not batcher.alive]
+    def not_ready(self) -> str | None:
+        stopped = [batcher.name for batcher in self._registry.batchers if not batcher.alive]
+        return f"batch workers stopped for models: {', '.join(stopped)}" if stopped else None
 
     async def drain(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -155,3 +162,8 @@ class InProcessEngine:
         for batcher in self._registry.batchers:
             await batcher.stop()
         self._tokenize_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def tokenization_threads() -> int:
+    """Threads that tokenize large requests off the event loop: one per core."""
+    return available_cores()

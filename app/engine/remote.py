@@ -1,0 +1,226 @@
+"""A front-end worker's engine: requests are tokenized here, their passes run in the
+engine process (app/engine/service.py), reached over a Unix socket (app/engine/wire.py).
+
+The worker loads tokenizers and heads, not sessions; each model's batch service is a
+`RemoteBatches` that sends token ids and awaits vectors. Deadlines, admission (429) and
+queueing stay in the engine process's batchers; a request cancelled here (the client
+went away) is cancelled there too. When the engine process stops, every waiting request
+fails at once with NotReady (503) and the link reconnects until a new one answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.config import Settings
+from app.engine import wire
+from app.engine.errors import NotReady
+from app.engine.interface import ModelDescription
+from app.engine.local import RegistryEngine, tokenization_threads
+from app.engine.registry import ModelRegistry
+from app.engine.timing import current_timing
+from app.engine.tokenization import TokenizedText
+from app.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+RECONNECT_S = 0.2  # between attempts to reach a (re)starting engine process
+STATUS_EVERY_S = 0.5  # how often a worker asks the engine process whether it is ready
+# The engine answers by each request's deadline; past it by this much, the engine is stuck.
+ANSWER_GRACE_S = 5.0
+NOT_RUNNING = "the engine process is not running (it is being restarted); retry shortly"
+
+
+class EngineLink:
+    """One worker's connection to the engine process: requests multiplexed by id."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def run(self) -> None:
+        """Connect, answer frames until the engine goes away, reconnect; until cancelled."""
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(str(self.path))
+            except OSError:
+                await asyncio.sleep(RECONNECT_S)
+                continue
+            self._writer = writer
+            log.info("connected to the engine process")
+            try:
+                await self._read(reader)
+            except (asyncio.IncompleteReadError, ConnectionError, wire.WireError) as error:
+                log.warning("lost the engine process (%s); reconnecting", type(error).__name__)
+            finally:
+                self._writer = None
+                writer.close()
+                for future in self._pending.values():
+                    if not future.done():
+                        future.set_exception(NotReady(NOT_RUNNING))
+                self._pending.clear()
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            kind, request_id, payload = await wire.read_frame(reader)
+            future = self._pending.pop(request_id, None)
+            if future is None or future.done():
+                continue  # cancelled here meanwhile
+            if kind == wire.RESULT:
+                future.set_result(wire.decode_result(payload))
+            elif kind == wire.ERROR:
+                future.set_exception(wire.decode_error(payload))
+            elif kind == wire.REPLY:
+                future.set_result(wire.decode_json(payload))
+            else:
+                raise wire.WireError(f"unexpected frame kind {kind}")
+
+    async def _ask(self, frame: bytes, request_id: int, wait_s: float) -> Any:
+        writer = self._writer
+        if writer is None:
+            raise NotReady(NOT_RUNNING)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        writer.write(frame)
+        try:
+            async with asyncio.timeout(wait_s):
+                return await future
+        except TimeoutError:
+            raise NotReady("the engine process did not answer in time") from None
+        except asyncio.CancelledError:
+            if self._writer is writer and self._pending.pop(request_id, None) is not None:
+                writer.write(wire.encode_cancel(request_id))
+            raise
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def run_batch(
+        self, service: str, items: list[TokenizedText], timeout_s: float
+    ) -> wire.RunResult:
+        request_id = next(self._ids)
+        frame = wire.encode_run(request_id, service, items, timeout_s)
+        result: wire.RunResult = await self._ask(
+            frame, request_id, max(timeout_s, 0.0) + ANSWER_GRACE_S
+        )
+        return result
+
+    async def call(self, op: str, wait_s: float = ANSWER_GRACE_S) -> dict[str, Any]:
+        request_id = next(self._ids)
+        reply: dict[str, Any] = await self._ask(
+            wire.encode_json(wire.CALL, request_id, {"op": op}), request_id, wait_s
+        )
+        return reply
+
+
+class RemoteBatches:
+    """A model's batch service in the engine process (`app.engine.batcher.BatchService`)."""
+
+    def __init__(self, link: EngineLink, service: str) -> None:
+        self._link = link
+        self._service = service
+
+    async def process(
+        self, payloads: Sequence[tuple[TokenizedText, int]], timeout_s: float
+    ) -> list[np.ndarray]:
+        items = [item for item, _ in payloads]
+        result = await self._link.run_batch(self._service, items, timeout_s)
+        timing = current_timing.get()
+        if timing is not None:
+            timing.record(
+                result.queue_s, result.inference_s, len(items), sum(p[1] for p in payloads)
+            )
+        return list(result.values)
+
+
+class RemoteEngine(RegistryEngine):
+    """Implements `app.engine.interface.Engine` with the passes in the engine process."""
+
+    def __init__(self, *args: Any, link: EngineLink) -> None:
+        super().__init__(*args)
+        self._link = link
+        self._tasks: list[asyncio.Task[None]] = []
+        self._status: str | None = NOT_RUNNING
+
+    @classmethod
+    def load(cls, settings: Settings, metrics: Metrics | None, path: Path) -> RemoteEngine:
+        """Tokenizers and heads (blocking); the descriptions come from the engine in `start`."""
+        link = EngineLink(path)
+        executor = ThreadPoolExecutor(tokenization_threads(), thread_name_prefix="tokenize")
+        try:
+            registry = ModelRegistry.load(
+                settings,
+                metrics,
+                executor,
+                remote=lambda service: RemoteBatches(link, service),
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(registry, {}, executor, link=link)
+
+    async def start(self) -> None:
+        """Connect, and wait until the engine process (loading its models) describes them."""
+        self._tasks = [asyncio.create_task(self._link.run())]
+        while True:
+            if self._link.connected:
+                try:
+                    reply = await self._link.call("describe")
+                    break
+                except NotReady:
+                    pass
+            await asyncio.sleep(RECONNECT_S)
+        self._descriptions = {model["name"]: ModelDescription(**model) for model in reply["models"]}
+        await self._refresh_status()
+        self._tasks.append(asyncio.create_task(self._watch()))
+
+    async def _watch(self) -> None:
+        """Keep `not_ready` current: the engine's own answer, or why there is none."""
+        while True:
+            await asyncio.sleep(STATUS_EVERY_S)
+            await self._refresh_status()
+
+    async def _refresh_status(self) -> None:
+        try:
+            status = await self._link.call("status", STATUS_EVERY_S * 4)
+            self._status = status["not_ready"]
+        except NotReady as error:
+            self._status = str(error)
+
+    def not_ready(self) -> str | None:
+        return self._status if self._link.connected else NOT_RUNNING
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until this worker's requests are answered (the engine drains its own)."""
+        deadline = time.monotonic() + timeout_s
+        while self._link.pending:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tokenize_executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,172 @@
+"""The engine process: every model's sessions and batchers, served to the front-end
+workers over a Unix socket (frames: app/engine/wire.py; the workers' side:
+app/engine/remote.py).
+
+Each worker holds one connection and multiplexes its requests over it by id. A request
+runs as a task here, so deadlines, admission (429), fairness across requests and
+cancellation work exactly as in one process; a worker that disconnects takes its
+queued inputs with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import asdict
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.config import Settings
+from app.engine import wire
+from app.engine.errors import EngineError, InferenceFailed, ModelNotFound, NotReady
+from app.engine.local import InProcessEngine
+from app.engine.timing import RequestTiming, current_timing
+
+log = logging.getLogger(__name__)
+
+
+def _forget(tasks: dict[int, asyncio.Task[None]], request_id: int, _: object) -> None:
+    tasks.pop(request_id, None)
+
+
+class EngineService:
+    """Answers the frames of worker connections from an in-process engine."""
+
+    def __init__(self, engine: InProcessEngine) -> None:
+        self._engine = engine
+        self._services = {
+            batcher.name: batcher for batcher in engine.registry.batchers
+        }  # a model's name, and `<model>-attention`
+        self.draining = False
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    def close_connections(self) -> None:
+        for writer in self._writers:
+            writer.close()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tasks: dict[int, asyncio.Task[None]] = {}
+        self._writers.add(writer)
+        try:
+            while True:
+                kind, request_id, payload = await wire.read_frame(reader)
+                if kind == wire.RUN:
+                    task = asyncio.create_task(self._run(request_id, payload, writer))
+                    tasks[request_id] = task
+                    task.add_done_callback(functools.partial(_forget, tasks, request_id))
+                elif kind == wire.CANCEL:
+                    running = tasks.get(request_id)
+                    if running is not None:
+                        running.cancel()
+                elif kind == wire.CALL:
+                    reply = self._call(wire.decode_json(payload))
+                    writer.write(wire.encode_json(wire.REPLY, request_id, reply))
+                else:
+                    raise wire.WireError(f"unexpected frame kind {kind}")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the worker went away: its requests are cancelled below
+        except wire.WireError as error:
+            log.error("closing a worker connection: %s", error)
+        finally:
+            for task in list(tasks.values()):
+                task.cancel()
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _run(
+        self, request_id: int, payload: memoryview, writer: asyncio.StreamWriter
+    ) -> None:
+        timing = RequestTiming()
+        current_timing.set(timing)  # this task's own context: what the batcher records
+        try:
+            request = wire.decode_run(payload)
+            batcher = self._services.get(request.service)
+            if batcher is None:
+                raise ModelNotFound(f"the engine process serves no model '{request.service}'")
+            if self.draining:
+                raise NotReady("the server is shutting down; send new requests to another replica")
+            results = await batcher.process(
+                [(item, item.tokens) for item in request.items], request.timeout_s
+            )
+            frame = wire.encode_result(
+                request_id, np.stack(results), timing.queue_s, timing.inference_s
+            )
+        except EngineError as error:
+            frame = wire.encode_error(request_id, error)
+        except Exception as error:  # a bug: the caller still gets an answer
+            log.exception("engine request failed")
+            frame = wire.encode_error(request_id, InferenceFailed(f"engine error: {error!r}"))
+        if not writer.is_closing():
+            writer.write(frame)
+
+    def _call(self, message: dict[str, Any]) -> dict[str, Any]:
+        op = message.get("op")
+        if op == "describe":
+            return {"models": [asdict(model) for model in self._engine.models()]}
+        if op == "status":
+            reason = "draining: the server is shutting down" if self.draining else None
+            return {"not_ready": reason or self._engine.not_ready()}
+        return {"error": f"unknown op {op!r}"}
+
+
+async def serve_engine(
+    engine: InProcessEngine,
+    path: Path,
+    drain_s: float,
+    stop: asyncio.Event,
+    on_ready: Callable[[], None] = lambda: None,
+) -> None:
+    """Serve `engine` on the Unix socket `path` until `stop` is set, then drain and stop."""
+    await engine.start()
+    service = EngineService(engine)
+    path.unlink(missing_ok=True)
+    server = await asyncio.start_unix_server(service.handle, str(path))
+    log.info("engine process ready: serving %s", ", ".join(m.name for m in engine.models()))
+    on_ready()
+    await stop.wait()
+    # The supervisor stops the workers first, so what is queued now is what they still
+    # wait for; new passes are refused only after it is done.
+    if not await engine.drain(drain_s):
+        log.warning("engine drain: work still queued after %g s; it fails now", drain_s)
+    service.draining = True
+    server.close()
+    service.close_connections()
+    await engine.close()
+
+
+async def _serve_until_sigterm(
+    engine: InProcessEngine, path: Path, drain_s: float, ready: Event
+) -> None:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await serve_engine(engine, path, drain_s, stop, ready.set)
+
+
+def run_engine_process(settings: Settings, path: Path, ready: Event) -> None:
+    """The engine process's main: load and warm every model, then serve (blocking)."""
+    from app.logs import configure_logging
+    from app.metrics import Metrics
+
+    configure_logging(settings.log_level, settings.log_format)
+    # Ctrl-C reaches the whole process group; the supervisor decides the order of shutdown.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    engine = InProcessEngine.load(settings, Metrics(), warm_up=settings.warmup)
+    gc.collect()
+    gc.freeze()  # see ServerState.load: what is loaded lives as long as the process
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_serve_until_sigterm(engine, path, settings.drain_s, ready))
+
+
+def _loop_factory() -> Any:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional (uvicorn's standard extra brings it)
+        return None
+    return uvloop.new_event_loop

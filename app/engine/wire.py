@@ -1,0 +1,176 @@
+"""The binary framing between front-end workers and the engine process.
+
+Hand-written because it is small and hot: per request a worker sends token ids and gets
+float32 vectors back, and both travel as raw array bytes behind a fixed struct header
+(no JSON, no pickle; measured against both in `loadtest/transport.py`). Only rare control
+messages (model descriptions, status, errors) carry JSON.
+
+A frame is a `u32` body length, then the body: `u8` kind, `u32` request id, and a kind's
+payload, all little-endian:
+
+- RUN (worker → engine): `f64` timeout s, `u16` service name length, `u32` inputs, the
+  name (UTF-8), `u32` tokens per input, `i32` token ids, `u8` token type ids.
+- CANCEL (worker → engine): nothing; the request's inputs leave the queue.
+- CALL (worker → engine) and REPLY (engine → worker): a JSON object.
+- RESULT (engine → worker): `f64` queue s, `f64` inference s, `u8` dimensions, `u32`
+  each, then float32 values (C order).
+- ERROR (engine → worker): `u32` Retry-After s, then JSON `{"type", "message"}` naming an
+  `app.engine.errors` class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.engine import errors
+from app.engine.tokenization import TokenizedText
+
+RUN, CANCEL, CALL, RESULT, ERROR, REPLY = range(1, 7)
+
+_LENGTH = struct.Struct("<I")
+_HEAD = struct.Struct("<BI")  # kind, request id
+_RUN = struct.Struct("<dHI")  # timeout, name length, inputs
+_RESULT = struct.Struct("<ddB")  # queue s, inference s, dimensions
+_ERROR = struct.Struct("<I")  # retry after s
+
+# A frame larger than this is a bug or garbage on the socket, not a request: the biggest
+# real one is an attention map of 12 layers x 12 heads x 512^2 tokens (~150 MB).
+MAX_FRAME_BYTES = 1 << 30
+
+
+class WireError(Exception):
+    """A frame that breaks the format (the connection is then closed)."""
+
+
+def _frame(kind: int, request_id: int, *parts: bytes | memoryview) -> bytes:
+    body = b"".join((_HEAD.pack(kind, request_id), *parts))
+    return _LENGTH.pack(len(body)) + body
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, int, memoryview]:
+    """(kind, request id, payload); IncompleteReadError when the peer closed."""
+    (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+    if not _HEAD.size <= length <= MAX_FRAME_BYTES:
+        raise WireError(f"frame of {length} bytes")
+    body = memoryview(await reader.readexactly(length))
+    kind, request_id = _HEAD.unpack_from(body)
+    return kind, request_id, body[_HEAD.size :]
+
+
+# -- token ids in -----------------------------------------------------------
+
+
+def encode_run(
+    request_id: int, service: str, items: list[TokenizedText], timeout_s: float
+) -> bytes:
+    name = service.encode()
+    lengths = struct.pack(f"<{len(items)}I", *(item.tokens for item in items))
+    if len(items) == 1:  # the common case, without numpy's concatenation overhead
+        ids, type_ids = items[0].ids, items[0].type_ids
+    else:
+        ids = np.concatenate([item.ids for item in items])
+        type_ids = np.concatenate([item.type_ids for item in items])
+    header = _RUN.pack(timeout_s, len(name), len(items))
+    return _frame(
+        RUN,
+        request_id,
+        header,
+        name,
+        lengths,
+        ids.astype("<i4").tobytes(),
+        type_ids.astype(np.uint8).tobytes(),
+    )
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    service: str
+    items: list[TokenizedText]
+    timeout_s: float
+
+
+def decode_run(payload: memoryview) -> RunRequest:
+    timeout_s, name_length, count = _RUN.unpack_from(payload)
+    offset = _RUN.size
+    service = str(payload[offset : offset + name_length], "utf-8")
+    offset += name_length
+    lengths = struct.unpack_from(f"<{count}I", payload, offset)
+    offset += 4 * count
+    total = sum(lengths)
+    ids = np.frombuffer(payload, dtype="<i4", count=total, offset=offset).astype(np.int64)
+    type_ids = np.frombuffer(payload, dtype=np.uint8, count=total, offset=offset + 4 * total)
+    type_ids = type_ids.astype(np.int64)
+    items = []
+    start = 0
+    for length in lengths:  # views into the two arrays, no copies
+        stop = start + length
+        items.append(TokenizedText(ids[start:stop], type_ids[start:stop], truncated=False))
+        start = stop
+    return RunRequest(service, items, timeout_s)
+
+
+# -- vectors out ------------------------------------------------------------
+
+
+def encode_result(request_id: int, values: np.ndarray, queue_s: float, inference_s: float) -> bytes:
+    values = np.ascontiguousarray(values, dtype="<f4")
+    shape = struct.pack(f"<{values.ndim}I", *values.shape)
+    header = _RESULT.pack(queue_s, inference_s, values.ndim)
+    return _frame(RESULT, request_id, header, shape, values.data)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    values: np.ndarray
+    queue_s: float
+    inference_s: float
+
+
+def decode_result(payload: memoryview) -> RunResult:
+    queue_s, inference_s, ndim = _RESULT.unpack_from(payload)
+    shape = struct.unpack_from(f"<{ndim}I", payload, _RESULT.size)
+    values = np.frombuffer(payload[_RESULT.size + 4 * ndim :], dtype="<f4").reshape(shape)
+    return RunResult(values, queue_s, inference_s)
+
+
+# -- errors and control -----------------------------------------------------
+
+
+def encode_error(request_id: int, error: errors.EngineError) -> bytes:
+    retry_after = getattr(error, "retry_after_s", 0)
+    text = json.dumps({"type": type(error).__name__, "message": str(error)}).encode()
+    return _frame(ERROR, request_id, _ERROR.pack(retry_after), text)
+
+
+def decode_error(payload: memoryview) -> errors.EngineError:
+    """The engine's exception, rebuilt as the same class (InferenceFailed if unknown)."""
+    (retry_after,) = _ERROR.unpack_from(payload)
+    fields = json.loads(bytes(payload[_ERROR.size :]))
+    kind = getattr(errors, fields["type"], None)
+    message = fields["message"]
+    if kind is errors.Overloaded:
+        return errors.Overloaded(message, retry_after_s=retry_after)
+    if isinstance(kind, type) and issubclass(kind, errors.EngineError):
+        return kind(message)
+    return errors.InferenceFailed(message)
+
+
+def encode_json(kind: int, request_id: int, value: dict[str, Any]) -> bytes:
+    return _frame(kind, request_id, json.dumps(value).encode())
+
+
+def decode_json(payload: memoryview) -> dict[str, Any]:
+    value = json.loads(bytes(payload))
+    if not isinstance(value, dict):
+        raise WireError("a control message must be a JSON object")
+    return value
+
+
+def encode_cancel(request_id: int) -> bytes:
+    return _frame(CANCEL, request_id)

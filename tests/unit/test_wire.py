@@ -1,0 +1,84 @@
+"""The worker ↔ engine frames: what goes in comes out, errors keep their class."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import numpy as np
+import pytest
+
+from app.engine import errors, wire
+from app.engine.tokenization import TokenizedText
+
+
+def item(ids: list[int], type_id: int = 0) -> TokenizedText:
+    array = np.asarray(ids, dtype=np.int64)
+    return TokenizedText(array, np.full_like(array, type_id), truncated=False)
+
+
+async def read(frame: bytes) -> tuple[int, int, memoryview]:
+    reader = asyncio.StreamReader()
+    reader.feed_data(frame)
+    reader.feed_eof()
+    return await wire.read_frame(reader)
+
+
+@pytest.mark.parametrize("lengths", [[1], [7], [3, 1, 250], [512] * 5])
+async def test_token_ids_survive_the_trip(lengths: list[int]) -> None:
+    rng = np.random.default_rng(sum(lengths))
+    items = [item(rng.integers(0, 30522, n).tolist(), type_id=n % 2) for n in lengths]
+    kind, request_id, payload = await read(wire.encode_run(77, "minilm-attention", items, 2.5))
+    assert (kind, request_id) == (wire.RUN, 77)
+    request = wire.decode_run(payload)
+    assert request.service == "minilm-attention" and request.timeout_s == 2.5
+    assert len(request.items) == len(items)
+    for sent, got in zip(items, request.items, strict=True):
+        assert got.ids.dtype == np.int64 and got.type_ids.dtype == np.int64
+        np.testing.assert_array_equal(got.ids, sent.ids)
+        np.testing.assert_array_equal(got.type_ids, sent.type_ids)
+
+
+@pytest.mark.parametrize("shape", [(1, 384), (32, 768), (1, 6, 12, 9, 9)])
+async def test_vectors_and_timings_survive_the_trip(shape: tuple[int, ...]) -> None:
+    values = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    kind, request_id, payload = await read(wire.encode_result(5, values, 0.125, 0.5))
+    assert (kind, request_id) == (wire.RESULT, 5)
+    result = wire.decode_result(payload)
+    np.testing.assert_array_equal(result.values, values)
+    assert (result.queue_s, result.inference_s) == (0.125, 0.5)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        errors.Overloaded("queue full", retry_after_s=7),
+        errors.DeadlineExceeded("too late"),
+        errors.NotReady("draining"),
+        errors.ModelNotFound("no such model"),
+        errors.InvalidInput("bad ids"),
+        errors.InferenceFailed("the backend raised"),
+    ],
+)
+async def test_errors_keep_their_class_message_and_retry_after(error: errors.EngineError) -> None:
+    kind, _, payload = await read(wire.encode_error(9, error))
+    assert kind == wire.ERROR
+    rebuilt = wire.decode_error(payload)
+    assert type(rebuilt) is type(error) and str(rebuilt) == str(error)
+    assert getattr(rebuilt, "retry_after_s", None) == getattr(error, "retry_after_s", None)
+
+
+async def test_an_unknown_error_class_becomes_inference_failed() -> None:
+    frame = wire.encode_json(wire.ERROR, 1, {})  # rebuilt by hand below
+    payload = struct.pack("<I", 0) + b'{"type": "SystemExit", "message": "no"}'
+    frame = frame[:4] + frame[4:9] + payload
+    frame = struct.pack("<I", len(frame) - 4) + frame[4:]
+    _, _, body = await read(frame)
+    assert type(wire.decode_error(body)) is errors.InferenceFailed
+
+
+async def test_a_frame_claiming_an_absurd_length_is_refused() -> None:
+    with pytest.raises(wire.WireError):
+        await read(struct.pack("<I", wire.MAX_FRAME_BYTES + 1) + b"x")
+    with pytest.raises(wire.WireError):
+        await read(struct.pack("<I", 0))
