@@ -7,7 +7,14 @@ import shlex
 import sys
 from pathlib import Path
 
-from app.config import Settings
+from app import __version__
+from app.settings_cli import (
+    SettingsError,
+    add_setting_flags,
+    given_settings,
+    load_settings,
+    unknown_variables,
+)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -16,10 +23,9 @@ def _serve(args: argparse.Namespace) -> int:
     from app.logs import configure_logging
     from app.processes import Supervisor, worker_count
 
-    overrides = {
-        key: value for key in ("host", "port", "models_dir") if (value := getattr(args, key))
-    }
-    settings = Settings(**overrides)
+    for warning in unknown_variables():
+        print(f"encoder-serve: warning: {warning}", file=sys.stderr)
+    settings = load_settings(given_settings(args))
     configure_logging(settings.log_level, settings.log_format)
     workers = worker_count(settings.workers)
     if workers > 1:
@@ -37,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from app.export.exporter import export_model, is_built
 
-    models_dir: Path = args.models_dir or Settings().models_dir
+    models_dir: Path = args.models_dir or load_settings().models_dir
     if args.skip_existing and is_built(models_dir, args.name, args.precision or ["fp32"]):
         print(f"model '{args.name}' is already built in {models_dir / args.name}; skipping")
         return 0
@@ -72,7 +78,7 @@ def _train_head(args: argparse.Namespace) -> int:
             data=args.data,
             name=args.name,
             labels=[label.strip() for label in args.labels.split(",")],
-            models_dir=args.models_dir or Settings().models_dir,
+            models_dir=args.models_dir or load_settings().models_dir,
             config=config,
             eval_data=args.eval,
             command=train_head_command(args),
@@ -120,12 +126,11 @@ def train_head_command(args: argparse.Namespace) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="encoder-serve", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"encoder-serve {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve the models of the repository over HTTP")
-    serve.add_argument("--host", help="bind address (ENCODER_HOST, default 0.0.0.0)")
-    serve.add_argument("--port", type=int, help="port (ENCODER_PORT, default 8000)")
-    serve.add_argument("--models-dir", type=Path, help="model repository (ENCODER_MODELS_DIR)")
+    add_setting_flags(serve)
     serve.set_defaults(handler=_serve)
 
     export = commands.add_parser("export", help="export an encoder into the model repository")
@@ -162,4 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    sys.exit(args.handler(args))
+    try:
+        sys.exit(args.handler(args))
+    except SettingsError as error:  # one line per invalid value, no traceback: usage error
+        for line in str(error).splitlines():
+            print(f"encoder-serve: {line}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,125 @@
+"""`Settings` on the command line: a flag per setting, one-line errors, misspelt variables.
+
+The flags are generated from `Settings.model_fields`, so the command line and the
+environment can never list different settings (TEI's launcher works the same way:
+every option is a flag and an environment variable). A flag wins over its variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic.fields import FieldInfo
+
+from app.config import Settings
+
+PREFIX = "ENCODER_"
+
+
+def variable(name: str) -> str:
+    return PREFIX + name.upper()
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _choices(info: FieldInfo) -> list[str]:
+    """The allowed words of a Literal setting (`auto` of `int | Literal["auto"]` too)."""
+    annotation = info.annotation
+    arms = [annotation] if typing.get_origin(annotation) is typing.Literal else []
+    arms = arms or [arm for arm in typing.get_args(annotation) if typing.get_origin(arm)]
+    return [
+        str(word)
+        for arm in arms
+        if typing.get_origin(arm) is typing.Literal
+        for word in typing.get_args(arm)
+    ]
+
+
+def _metavar(name: str, info: FieldInfo) -> str:
+    if info.annotation is bool:
+        return "{true,false}"
+    words = _choices(info)
+    if not words:
+        return name.upper()
+    if int in typing.get_args(info.annotation):
+        return "{N," + ",".join(words) + "}"
+    return "{" + ",".join(words) + "}"
+
+
+def _default(info: FieldInfo) -> str:
+    if info.default_factory is not None:
+        return "none"
+    value = info.default
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag per setting; its help names the environment variable and the default."""
+    group = parser.add_argument_group(
+        "settings", "every flag is also an environment variable; a flag wins over its variable"
+    )
+    for name, info in Settings.model_fields.items():
+        about = (info.description or "").rstrip(".")
+        details = f"{variable(name)}, default {_default(info)}"
+        group.add_argument(
+            flag(name),
+            dest=f"setting_{name}",
+            metavar=_metavar(name, info),
+            help=f"{about} ({details})" if about else details,
+        )
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The settings given as flags, by field name (values as typed)."""
+    return {
+        name: value
+        for name in Settings.model_fields
+        if (value := getattr(args, f"setting_{name}", None)) is not None
+    }
+
+
+def load_settings(flags: Mapping[str, Any] | None = None) -> Settings:
+    """Settings from the flags and the environment; SettingsError with one line per problem."""
+    try:
+        return Settings(**dict(flags or {}))
+    except ValidationError as error:
+        raise SettingsError(_describe(error, set(flags or {}))) from None
+
+
+class SettingsError(Exception):
+    """Invalid setting values, described one per line (values are never echoed)."""
+
+
+def _describe(error: ValidationError, from_flags: set[str]) -> str:
+    """`invalid ENCODER_X: why` (or `--x` when given as a flag), one line per problem."""
+    lines = []
+    for problem in error.errors():
+        name = str(problem["loc"][0]) if problem["loc"] else ""
+        where = flag(name) if name in from_flags else variable(name)
+        message = problem["msg"].removeprefix("Value error, ")
+        # Validators that already name their variable say it their own way.
+        lines.append(message if message.startswith(PREFIX) else f"invalid {where}: {message}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each ENCODER_* variable that is no setting, with the closest name."""
+    names = [name.upper() for name in Settings.model_fields]
+    warnings = []
+    for key in sorted(environ if environ is not None else os.environ):
+        if key.startswith(PREFIX) and key.removeprefix(PREFIX) not in names:
+            # Compared without the shared prefix, which would make every name look close.
+            close = difflib.get_close_matches(key.removeprefix(PREFIX), names, n=1, cutoff=0.75)
+            hint = f"; did you mean {PREFIX}{close[0]}?" if close else ""
+            warnings.append(f"{key} is not a setting and is ignored{hint}")
+    return warnings
