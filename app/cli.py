@@ -47,15 +47,28 @@ def _export(args: argparse.Namespace) -> int:
     if args.skip_existing and is_built(models_dir, args.name, args.precision or ["fp32"]):
         print(f"model '{args.name}' is already built in {models_dir / args.name}; skipping")
         return 0
+    target = models_dir / args.name
+    if target.exists() and not (args.force or args.skip_existing):
+        print(
+            f"encoder-serve export: {target} already exists; pass --force to replace it",
+            file=sys.stderr,
+        )
+        return 2
     models_dir.mkdir(parents=True, exist_ok=True)
-    manifest = export_model(
-        args.source,
-        args.name,
-        models_dir,
-        task=args.task,
-        max_length=args.max_length,
-        precisions=args.precision or ["fp32"],
-    )
+    try:
+        manifest = export_model(
+            args.source,
+            args.name,
+            models_dir,
+            task=args.task,
+            max_length=args.max_length,
+            precisions=args.precision or ["fp32"],
+            revision=args.revision,
+            allow_untrained_head=args.allow_untrained_head,
+        )
+    except ValueError as error:  # the source or its head: bad input, not a bug
+        print(f"encoder-serve export: {error}", file=sys.stderr)
+        return 2
     parity = manifest.parity["fp32"]
     print(
         f"exported '{manifest.name}' to {models_dir / manifest.name}: {manifest.dimensions} dims, "
@@ -134,7 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     export = commands.add_parser("export", help="export an encoder into the model repository")
-    export.add_argument("source", help="Hugging Face model directory or installed model package")
+    export.add_argument(
+        "source",
+        help="a Hugging Face model directory, an installed model package, or a Hugging Face "
+        "Hub id (org/name, through the Hugging Face cache: HF_HOME, HF_HUB_OFFLINE, HF_TOKEN)",
+    )
+    export.add_argument("--revision", help="Hub branch, tag or commit (default: main)")
     export.add_argument("--name", required=True, help="model name (its directory under models/)")
     export.add_argument("--task", default="embedding", choices=["embedding", "classification"])
     export.add_argument("--max-length", type=int, help="max tokens per input (default: model's)")
@@ -147,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--models-dir", type=Path, help="model repository (default: models)")
     export.add_argument(
         "--skip-existing", action="store_true", help="do nothing when the model is already built"
+    )
+    export.add_argument(
+        "--force", action="store_true", help="replace a model of the same name in the repository"
+    )
+    export.add_argument(
+        "--allow-untrained-head",
+        action="store_true",
+        help="export a classifier whose head the source does not hold (initialised at "
+        "random), e.g. to fine-tune it afterwards",
     )
     export.set_defaults(handler=_export)
 

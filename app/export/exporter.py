@@ -165,6 +165,10 @@ def ort_threads() -> int:
     return max(1, torch.get_num_threads())
 
 
+class UntrainedHeadError(ValueError):
+    """A classification export whose head weights the source does not hold."""
+
+
 def export_model(
     source: str,
     name: str,
@@ -173,17 +177,22 @@ def export_model(
     task: Task = "embedding",
     max_length: int | None = None,
     precisions: Sequence[Precision] = ("fp32",),
+    revision: str | None = None,
+    allow_untrained_head: bool = False,
 ) -> ModelManifest:
     """Export SOURCE into `models_dir/name`, replacing it only once parity holds.
 
     fp32 is always built (it is the reference); `precisions` may add int8 and fp16.
+    A classifier whose head the source does not hold (transformers would initialise it
+    at random) is refused unless `allow_untrained_head`: its parity would only compare
+    the graph with the same random head.
     """
     output = OUTPUT_OF_TASK[task]
     classifier = task == "classification"
     extra = [p for p in dict.fromkeys(precisions) if p != "fp32"]
     total = 7 + len(extra)
     progress(1, total, f"resolving {source}")
-    directory = resolve_source(source)
+    directory = resolve_source(source, revision)
     st_config = read_sentence_transformer_config(directory)
     config = AutoConfig.from_pretrained(directory)
     # Classifiers pool inside the graph (BERT's pooler reads the first token).
@@ -197,7 +206,18 @@ def export_model(
 
     progress(2, total, f"loading {config.model_type} weights from {directory}")
     auto = AutoModelForSequenceClassification if task == "classification" else AutoModel
-    model = auto.from_pretrained(directory, attn_implementation="eager").eval()
+    model, loading = auto.from_pretrained(
+        directory, attn_implementation="eager", output_loading_info=True
+    )
+    model.eval()
+    untrained = sorted(loading["missing_keys"])
+    if classifier and untrained and not allow_untrained_head:
+        raise UntrainedHeadError(
+            f"{source} holds no trained classifier: transformers would initialise "
+            f"{', '.join(untrained)} at random, so every answer would be noise; export a "
+            "model fine-tuned for classification, fine-tune this one (`encoder-serve "
+            "finetune`), or pass --allow-untrained-head to export it anyway"
+        )
     input_names = model_input_names(model)
 
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=models_dir) as scratch:
@@ -249,7 +269,7 @@ def export_model(
         manifest = ModelManifest(
             name=name,
             task=task,
-            source=source,
+            source=source if revision is None else f"{source}@{revision}",
             pooling=pooling,
             max_length=length,
             dimensions=int(config.hidden_size),

@@ -1,32 +1,104 @@
-"""Resolve an export SOURCE (a model directory or an installed package) and read its configs."""
+"""Resolve an export SOURCE (a model directory, an installed package or a Hub id) and read
+its configs."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 
-def resolve_source(source: str) -> Path:
-    """A Hugging Face model directory: the path itself, or the one inside an installed package."""
+class SourceError(ValueError):
+    """An export source that cannot be found or fetched; the message says what to do."""
+
+
+# What an export reads from a Hub repository: configs, tokenizer, weights (not other
+# frameworks' copies of them, nor the repository's ONNX or OpenVINO exports).
+HUB_FILES = ["*.json", "*.txt", "*.model", "*.safetensors", "1_Pooling/*", "pytorch_model.bin"]
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def resolve_source(source: str, revision: str | None = None) -> Path:
+    """A Hugging Face model directory: the path itself, the one inside an installed
+    package, or a Hub repository id (`org/name`) fetched into the Hugging Face cache.
+
+    The Hub goes through `huggingface_hub`, so HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE and
+    HF_TOKEN (or a saved login) work as with every Hugging Face tool.
+    """
     path = Path(source)
     if path.is_dir():
         if (path / "config.json").is_file():
             return path
-        raise FileNotFoundError(f"{path} is a directory without config.json: not a model directory")
-    spec = importlib.util.find_spec(source.replace("-", "_"))
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"'{source}' is neither a model directory nor an installed Python package"
+        raise SourceError(f"{path} is a directory without config.json: not a model directory")
+    if revision is None and "/" not in source:
+        found = _package_model(source)
+        if found is not None:
+            return found
+    if not HUB_ID.match(source):
+        raise SourceError(
+            f"'{source}' is neither a model directory, nor an installed Python package, "
+            "nor a Hugging Face Hub id (org/name)"
         )
+    return _hub_model(source, revision)
+
+
+def _package_model(source: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(source.replace("-", "_"))
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
     package_dir = Path(next(iter(spec.submodule_search_locations)))
     configs = sorted(package_dir.rglob("config.json"), key=lambda p: len(p.parts))
     for config in configs:
         if (config.parent / "tokenizer.json").is_file():
             return config.parent
-    raise FileNotFoundError(f"package '{source}' ({package_dir}) holds no model directory")
+    raise SourceError(f"package '{source}' ({package_dir}) holds no model directory")
+
+
+def _hub_model(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    at = f"'{repo_id}'" + (f" at revision '{revision}'" if revision else "")
+    try:
+        directory = Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILES))
+    except GatedRepoError:
+        raise SourceError(
+            f"{at} is gated on the Hugging Face Hub: accept its terms on its page, then "
+            "log in (`hf auth login`) or set HF_TOKEN"
+        ) from None
+    except RepositoryNotFoundError:
+        raise SourceError(
+            f"{at} is not a model on the Hugging Face Hub (or it is private: log in with "
+            "`hf auth login` or set HF_TOKEN)"
+        ) from None
+    except RevisionNotFoundError:
+        raise SourceError(f"{at}: the Hub repository has no such revision") from None
+    except LocalEntryNotFoundError:
+        where = (
+            "offline mode (HF_HUB_OFFLINE) is on"
+            if constants.HF_HUB_OFFLINE
+            else ("the Hugging Face Hub cannot be reached")
+        )
+        raise SourceError(
+            f"{at} is neither a model directory nor an installed Python package, and as a "
+            f"Hugging Face Hub id it is not in the cache ({constants.HF_HUB_CACHE}) while "
+            f"{where}: download it where there is network (`hf download {repo_id}`) and "
+            "copy that cache here, or pass a local model directory"
+        ) from None
+    if not (directory / "config.json").is_file():
+        raise SourceError(f"{at} has no config.json: not a transformers model")
+    return directory
 
 
 @dataclass(frozen=True)

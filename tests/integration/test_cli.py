@@ -125,9 +125,11 @@ def test_ready_is_503_until_models_are_loaded(default_models: Path) -> None:
 
 def test_serve_options_come_from_flags_or_environment() -> None:
     from app.cli import build_parser
+    from app.settings_cli import given_settings, load_settings
 
     args = build_parser().parse_args(["serve", "--port", "9123", "--models-dir", "elsewhere"])
-    assert args.port == 9123 and args.models_dir == Path("elsewhere")
+    settings = load_settings(given_settings(args))
+    assert settings.port == 9123 and settings.models_dir == Path("elsewhere")
     help_text = run_cli("serve", "--help").stdout
     for variable in ("ENCODER_HOST", "ENCODER_PORT", "ENCODER_MODELS_DIR"):
         assert variable in help_text
