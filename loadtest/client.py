@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ class LoadSpec:
     max_connections: int = 512  # open loop: beyond this, requests wait for a free connection
     grace_s: float = 5.0  # open loop: how long to wait for answers after the last send
     path: str = "/encode"
+    input_field: str = "inputs"  # the body's field for the texts ("input" for OpenAI's shape)
+    model: str | None = None  # named in the body when set (OpenAI's shape needs it)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class RequestFeed:
         self._texts = [json_string_body(text) for text in spec.texts]
         self._next = 0
         self.wraps = 0
+        named = f'"model":{json.dumps(spec.model)},' if spec.model else ""
+        self._body_head = f'{{{named}"{spec.input_field}":'
         self._head = (
             f"POST {spec.path} HTTP/1.1\r\nHost: {spec.host}:{spec.port}\r\n"
             "Content-Type: application/json\r\n"
@@ -77,11 +82,10 @@ class RequestFeed:
     def next_request(self) -> bytes:
         count = self._spec.texts_per_request
         if count == 1:
-            body = f'{{"inputs":"{self._text()}"}}'.encode()
+            body = f'{self._body_head}"{self._text()}"}}'.encode()
         else:
-            body = (
-                '{"inputs":["' + '","'.join(self._text() for _ in range(count)) + '"]}'
-            ).encode()
+            texts = '","'.join(self._text() for _ in range(count))
+            body = f'{self._body_head}["{texts}"]}}'.encode()
         return self._head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
 
 

@@ -1,10 +1,17 @@
--- wrk script: POST /encode with texts never sent before, read from a pool file.
+-- wrk script: POST texts never sent before, read from a pool file, to the URL's path.
 -- Environment: WRK_TEXTS (pool: one JSON-escaped text per line), WRK_BATCH (texts per
--- request, default 1), WRK_RESULT (where done() writes the run's figures as JSON).
+-- request, default 1), WRK_RESULT (where done() writes the run's figures as JSON),
+-- WRK_FIELD (the body's field for the texts, default "inputs"), WRK_MODEL (when set and
+-- not empty, the body names this model first, as OpenAI-style routes need).
 
 local texts = {}
 local next_index = 1
 local batch = tonumber(os.getenv("WRK_BATCH") or "1")
+local model = os.getenv("WRK_MODEL") or ""
+local body_head = '{"' .. (os.getenv("WRK_FIELD") or "inputs") .. '":'
+if model ~= "" then
+  body_head = '{"model":"' .. model .. '",' .. body_head:sub(2)
+end
 wraps = 0 -- global: done() reads it from each thread
 local threads = {}
 
@@ -37,15 +44,16 @@ local headers = { ["Content-Type"] = "application/json" }
 function request()
   local body
   if batch == 1 then
-    body = '{"inputs":"' .. next_text() .. '"}'
+    body = body_head .. '"' .. next_text() .. '"}'
   else
     local parts = {}
     for i = 1, batch do
       parts[i] = next_text()
     end
-    body = '{"inputs":["' .. table.concat(parts, '","') .. '"]}'
+    body = body_head .. '["' .. table.concat(parts, '","') .. '"]}'
   end
-  return wrk.format("POST", "/encode", headers, body)
+  -- nil path: wrk.path, the path of the URL on wrk's command line.
+  return wrk.format("POST", nil, headers, body)
 end
 
 function done(summary, latency, requests)

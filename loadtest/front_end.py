@@ -8,13 +8,15 @@ requests at a few client counts. Each worker count gets a fresh server per round
 the rounds alternate which count goes first (the machine drifts between runs). With one
 worker the server is one process; with more, HTTP workers plus an engine process
 (app/processes.py). Writes front-end.md and front-end.json into DIR (default
-loadtest/results).
+loadtest/results). `make bench` runs it after `loadtest.bench` (BENCH_QUICK=1: one
+round of 4 s per point).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 from dataclasses import asdict
@@ -34,7 +36,11 @@ TEXTS_PER_POINT = 40_000  # more than a 10 s point sends at the rates seen: each
 
 
 def measure(
-    workers: tuple[int, ...], clients: tuple[int, ...], seconds: float, rounds: int
+    workers: tuple[int, ...],
+    clients: tuple[int, ...],
+    seconds: float,
+    rounds: int,
+    backend: str = "benchmark-fixed",
 ) -> list[dict[str, object]]:
     generator_runs = run_wrk if wrk_path() else run_load
     points: list[dict[str, object]] = []
@@ -43,7 +49,7 @@ def measure(
         order = workers if round_index % 2 == 0 else tuple(reversed(workers))
         for count in order:
             env = {
-                "ENCODER_BACKEND": "benchmark-fixed",
+                "ENCODER_BACKEND": backend,
                 "ENCODER_MODELS": "minilm",
                 "ENCODER_MODELS_DIR": str(ROOT / "models"),
                 "ENCODER_LOG_LEVEL": "warning",
@@ -86,18 +92,23 @@ def median_rate(points: list[dict[str, object]], workers: int, clients: int) -> 
 
 
 def write_report(
-    points: list[dict[str, object]], workers: tuple[int, ...], clients: tuple[int, ...], out: Path
+    points: list[dict[str, object]],
+    workers: tuple[int, ...],
+    clients: tuple[int, ...],
+    out: Path,
+    backend: str = "benchmark-fixed",
 ) -> None:
     generator = "wrk" if wrk_path() else "asyncio client"
+    stem = "front-end" if backend == "benchmark-fixed" else f"workers-{backend}"
     report = {
         "date": date.today().isoformat(),
-        "backend": "benchmark-fixed",
+        "backend": backend,
         "generator": generator,
         "machine": describe_machine(),
         "points": points,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "front-end.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     rows = "\n".join(
         f"| {p['round']} | {p['workers']} | {p['clients']} | {p['requests_per_s']} | "
         f"{p['p50_ms']:.1f} | {p['p99_ms']:.1f} | {p['errors']} |"
@@ -119,9 +130,15 @@ def write_report(
     ratio_headers = " | ".join(f"{count} ÷ {base}" for count in workers[1:])
     machine = report["machine"]
     cores = machine["cores_usable"]
-    (out / "front-end.md").write_text(
-        f"# Front end alone, by worker processes ({report['date']})\n\n"
-        "`python -m loadtest.front_end`: ENCODER_BACKEND=benchmark-fixed (no model runs), "
+    what = (
+        "ENCODER_BACKEND=benchmark-fixed (no model runs)"
+        if backend == "benchmark-fixed"
+        else f"ENCODER_BACKEND={backend} with the real `minilm`"
+    )
+    title = "Front end alone" if backend == "benchmark-fixed" else "The server"
+    (out / f"{stem}.md").write_text(
+        f"# {title}, by worker processes ({report['date']})\n\n"
+        f"`python -m loadtest.front_end --backend {backend}`: {what}, "
         f"single-text `/encode`, closed loop by {generator} on the same machine "
         f"({cores} cores), a fresh server per worker count and round, "
         "the first worker count alternating between rounds. One worker is one process; "
@@ -140,14 +157,21 @@ def write_report(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "loadtest" / "results")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")  # as `make bench` is run
+    parser.add_argument("--seconds", type=float, default=4.0 if quick else 10.0)
+    parser.add_argument("--rounds", type=int, default=1 if quick else 2)
     parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS))
     parser.add_argument("--workers", type=int, nargs="+", default=list(WORKERS))
+    parser.add_argument(
+        "--backend",
+        default="benchmark-fixed",
+        help="benchmark-fixed (the front end alone, front-end.md) or onnx (the real model, "
+        "workers-onnx.md)",
+    )
     args = parser.parse_args()
     workers, clients = tuple(args.workers), tuple(args.clients)
-    points = measure(workers, clients, args.seconds, args.rounds)
-    write_report(points, workers, clients, args.out)
+    points = measure(workers, clients, args.seconds, args.rounds, args.backend)
+    write_report(points, workers, clients, args.out, args.backend)
 
 
 if __name__ == "__main__":

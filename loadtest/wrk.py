@@ -53,6 +53,8 @@ def run_wrk(spec: LoadSpec) -> LoadOutcome:
             "WRK_TEXTS": str(pool),
             "WRK_RESULT": str(result),
             "WRK_BATCH": str(spec.texts_per_request),
+            "WRK_FIELD": spec.input_field,
+            "WRK_MODEL": spec.model or "",
         }
         seconds = max(1, round(spec.duration_s))
         command = [
