@@ -1,9 +1,11 @@
-"""Command line: `serve` runs the server, `export` builds models, `train-head` trains heads."""
+"""Command line: `serve` runs the server, `export` builds models, `finetune` tunes classifiers
+(`train-head` is its head method), `rebuild` rebuilds tuned models from their committed delta."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -137,6 +139,108 @@ def train_head_command(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: scratch directories are removed
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from app.export.finetune import DataFormat, FinetuneConfig, finetune
+
+    models_dir: Path = args.models_dir or load_settings().models_dir
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        given = {name: getattr(args, name) for name in FINETUNE_FLAGS}
+        given = {name: value for name, value in given.items() if value is not None}
+        config = FinetuneConfig(method=args.method, **given)
+        data_format = DataFormat(
+            text_columns=[c.strip() for c in (args.text_column or "").split(",") if c.strip()],
+            label_column=args.label_column,
+            first_index=args.first_index,
+        )
+        manifest = finetune(
+            base=args.base,
+            data=args.data,
+            name=args.name,
+            labels=[label.strip() for label in args.labels.split(",")],
+            models_dir=models_dir,
+            config=config,
+            data_format=data_format,
+            eval_data=args.eval,
+            test_data=args.test,
+            command=finetune_command(args),
+        )
+    except (ValueError, FileNotFoundError) as error:  # bad input, not a bug: no traceback
+        print(f"encoder-serve finetune: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("encoder-serve finetune: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    scores = manifest.evaluation
+    validation = scores.get("validation", {})
+    test = f", test accuracy {scores['test']['accuracy']:.4f}" if "test" in scores else ""
+    print(
+        f"tuned '{manifest.name}' ({args.method}) in {models_dir / manifest.name}: validation "
+        f"accuracy {validation.get('accuracy', 0):.4f}, macro-F1 "
+        f"{validation.get('macro_f1', 0):.4f}{test}"
+    )
+    return 0
+
+
+# Training flags of `finetune` (None: FinetuneConfig's default for the method).
+FINETUNE_FLAGS = {
+    "epochs": (int, "passes over the training data (lora/full 3, head 4)"),
+    "max_steps": (int, "stop after this many updates (0: the epochs decide)"),
+    "batch_size": (int, "examples per update (lora/full 32, head 256)"),
+    "learning_rate": (float, "peak AdamW learning rate (lora 5e-4, full 5e-5, head 1e-3)"),
+    "weight_decay": (float, "AdamW weight decay (lora/full 0.01, head 0.05)"),
+    "warmup": (float, "share of the updates warming the learning rate up (0.06)"),
+    "max_length": (int, "tokens per text, trained and served (default: the base's)"),
+    "validation": (float, "share held out for validation without --eval (0.1)"),
+    "eval_every": (int, "updates between validation passes (0: once per epoch)"),
+    "patience": (int, "validation passes without improvement before stopping (3)"),
+    "seed": (int, "random seed: data order, initial head, dropout (0)"),
+    "lora_rank": (int, "LoRA rank (8)"),
+    "lora_alpha": (int, "LoRA alpha (16)"),
+    "lora_dropout": (float, "LoRA dropout (0.1)"),
+    "hidden": (int, "head method: hidden ReLU units, 0 for linear (1024)"),
+}
+
+
+def finetune_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces a tuned model, recorded in its manifest."""
+    words = ["encoder-serve", "finetune", "--method", args.method, "--base", args.base]
+    words += ["--data", str(args.data), "--name", args.name, "--labels", args.labels]
+    for flag in ("eval", "test", "text_column", "models_dir"):
+        if (value := getattr(args, flag)) is not None:
+            words += ["--" + flag.replace("_", "-"), str(value)]
+    if args.label_column != "label":
+        words += ["--label-column", args.label_column]
+    if args.first_index:
+        words += ["--first-index", str(args.first_index)]
+    for name in FINETUNE_FLAGS:
+        if (value := getattr(args, name)) is not None:
+            words += ["--" + name.replace("_", "-"), str(value)]
+    return shlex.join(words)
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from app.export.delta import DeltaMismatchError, delta_models, rebuild
+
+    models_dir: Path = args.models_dir or load_settings().models_dir
+    names = args.names or delta_models(models_dir)
+    for name in names:
+        try:
+            manifest = rebuild(name, models_dir, skip_existing=args.skip_existing)
+        except (ValueError, FileNotFoundError, DeltaMismatchError) as error:
+            print(f"encoder-serve rebuild: {name}: {error}", file=sys.stderr)
+            return 1
+        if manifest is None:
+            print(f"model '{name}' is already built in {models_dir / name}; skipping")
+        else:
+            print(f"rebuilt '{name}' from its delta in {models_dir / name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="encoder-serve", description=__doc__)
     parser.add_argument("--version", action="version", version=f"encoder-serve {__version__}")
@@ -189,6 +293,48 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (kind, text) in HEAD_FLAGS.items():
         train.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
     train.set_defaults(handler=_train_head)
+
+    tune = commands.add_parser(
+        "finetune", help="tune an encoder for classification on a labelled file"
+    )
+    tune.add_argument("--data", type=Path, required=True, help="labelled CSV, TSV or JSON Lines")
+    tune.add_argument("--name", required=True, help="model name (its directory under models/)")
+    tune.add_argument("--labels", required=True, help="comma-separated label names, in logit order")
+    tune.add_argument("--method", default="lora", choices=["lora", "full", "head"])
+    tune.add_argument(
+        "--base",
+        default="minilm",
+        help="repository model (its source is tuned; head: its embeddings) or a model "
+        "directory / installed package (default: minilm)",
+    )
+    tune.add_argument("--eval", type=Path, help="validation file (default: a held-out split)")
+    tune.add_argument("--test", type=Path, help="labelled file scored once at the end")
+    tune.add_argument(
+        "--text-column",
+        help="text column(s), comma-separated and joined by a space "
+        "(default: the first of sentence, content, text)",
+    )
+    tune.add_argument("--label-column", default="label", help="label column (default: label)")
+    tune.add_argument(
+        "--first-index",
+        type=int,
+        default=0,
+        help="the number of the first label when labels are numbers (default 0)",
+    )
+    tune.add_argument("--models-dir", type=Path, help="model repository (default: models)")
+    for name, (kind, text) in FINETUNE_FLAGS.items():
+        tune.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+    tune.set_defaults(handler=_finetune)
+
+    rebuild = commands.add_parser(
+        "rebuild", help="rebuild tuned models from their committed delta and the installed base"
+    )
+    rebuild.add_argument("names", nargs="*", help="models to rebuild (default: every delta)")
+    rebuild.add_argument("--models-dir", type=Path, help="model repository (default: models)")
+    rebuild.add_argument(
+        "--skip-existing", action="store_true", help="do nothing for models already built"
+    )
+    rebuild.set_defaults(handler=_rebuild)
     return parser
 
 

@@ -1,20 +1,18 @@
-"""Training a `ClassifierHead` in numpy: a dropout MLP with AdamW and a cosine schedule."""
+"""Training a `ClassifierHead` with PyTorch: a dropout MLP, AdamW and a cosine schedule."""
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from app.engine.heads import ClassifierHead
 
 # Small data sets get more passes so that every head sees at least this many updates.
 MIN_STEPS = 300
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPSILON = 1e-8
 
 
 @dataclass(frozen=True)
@@ -48,77 +46,26 @@ class HeadConfig:
             f"{shape} on standardized features (folded into the first layer); input dropout "
             f"{self.input_dropout}, dropout {self.dropout}, AdamW lr {self.learning_rate} "
             f"cosine to 0, weight decay {self.weight_decay}, batch {self.batch_size}, "
-            f"{self.epochs} epochs, seed {self.seed}"
+            f"{self.epochs} epochs, seed {self.seed} (PyTorch)"
         )
 
 
-def _softmax_gradient(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """d(mean cross-entropy)/d(logits)."""
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
-    probabilities[np.arange(len(labels)), labels] -= 1.0
-    return probabilities / len(labels)
+def head_network(inputs: int, classes: int, config: HeadConfig) -> torch.nn.Sequential:
+    """Dropout, then one hidden ReLU layer with dropout (or none), then the logits."""
+    layers: list[torch.nn.Module] = [torch.nn.Dropout(config.input_dropout)]
+    if config.hidden:
+        hidden = [torch.nn.Linear(inputs, config.hidden), torch.nn.ReLU()]
+        layers += [*hidden, torch.nn.Dropout(config.dropout)]
+        inputs = config.hidden
+    layers.append(torch.nn.Linear(inputs, classes))
+    return torch.nn.Sequential(*layers)
 
 
-class _Trainer:
-    """One dense network (at most one hidden layer) and its AdamW state."""
-
-    def __init__(self, sizes: list[int], config: HeadConfig, rng: np.random.Generator) -> None:
-        self.config, self.rng = config, rng
-        # PyTorch's default initialisation for linear layers: U(-1/sqrt(fan_in), +1/sqrt(fan_in)).
-        bounds = [1.0 / math.sqrt(fan_in) for fan_in in sizes[:-1]]
-        self.params: list[np.ndarray] = [
-            rng.uniform(-b, b, size=shape).astype(np.float32)
-            for b, (n_in, n_out) in zip(bounds, itertools.pairwise(sizes), strict=True)
-            for shape in ((n_in, n_out), (n_out,))
-        ]
-        self.moments: list[np.ndarray] = [np.zeros_like(p) for p in self.params]
-        self.squares: list[np.ndarray] = [np.zeros_like(p) for p in self.params]
-        self.steps = 0
-
-    def _dropout(self, x: np.ndarray, rate: float) -> np.ndarray:
-        if rate <= 0:
-            return x
-        keep = self.rng.random(x.shape, dtype=np.float32) >= rate
-        return x * keep / np.float32(1.0 - rate)
-
-    def gradients(self, x: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
-        x = self._dropout(x, self.config.input_dropout)
-        if len(self.params) == 2:
-            weight, bias = self.params
-            grad = _softmax_gradient(x @ weight + bias, labels)
-            return [x.T @ grad, grad.sum(axis=0)]
-        w1, b1, w2, b2 = self.params
-        pre = x @ w1 + b1
-        hidden = self._dropout(np.maximum(pre, 0.0), self.config.dropout)
-        grad = _softmax_gradient(hidden @ w2 + b2, labels)
-        back = (grad @ w2.T) * (hidden > 0)  # dropped and inactive units pass no gradient
-        if self.config.dropout > 0:
-            back /= np.float32(1.0 - self.config.dropout)
-        return [x.T @ back, back.sum(axis=0), hidden.T @ grad, grad.sum(axis=0)]
-
-    def step(self, grads: list[np.ndarray], rate: float) -> None:
-        self.steps += 1
-        beta1, beta2 = ADAM_BETAS
-        correction1 = 1.0 - beta1**self.steps
-        correction2 = 1.0 - beta2**self.steps
-        for index, (param, grad) in enumerate(zip(self.params, grads, strict=True)):
-            if param.ndim == 2:
-                param *= np.float32(1.0 - rate * self.config.weight_decay)
-            self.moments[index] = beta1 * self.moments[index] + (1 - beta1) * grad
-            self.squares[index] = beta2 * self.squares[index] + (1 - beta2) * grad * grad
-            update = (self.moments[index] / correction1) / (
-                np.sqrt(self.squares[index] / correction2) + ADAM_EPSILON
-            )
-            param -= (rate * update).astype(np.float32)
-
-
-def _fold_standardization(
-    params: list[np.ndarray], mean: np.ndarray, scale: np.ndarray
-) -> ClassifierHead:
-    """The layers as a head on raw features: ((x - mean) / scale) @ W + b, rewritten."""
-    weights = [p for p in params if p.ndim == 2]
-    biases = [p for p in params if p.ndim == 1]
+def _as_head(network: torch.nn.Sequential, mean: np.ndarray, scale: np.ndarray) -> ClassifierHead:
+    """The network's layers as a head on raw features: ((x - mean) / scale) @ W + b, rewritten."""
+    linears = [layer for layer in network if isinstance(layer, torch.nn.Linear)]
+    weights = [layer.weight.detach().numpy().T.astype(np.float64) for layer in linears]
+    biases = [layer.bias.detach().numpy().astype(np.float64) for layer in linears]
     biases[0] = biases[0] - (mean / scale) @ weights[0]
     weights[0] = weights[0] / scale[:, None]
     return ClassifierHead(
@@ -160,25 +107,38 @@ def fit_head(
     `report(member, epoch, epochs, head)` is called after each epoch (e.g. to show held-out
     accuracy); small data sets get more than `config.epochs` epochs, see MIN_STEPS.
     """
-    mean = features.mean(axis=0)
-    scale = features.std(axis=0) + 1e-6
-    inputs = ((features - mean) / scale).astype(np.float32)
-    sizes = [features.shape[1], *([config.hidden] if config.hidden else []), classes]
+    mean = features.mean(axis=0).astype(np.float64)
+    scale = features.std(axis=0).astype(np.float64) + 1e-6
+    inputs = torch.from_numpy(((features - mean) / scale).astype(np.float32))
+    targets = torch.from_numpy(labels.astype(np.int64))
     steps_per_epoch = math.ceil(len(labels) / config.batch_size)
     epochs = max(config.epochs, math.ceil(MIN_STEPS / steps_per_epoch))
-    total = epochs * steps_per_epoch
     heads = []
     for member in range(config.members):
-        rng = np.random.default_rng([config.seed, member])
-        trainer = _Trainer(sizes, config, rng)
+        generator = torch.Generator().manual_seed(config.seed * 1000 + member)
+        torch.manual_seed(config.seed * 1000 + member)  # initial weights and dropout masks
+        network = head_network(features.shape[1], classes, config)
+        decayed = [p for p in network.parameters() if p.ndim == 2]
+        others = [p for p in network.parameters() if p.ndim != 2]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decayed, "weight_decay": config.weight_decay},
+                {"params": others, "weight_decay": 0.0},
+            ],
+            lr=config.learning_rate,
+        )
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
+        loss_function = torch.nn.CrossEntropyLoss()
         for epoch in range(epochs):
-            order = rng.permutation(len(labels))
-            for begin in range(0, len(order), config.batch_size):
-                batch = order[begin : begin + config.batch_size]
-                progress = trainer.steps / total
-                rate = config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
-                trainer.step(trainer.gradients(inputs[batch], labels[batch]), rate)
+            network.train()
+            order = torch.randperm(len(labels), generator=generator)
+            for batch in order.split(config.batch_size):
+                optimizer.zero_grad()
+                loss_function(network(inputs[batch]), targets[batch]).backward()
+                optimizer.step()
+                schedule.step()
+            network.eval()
             if report is not None:
-                report(member, epoch, epochs, _fold_standardization(trainer.params, mean, scale))
-        heads.append(_fold_standardization(trainer.params, mean, scale))
+                report(member, epoch, epochs, _as_head(network, mean, scale))
+        heads.append(_as_head(network, mean, scale))
     return _merge(heads)

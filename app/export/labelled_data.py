@@ -1,8 +1,10 @@
-"""Labelled training text for `train-head`: TSV/CSV reading and a leak-free held-out split."""
+"""Labelled training text: CSV/TSV/JSON Lines reading and a leak-free, stratified held-out split."""
 
 from __future__ import annotations
 
 import csv
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,11 +12,16 @@ import numpy as np
 
 TEXT_COLUMNS = ("sentence", "content", "text")
 LABEL_COLUMN = "label"
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
 # Sub-phrases are indexed only for texts up to this many words: a text of n words has
 # n(n+1)/2 of them, and long documents are not phrase-tree data anyway.
 MAX_PHRASE_WORDS = 64
 PHRASE_SAMPLE = 256  # rows checked to decide whether the data lists sub-phrases
 PHRASE_DATA_SHARE = 0.25
+
+
+class LabelledDataError(ValueError):
+    """A labelled file that cannot be trained on; the message names the file (and line)."""
 
 
 @dataclass(frozen=True)
@@ -31,33 +38,43 @@ def _delimiter(path: Path, sample: str) -> str:
     try:
         return csv.Sniffer().sniff(sample, delimiters="\t,;").delimiter
     except csv.Error as error:
-        raise ValueError(f"{path}: cannot tell the delimiter (name it .tsv or .csv)") from error
+        raise LabelledDataError(
+            f"{path}: cannot tell the delimiter (name it .tsv, .csv or .jsonl)"
+        ) from error
 
 
 def _column(header: list[str], candidates: tuple[str, ...], path: Path) -> int:
     lowered = [name.strip().lower() for name in header]
     for name in candidates:
-        if name in lowered:
-            return lowered.index(name)
-    raise ValueError(f"{path}: no column named {' or '.join(candidates)} in header {header}")
+        if name.lower() in lowered:
+            return lowered.index(name.lower())
+    raise LabelledDataError(f"{path}: no column named {' or '.join(candidates)} in header {header}")
 
 
-def _label_index(value: str, names: list[str], where: str) -> int:
-    value = value.strip()
-    if value in names:
-        return names.index(value)
-    if value.isdigit() and int(value) < len(names):
-        return int(value)
-    raise ValueError(
-        f"{where}: label {value!r} is neither one of {names} nor an index below {len(names)}"
+def _label_index(value: object, names: list[str], where: str, first: int = 0) -> int:
+    """A label name's position in `names`, or an index counted from `first`."""
+    text = str(value).strip()
+    if text in names:
+        return names.index(text)
+    if isinstance(value, bool) or not (isinstance(value, int) or text.isdigit()):
+        index = -1
+    else:
+        index = int(text) - first
+    if 0 <= index < len(names):
+        return index
+    raise LabelledDataError(
+        f"{where}: label {text!r} is neither one of {names} nor an index "
+        f"from {first} to {first + len(names) - 1}"
     )
 
 
-def read_labelled(path: Path, label_names: list[str]) -> LabelledTexts:
-    """A TSV/CSV with a header row: a text column (sentence, content or text) and `label`.
+def _text(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise LabelledDataError(f"{where}: the text is empty or not a string")
+    return value
 
-    Labels are label names or integer indices into `label_names`.
-    """
+
+def _read_delimited(path: Path, names: list[str], columns: _Columns) -> tuple[list[str], list[int]]:
     with path.open(newline="", encoding="utf-8") as handle:
         delimiter = _delimiter(path, handle.read(8192))
         handle.seek(0)
@@ -68,21 +85,95 @@ def read_labelled(path: Path, label_names: list[str]) -> LabelledTexts:
             rows = csv.reader(handle, delimiter=delimiter)
         header = next(rows, None)
         if header is None:
-            raise ValueError(f"{path}: empty file")
-        text_at = _column(header, TEXT_COLUMNS, path)
-        label_at = _column(header, (LABEL_COLUMN,), path)
+            raise LabelledDataError(f"{path}: empty file")
+        if columns.text:
+            text_at = [_column(header, (name,), path) for name in columns.text]
+        else:
+            text_at = [_column(header, TEXT_COLUMNS, path)]
+        label_at = _column(header, (columns.label,), path)
         texts: list[str] = []
         indices: list[int] = []
         for line, row in enumerate(rows, start=2):
             if not row:
                 continue
-            if len(row) <= max(text_at, label_at):
-                raise ValueError(f"{path}:{line}: expected {len(header)} columns, got {len(row)}")
-            texts.append(row[text_at])
-            indices.append(_label_index(row[label_at], label_names, f"{path}:{line}"))
+            if len(row) <= max(*text_at, label_at):
+                raise LabelledDataError(
+                    f"{path}:{line}: expected {len(header)} columns, got {len(row)}"
+                )
+            where = f"{path}:{line}"
+            texts.append(_text(" ".join(row[at].strip() for at in text_at), where))
+            indices.append(_label_index(row[label_at], names, where, columns.first_index))
+    return texts, indices
+
+
+def _read_json_lines(
+    path: Path, names: list[str], columns: _Columns
+) -> tuple[list[str], list[int]]:
+    texts: list[str] = []
+    indices: list[int] = []
+    with path.open(encoding="utf-8") as handle:
+        for line, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            where = f"{path}:{line}"
+            try:
+                row = json.loads(raw)
+            except ValueError as error:
+                raise LabelledDataError(f"{where}: not valid JSON: {error}") from error
+            if not isinstance(row, dict):
+                raise LabelledDataError(f"{where}: not a JSON object")
+            keys = columns.text or [next((key for key in TEXT_COLUMNS if key in row), "text")]
+            for key in [*keys, columns.label]:
+                if key not in row:
+                    raise LabelledDataError(f"{where}: no key named {key}")
+            parts = [row[key] for key in keys]
+            if not all(isinstance(part, str) for part in parts):
+                raise LabelledDataError(f"{where}: the text is not a string")
+            texts.append(_text(" ".join(part.strip() for part in parts), where))
+            indices.append(_label_index(row[columns.label], names, where, columns.first_index))
+    return texts, indices
+
+
+@dataclass(frozen=True)
+class _Columns:
+    text: list[str]  # joined with a space; empty: the first of TEXT_COLUMNS present
+    label: str
+    first_index: int
+
+
+def read_labelled(
+    path: Path,
+    label_names: list[str],
+    *,
+    text_columns: Sequence[str] = (),
+    label_column: str = LABEL_COLUMN,
+    first_index: int = 0,
+) -> LabelledTexts:
+    """Labelled texts from a CSV or TSV with a header row, or JSON Lines (one object a line).
+
+    The text is `text_columns` joined by a space (AG News: title, description), else the
+    first column named sentence, content or text. Labels are names from `label_names` or
+    integer indices into it counted from `first_index`. Bad input raises
+    `LabelledDataError` naming the file (and line).
+    """
+    if not path.is_file():
+        raise LabelledDataError(f"{path}: no such file")
+    columns = _Columns(list(text_columns), label_column, first_index)
+    if path.suffix.lower() in JSON_LINES_SUFFIXES:
+        texts, indices = _read_json_lines(path, label_names, columns)
+    else:
+        texts, indices = _read_delimited(path, label_names, columns)
     if not texts:
-        raise ValueError(f"{path}: no labelled rows")
+        raise LabelledDataError(f"{path}: no labelled rows")
     return LabelledTexts(texts, np.asarray(indices, dtype=np.int64))
+
+
+def require_every_class(data: LabelledTexts, label_names: list[str], path: Path) -> None:
+    """A label without a single example cannot be learnt (or was misspelt in --labels)."""
+    counts = np.bincount(data.labels, minlength=len(label_names))
+    missing = [name for name, count in zip(label_names, counts, strict=True) if count == 0]
+    if missing:
+        raise LabelledDataError(f"{path}: no examples of label {', '.join(map(repr, missing))}")
 
 
 def _sub_phrases(words: list[str]) -> set[str]:

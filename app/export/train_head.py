@@ -1,4 +1,8 @@
-"""`train-head`: a classification head trained on a base model's frozen, pooled embeddings."""
+"""`finetune --method head` (alias `train-head`): a head on a base model's frozen embeddings.
+
+The head model shares the base model's graph and batcher in the server; only the head is
+written (`head.npz`), trained with PyTorch (app/export/head_fit.py).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +21,14 @@ from app.config import available_cores
 from app.engine.heads import ClassifierHead
 from app.engine.manifest import MANIFEST_FILE, ModelManifest
 from app.engine.pipeline import OFFLINE_BATCH, open_pipeline
+from app.export.evaluation import classification_scores
 from app.export.head_fit import HeadConfig, fit_head
-from app.export.labelled_data import held_out_split, read_labelled
+from app.export.labelled_data import (
+    LabelledTexts,
+    held_out_split,
+    read_labelled,
+    require_every_class,
+)
 
 HEAD_FILE = "head.npz"
 PROGRESS_EVERY = 3200  # texts between progress lines
@@ -84,28 +95,44 @@ def train_head(
     models_dir: Path,
     config: HeadConfig,
     eval_data: Path | None = None,
+    validation_data: Path | None = None,
     command: str = "",
+    read: Callable[[Path], LabelledTexts] | None = None,
 ) -> ModelManifest:
-    """Train a head on `base`'s embeddings of `data` and write it as model `name`."""
+    """Train a head on `base`'s embeddings of `data` and write it as model `name`.
+
+    The head is measured on a held-out share of `data` (or on `validation_data`, then all of
+    `data` trains it) and reported on `eval_data`, never used for any choice.
+    """
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise ValueError(f"need at least two distinct labels, got {labels}")
     base_dir = models_dir / base
     if not (base_dir / MANIFEST_FILE).exists():
         raise FileNotFoundError(f"no base model '{base}' in {models_dir} (export it first)")
-    extractor = FeatureExtractor(base_dir)
-    train_set = read_labelled(data, labels)
-    evaluation_set = read_labelled(eval_data, labels) if eval_data else None
-    train_rows, held_rows = held_out_split(
-        train_set.texts, train_set.labels, config.held_out, config.seed
-    )
+    read = read or (lambda path: read_labelled(path, labels))
+    train_set = read(data)
+    require_every_class(train_set, labels, data)
+    evaluation_set = read(eval_data) if eval_data else None
+    validation_set = read(validation_data) if validation_data else None
+    if validation_set is None:
+        train_rows, held_rows = held_out_split(
+            train_set.texts, train_set.labels, config.held_out, config.seed
+        )
+    else:
+        train_rows, held_rows = np.arange(len(train_set.texts)), np.zeros(0, dtype=np.int64)
     dropped = len(train_set.texts) - len(train_rows) - len(held_rows)
+    extractor = FeatureExtractor(base_dir)
     progress(
         "split",
         f"{len(train_rows)} training rows, {len(held_rows)} held out, {dropped} dropped "
         "(sub-phrases or copies of held-out rows)",
     )
     features = extractor.embed(train_set.texts)
-    held_features, held_labels = features[held_rows], train_set.labels[held_rows]
+    if validation_set is None:
+        held_features, held_labels = features[held_rows], train_set.labels[held_rows]
+    else:
+        held_features = extractor.embed(validation_set.texts, stage="validation")
+        held_labels = validation_set.labels
 
     def report(member: int, epoch: int, epochs: int, head: ClassifierHead) -> None:
         if epochs > 20 and (epoch + 1) % (epochs // 10) != 0:
@@ -117,22 +144,33 @@ def train_head(
             f"held-out accuracy {score:.4f}",
         )
 
+    start = time.perf_counter()
     head = fit_head(features[train_rows], train_set.labels[train_rows], len(labels), config, report)
+    seconds = round(time.perf_counter() - start, 1)
     held_out_accuracy = accuracy(head, held_features, held_labels)
     progress("train", f"{config.describe()}: held-out accuracy {held_out_accuracy:.4f}")
     evaluation: dict[str, Any] = {
+        "method": "head",
         "train_examples": len(train_rows),
-        "held_out_examples": len(held_rows),
+        "held_out_examples": len(held_labels),
         "held_out_accuracy": round(held_out_accuracy, 4),
+        "validation": classification_scores(
+            held_labels, head.logits(held_features).argmax(axis=1), labels
+        ),
     }
     if evaluation_set is not None:
         eval_features = extractor.embed(evaluation_set.texts, stage="eval")
         dev_accuracy = accuracy(head, eval_features, evaluation_set.labels)
         progress("eval", f"accuracy {dev_accuracy:.4f} on {len(evaluation_set.texts)} examples")
         evaluation |= {"dev_accuracy": round(dev_accuracy, 4), "dev_examples": len(eval_features)}
+        evaluation["test"] = classification_scores(
+            evaluation_set.labels, head.logits(eval_features).argmax(axis=1), labels
+        )
     evaluation |= {
         "features": f"{base}: {extractor.manifest.pooling} pooling, L2-normalized",
         "head": config.describe(),
+        "training": {"seconds": seconds},
+        "seed": config.seed,
         "command": command,
     }
     manifest = _head_manifest(name, base, extractor.manifest, labels, evaluation)

