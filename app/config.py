@@ -18,6 +18,26 @@ def _split_names(value: object) -> object:
     return value
 
 
+def _aliases(value: object) -> object:
+    """`ENCODER_MODEL_ALIASES`: `name=model,name=model`; each entry once, both sides given."""
+    if not isinstance(value, str):
+        return value
+    table: dict[str, str] = {}
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue
+        name, equals, model = (side.strip() for side in entry.partition("="))
+        if not equals or not name or not model:
+            raise ValueError(
+                f"ENCODER_MODEL_ALIASES: {entry!r} is not NAME=MODEL "
+                "(for example text-embedding-3-small=minilm)"
+            )
+        if name in table:
+            raise ValueError(f"ENCODER_MODEL_ALIASES names {name!r} twice")
+        table[name] = model
+    return table
+
+
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity, which containers narrow)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -76,6 +96,11 @@ class Settings(BaseSettings):
     )
     default_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Preferred default model per task, in order."
+    )
+    model_aliases: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="OpenAI model names (POST /v1/embeddings) mapped to served models, as "
+        "NAME=MODEL,...; other names not served map to the default embedding model.",
     )
 
     # Inference engine
@@ -163,6 +188,12 @@ class Settings(BaseSettings):
         "per embedding model; 0 turns the cache off.",
     )
     max_attention_tokens: int = Field(128, ge=2, description="Tokens of an /attention input.")
+    # An explanation costs one forward input per word (occlusion) or per sample (shap):
+    # 128 words covers a long review; 2048 samples is ~10-15 s of one core's passes.
+    max_explain_words: int = Field(128, ge=1, description="Words of an /explain input before 413.")
+    max_explain_samples: int = Field(
+        2048, ge=1, description="shap samples of one /explain request before 422."
+    )
 
     # Access control
     api_key: Annotated[list[SecretStr], NoDecode] = Field(
@@ -179,6 +210,7 @@ class Settings(BaseSettings):
         _split_names
     )
     _check_api_keys = field_validator("api_key", mode="before")(_api_keys)
+    _parse_aliases = field_validator("model_aliases", mode="before")(_aliases)
 
     @field_validator("instances", "workers")
     @classmethod

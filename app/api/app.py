@@ -11,12 +11,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
-from app.api import openai, routes, tei
+from app.api import explain, openai, routes, tei
 from app.api.errors import install_error_handlers
 from app.api.guard import RequestGuardMiddleware
 from app.api.lifecycle import ServerState
 from app.api.observability import RequestObservabilityMiddleware
-from app.api.web import install_viewer
+from app.api.web import install_docs, install_viewer
 from app.config import Settings
 from app.metrics import Metrics
 
@@ -48,6 +48,9 @@ def create_app(
         version=__version__,
         description="High-throughput inference server for Transformer encoders.",
         lifespan=lifespan,
+        # install_docs serves /docs and /redoc with local assets instead of FastAPI's CDN ones.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.server = state
     install_error_handlers(app)
@@ -68,7 +71,9 @@ def create_app(
         )
     app.add_middleware(RequestObservabilityMiddleware, metrics=state.metrics)
     app.include_router(routes.router)
+    app.include_router(explain.router)
     app.include_router(openai.router)
     app.include_router(tei.router)
     install_viewer(app)
+    install_docs(app)
     return app

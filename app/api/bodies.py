@@ -1,7 +1,8 @@
 """Request bodies: strict JSON (valid UTF-8, valid Unicode) and the limits their validators use.
 
 Every route that takes a body is an `StrictJSONRoute`, so this is the one place where
-bytes become Python values. A body that is not UTF-8 is a 400; a string with a lone
+bytes become Python values. A body sent without a JSON content type is a 415 (before it is
+read), one that is not UTF-8 a 400; a string with a lone
 surrogate escape (`"\\ud800"`, valid JSON but not Unicode) a 422 naming its field. Such
 strings never reach a validator, the tokenizer or an error message (orjson, which writes
 every answer, refuses to write them).
@@ -23,6 +24,31 @@ from app.api.lifecycle import ServerState
 from app.api.schemas import RequestLimits, limits_for_request
 
 NOT_UTF8 = "the request body is not valid UTF-8 JSON"
+JSON_MEDIA_TYPE = "application/json"
+
+
+def is_json(content_type: str | None) -> bool:
+    """`application/json` (any parameters, any case), or a `+json` type such as
+    `application/merge-patch+json`: what FastAPI itself reads as JSON."""
+    if content_type is None:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == JSON_MEDIA_TYPE or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+def check_content_type(content_type: str | None) -> None:
+    """RequestRejected (415) unless the body is declared JSON."""
+    if is_json(content_type):
+        return
+    sent = "none" if content_type is None else repr(content_type[:100])
+    raise RequestRejected(
+        415,
+        "unsupported_media_type",
+        f"the request body must be JSON sent with 'Content-Type: {JSON_MEDIA_TYPE}' "
+        f"(the request's content type: {sent})",
+    )
 
 
 def parse_json(body: bytes) -> Any:
@@ -51,11 +77,11 @@ def parse_json(body: bytes) -> Any:
         ) from None
     path = lone_surrogate_path(value)
     if path is not None:
-        where = f"{path}: " if path else ""
+        where = path or "the request body"
         raise RequestRejected(
             422,
             "validation_error",
-            f"{where}contains a lone surrogate escape (\\ud800-\\udfff), which is not valid "
+            f"{where} contains a lone surrogate escape (\\ud800-\\udfff), which is not valid "
             "Unicode; send text as UTF-8 or as paired escapes",
         )
     return value
@@ -108,12 +134,16 @@ class StrictJSONRequest(Request):
 
 
 class StrictJSONRoute(APIRoute):
-    """Parses the body with `parse_json`, and validates it under this app's request limits."""
+    """Checks the content type of a body (415), parses it with `parse_json`, and validates it
+    under this app's request limits."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
+        takes_body = self.body_field is not None
 
         async def strict_handler(request: Request) -> Response:
+            if takes_body:
+                check_content_type(request.headers.get("content-type"))
             state: ServerState = request.app.state.server
             with limits_for_request(state.request_limits):
                 return await handle(StrictJSONRequest(request.scope, request.receive))
@@ -121,4 +151,12 @@ class StrictJSONRoute(APIRoute):
         return strict_handler
 
 
-__all__ = ["NOT_UTF8", "RequestLimits", "StrictJSONRoute", "lone_surrogate_path", "parse_json"]
+__all__ = [
+    "NOT_UTF8",
+    "RequestLimits",
+    "StrictJSONRoute",
+    "check_content_type",
+    "is_json",
+    "lone_surrogate_path",
+    "parse_json",
+]

@@ -1,7 +1,9 @@
 """The one place engine errors become HTTP statuses, in the contract's JSON error shape.
 
 Routes under /v1/ (the OpenAI-compatible API) answer in OpenAI's error shape instead,
-so OpenAI's client libraries report them properly.
+and the text-embeddings-inference routes (app/api/tei.py) in TEI's, with TEI's statuses,
+so each API's own client libraries report them properly. Messages are sentences that
+name the field once ("dimensions must be at least 1"), whichever layer found the problem.
 """
 
 from __future__ import annotations
@@ -35,7 +37,13 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (errors.PayloadTooLarge, 413, "payload_too_large"),
 ]
 
-_HTTP_TYPES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+_HTTP_TYPES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    415: "unsupported_media_type",
+}
 
 
 class RequestRejected(HTTPException):
@@ -47,6 +55,12 @@ class RequestRejected(HTTPException):
 
 
 OPENAI_PREFIX = "/v1/"
+# The routes of app/api/tei.py: TEI's error shape, {"error": "...", "error_type": "..."}.
+TEI_PATHS = frozenset({"/embed", "/embed_all", "/predict", "/decode", "/info"})
+# TEI's status for engine errors where it differs from the contract's (TEI's router maps
+# its ErrorType so: an over-long input is a `validation` error, 413; a route the served
+# model cannot answer and a failed inference are `backend` errors, 424).
+_TEI_STATUS = {"input_too_long": 413, "model_not_found": 424, "inference_failed": 424}
 
 
 def _openai_type(status: int) -> str:
@@ -55,6 +69,21 @@ def _openai_type(status: int) -> str:
     if status == 429:
         return "rate_limit_error"
     return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def _tei_type(status: int, kind: str) -> str:
+    """TEI's ErrorType: `empty` (400, no inputs), `tokenizer` (422), `overloaded` (429),
+    `unhealthy` (503), `backend` (424, and the errors of the server), else `validation`
+    (413 in TEI; also what TEI's JSON extractor refuses: malformed bodies and fields)."""
+    if kind in ("empty", "tokenizer"):
+        return kind
+    if status in (429, 504):
+        return "overloaded"
+    if status == 503:
+        return "unhealthy"
+    if status == 424 or status >= 500:
+        return "backend"
+    return "validation"
 
 
 def _writable(text: str) -> str:
@@ -70,6 +99,8 @@ def error_body(status: int, kind: str, message: str, path: str = "") -> bytes:
     if path.startswith(OPENAI_PREFIX):
         error = {"message": message, "type": _openai_type(status), "param": None, "code": kind}
         return orjson.dumps({"error": error})
+    if path in TEI_PATHS:
+        return orjson.dumps({"error": message, "error_type": _tei_type(status, kind)})
     return orjson.dumps({"error": {"type": kind, "message": message}})
 
 
@@ -84,10 +115,32 @@ def error_response(
     return Response(body, status, headers=headers, media_type="application/json")
 
 
+# A validator's message that starts with one of these reads as a sentence after the
+# field's name ("dimensions" + "must be at least 1"); others follow it after a colon.
+_PREDICATES = ("must ", "should ", "is ", "are ", "has ", "holds ", "contains ", "cannot ")
+
+
 def _describe(error: dict[str, Any]) -> str:
+    """One validation problem as a sentence naming its field once."""
     location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-    message = str(error.get("msg", "")).removeprefix("Value error, ")
-    return f"{location}: {message}" if location else message
+    message = str(error.get("msg", ""))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    if not location:
+        return message
+    kind = error.get("type")
+    if kind == "missing":
+        return f"{location} is required"
+    if kind == "extra_forbidden":
+        return f"{location} is not a field of this request"
+    if message.startswith("Input should "):  # pydantic's own wording
+        return f"{location} {message.removeprefix('Input ')}"
+    field = location.split(".", 1)[0]
+    if message.startswith(f"{field} "):  # the validator named it already
+        return message
+    if message.startswith(_PREDICATES):
+        return f"{location} {message}"
+    return f"{location}: {message}"
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -122,6 +175,8 @@ async def _engine_error(request: Request, exc: Exception) -> Response:
                 headers = {"Retry-After": str(exc.retry_after_s)}
             if status >= 500:
                 log.error("%s %s failed: %s", request.method, request.url.path, exc)
+            if request.url.path in TEI_PATHS:
+                status = _TEI_STATUS.get(kind, status)
             return error_response(status, kind, str(exc), headers, request.url.path)
     return await _unexpected_error(request, exc)
 

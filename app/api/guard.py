@@ -9,7 +9,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.errors import error_body
 
 # Routes anyone may call: probes, the viewer page (it asks for the key itself) and the docs.
-OPEN_PATHS = frozenset({"/health", "/ready", "/", "/docs", "/openapi.json", "/favicon.ico"})
+OPEN_PATHS = frozenset(
+    {"/health", "/ready", "/", "/docs", "/redoc", "/openapi.json", "/favicon.ico"}
+)
 OPEN_PREFIXES = ("/static/",)
 # A body over the limit is read and discarded up to this multiple of it before the 413,
 # so clients that send before they read see the answer instead of a reset connection.

@@ -1,4 +1,9 @@
-"""OpenAI-compatible embeddings API: POST /v1/embeddings and GET /v1/models, in its shapes."""
+"""OpenAI-compatible embeddings API: POST /v1/embeddings and GET /v1/models, in its shapes.
+
+Clients hard-code OpenAI's model names (`text-embedding-3-small`), so a name this server
+does not serve is not an error: it maps to a model of ENCODER_MODEL_ALIASES, else to the
+default embedding model, and the answer's `model` names the model that served it.
+"""
 
 from __future__ import annotations
 
@@ -23,10 +28,12 @@ from app.api.handling import (
     engine,
     json_response,
     resolve_model,
+    server_state,
     unless_disconnected,
 )
 from app.api.schemas import OPENAI_ERRORS, check_input_chars, check_input_count
-from app.engine.interface import TokenIds
+from app.engine.errors import ModelNotFound
+from app.engine.interface import ModelDescription, TokenIds
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=StrictJSONRoute)
 
@@ -48,7 +55,10 @@ class OpenAIEmbeddingRequest(BaseModel):
     input: str | Texts | Ids | IdLists = Field(
         description="A text, a list of texts, or token ids (one list, or a list of lists)."
     )
-    model: str = Field(description="A served embedding model's name.")
+    model: str = Field(
+        description="A served embedding model's name; another name (OpenAI's, say) maps to "
+        "its ENCODER_MODEL_ALIASES entry, else to the default embedding model."
+    )
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = Field(None, description="Ignored.")
@@ -113,6 +123,23 @@ def _inputs(raw: str | list[str] | list[int] | list[list[int]]) -> list[str] | T
     return TokenIds([items] if all(isinstance(item, int) for item in items) else items)
 
 
+def _served_model(request: Request, name: str) -> ModelDescription:
+    """The model serving a request for `name`: the served model of that name, its alias
+    (ENCODER_MODEL_ALIASES), else the default embedding model."""
+    served = [model.name for model in engine(request).models()]
+    if name in served:
+        return resolve_model(request, name, "embedding")
+    target = server_state(request).settings.model_aliases.get(name)
+    if target is None:
+        return resolve_model(request, None, "embedding")
+    if target not in served:
+        raise ModelNotFound(
+            f"model '{name}' is an alias of '{target}' (ENCODER_MODEL_ALIASES), which is not "
+            f"loaded (loaded: {', '.join(served)})"
+        )
+    return resolve_model(request, target, "embedding")
+
+
 def _as_base64(vector: np.ndarray) -> str:
     """OpenAI's base64 format: the little-endian float32 bytes."""
     return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
@@ -121,7 +148,7 @@ def _as_base64(vector: np.ndarray) -> str:
 @router.post("/embeddings", response_model=OpenAIEmbeddingResponse, responses=OPENAI_ERRORS)
 async def create_embeddings(body: OpenAIEmbeddingRequest, request: Request) -> Response:
     """Embeddings exactly as OpenAI's API returns them."""
-    model = resolve_model(request, body.model, "embedding")
+    model = _served_model(request, body.model)
     inputs = _inputs(body.input)
     work = engine(request).embed(model.name, inputs, dimensions=body.dimensions)
     result = await unless_disconnected(request, work)

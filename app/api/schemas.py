@@ -42,6 +42,7 @@ class RequestLimits:
     max_candidate_labels: int
     max_label_chars: int
     max_template_chars: int
+    max_explain_samples: int = Settings.model_fields["max_explain_samples"].default
 
     @classmethod
     def of(cls, settings: Settings) -> RequestLimits:
@@ -88,6 +89,16 @@ class _Request(BaseModel):
         return data
 
 
+def quoted(items: list[str], limit: int = 5) -> str:
+    """`'a'`, `'a' and 'b'`, `'a', 'b' and 'c'`: items for a sentence (the first `limit`,
+    each cut to 64 characters), not a Python list."""
+    shown = [repr(item[:64]) for item in items[:limit]]
+    if len(items) > limit:
+        shown[-1] = f"{shown[-1]} and {len(items) - limit} more"
+        return ", ".join(shown)
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
+
+
 def as_list(inputs: str | list[str]) -> list[str]:
     return [inputs] if isinstance(inputs, str) else inputs
 
@@ -98,6 +109,8 @@ def check_texts(value: Any, handler: ValidatorFunctionWrapHandler) -> str | list
     The count and character limits are 413s (PayloadTooLarge, which pydantic lets
     through), checked here so that an oversized list costs no per-item work.
     """
+    if value == "":
+        raise ValueError("must not be an empty string")
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list):
         raise ValueError(f"must be a string or a list of strings, not {type(value).__name__}")
@@ -105,11 +118,10 @@ def check_texts(value: Any, handler: ValidatorFunctionWrapHandler) -> str | list
         raise ValueError("must not be an empty list")
     check_input_count(len(items))
     for index, item in enumerate(items):
-        where = "the input" if isinstance(value, str) else f"item {index}"
         if not isinstance(item, str):
-            raise ValueError(f"{where} must be a string, not {type(item).__name__}")
+            raise ValueError(f"item {index} must be a string, not {type(item).__name__}")
         if not item:
-            raise ValueError(f"{where} is an empty string")
+            raise ValueError(f"item {index} is an empty string")
         check_input_chars(index, item)
     result: str | list[str] = handler(value)
     return result
@@ -134,7 +146,7 @@ def check_labels(value: Any, handler: ValidatorFunctionWrapHandler) -> list[str]
     limits = request_limits()
     if isinstance(value, list) and len(value) > limits.max_candidate_labels:
         raise ValueError(
-            f"{len(value)} labels; the limit is {limits.max_candidate_labels} "
+            f"has {len(value)} labels; the limit is {limits.max_candidate_labels} "
             "(ENCODER_MAX_CANDIDATE_LABELS)"
         )
     labels: list[str] | None = handler(value)
@@ -151,12 +163,14 @@ def check_labels(value: Any, handler: ValidatorFunctionWrapHandler) -> list[str]
                 f"{limits.max_label_chars} (ENCODER_MAX_LABEL_CHARS)"
             )
         if not label.strip():
-            raise ValueError(f"labels must not be empty strings (item {index})")
+            raise ValueError(f"must not hold empty strings (item {index})")
         if label in seen:
             repeated.append(label)
         seen.add(label)
     if repeated:
-        raise ValueError(f"labels must be distinct; repeated: {sorted(set(repeated))}")
+        repeats = sorted(set(repeated))
+        verb = "is" if len(repeats) == 1 else "are"
+        raise ValueError(f"must be distinct; {quoted(repeats)} {verb} repeated")
     return labels
 
 
@@ -165,7 +179,7 @@ def check_template(template: str) -> str:
     limit = request_limits().max_template_chars
     if len(template) > limit:
         raise ValueError(
-            f"{len(template)} characters; the limit is {limit} (ENCODER_MAX_TEMPLATE_CHARS)"
+            f"has {len(template)} characters; the limit is {limit} (ENCODER_MAX_TEMPLATE_CHARS)"
         )
     problem = template_problem(template)
     if problem is not None:
@@ -176,7 +190,7 @@ def check_template(template: str) -> str:
 def check_indices(value: Any) -> Any:
     """Layer or head indices: the count before pydantic looks at each item."""
     if isinstance(value, list) and len(value) > MAX_INDICES:
-        raise ValueError(f"{len(value)} indices; at most {MAX_INDICES}")
+        raise ValueError(f"has {len(value)} indices; the limit is {MAX_INDICES}")
     return value
 
 
@@ -200,7 +214,7 @@ class EncodeRequest(_Request):
     @classmethod
     def _positive(cls, value: int | None) -> int | None:
         if value is not None and value < 1:
-            raise ValueError("dimensions must be at least 1")
+            raise ValueError("must be at least 1")
         return value
 
 
@@ -253,7 +267,7 @@ class AttentionRequest(_Request):
         if isinstance(value, list):
             raise ValueError("must be one string: attention maps are computed per input")
         if value == "":
-            raise ValueError("the input is an empty string")
+            raise ValueError("must not be an empty string")
         if isinstance(value, str):
             check_input_chars(0, value)
         return value
@@ -355,14 +369,28 @@ class OpenAIErrorResponse(BaseModel):
     error: OpenAIErrorDetail
 
 
+class TeiErrorResponse(BaseModel):
+    """TEI's error shape (the routes of app/api/tei.py), with TEI's `error_type`: `empty`
+    (400), `validation` (413; also 415 and 422 for a body that is not a valid request),
+    `tokenizer` (422), `backend` (424), `overloaded` (429), `unhealthy` (503)."""
+
+    error: str
+    error_type: Literal["empty", "validation", "tokenizer", "backend", "overloaded", "unhealthy"]
+
+
 # What an inference route may answer besides 200: documented, so clients and the
 # contract tests know every status and its body.
-ERROR_STATUSES = (400, 401, 404, 413, 422, 429, 500, 503, 504)
+ERROR_STATUSES = (400, 401, 404, 413, 415, 422, 429, 500, 503, 504)
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in ERROR_STATUSES
 }
 OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": OpenAIErrorResponse} for code in ERROR_STATUSES
+}
+# TEI's routes name no model (no 404); a model that cannot answer the route is TEI's 424.
+TEI_ERROR_STATUSES = (400, 401, 413, 415, 422, 424, 429, 500, 503, 504)
+TEI_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": TeiErrorResponse} for code in TEI_ERROR_STATUSES
 }
 
 

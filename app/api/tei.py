@@ -1,15 +1,33 @@
-"""Routes of Hugging Face text-embeddings-inference (TEI), with its field names and defaults."""
+"""Routes of Hugging Face text-embeddings-inference (TEI), with its field names, defaults and
+error shape (`{"error": "...", "error_type": "..."}`, written by app/api/errors.py).
+
+TEI serves one model; here each route takes the default model of its task. Hugging Face's
+inference clients send options in a `parameters` object (the Inference API's shape): the
+options a route knows count there as at the top level.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import Iterator
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 from starlette.responses import Response
 
 from app import __version__
 from app.api.bodies import StrictJSONRoute
+from app.api.errors import RequestRejected
 from app.api.handling import (
     engine,
     json_response,
@@ -17,32 +35,146 @@ from app.api.handling import (
     server_state,
     unless_disconnected,
 )
-from app.api.schemas import ERRORS, as_list, check_texts
-from app.engine.interface import ClassifyOptions
+from app.api.schemas import TEI_ERRORS, as_list, check_input_chars, check_input_count, check_texts
+from app.engine.errors import InvalidInput
+from app.engine.interface import ClassifyOptions, ModelDescription, TextInput
 
 router = APIRouter(tags=["tei"], route_class=StrictJSONRoute)
 
 # TEI names dtypes as torch does; int8 has no such name and is reported as is.
 MODEL_DTYPES = {"fp32": "float32", "fp16": "float16"}
 
+TokenId = Annotated[StrictInt, Field(ge=0)]
+IdList = Annotated[list[TokenId], Field(fail_fast=True)]
+PREDICT_SHAPE = (
+    "must be a string or a list whose items are strings or lists of one or two strings "
+    "(a sentence pair: [text, text_pair])"
+)
+
+
+def _no_empty_batch(field: str, value: Any) -> None:
+    """TEI answers an empty batch with 400 and `error_type` empty (not a 422)."""
+    if isinstance(value, list) and not value:
+        raise RequestRejected(400, "empty", f"{field} must not be an empty list")
+
+
+def _tei_texts(value: Any, handler: ValidatorFunctionWrapHandler) -> str | list[str]:
+    _no_empty_batch("inputs", value)
+    return check_texts(value, handler)
+
 
 class _TeiRequest(BaseModel):
     # TEI clients send fields this server has no use for (truncation_direction, prompt_name).
     model_config = ConfigDict(extra="ignore")
 
-    inputs: str | list[str]
-    truncate: bool = Field(False, description="TEI's default: an input over max length is 422.")
+    truncate: bool | None = Field(
+        None,
+        description="Cut inputs to the model's max length; TEI's default (null, false) "
+        "refuses an over-long input with 413.",
+    )
 
-    _check_inputs = field_validator("inputs", mode="wrap")(check_texts)
+    @model_validator(mode="before")
+    @classmethod
+    def _parameters(cls, data: Any) -> Any:
+        """Options in `parameters` (Hugging Face's clients put them there) that this route
+        knows, unless also sent at the top level."""
+        parameters = data.get("parameters") if isinstance(data, dict) else None
+        if not isinstance(parameters, dict):
+            return data
+        known = {
+            key: value
+            for key, value in parameters.items()
+            if key in cls.model_fields and key != "inputs" and key not in data
+        }
+        return {**data, **known}
 
 
 class TeiEmbedRequest(_TeiRequest):
+    inputs: str | list[str] = Field(description="A text or a non-empty list of texts.")
     normalize: bool = True
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(None, ge=1, description="Keep the first N dimensions.")
+
+    _check_inputs = field_validator("inputs", mode="wrap")(_tei_texts)
+
+
+class TeiEmbedAllRequest(_TeiRequest):
+    inputs: str | list[str] = Field(description="A text or a non-empty list of texts.")
+
+    _check_inputs = field_validator("inputs", mode="wrap")(_tei_texts)
 
 
 class TeiPredictRequest(_TeiRequest):
+    inputs: str | list[str | list[str]] = Field(
+        description="A text, or a list of inputs, each a text or a sentence pair "
+        '[text, text_pair] (a list of one text is that text). ["a", "b"] is two inputs; '
+        'the pair is [["a", "b"]].'
+    )
     raw_scores: bool = False
+
+    @field_validator("inputs", mode="wrap")
+    @classmethod
+    def _check_inputs(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """The count before any item; each item a non-empty text or pair of texts."""
+        _no_empty_batch("inputs", value)
+        if isinstance(value, list):
+            check_input_count(len(value))
+            for index, item in enumerate(value):
+                texts = item if isinstance(item, list) else [item]
+                if not 1 <= len(texts) <= 2 or not all(isinstance(t, str) for t in texts):
+                    raise ValueError(
+                        f"item {index} must be a string or a list of one or two strings"
+                    )
+                if not all(texts):
+                    raise ValueError(f"item {index} holds an empty string")
+                for text in texts:
+                    check_input_chars(index, text)
+        elif value == "":
+            raise ValueError("must not be an empty string")
+        elif isinstance(value, str):
+            check_input_chars(0, value)
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(PREDICT_SHAPE) from None
+
+    def texts(self) -> list[TextInput]:
+        """Each input as the engine takes it: a text, or a (text, text_pair) tuple."""
+        items = [self.inputs] if isinstance(self.inputs, str) else self.inputs
+        return [
+            item if isinstance(item, str) else item[0] if len(item) == 1 else (item[0], item[1])
+            for item in items
+        ]
+
+
+class TeiDecodeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    ids: IdList | Annotated[list[IdList], Field(fail_fast=True)] = Field(
+        description="Token ids (as POST /tokenize gives them), or a list of such lists."
+    )
+    skip_special_tokens: bool = True
+
+    @field_validator("ids", mode="wrap")
+    @classmethod
+    def _check_ids(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        _no_empty_batch("ids", value)
+        if isinstance(value, list) and isinstance(value[0], list):
+            check_input_count(len(value))
+            for index, ids in enumerate(value):
+                _no_empty_batch(f"ids[{index}]", ids)
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(
+                "must be a list of token ids or a list of such lists (ids are integers "
+                "from 0; true and false are not)"
+            ) from None
+
+    def id_lists(self) -> list[list[int]]:
+        """One list of ids per text to decode."""
+        if isinstance(self.ids[0], int):
+            return [cast(list[int], self.ids)]
+        return cast(list[list[int]], self.ids)
 
 
 class TeiLabelScore(BaseModel):
@@ -68,7 +200,26 @@ class TeiInfo(BaseModel):
     served_models: list[str]
 
 
-@router.post("/embed", response_model=list[list[float]], responses=ERRORS)
+def _served_model(request: Request) -> ModelDescription:
+    """The model TEI's model-agnostic routes describe: the default embedding model, else
+    the first."""
+    models = engine(request).models()
+    model = next((m for m in models if m.task == "embedding"), models[0])
+    request.state.model = model.name  # the `model` label of this request's metrics
+    return model
+
+
+@contextlib.contextmanager
+def _tokenizer_errors() -> Iterator[None]:
+    """What the tokenizer refuses (ids outside its vocabulary, pairs it cannot lay out) is
+    TEI's `tokenizer` error, 422."""
+    try:
+        yield
+    except InvalidInput as error:
+        raise RequestRejected(422, "tokenizer", str(error)) from None
+
+
+@router.post("/embed", response_model=list[list[float]], responses=TEI_ERRORS)
 async def embed(body: TeiEmbedRequest, request: Request) -> Response:
     """A bare list of vectors from the default embedding model."""
     texts = as_list(body.inputs)
@@ -77,35 +228,60 @@ async def embed(body: TeiEmbedRequest, request: Request) -> Response:
         model.name,
         texts,
         normalize=body.normalize,
-        truncate=body.truncate,
+        truncate=bool(body.truncate),
         dimensions=body.dimensions,
     )
     result = await unless_disconnected(request, work)
     return json_response(result.vectors)
 
 
+@router.post("/embed_all", response_model=list[list[list[float]]], responses=TEI_ERRORS)
+async def embed_all(body: TeiEmbedAllRequest, request: Request) -> Response:
+    """Per input, the last hidden state of every token (special tokens included), unpooled
+    and unnormalized, from the default embedding model."""
+    model = resolve_model(request, None, "embedding")
+    work = engine(request).embed_tokens(
+        model.name, as_list(body.inputs), truncate=bool(body.truncate)
+    )
+    result = await unless_disconnected(request, work)
+    return json_response(result.states)
+
+
 @router.post(
     "/predict",
     response_model=list[TeiLabelScore] | list[list[TeiLabelScore]],
-    responses=ERRORS,
+    responses=TEI_ERRORS,
 )
 async def predict(body: TeiPredictRequest, request: Request) -> Response:
-    """Label scores from the default classification model: a list for one input, else lists."""
-    texts = as_list(body.inputs)
+    """Label scores from the default classification model, highest first: a list for one
+    input (a text), else a list of lists. An input may be a sentence pair."""
     model = resolve_model(request, None, "classification")
-    options = ClassifyOptions(truncate=body.truncate, raw_scores=body.raw_scores)
-    result = await unless_disconnected(
-        request, engine(request).classify(model.name, texts, options)
-    )
+    options = ClassifyOptions(truncate=bool(body.truncate), raw_scores=body.raw_scores)
+    with _tokenizer_errors():
+        result = await unless_disconnected(
+            request, engine(request).classify(model.name, body.texts(), options)
+        )
     answers = [[{"label": s.label, "score": s.score} for s in scores] for scores in result.results]
     return json_response(answers[0] if isinstance(body.inputs, str) else answers)
 
 
-@router.get("/info", response_model=TeiInfo, responses=ERRORS)
+@router.post("/decode", response_model=list[str], responses=TEI_ERRORS)
+async def decode(body: TeiDecodeRequest, request: Request) -> Response:
+    """The text of each list of token ids, by the served model's tokenizer (a list of
+    texts, one per list of ids)."""
+    model = _served_model(request)
+    with _tokenizer_errors():
+        texts = await engine(request).decode(
+            model.name, body.id_lists(), skip_special_tokens=body.skip_special_tokens
+        )
+    return json_response(texts)
+
+
+@router.get("/info", response_model=TeiInfo, responses=TEI_ERRORS)
 async def info(request: Request) -> dict[str, Any]:
     """TEI's description of the served model (the default embedding model, else the first)."""
+    model = _served_model(request)
     models = engine(request).models()
-    model = next((m for m in models if m.task == "embedding"), models[0])
     if model.task == "classification":
         labels = dict(enumerate(model.labels))
         model_type: dict[str, Any] = {

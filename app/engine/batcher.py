@@ -12,6 +12,17 @@ Dispatch policy:
   when its oldest input has waited `max_wait_s`, whichever comes first.
 Fairness: a batch takes inputs round-robin across the waiting requests
 (`app/engine/fair_queue.py`), so a small request never waits behind whole large ones.
+Priority: a request may come as low priority (`low=True`: an explanation's
+perturbations). Low-priority inputs ride only in batches of their own, formed when no
+normal input waits; while interactive traffic is around (a normal input arrived, or a
+normal pass ended, within the last `LOW_PRIORITY_QUIET_S`) such a batch holds at most
+`LOW_PRIORITY_BUSY_BATCH` inputs, so a normal input that arrives meanwhile waits for one
+small pass at most, and low-priority passes may take at most `LOW_PRIORITY_SHARE` of the
+recent forward-pass time (on a small machine a pass takes every core, the HTTP side's
+included, so even passes run in the gaps between interactive batches slow those down);
+after a quiet spell it holds up to `LOW_PRIORITY_BATCH` and takes whatever time is free.
+Low-priority requests count against the queue limits but may fill only half of them
+(`LOW_PRIORITY_QUEUE_SHARE`), so interactive requests always find room.
 Admission: a request is refused at once (Overloaded, 429) when the work that would run
 before it is done cannot finish before its deadline, measured from recent passes.
 Before forming a batch it drops inputs whose caller went away or whose deadline
@@ -48,6 +59,15 @@ RESTART_DELAY_S = 0.5
 REJECT_REASONS = ("queue_full", "would_miss_deadline", "cancelled", "deadline")
 # Weight of the newest pass in the running estimate of seconds per token (admission).
 PASS_COST_SMOOTHING = 0.2
+# Low-priority batches (see the module docstring): their size while normal inputs come
+# and go, their size after LOW_PRIORITY_QUIET_S without one, and the share of the queue
+# limits low-priority inputs may fill.
+LOW_PRIORITY_BUSY_BATCH = 2
+LOW_PRIORITY_BATCH = 8
+LOW_PRIORITY_QUIET_S = 0.1
+LOW_PRIORITY_QUEUE_SHARE = 0.5
+LOW_PRIORITY_SHARE = 0.2  # of recent pass time, while interactive traffic is around
+PASS_SHARE_DECAY = 0.9  # per pass: how fast the record of recent pass time forgets
 
 # Runs one batch in the worker thread; returns one result per payload, in order.
 BatchRunner = Callable[[list[Payload]], Sequence[Result]]
@@ -60,8 +80,10 @@ class BatchService(Protocol[PayloadIn, Result]):
     the engine process's one through `app/engine/remote.py`."""
 
     async def process(
-        self, payloads: Sequence[tuple[PayloadIn, int]], timeout_s: float
-    ) -> list[Result]: ...
+        self, payloads: Sequence[tuple[PayloadIn, int]], timeout_s: float, *, low: bool = False
+    ) -> list[Result]:
+        """`low`: queue at low priority (see DynamicBatcher)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -98,6 +120,7 @@ class QueuedInput(Generic[Payload, Result]):
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None  # its forward pass began
     finished_at: float | None = None  # its forward pass ended
+    low: bool = False  # queued at low priority
 
 
 def fail(items: Sequence[QueuedInput[Any, Any]], error: Exception) -> None:
@@ -151,6 +174,9 @@ class DynamicBatcher(Generic[Payload, Result]):
         # Smoothed seconds and tokens of recent passes: their ratio prices queued work.
         self._pass_seconds = 0.0
         self._pass_tokens = 0.0
+        self._last_normal_at = -math.inf  # when a normal-priority input last arrived
+        self._low_seconds = 0.0  # recent pass time: low-priority passes', and all passes'
+        self._all_seconds = 0.0
         self.restarts = 0
         if metrics is not None:  # series exist from the start, so rates and alerts see zeros
             for reason in REJECT_REASONS:
@@ -241,30 +267,33 @@ class DynamicBatcher(Generic[Payload, Result]):
     # -- submission --------------------------------------------------------
 
     def submit(
-        self, payloads: Sequence[tuple[Payload, int]], timeout_s: float
+        self, payloads: Sequence[tuple[Payload, int]], timeout_s: float, *, low: bool = False
     ) -> list[asyncio.Future[Result]]:
         """Queue `(payload, token_count)` pairs; all are accepted or none (429 on a full queue)."""
-        return [item.future for item in self.enqueue(payloads, timeout_s)]
+        return [item.future for item in self.enqueue(payloads, timeout_s, low=low)]
 
     def enqueue(
-        self, payloads: Sequence[tuple[Payload, int]], timeout_s: float
+        self, payloads: Sequence[tuple[Payload, int]], timeout_s: float, *, low: bool = False
     ) -> list[QueuedInput[Payload, Result]]:
         """Like `submit`, returning the queued inputs, which also record when they ran."""
         tokens = sum(count for _, count in payloads)
         limits, queue = self.limits, self._queue
-        too_many = len(queue) + len(payloads) > limits.max_queue
+        share = LOW_PRIORITY_QUEUE_SHARE if low else 1.0
+        max_queue, max_tokens = int(limits.max_queue * share), int(limits.max_queue_tokens * share)
+        too_many = len(queue) + len(payloads) > max_queue
         # A request over the token bound on its own is still taken into an empty queue.
-        too_long = bool(queue) and queue.tokens + tokens > limits.max_queue_tokens
+        too_long = bool(queue) and queue.tokens + tokens > max_tokens
         if too_many or too_long:
             self._count_rejected("queue_full", len(payloads))
+            priority = " (low priority: half the limits)" if low else ""
             raise Overloaded(
                 f"model '{self.name}' has {len(queue)} inputs ({queue.tokens} tokens) "
-                f"queued; limits {limits.max_queue} inputs, {limits.max_queue_tokens} "
-                "tokens; retry later"
+                f"queued; limits {max_queue} inputs, {max_tokens} tokens{priority}; "
+                "retry later"
             )
         if timeout_s <= 0:  # spent before queueing (tokenizing, an earlier pass)
             raise DeadlineExceeded(f"model '{self.name}': the request deadline passed")
-        expected_s = self._expected_seconds(len(payloads), tokens)
+        expected_s = self._expected_seconds(len(payloads), tokens, low=low)
         if expected_s > timeout_s:
             self._count_rejected("would_miss_deadline", len(payloads))
             raise Overloaded(
@@ -276,24 +305,27 @@ class DynamicBatcher(Generic[Payload, Result]):
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         items = [
-            QueuedInput(payload, tokens, now + timeout_s, loop.create_future(), now)
+            QueuedInput(payload, tokens, now + timeout_s, loop.create_future(), now, low=low)
             for payload, tokens in payloads
         ]
-        queue.add(items)
+        queue.add(items, low=low)
+        if not low:
+            self._last_normal_at = now
         self._set_depth()
         self._update_idle()
         self._arrived.set()
         return items
 
     async def process(
-        self, payloads: Sequence[tuple[Payload, int]], timeout_s: float
+        self, payloads: Sequence[tuple[Payload, int]], timeout_s: float, *, low: bool = False
     ) -> list[Result]:
-        """Queue inputs and await their results, in order, within `timeout_s`.
+        """Queue inputs and await their results, in order, within `timeout_s`; `low`: at
+        low priority.
 
         However the wait ends (answer, error, timeout, the caller cancelled), no input is
         left behind in the queue; the time spent goes to the current request's account.
         """
-        queued = self.enqueue(payloads, timeout_s)
+        queued = self.enqueue(payloads, timeout_s, low=low)
         futures = [item.future for item in queued]
         try:
             async with asyncio.timeout(max(timeout_s, 0.0)):
@@ -324,6 +356,12 @@ class DynamicBatcher(Generic[Payload, Result]):
             if not idle:
                 await self._wait_to_fill()
                 self._drop_dead()
+            hold_s = self._low_priority_hold()
+            if hold_s > 0:  # low-priority work has had its share: wait for either kind
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), hold_s)
+                continue
             batch = self._take_batch()
             if batch:
                 idle = False
@@ -366,14 +404,37 @@ class DynamicBatcher(Generic[Payload, Result]):
         """
         limits = self.limits
         count, longest = 0, 0
+        normal = self._queue.normal_count
+        low_cap = self._low_batch_size()
         for item in self._queue.round_robin():
             if count == limits.max_batch_size:
                 return count, True
+            if count >= normal:  # the rest are low priority
+                if normal:
+                    break  # never in a batch with normal inputs
+                if count == low_cap:
+                    return count, True
             new_longest = max(longest, item.tokens)
             if count and (count + 1) * new_longest > limits.max_batch_tokens:
                 return count, True
             count, longest = count + 1, new_longest
         return count, count == limits.max_batch_size
+
+    def _low_priority_hold(self) -> float:
+        """Seconds to hold back the next batch, which would be low-priority only, because
+        such passes had their share of recent pass time while normal inputs come; 0 else."""
+        queue = self._queue
+        if queue.normal_count or not queue.low_count:
+            return 0.0
+        quiet_in = self._last_normal_at + LOW_PRIORITY_QUIET_S - time.monotonic()
+        if quiet_in <= 0 or self._low_seconds <= LOW_PRIORITY_SHARE * self._all_seconds:
+            return 0.0
+        return quiet_in
+
+    def _low_batch_size(self) -> int:
+        """How many low-priority inputs a batch may take now (see the module docstring)."""
+        quiet = time.monotonic() - self._last_normal_at >= LOW_PRIORITY_QUIET_S
+        return LOW_PRIORITY_BATCH if quiet else LOW_PRIORITY_BUSY_BATCH
 
     def _take_batch(self) -> list[QueuedInput[Payload, Result]]:
         count, _ = self._select()
@@ -402,7 +463,7 @@ class DynamicBatcher(Generic[Payload, Result]):
             self._set_depth()
             self._update_idle()
 
-    def _expected_seconds(self, inputs: int, tokens: int) -> float:
+    def _expected_seconds(self, inputs: int, tokens: int, *, low: bool = False) -> float:
         """How long a new request of `inputs` inputs (`tokens` in all) would take: the work
         that round-robin runs before its last input, and its own, priced at recent passes.
 
@@ -411,7 +472,7 @@ class DynamicBatcher(Generic[Payload, Result]):
         """
         if not (self._queue or self._running) or self._pass_tokens <= 0:
             return 0.0
-        ahead = self._queue.tokens_served_before(inputs) + self._running_tokens
+        ahead = self._queue.tokens_served_before(inputs, low=low) + self._running_tokens
         # Instances run batches side by side: together they go that many times as fast.
         return (ahead + tokens) * self._pass_seconds / self._pass_tokens / len(self._instances)
 
@@ -446,6 +507,11 @@ class DynamicBatcher(Generic[Payload, Result]):
             self._set_busy(instance, False)
         finished = time.monotonic()
         self._measure_pass(seconds, tokens)
+        low = batch[0].low  # a batch is all of one priority
+        if not low:  # its callers answer now and may send more: not quiet yet
+            self._last_normal_at = max(self._last_normal_at, finished)
+        self._low_seconds = PASS_SHARE_DECAY * self._low_seconds + (seconds if low else 0.0)
+        self._all_seconds = PASS_SHARE_DECAY * self._all_seconds + seconds
         if metrics is not None:
             metrics.inference_duration.labels(self.name).observe(finished - started)
             metrics.instance_batches.labels(self.name, str(instance.index)).inc()

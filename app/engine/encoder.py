@@ -9,6 +9,7 @@ through the same batches and the same forward passes.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -17,10 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.engine.attention import AttentionEncoder
-from app.engine.batcher import BatchService
-from app.engine.errors import InputTooLong
+from app.engine.batcher import BatchService, settle
+from app.engine.errors import InputTooLong, InvalidInput
 from app.engine.manifest import ModelManifest
 from app.engine.tokenization import (
+    INLINE_TOKENIZE_CHARS,
+    TextInput,
     TextTokenizer,
     Token,
     TokenizedText,
@@ -47,10 +50,13 @@ class Encoder:
         *,
         tokenize_executor: Executor | None = None,
         attention: AttentionEncoder | None = None,
+        token_batches: BatchService[TokenizedText, np.ndarray] | None = None,
     ) -> None:
+        """`token_batches`: the batch service of per-token states (embedding graphs only)."""
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.batches = batches
+        self.token_batches = token_batches
         self.request_timeout_s = request_timeout_s
         self._tokenize_executor = tokenize_executor
         self.attention = attention
@@ -59,7 +65,12 @@ class Encoder:
     def name(self) -> str:
         return self.manifest.name
 
-    async def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[TokenizedText]:
+    async def tokenize(self, texts: Sequence[TextInput], *, truncate: bool) -> list[TokenizedText]:
+        if not self.tokenizer.encodes_pairs and any(not isinstance(t, str) for t in texts):
+            raise InvalidInput(
+                f"model '{self.name}' cannot take sentence pairs: its tokenizer has no pair "
+                "template (no [SEP] between the texts); send single texts"
+            )
         encoded = await tokenize_without_stalling(
             list(texts), self.tokenizer.encode, self._tokenize_executor
         )
@@ -78,18 +89,57 @@ class Encoder:
             list(texts), self.tokenizer.token_lists, self._tokenize_executor
         )
 
-    async def run(self, texts: Sequence[str], *, truncate: bool = True) -> EncoderOutput:
+    async def decode(self, ids: list[list[int]], *, skip_special_tokens: bool) -> list[str]:
+        """Texts of token ids; off the event loop when there are many."""
+        if sum(map(len, ids)) <= INLINE_TOKENIZE_CHARS:
+            return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._tokenize_executor,
+            lambda: self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens),
+        )
+
+    async def token_states(
+        self, texts: Sequence[str], *, truncate: bool
+    ) -> tuple[list[np.ndarray], int]:
+        """Each text's (tokens, hidden) last hidden states, special tokens included, and
+        the tokens counted.
+
+        Each input goes to the token service as a request of its own (the batcher still
+        runs them in shared passes): an answer holds one array, whatever the lengths.
+        """
+        if self.token_batches is None:
+            raise InvalidInput(
+                f"model '{self.name}' is a {self.manifest.task} model: token embeddings come "
+                "from an embedding model"
+            )
+        started = time.monotonic()
+        encoded = await self.tokenize(texts, truncate=truncate)
+        remaining = self.request_timeout_s - (time.monotonic() - started)
+        batches = self.token_batches
+        tasks: list[asyncio.Future[list[np.ndarray]]] = [
+            asyncio.ensure_future(batches.process([(item, item.tokens)], remaining))
+            for item in encoded
+        ]
+        try:
+            answers = await asyncio.gather(*tasks)
+        finally:
+            settle(tasks)  # the first failure fails the request: drop the rest
+        return [states for (states,) in answers], sum(item.tokens for item in encoded)
+
+    async def run(self, texts: Sequence[TextInput], *, truncate: bool = True) -> EncoderOutput:
         """Vectors of `texts`, in input order, through the batcher, within the request timeout."""
         started = time.monotonic()
         encoded = await self.tokenize(texts, truncate=truncate)
         return await self.run_tokenized(encoded, started)
 
     async def run_tokenized(
-        self, encoded: list[TokenizedText], started: float | None = None
+        self, encoded: list[TokenizedText], started: float | None = None, *, low: bool = False
     ) -> EncoderOutput:
-        """Vectors of already tokenized inputs; the timeout counts from `started` (default now)."""
+        """Vectors of already tokenized inputs; the timeout counts from `started` (default
+        now); `low`: at low priority (an explanation's perturbations)."""
         started = time.monotonic() if started is None else started
         remaining = self.request_timeout_s - (time.monotonic() - started)
-        vectors = await self.batches.process([(item, item.tokens) for item in encoded], remaining)
+        payloads = [(item, item.tokens) for item in encoded]
+        vectors = await self.batches.process(payloads, remaining, low=low)
         tokens = sum(item.tokens for item in encoded)
         return EncoderOutput(np.stack(vectors), tokens)

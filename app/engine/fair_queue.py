@@ -6,6 +6,13 @@ text that arrives behind four requests of 256 rides in the next forward pass ins
 of waiting for all 1,024 inputs ahead of it, a large request still gets a share of
 every pass, and turns carry over from one batch to the next, so no request starves
 however many are waiting.
+
+Priority: a request may be queued as low priority (an explanation's perturbations,
+hundreds of inputs that nobody waits on interactively). Low-priority groups take turns
+among themselves, after every normal group: `round_robin` and `take` give every
+waiting normal input before the first low one. How many low inputs a batch may take,
+and when, is the batcher's rule (app/engine/batcher.py); both kinds count against the
+same queue limits.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ class FairQueue(Generic[Item]):
 
     def __init__(self) -> None:
         self._groups: deque[_Group[Item]] = deque()  # the front group has the next turn
+        self._low_groups: deque[_Group[Item]] = deque()  # low priority: after all of those
+        self.low_count = 0  # low-priority items queued
         self._arrivals = itertools.count()
         self._count = 0
         self.tokens = 0
@@ -46,35 +55,48 @@ class FairQueue(Generic[Item]):
     def __bool__(self) -> bool:
         return self._count > 0
 
-    def add(self, items: list[Item]) -> None:
-        """One request's inputs; the request takes its first turn after every waiting one."""
+    @property
+    def normal_count(self) -> int:
+        """Items of normal priority queued."""
+        return self._count - self.low_count
+
+    def add(self, items: list[Item], *, low: bool = False) -> None:
+        """One request's inputs; the request takes its first turn after every waiting one
+        of its priority."""
         if items:
-            self._groups.append(_Group(next(self._arrivals), deque(items)))
+            groups = self._low_groups if low else self._groups
+            groups.append(_Group(next(self._arrivals), deque(items)))
             self._count += len(items)
+            self.low_count += len(items) if low else 0
             self.tokens += sum(item.tokens for item in items)
 
     def oldest(self) -> Item:
-        """The input that has waited longest: the head of the earliest request (a request's
-        inputs arrive together). The queue must not be empty."""
-        return min(self._groups, key=lambda group: group.arrival).items[0]
+        """The input that has waited longest among those taken next (normal ones while any
+        wait): the head of the earliest request (a request's inputs arrive together). The
+        queue must not be empty."""
+        groups = self._groups or self._low_groups
+        return min(groups, key=lambda group: group.arrival).items[0]
 
     def round_robin(self) -> Iterator[Item]:
-        """Every queued item in the order `take` would take them."""
-        for depth in itertools.count():
-            turn = [group.items[depth] for group in self._groups if depth < len(group.items)]
-            if not turn:
-                return
-            yield from turn
+        """Every queued item in the order `take` would take them: normal ones first."""
+        for groups in (self._groups, self._low_groups):
+            for depth in itertools.count():
+                turn = [group.items[depth] for group in groups if depth < len(group.items)]
+                if not turn:
+                    break
+                yield from turn
 
     def take(self, count: int) -> list[Item]:
         """Remove and return the first `count` items of `round_robin()`."""
         taken: list[Item] = []
-        groups = self._groups
-        while len(taken) < count and groups:
-            group = groups.popleft()
-            taken.append(group.items.popleft())
-            if group.items:
-                groups.append(group)  # it had its turn: to the back
+        for groups in (self._groups, self._low_groups):
+            while len(taken) < count and groups:
+                group = groups.popleft()
+                taken.append(group.items.popleft())
+                if groups is self._low_groups:
+                    self.low_count -= 1
+                if group.items:
+                    groups.append(group)  # it had its turn: to the back
         self._count -= len(taken)
         self.tokens -= sum(item.tokens for item in taken)
         return taken
@@ -83,15 +105,20 @@ class FairQueue(Generic[Item]):
         """Remove and return every item for which `dead(item)` is true (a pure test: it may
         be asked twice of an item)."""
         removed: list[Item] = []
-        if not any(dead(item) for group in self._groups for item in group.items):
+        everything = (*self._groups, *self._low_groups)
+        if not any(dead(item) for group in everything for item in group.items):
             return removed  # the common case: nothing to rebuild
-        for group in self._groups:
-            kept: deque[Item] = deque()
-            for item in group.items:
-                (removed if dead(item) else kept).append(item)
-            group.items = kept
+        for groups in (self._groups, self._low_groups):
+            for group in groups:
+                kept: deque[Item] = deque()
+                for item in group.items:
+                    (removed if dead(item) else kept).append(item)
+                if groups is self._low_groups:
+                    self.low_count -= len(group.items) - len(kept)
+                group.items = kept
         if removed:
             self._groups = deque(group for group in self._groups if group.items)
+            self._low_groups = deque(group for group in self._low_groups if group.items)
             self._count -= len(removed)
             self.tokens -= sum(item.tokens for item in removed)
         return removed
@@ -100,10 +127,14 @@ class FairQueue(Generic[Item]):
         """Remove and return everything."""
         return self.remove(lambda _: True)
 
-    def tokens_served_before(self, count: int) -> int:
+    def tokens_served_before(self, count: int, *, low: bool = False) -> int:
         """Tokens that run before a new request of `count` inputs is done: round-robin
-        takes up to `count` inputs of every group now waiting before its last one."""
-        return sum(
+        takes up to `count` inputs of every group of its priority now waiting before its
+        last one; a low-priority request also waits for every normal input."""
+        ahead = sum(
             sum(item.tokens for item in itertools.islice(group.items, count))
-            for group in self._groups
+            for group in (self._low_groups if low else self._groups)
         )
+        if low:
+            ahead += sum(item.tokens for group in self._groups for item in group.items)
+        return ahead

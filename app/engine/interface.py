@@ -20,9 +20,10 @@ import numpy as np
 
 from app.engine.attention import Aggregate, AttentionMap
 from app.engine.classification import DEFAULT_HYPOTHESIS_TEMPLATE, LabelScore, template_problem
+from app.engine.explain import METHODS, ExplainOptions, Explanation, WordScore
 from app.engine.manifest import Pooling, Task
 from app.engine.timing import RequestTiming, current_timing
-from app.engine.tokenization import Token
+from app.engine.tokenization import TextInput, Token
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -30,20 +31,26 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_HYPOTHESIS_TEMPLATE",
+    "METHODS",
     "Aggregate",
     "AttentionMap",
     "Classification",
     "ClassifyOptions",
     "Embeddings",
     "Engine",
+    "ExplainOptions",
+    "Explanation",
     "LabelScore",
     "ModelDescription",
     "Pooling",
     "RequestTiming",
     "Task",
+    "TextInput",
     "Token",
+    "TokenEmbeddings",
     "TokenIds",
     "Tokenization",
+    "WordScore",
     "current_timing",
     "load_engine",
     "template_problem",
@@ -82,6 +89,14 @@ class TokenIds:
 @dataclass(frozen=True)
 class Embeddings:
     vectors: np.ndarray  # float32 (inputs, dimensions)
+    tokens: int
+
+
+@dataclass(frozen=True)
+class TokenEmbeddings:
+    """Per input, the last hidden state of each token (special tokens included), unpooled."""
+
+    states: list[np.ndarray]  # float32 (tokens, hidden) per input
     tokens: int
 
 
@@ -126,9 +141,17 @@ class Engine(Protocol):
         dimensions: int | None = None,
     ) -> Embeddings: ...
 
+    async def embed_tokens(
+        self, model: str, inputs: Sequence[str], *, truncate: bool = True
+    ) -> TokenEmbeddings:
+        """Every token's last hidden state, unpooled (an embedding model's)."""
+        ...
+
     async def classify(
-        self, model: str, inputs: Sequence[str], options: ClassifyOptions
-    ) -> Classification: ...
+        self, model: str, inputs: Sequence[TextInput], options: ClassifyOptions
+    ) -> Classification:
+        """A classifier's label scores; an input may be a sentence pair (text, text_pair)."""
+        ...
 
     async def zero_shot(
         self,
@@ -150,7 +173,25 @@ class Engine(Protocol):
         truncate: bool,
     ) -> AttentionMap: ...
 
+    async def explain(
+        self,
+        model: str,
+        text: str,
+        options: ExplainOptions,
+        labels: list[str] | None = None,
+        template: str = DEFAULT_HYPOTHESIS_TEMPLATE,
+    ) -> Explanation:
+        """How much each word of `text` moved a label's score: a classifier's label, or with
+        `labels` a zero-shot label of an embedding model. Its inputs run at low priority."""
+        ...
+
     async def tokenize(self, model: str, texts: Sequence[str]) -> Tokenization: ...
+
+    async def decode(
+        self, model: str, ids: list[list[int]], *, skip_special_tokens: bool = True
+    ) -> list[str]:
+        """The text of each list of token ids, by the model's tokenizer."""
+        ...
 
     # -- lifecycle ---------------------------------------------------------
 

@@ -8,11 +8,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 from app.config import Settings, available_cores
 from app.engine.attention import Aggregate, AttentionMap
+from app.engine.classification import DEFAULT_HYPOTHESIS_TEMPLATE
+from app.engine.explain import ExplainOptions, Explanation
 from app.engine.interface import (
     Classification,
     ClassifyOptions,
     Embeddings,
     ModelDescription,
+    TextInput,
+    TokenEmbeddings,
     TokenIds,
     Tokenization,
 )
@@ -87,8 +91,13 @@ class RegistryEngine:
             inputs, normalize=normalize, truncate=truncate, dimensions=dimensions
         )
 
+    async def embed_tokens(
+        self, model: str, inputs: Sequence[str], *, truncate: bool = True
+    ) -> TokenEmbeddings:
+        return await self._registry.get(model, "embedding").embed_tokens(inputs, truncate=truncate)
+
     async def classify(
-        self, model: str, inputs: Sequence[str], options: ClassifyOptions
+        self, model: str, inputs: Sequence[TextInput], options: ClassifyOptions
     ) -> Classification:
         return await self._registry.get(model, "classification").classify(inputs, options)
 
@@ -116,8 +125,25 @@ class RegistryEngine:
         served = self._registry.get(model, "embedding")
         return await served.attention(text, layers=layers, heads=heads, how=how, truncate=truncate)
 
+    async def explain(
+        self,
+        model: str,
+        text: str,
+        options: ExplainOptions,
+        labels: list[str] | None = None,
+        template: str = DEFAULT_HYPOTHESIS_TEMPLATE,
+    ) -> Explanation:
+        served = self._registry.get(model, "classification" if labels is None else "embedding")
+        return await served.explain(text, options, labels, template)
+
     async def tokenize(self, model: str, texts: Sequence[str]) -> Tokenization:
         return await self._registry.get(model, "embedding").tokenize(texts)
+
+    async def decode(
+        self, model: str, ids: list[list[int]], *, skip_special_tokens: bool = True
+    ) -> list[str]:
+        served = self._registry.get(model, "embedding")
+        return await served.decode(ids, skip_special_tokens=skip_special_tokens)
 
 
 class InProcessEngine(RegistryEngine):

@@ -9,20 +9,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from app.engine import classification
+from app.engine import classification, explain
 from app.engine.attention import Aggregate, AttentionMap
 from app.engine.encoder import Encoder
-from app.engine.errors import InvalidInput
+from app.engine.errors import InputTooLong, InvalidInput
 from app.engine.heads import ClassifierHead
 from app.engine.interface import (
     Classification,
     ClassifyOptions,
     Embeddings,
+    TextInput,
+    TokenEmbeddings,
     TokenIds,
     Tokenization,
 )
 from app.engine.manifest import ModelManifest
 from app.engine.pipeline import normalize as normalize_rows
+from app.engine.tokenization import TokenizedText
 from app.metrics import Metrics
 
 DEFAULT_OPTIONS = ClassifyOptions()
@@ -134,10 +137,26 @@ class ServedModel:
         # A Matryoshka cut is a strided view; serializers need the rows contiguous.
         return Embeddings(np.ascontiguousarray(vectors, dtype=np.float32), output.tokens)
 
+    async def embed_tokens(self, texts: Sequence[str], *, truncate: bool = True) -> TokenEmbeddings:
+        """The last hidden state of every token, special tokens included, unpooled."""
+        if self.task != "embedding":
+            raise InvalidInput(
+                f"model '{self.name}' is a {self.task} model: token embeddings come from an "
+                "embedding model"
+            )
+        states, tokens = await self.encoder.token_states(texts, truncate=truncate)
+        self._count_tokens(tokens)
+        return TokenEmbeddings(states, tokens)
+
+    async def decode(self, ids: list[list[int]], *, skip_special_tokens: bool = True) -> list[str]:
+        """The texts of token ids, by this model's tokenizer."""
+        return await self.encoder.decode(ids, skip_special_tokens=skip_special_tokens)
+
     async def classify(
-        self, texts: Sequence[str], options: ClassifyOptions = DEFAULT_OPTIONS
+        self, texts: Sequence[TextInput], options: ClassifyOptions = DEFAULT_OPTIONS
     ) -> Classification:
-        """Scores of a classification model's labels (softmax; sigmoid when multi-label)."""
+        """Scores of a classification model's labels (softmax; sigmoid when multi-label).
+        An input may be a sentence pair, where the model's tokenizer lays pairs out."""
         if self.task != "classification":
             raise InvalidInput(
                 f"model '{self.name}' is an embedding model: give candidate_labels for "
@@ -145,16 +164,20 @@ class ServedModel:
             )
         output = await self.encoder.run(texts, truncate=options.truncate)
         self._count_tokens(output.tokens)
-        logits = output.vectors
+        scores = self._classifier_scores(output.vectors, options)
+        ranked = classification.ranked(scores, self.manifest.labels, options.top_k)
+        return Classification(ranked, output.tokens)
+
+    def _classifier_scores(self, vectors: np.ndarray, options: ClassifyOptions) -> np.ndarray:
+        """Label scores of a classifier's graph outputs (or its head's, on pooled vectors)."""
+        logits = vectors
         if self.head is not None:
             logits = self.head.logits(normalize_rows(logits))
         problem = self.manifest.problem_type
         multi = options.multi_label or problem == "multi_label_classification"
         # A regression head's output is its answer: a softmax over one value is always 1.
         raw = options.raw_scores or problem == "regression"
-        scores = classification.classifier_scores(logits, raw=raw, multi_label=multi)
-        ranked = classification.ranked(scores, self.manifest.labels, options.top_k)
-        return Classification(ranked, output.tokens)
+        return classification.classifier_scores(logits, raw=raw, multi_label=multi)
 
     async def zero_shot(
         self,
@@ -184,6 +207,64 @@ class ServedModel:
         )
         ranked = classification.ranked(scores, labels, options.top_k)
         return Classification(ranked, text_vectors.tokens)
+
+    async def explain(
+        self,
+        text: str,
+        options: explain.ExplainOptions,
+        labels: list[str] | None = None,
+        template: str = classification.DEFAULT_HYPOTHESIS_TEMPLATE,
+    ) -> explain.Explanation:
+        """How much each word of `text` moved the score of a label: the classifier's labels,
+        or zero-shot `labels` (an embedding model). Scored as `classify` or `zero_shot`
+        scores, its perturbations at low priority through the model's batcher."""
+        started = time.monotonic()  # one deadline for every pass of the explanation
+        if labels is None:
+            if self.task != "classification":
+                raise InvalidInput(
+                    f"model '{self.name}' is an embedding model: give candidate_labels to "
+                    "explain a zero-shot classification, or choose a classification model"
+                )
+            names = list(self.manifest.labels)
+
+            def scores(vectors: np.ndarray) -> np.ndarray:
+                return self._classifier_scores(vectors, DEFAULT_OPTIONS)
+        else:
+            if self.task != "embedding":
+                raise InvalidInput(
+                    f"candidate_labels (zero-shot) needs an embedding model; '{self.name}' "
+                    f"is a {self.task} model with fixed labels"
+                )
+            problem = classification.template_problem(template)
+            if problem is not None:
+                raise InvalidInput(f"hypothesis_template {problem}")
+            names = labels
+            label_vectors = await self._label_embeddings(template, labels, started)
+            # One label alone would always score 1 in a softmax: its cosine says more.
+            zero_shot = ClassifyOptions(multi_label=len(labels) == 1)
+
+            def scores(vectors: np.ndarray) -> np.ndarray:
+                similarities = normalize_rows(vectors) @ label_vectors.T
+                return classification.zero_shot_scores(
+                    similarities, raw=False, multi_label=zero_shot.multi_label
+                )
+
+        ((tokens, truncated),) = await self.encoder.token_spans([text])
+        if truncated and not options.truncate:
+            raise InputTooLong(
+                f"inputs is longer than the model's max length of {self.manifest.max_length} "
+                "tokens; shorten it or set truncate to true"
+            )
+        ids = np.asarray([token.id for token in tokens], dtype=np.int64)
+        full = TokenizedText(ids, np.zeros_like(ids), truncated)
+
+        async def scores_of(items: list[TokenizedText]) -> np.ndarray:
+            output = await self.encoder.run_tokenized(items, started, low=True)
+            return scores(output.vectors)
+
+        result = await explain.explain(full, tokens, text, names, scores_of, options)
+        self._count_tokens(result.tokens)
+        return result
 
     async def attention(
         self,

@@ -142,6 +142,25 @@ class Pipeline:
         hidden = outputs["last_hidden_state"].astype(np.float32, copy=False)
         return [hidden[row, : item.tokens] for row, item in enumerate(items)]
 
+    def token_vectors(self, items: Sequence[TokenizedText]) -> list[np.ndarray]:
+        """Each input's (tokens, hidden) last hidden states, unpooled (TEI's /embed_all), in
+        passes laid out as `forward`'s: packed rows where the backend takes them."""
+        states: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(items)
+        if self.backend.packed:
+            for rows in packed_passes([item.tokens for item in items], self.rows_per_pass):
+                inputs, spans = packed_inputs(items, rows)
+                hidden = self.backend.run(inputs)["last_hidden_state"]
+                indices = (index for row in rows for index in row)
+                for index, span in zip(indices, spans, strict=True):
+                    states[index] = hidden[span.row, span.start : span.start + span.tokens]
+        else:
+            for start in range(0, len(items), self.rows_per_pass):
+                chunk = items[start : start + self.rows_per_pass]
+                hidden = self.backend.run(pad_batch(chunk))["last_hidden_state"]
+                for row, item in enumerate(chunk):
+                    states[start + row] = hidden[row, : item.tokens]
+        return [np.array(state, dtype=np.float32) for state in states]  # own copies
+
     def attention_maps(self, items: Sequence[TokenizedText]) -> list[np.ndarray]:
         """(layers, heads, n, n) attention probabilities per input, cut to its own tokens
         (an attention graph: one padded pass, whose rows must not mix inputs)."""

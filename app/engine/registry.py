@@ -20,7 +20,7 @@ from app.engine.instances import instance_count, threads_per_instance
 from app.engine.manifest import MANIFEST_FILE, ModelManifest, Task
 from app.engine.model import ServedModel
 from app.engine.pipeline import Pipeline, open_pipeline, open_tokenizer, resolve_precision
-from app.engine.runner import ModelRunner, attention_service
+from app.engine.runner import ModelRunner, attention_service, token_service
 from app.engine.tokenization import TextTokenizer, TokenizedText
 from app.metrics import Metrics
 
@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T", int, float)
 
-# A model's batch service by name (the model's, or `attention_service(model)`): its
-# runner's batchers in this process, or the engine process's (app/engine/remote.py).
+# A model's batch service by name (the model's, `attention_service(model)` or
+# `token_service(model)`): its runner's batchers in this process, or the engine
+# process's (app/engine/remote.py).
 BatchesOf = Callable[[str], BatchService[TokenizedText, np.ndarray]]
 
 WARMUP_TEXT = "Warm-up: the first forward pass allocates what later ones reuse."
@@ -144,6 +145,7 @@ def build_encoder(
             settings.request_timeout_s,
             tokenize_executor,
         )
+    tokens = batches_of(token_service(manifest.name)) if manifest.task == "embedding" else None
     return Encoder(
         manifest,
         tokenizer,
@@ -151,6 +153,7 @@ def build_encoder(
         settings.request_timeout_s,
         tokenize_executor=tokenize_executor,
         attention=attention,
+        token_batches=tokens,
     )
 
 

@@ -115,10 +115,10 @@ class EngineLink:
             self._pending.pop(request_id, None)
 
     async def run_batch(
-        self, service: str, items: list[TokenizedText], timeout_s: float
+        self, service: str, items: list[TokenizedText], timeout_s: float, *, low: bool = False
     ) -> wire.RunResult:
         request_id = next(self._ids)
-        frame = wire.encode_run(request_id, service, items, timeout_s)
+        frame = wire.encode_run(request_id, service, items, timeout_s, low=low)
         result: wire.RunResult = await self._ask(
             frame, request_id, max(timeout_s, 0.0) + ANSWER_GRACE_S
         )
@@ -140,10 +140,10 @@ class RemoteBatches:
         self._service = service
 
     async def process(
-        self, payloads: Sequence[tuple[TokenizedText, int]], timeout_s: float
+        self, payloads: Sequence[tuple[TokenizedText, int]], timeout_s: float, *, low: bool = False
     ) -> list[np.ndarray]:
         items = [item for item, _ in payloads]
-        result = await self._link.run_batch(self._service, items, timeout_s)
+        result = await self._link.run_batch(self._service, items, timeout_s, low=low)
         timing = current_timing.get()
         if timing is not None:
             timing.record(

@@ -23,6 +23,11 @@ def attention_service(name: str) -> str:
     return f"{name}-attention"
 
 
+def token_service(name: str) -> str:
+    """The name under which a model's per-token states batcher is served."""
+    return f"{name}-tokens"
+
+
 class ModelRunner:
     """Runs one model's forward passes in dynamic batches, on one or more instances."""
 
@@ -52,6 +57,16 @@ class ModelRunner:
             metrics,
             self.gate.primary,
         )
+        # Per-token states (TEI's /embed_all) of an embedding graph: a rare request, so its
+        # passes take the secondary path through the gate, as attention's do.
+        self.token_batcher: DynamicBatcher[TokenizedText, np.ndarray] | None = None
+        if manifest.task == "embedding":
+            self.token_batcher = DynamicBatcher(
+                token_service(manifest.name),
+                self.pipeline.token_vectors,
+                limits,
+                gate=self.gate.secondary,
+            )
         self.attention_batcher: DynamicBatcher[TokenizedText, np.ndarray] | None = None
         if attention is not None:
             self.attention_batcher = DynamicBatcher(
@@ -67,18 +82,22 @@ class ModelRunner:
 
     @property
     def batchers(self) -> list[DynamicBatcher[Any, Any]]:
-        """The inference path's batcher, then the attention path's (when there is one)."""
+        """The inference path's batcher, then the attention and token paths' (when there)."""
         found: list[DynamicBatcher[Any, Any]] = [self.batcher]
-        if self.attention_batcher is not None:
-            found.append(self.attention_batcher)
+        for batcher in (self.attention_batcher, self.token_batcher):
+            if batcher is not None:
+                found.append(batcher)
         return found
 
     def service(self, name: str) -> DynamicBatcher[TokenizedText, np.ndarray]:
-        """The batcher served as `name`: the model's, or `attention_service(model)`."""
+        """The batcher served as `name`: the model's, `attention_service(model)` or
+        `token_service(model)`."""
         if name == self.name:
             return self.batcher
         if name == attention_service(self.name) and self.attention_batcher is not None:
             return self.attention_batcher
+        if name == token_service(self.name) and self.token_batcher is not None:
+            return self.token_batcher
         raise KeyError(name)
 
     def warm_up(self, text: str) -> None:

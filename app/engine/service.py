@@ -93,7 +93,9 @@ class EngineService:
             if self.draining:
                 raise NotReady("the server is shutting down; send new requests to another replica")
             results = await batcher.process(
-                [(item, item.tokens) for item in request.items], request.timeout_s
+                [(item, item.tokens) for item in request.items],
+                request.timeout_s,
+                low=request.low,
             )
             frame = wire.encode_result(
                 request_id, np.stack(results), timing.queue_s, timing.inference_s

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,12 @@ from app.engine.errors import InputTooLong, InvalidInput
 INLINE_TOKENIZE_CHARS = 4096
 
 T = TypeVar("T")
+
+# One input: a text, or a sentence pair (text, text_pair) for a classifier (TEI's /predict).
+TextInput = str | tuple[str, str]
+# Post-processors that lay out a pair with the model's special tokens and segment ids.
+PAIR_PROCESSORS = {"BertProcessing", "RobertaProcessing"}
+Item = TypeVar("Item", bound=TextInput)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +58,7 @@ class TextTokenizer:
         self._tokenizer = Tokenizer.from_file(str(path))
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length)
+        self.encodes_pairs = encodes_pairs(json.loads(path.read_text()).get("post_processor"))
 
     @property
     def vocab_size(self) -> int:
@@ -77,8 +85,21 @@ class TextTokenizer:
             items.append(TokenizedText(array, np.zeros_like(array), truncated=False))
         return items
 
-    def encode(self, texts: list[str]) -> list[TokenizedText]:
-        encodings = self._tokenizer.encode_batch(texts)
+    def decode(self, ids_lists: list[list[int]], *, skip_special_tokens: bool) -> list[str]:
+        """Texts of token ids (TEI's /decode); InvalidInput for an id outside the vocabulary."""
+        vocab = self.vocab_size
+        for index, ids in enumerate(ids_lists):
+            if any(not 0 <= token < vocab for token in ids):
+                raise InvalidInput(
+                    f"ids[{index}] holds token ids outside the vocabulary (0-{vocab - 1})"
+                )
+        return list(
+            self._tokenizer.decode_batch(ids_lists, skip_special_tokens=skip_special_tokens)
+        )
+
+    def encode(self, texts: Sequence[TextInput]) -> list[TokenizedText]:
+        """Texts, or sentence pairs (the second text's tokens get segment id 1)."""
+        encodings = self._tokenizer.encode_batch(list(texts))
         return [
             TokenizedText(
                 ids=np.asarray(encoding.ids, dtype=np.int64),
@@ -113,10 +134,38 @@ class TextTokenizer:
         ]
 
 
+def encodes_pairs(post_processor: object) -> bool:
+    """Whether a tokenizer.json post-processor lays out sentence pairs with a separator
+    between them (`[CLS] a [SEP] b [SEP]`). Without one (no post-processor, or a template
+    whose pair part is tokenizers' default `$A $B`) the two texts would run together."""
+    if not isinstance(post_processor, dict):
+        return False
+    kind = post_processor.get("type")
+    if kind == "Sequence":
+        return any(encodes_pairs(step) for step in post_processor.get("processors", []))
+    if kind == "TemplateProcessing":
+        pieces = post_processor.get("pair") or []
+        order = [
+            "special" if "SpecialToken" in piece else piece.get("Sequence", {}).get("id")
+            for piece in pieces
+            if isinstance(piece, dict)
+        ]
+        if "A" not in order or "B" not in order:
+            return False
+        return "special" in order[order.index("A") + 1 : order.index("B")]
+    return kind in PAIR_PROCESSORS
+
+
+def characters(texts: Sequence[TextInput]) -> int:
+    return sum(
+        len(text) if isinstance(text, str) else len(text[0]) + len(text[1]) for text in texts
+    )
+
+
 async def tokenize_without_stalling(
-    texts: list[str], work: Callable[[list[str]], T], executor: Executor | None
+    texts: list[Item], work: Callable[[list[Item]], T], executor: Executor | None
 ) -> T:
     """`work(texts)`: inline when short (a thread hop costs more), else in `executor`."""
-    if sum(map(len, texts)) > INLINE_TOKENIZE_CHARS:
+    if characters(texts) > INLINE_TOKENIZE_CHARS:
         return await asyncio.get_running_loop().run_in_executor(executor, work, texts)
     return work(texts)

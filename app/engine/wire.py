@@ -8,8 +8,9 @@ messages (model descriptions, status, errors) carry JSON.
 A frame is a `u32` body length, then the body: `u8` kind, `u32` request id, and a kind's
 payload, all little-endian:
 
-- RUN (worker → engine): `f64` timeout s, `u16` service name length, `u32` inputs, the
-  name (UTF-8), `u32` tokens per input, `i32` token ids, `u8` token type ids.
+- RUN (worker → engine): `f64` timeout s, `u16` service name length, `u32` inputs, `u8`
+  priority (0 normal, 1 low), the name (UTF-8), `u32` tokens per input, `i32` token
+  ids, `u8` token type ids.
 - CANCEL (worker → engine): nothing; the request's inputs leave the queue.
 - CALL (worker → engine) and REPLY (engine → worker): a JSON object.
 - RESULT (engine → worker): `f64` queue s, `f64` inference s, `u8` dimensions, `u32`
@@ -35,7 +36,7 @@ RUN, CANCEL, CALL, RESULT, ERROR, REPLY = range(1, 7)
 
 _LENGTH = struct.Struct("<I")
 _HEAD = struct.Struct("<BI")  # kind, request id
-_RUN = struct.Struct("<dHI")  # timeout, name length, inputs
+_RUN = struct.Struct("<dHIB")  # timeout, name length, inputs, low priority
 _RESULT = struct.Struct("<ddB")  # queue s, inference s, dimensions
 _ERROR = struct.Struct("<I")  # retry after s
 
@@ -67,7 +68,12 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, int, memoryview
 
 
 def encode_run(
-    request_id: int, service: str, items: list[TokenizedText], timeout_s: float
+    request_id: int,
+    service: str,
+    items: list[TokenizedText],
+    timeout_s: float,
+    *,
+    low: bool = False,
 ) -> bytes:
     name = service.encode()
     lengths = struct.pack(f"<{len(items)}I", *(item.tokens for item in items))
@@ -76,7 +82,7 @@ def encode_run(
     else:
         ids = np.concatenate([item.ids for item in items])
         type_ids = np.concatenate([item.type_ids for item in items])
-    header = _RUN.pack(timeout_s, len(name), len(items))
+    header = _RUN.pack(timeout_s, len(name), len(items), int(low))
     return _frame(
         RUN,
         request_id,
@@ -93,10 +99,11 @@ class RunRequest:
     service: str
     items: list[TokenizedText]
     timeout_s: float
+    low: bool = False  # low priority (an explanation's perturbations)
 
 
 def decode_run(payload: memoryview) -> RunRequest:
-    timeout_s, name_length, count = _RUN.unpack_from(payload)
+    timeout_s, name_length, count, low = _RUN.unpack_from(payload)
     offset = _RUN.size
     service = str(payload[offset : offset + name_length], "utf-8")
     offset += name_length
@@ -112,7 +119,7 @@ def decode_run(payload: memoryview) -> RunRequest:
         stop = start + length
         items.append(TokenizedText(ids[start:stop], type_ids[start:stop], truncated=False))
         start = stop
-    return RunRequest(service, items, timeout_s)
+    return RunRequest(service, items, timeout_s, bool(low))
 
 
 # -- vectors out ------------------------------------------------------------

@@ -9,7 +9,15 @@ const state = {
   models: [],
   // The attention currently shown: its text and model, and every view fetched for them.
   attention: null,
+  // The embedding model whose similarity is shown, if one is.
+  similarityModel: null,
 };
+
+// Each result panel's generation: clearing a panel starts a new one, so an answer that arrives
+// for an older text, model or request is dropped instead of drawn under the current ones.
+const generations = { classification: 0, similarity: 0, attention: 0, explanation: 0 };
+// The newest attention render: an older one still loading draws nothing.
+let latestRender = 0;
 
 // ---------------------------------------------------------------- HTTP
 
@@ -83,7 +91,13 @@ async function loadModels() {
   select.replaceChildren(
     ...state.models.map((model) => new Option(`${model.name} · ${model.task}`, model.name)),
   );
-  if (state.models.some((model) => model.name === previous)) select.value = previous;
+  if (state.models.some((model) => model.name === previous)) {
+    select.value = previous;
+  } else {
+    // Open on a classifier when one is served: "Classify" then works on the first click.
+    const classifier = state.models.find((model) => model.task === "classification");
+    if (classifier) select.value = classifier.name;
+  }
   onModelChange();
 }
 
@@ -100,6 +114,10 @@ function embeddingModel() {
 
 function onModelChange() {
   const model = selectedModel();
+  clearClassification();
+  clearAttention();
+  fillTargets();
+  if (state.similarityModel !== (embeddingModel()?.name ?? null)) clearSimilarity();
   $("labels-row").hidden = model?.task !== "embedding";
   $("model-info").textContent = model
     ? [model.labels?.length ? `${model.labels.length} labels` : `${model.dimensions} dims`,
@@ -113,7 +131,15 @@ function candidateLabels() {
   return $("labels").value.split(",").map((label) => label.trim()).filter(Boolean);
 }
 
+function clearClassification() {
+  generations.classification += 1;
+  $("classify-model").textContent = "";
+  $("bars").replaceChildren(element("p", "placeholder", "Scores appear here."));
+}
+
 async function classify() {
+  clearClassification();
+  const generation = generations.classification;
   const model = selectedModel();
   if (!model) throw new ApiError("no model to classify with");
   const body = { inputs: [inputText()], model: model.name };
@@ -125,6 +151,7 @@ async function classify() {
     body.candidate_labels = labels;
   }
   const result = await api("/classify", body);
+  if (generation !== generations.classification) return;
   $("classify-model").textContent = `· ${result.model}`;
   renderBars(result.results[0]);
 }
@@ -149,11 +176,23 @@ function renderBars(scores) {
 
 // ---------------------------------------------------------------- similarity
 
+function clearSimilarity() {
+  generations.similarity += 1;
+  state.similarityModel = null;
+  $("similarity").hidden = true;
+  $("similarity-value").textContent = "";
+  $("compare-model").textContent = "";
+}
+
 async function compare() {
+  clearSimilarity();
+  const generation = generations.similarity;
   const model = embeddingModel();
   if (!model) throw new ApiError("no embedding model is loaded");
   const texts = [inputText(), requireText($("text-b"), "the second text")];
   const result = await api("/encode", { inputs: texts, model: model.name });
+  if (generation !== generations.similarity) return;
+  state.similarityModel = model.name;
   const [a, b] = result.embeddings;
   // /encode returns unit vectors, so the dot product is the cosine.
   const cosine = a.reduce((sum, value, i) => sum + value * b[i], 0);
@@ -165,12 +204,37 @@ async function compare() {
 
 // ---------------------------------------------------------------- attention
 
+let idleCaption = "";
+
+function clearAttention() {
+  generations.attention += 1;
+  state.attention = null;
+  latestRender += 1; // a view still loading for the old text draws nothing
+  $("attention-model").textContent = "";
+  $("view-caption").innerHTML = idleCaption;
+  $("attention-truncated").hidden = true;
+  $("first-token").textContent = "";
+  $("special-names").textContent = "special tokens";
+  $("heatmap").replaceChildren();
+  $("cls-strip").replaceChildren();
+  $("legend").hidden = true;
+  $("tooltip").hidden = true;
+}
+
 async function showAttention() {
+  clearAttention();
+  const generation = generations.attention;
   const model = selectedModel();
   if (!model) throw new ApiError("no model is loaded");
   const text = inputText();
   // The first request (mean over heads, every layer) also says how many layers and heads exist.
-  const mean = await api("/attention", { inputs: text, model: model.name, aggregate: "mean" });
+  // /tokenize, alongside, counts the whole text's tokens: more than the map has means the server
+  // cut the text to its attention limit.
+  const [mean, tokenized] = await Promise.all([
+    api("/attention", { inputs: text, model: model.name, aggregate: "mean" }),
+    api("/tokenize", { inputs: text, model: model.name }).catch(() => null),
+  ]);
+  if (generation !== generations.attention) return;
   state.attention = {
     text,
     model: mean.model,
@@ -181,7 +245,34 @@ async function showAttention() {
   fillSelect($("layer"), mean.num_layers, "layer", mean.num_layers - 1);
   fillSelect($("head"), mean.num_heads, "head", 0);
   $("attention-model").textContent = `· ${mean.model} · ${mean.tokens.length} tokens`;
+  $("first-token").textContent = `(${mean.tokens[0]})`;
+  const specials = [...new Set(mean.tokens.filter((_, i) => state.attention.special[i]))];
+  $("special-names").textContent = specials.length ? specials.join("/") : "special tokens";
+  showTruncation(text, state.attention, tokenized);
   await renderAttention();
+}
+
+// Says when the map covers only the start of the text, and where it stops.
+function showTruncation(text, shown, tokenized) {
+  const notice = $("attention-truncated");
+  const all = tokenized?.tokens?.[0];
+  const cutByTokenizer = Boolean(tokenized?.truncated?.[0]);
+  if (!all || (!cutByTokenizer && all.length <= shown.tokens.length)) {
+    notice.hidden = true;
+    return;
+  }
+  const total = cutByTokenizer ? `more than ${all.length}` : String(all.length);
+  const kept = shown.special.filter((isSpecial) => !isSpecial).length;
+  const last = all.filter((token) => !token.special)[kept - 1];
+  // Offsets count characters (code points), not JavaScript's UTF-16 units.
+  const end = last ? Array.from(text).slice(0, last.stop).join("").trimEnd() : "";
+  // The last few words the map still covers, from a word's start.
+  const tail = end.length > 40 ? `…${end.slice(-40).replace(/^\S*\s+/, "")}` : end;
+  notice.textContent =
+    `The text was cut: the map shows its first ${shown.tokens.length} tokens of ${total}, ` +
+    `the most the server allows (ENCODER_MAX_ATTENTION_TOKENS). ` +
+    (tail ? `Everything after “${tail}” is left out.` : "");
+  notice.hidden = false;
 }
 
 function fillSelect(select, count, noun, chosen) {
@@ -224,8 +315,6 @@ function indexOf(returned, wanted) {
   return index;
 }
 
-let latestRender = 0;
-
 async function renderAttention() {
   const shown = state.attention;
   if (!shown) return;
@@ -239,9 +328,13 @@ async function renderAttention() {
   // Controls changed while this view loaded: the newer render draws, not this one.
   if (render !== latestRender || shown !== state.attention) return;
   const matrix = pickMatrix(view, response, layer, head);
+  // Hiding the special tokens drops their rows and columns; the other values stay as they are.
+  const hide = $("hide-special").checked;
+  const visible = shown.tokens.map((_, i) => i).filter((i) => !(hide && shown.special[i]));
   $("view-caption").textContent = caption(view, layer, head);
-  renderHeatmap(shown.tokens, shown.special, matrix);
-  renderStrip(shown.tokens, shown.special, matrix[0]);
+  const max = renderHeatmap(shown.tokens, shown.special, matrix, visible);
+  renderStrip(shown.tokens, shown.special, matrix[0], visible);
+  renderLegend(max, hide && visible.length < shown.tokens.length);
 }
 
 function caption(view, layer, head) {
@@ -253,41 +346,53 @@ function caption(view, layer, head) {
   return `Layer ${layer + 1}, head ${head + 1}.`;
 }
 
-function renderHeatmap(tokens, special, matrix) {
+function renderHeatmap(tokens, special, matrix, visible) {
   const table = $("heatmap");
-  const max = largest(matrix.flat());
-  const labelHeight = columnLabelHeight(tokens);
-  const cell = cellSize(tokens.length, labelHeight);
+  const max = largest(visible.flatMap((i) => visible.map((j) => matrix[i][j])));
+  const labelHeight = columnLabelHeight(visible.map((j) => tokens[j]));
+  const cell = cellSize(visible.length, labelHeight);
   table.style.setProperty("--cell", `${cell}px`);
   table.style.setProperty("--label-height", `${labelHeight}px`);
   table.classList.toggle("dense", cell < 15);
 
   const head = document.createElement("tr");
   head.append(element("th", "corner"));
-  tokens.forEach((token, j) => {
+  for (const j of visible) {
     const th = element("th", labelClass("col-label", special[j]));
-    th.append(element("span", "", token));
+    th.append(element("span", "", tokens[j]));
     head.append(th);
-  });
+  }
   const thead = document.createElement("thead");
   thead.append(head);
 
   const tbody = document.createElement("tbody");
-  matrix.forEach((row, i) => {
+  for (const i of visible) {
     const tr = document.createElement("tr");
     tr.dataset.testid = "heatmap-row";
     tr.append(element("th", labelClass("row-label", special[i]), tokens[i]));
-    row.forEach((value, j) => {
+    for (const j of visible) {
       const td = document.createElement("td");
       td.dataset.testid = "heatmap-cell";
-      setTip(td, tokens[i], tokens[j], value);
-      td.style.background = color(value / max);
+      setTip(td, tokens[i], tokens[j], matrix[i][j]);
+      td.style.background = color(matrix[i][j] / max);
       tr.append(td);
-    });
+    }
     tbody.append(tr);
-  });
+  }
   table.replaceChildren(thead, tbody);
+  return max;
+}
+
+// The ramp runs from 0 to the largest value shown; on the √ scale its middle is a quarter of it.
+function renderLegend(max, specialHidden) {
+  const sqrt = $("scale").value === "sqrt";
+  const middle = sqrt ? max / 4 : max / 2;
   $("legend-max").textContent = max.toFixed(3);
+  $("legend-scale").textContent =
+    `${sqrt ? "√ scale" : "linear scale"} (mid-ramp ${middle.toFixed(3)})`;
+  $("legend-rows").textContent =
+    "rows: from-token (query) · columns: to-token (key) · " +
+    (specialHidden ? "special tokens hidden, so rows sum to less than 1" : "each row sums to 1");
   $("legend").hidden = false;
 }
 
@@ -309,9 +414,12 @@ function cellSize(count, labelHeight) {
   return Math.max(11, Math.min(30, fit));
 }
 
-function renderStrip(tokens, special, row) {
-  const max = largest(row);
-  const chips = tokens.map((token, j) => {
+const COMPACT_STRIP_TOKENS = 40;
+
+function renderStrip(tokens, special, row, visible) {
+  const max = largest(visible.map((j) => row[j]));
+  const chips = visible.map((j) => {
+    const token = tokens[j];
     const chip = element("span", labelClass("chip", special[j]));
     chip.dataset.testid = "cls-token";
     chip.style.background = color(row[j] / max);
@@ -320,7 +428,11 @@ function renderStrip(tokens, special, row) {
     chip.append(element("span", "chip-token", token), element("span", "chip-value", row[j].toFixed(2)));
     return chip;
   });
-  $("cls-strip").replaceChildren(...chips);
+  const strip = $("cls-strip");
+  // Long inputs: the token alone in each chip (its value is in the tooltip), so the whole strip
+  // stays a few lines tall and leaves the room to the map.
+  strip.classList.toggle("compact", chips.length > COMPACT_STRIP_TOKENS);
+  strip.replaceChildren(...chips);
 }
 
 function labelClass(base, isSpecial) {
@@ -392,6 +504,119 @@ function highlightAxes(cell) {
   $("heatmap").tHead.rows[0].children[column].classList.add("hover");
 }
 
+// ---------------------------------------------------------------- explanations
+
+// The labels an explanation can target: the classifier's own, or the zero-shot candidates.
+function targetLabels() {
+  const model = selectedModel();
+  if (!model) return [];
+  return model.task === "embedding" ? candidateLabels() : model.labels ?? [];
+}
+
+function fillTargets() {
+  clearExplanation();
+  const select = $("explain-target");
+  const previous = select.value;
+  const labels = targetLabels();
+  select.replaceChildren(
+    new Option("top label", ""),
+    ...labels.map((label) => new Option(label, label)),
+  );
+  if (labels.includes(previous)) select.value = previous;
+}
+
+function clearExplanation() {
+  generations.explanation += 1;
+  $("explain-model").textContent = "";
+  $("explain-summary").textContent = "Click Explain to see how much each word moved a label's score.";
+  $("explain-words").replaceChildren();
+  $("explain-legend").hidden = true;
+}
+
+// Errors as sentences: "Could not explain the text: <the server's reason>."
+function asSentence(prefix, err) {
+  const reason = err instanceof ApiError ? err.message.replace(/^\d{3}: /, "") : err.message;
+  const sentence = `${prefix}: ${reason}`;
+  return /[.!?]$/.test(sentence) ? sentence : `${sentence}.`;
+}
+
+async function explain() {
+  clearExplanation();
+  const generation = generations.explanation;
+  const model = selectedModel();
+  if (!model) throw new ApiError("There is no model to explain with.");
+  let text;
+  try {
+    text = inputText();
+  } catch {
+    throw new ApiError("Enter a text to explain first.");
+  }
+  const method = $("explain-method").value;
+  const body = { inputs: text, model: model.name, method };
+  if (method === "shap") body.samples = 256;
+  const target = $("explain-target").value;
+  if (target) body.target = target;
+  if (model.task === "embedding") {
+    const labels = candidateLabels();
+    if (labels.length < 2) {
+      throw new ApiError(`${model.name} is an embedding model: enter at least two candidate labels to explain.`);
+    }
+    body.candidate_labels = labels;
+  }
+  $("explain-summary").textContent = "Explaining…";
+  let result;
+  try {
+    result = await api("/explain", body);
+  } catch (err) {
+    if (generation === generations.explanation) clearExplanation();
+    throw new ApiError(asSentence("Could not explain the text", err));
+  }
+  if (generation !== generations.explanation) return;
+  renderExplanation(text, result);
+}
+
+function renderExplanation(text, result) {
+  $("explain-model").textContent = `· ${result.model}`;
+  const limit = largest(result.words.map((word) => Math.abs(word.score)));
+  const nodes = [];
+  let at = 0;
+  for (const word of result.words) {
+    if (word.start > at) nodes.push(document.createTextNode(text.slice(at, word.start)));
+    const chip = element("span", "explain-word", text.slice(word.start, word.stop));
+    chip.dataset.testid = "explain-word";
+    chip.dataset.score = String(word.score);
+    chip.style.background = diverging(word.score / limit);
+    const sign = word.score >= 0 ? "+" : "";
+    chip.title = `${word.text}: ${sign}${word.score.toFixed(4)} to ${result.target}`;
+    nodes.push(chip);
+    at = word.stop;
+  }
+  if (at < text.length) nodes.push(document.createTextNode(text.slice(at)));
+  $("explain-words").replaceChildren(...nodes);
+  const method = result.method === "shap"
+    ? `Shapley values from ${result.parameters.samples} samples (seed ${result.parameters.seed})`
+    : "occlusion: each word removed in turn";
+  const empty = result.empty_score === null ? "" : `, ${result.empty_score.toFixed(3)} with no words`;
+  const cut = result.truncated ? " The text was cut at the model's max length: the rest is not explained." : "";
+  $("explain-summary").textContent =
+    `Score of ${result.target}: ${result.score.toFixed(3)} for the whole text${empty}. ` +
+    `Method: ${method}, ${result.parameters.evaluations} inputs run.${cut}`;
+  $("explain-summary").dataset.target = result.target;
+  $("explain-min").textContent = `−${limit.toFixed(3)}`;
+  $("explain-max").textContent = `+${limit.toFixed(3)}`;
+  $("explain-legend-text").textContent = `blue lowers, red raises the score of ${result.target}`;
+  $("explain-legend").hidden = false;
+}
+
+// -1 (lowers the score most) .. 0 .. +1 (raises it most): blue, near white, red.
+function diverging(fraction) {
+  const t = Math.max(-1, Math.min(1, fraction));
+  const end = t < 0 ? [33, 102, 172] : [178, 24, 43];
+  const mix = Math.abs(t);
+  const channel = (i) => Math.round(247 + (end[i] - 247) * mix);
+  return `rgb(${channel(0)}, ${channel(1)}, ${channel(2)})`;
+}
+
 // ---------------------------------------------------------------- helpers
 
 // Not Math.max(...values): a 256-token map has 65,536 values, past what a call's arguments allow.
@@ -430,11 +655,38 @@ function init() {
     event.preventDefault();
     keyInput.dispatchEvent(new Event("change"));
   });
-  $("model").addEventListener("change", onModelChange);
-  $("scale").addEventListener("change", () => run($("scale"), renderAttention));
+  idleCaption = $("view-caption").innerHTML;
+  $("model").addEventListener("change", () => {
+    clearError();
+    onModelChange();
+  });
+  // Results that no longer match what the inputs say go at once, before any new request.
+  $("text").addEventListener("input", () => {
+    clearError();
+    clearClassification();
+    clearExplanation();
+    clearAttention();
+    clearSimilarity();
+  });
+  $("labels").addEventListener("input", () => {
+    clearError();
+    clearClassification();
+    fillTargets();
+  });
+  $("text-b").addEventListener("input", () => {
+    clearError();
+    clearSimilarity();
+  });
+  for (const control of [$("scale"), $("hide-special")]) {
+    control.addEventListener("change", () => run(control, renderAttention));
+  }
   $("classify").addEventListener("click", (event) => run(event.currentTarget, classify));
   $("attend").addEventListener("click", (event) => run(event.currentTarget, showAttention));
   $("compare").addEventListener("click", (event) => run(event.currentTarget, compare));
+  $("explain").addEventListener("click", (event) => run(event.currentTarget, explain));
+  for (const control of [$("explain-method"), $("explain-target")]) {
+    control.addEventListener("change", clearExplanation);
+  }
   for (const control of [$("layer"), $("head"), ...document.getElementsByName("view")]) {
     control.addEventListener("change", () => {
       control.dataset.touched = "1";

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-import shutil
-from collections.abc import Iterator
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +14,16 @@ from fastapi.testclient import TestClient
 from app.api.app import create_app
 from app.config import Settings
 from tests.conftest import LiveServer
+from tests.e2e.conftest import NetworkLog, assert_stayed_local
 
-# Debian's browser, driven by Playwright for Python: no browser download, ever.
-CHROMIUM_PACKAGE = "chromium"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",  # CI runs as root, where Chromium refuses its sandbox
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SENTENCE = "The movie was surprisingly good, I loved it."
+SENTENCE = "The movie was surprisingly good, I loved it."  # the page's pre-filled text
 OTHER_SENTENCE = "I really enjoyed this film."
-ZERO_SHOT_LABELS = ["positive", "negative"]
-# Inference shares two CPU cores with the rest of the suite: waits are generous, not timed checks.
-WAIT_MS = 60_000
+# About 200 tokens: past the attention limit (128 by default), within the model's 256.
+LONG_TEXT = " ".join(["The committee reviewed the proposal carefully before the vote."] * 18)
+
+CLASS_BARS = "[data-testid=class-bar]"
+HEATMAP_ROWS = "[data-testid=heatmap-row]"
+STRIP_CHIPS = "[data-testid=cls-token]"
 
 
 def test_page_is_served_with_local_assets_only(tmp_path: Path) -> None:
@@ -41,6 +32,8 @@ def test_page_is_served_with_local_assets_only(tmp_path: Path) -> None:
     page = client.get("/")
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
+    # The browser itself refuses anything from another origin.
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
     assert 'data-testid="heatmap"' in page.text
 
     assets = sorted(re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text))
@@ -56,46 +49,24 @@ def test_page_is_served_with_local_assets_only(tmp_path: Path) -> None:
     assert "/" not in client.get("/openapi.json").json()["paths"]
 
 
-@pytest.fixture
-def browser_page() -> Iterator[Any]:
-    """A 1366x768 page in Debian's headless Chromium; skips naming what is missing."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the Python package `playwright` is not installed (pip install playwright)")
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip(
-            f"the Debian package `{CHROMIUM_PACKAGE}` is not installed "
-            f"(apt-get install {CHROMIUM_PACKAGE}; .ci/run installs it)"
-        )
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1366, "height": 768})
-            page.set_default_timeout(WAIT_MS)
-            yield page
-        finally:
-            browser.close()
+# ---------------------------------------------------------------- helpers
 
 
-def choose_classifier(page: Any, models: list[dict[str, Any]]) -> tuple[str, list[str]]:
-    """Picks the classification model, else zero-shot on an embedding model: (model, labels)."""
-    classifier = next((model for model in models if model["task"] == "classification"), None)
-    if classifier is not None:
-        page.select_option("[data-testid=model-select]", classifier["name"])
-        return classifier["name"], classifier["labels"]
-    embedder = next(model for model in models if model["task"] == "embedding")
-    page.select_option("[data-testid=model-select]", embedder["name"])
-    page.fill("[data-testid=labels-input]", ", ".join(ZERO_SHOT_LABELS))
-    return embedder["name"], ZERO_SHOT_LABELS
-
-
-def check_classification(page: Any, labels: list[str]) -> None:
+def open_viewer(page: Any, server: LiveServer, models: list[dict[str, Any]]) -> None:
     from playwright.sync_api import expect
 
-    page.click("[data-testid=classify-button]")
-    bars = page.locator("[data-testid=class-bar]")
+    page.goto(f"{server.url}/")
+    expect(page.locator("[data-testid=model-select] option")).to_have_count(len(models))
+
+
+def first_of(models: list[dict[str, Any]], task: str) -> dict[str, Any]:
+    return next(model for model in models if model["task"] == task)
+
+
+def check_bars(page: Any, labels: list[str]) -> None:
+    from playwright.sync_api import expect
+
+    bars = page.locator(CLASS_BARS)
     expect(bars).to_have_count(len(labels))
     shown = [bars.nth(i).get_attribute("data-label") for i in range(len(labels))]
     scores = [float(bars.nth(i).get_attribute("data-score") or "nan") for i in range(len(labels))]
@@ -114,14 +85,17 @@ def check_attention(page: Any, client: httpx.Client, model: str) -> None:
     tokens = expected["tokens"]
 
     page.click("[data-testid=attention-button]")
-    rows = page.locator("[data-testid=heatmap-row]")
+    rows = page.locator(HEATMAP_ROWS)
     expect(rows).to_have_count(len(tokens))
     expect(rows.first.locator("[data-testid=heatmap-cell]")).to_have_count(len(tokens))
-    expect(page.locator("[data-testid=cls-token]")).to_have_count(len(tokens))
+    expect(page.locator(STRIP_CHIPS)).to_have_count(len(tokens))
+    expect(page.locator("#attention-model")).to_contain_text(model)
+    # A short text is not cut: no notice.
+    expect(page.locator("[data-testid=attention-truncated]")).to_be_hidden()
 
     # The first view is the last layer's mean over heads: the hovered cell shows that value.
     row, column = 1, 2
-    page.locator("[data-testid=heatmap-row]").nth(row).locator("td").nth(column).hover()
+    page.locator(HEATMAP_ROWS).nth(row).locator("td").nth(column).hover()
     tooltip = page.locator("[data-testid=tooltip]")
     expect(tooltip).to_be_visible()
     text = tooltip.inner_text()
@@ -129,7 +103,7 @@ def check_attention(page: Any, client: httpx.Client, model: str) -> None:
     value = float(re.findall(r"\d+\.\d+", text)[-1])
     assert value == pytest.approx(expected["attentions"][-1][row][column], abs=1e-3)
 
-    for view in ("view-head", "view-rollout"):
+    for view in ("view-head", "view-rollout", "view-mean"):
         page.check(f"[data-testid={view}]")
         expect(page.locator("[data-testid=view-caption]")).not_to_have_text("")
         expect(rows).to_have_count(len(tokens))
@@ -148,46 +122,290 @@ def check_similarity(page: Any, client: httpx.Client) -> None:
     assert float(shown.inner_text()) == pytest.approx(cosine, abs=2e-3)
 
 
-@pytest.mark.slow
-def test_viewer_in_a_real_browser(server: LiveServer, browser_page: Any, tmp_path: Path) -> None:
+def expect_classification_cleared(page: Any) -> None:
     from playwright.sync_api import expect
 
-    page = browser_page
-    page_errors: list[str] = []
-    page.on("pageerror", lambda error: page_errors.append(str(error)))
+    expect(page.locator(CLASS_BARS)).to_have_count(0)
+    expect(page.locator("[data-testid=class-bars] .placeholder")).to_be_visible()
+    expect(page.locator("#classify-model")).to_have_text("")
+
+
+def expect_attention_cleared(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator(HEATMAP_ROWS)).to_have_count(0)
+    expect(page.locator(STRIP_CHIPS)).to_have_count(0)
+    expect(page.locator("#attention-model")).to_have_text("")
+    expect(page.locator("#legend")).to_be_hidden()
+    expect(page.locator("[data-testid=attention-truncated]")).to_be_hidden()
+
+
+def expect_similarity_cleared(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator("[data-testid=similarity]")).to_be_hidden()
+    expect(page.locator("#compare-model")).to_have_text("")
+
+
+def hold_requests(page: Any, path: str) -> list[Any]:
+    """Holds every request to `path` until the test lets it go (`route.continue_()`)."""
+    held: list[Any] = []
+    page.route(f"**{path}", lambda route: held.append(route))
+    return held
+
+
+def wait_for_held(page: Any, held: list[Any]) -> None:
+    deadline = time.monotonic() + 30
+    while not held:  # route handlers run while Playwright waits
+        assert time.monotonic() < deadline, "the page sent no request"
+        page.wait_for_timeout(50)
+
+
+# ---------------------------------------------------------------- the browser
+
+
+@pytest.mark.slow
+def test_viewer_works_on_the_first_click(
+    server: LiveServer, offline_page: tuple[Any, NetworkLog], tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    page, network = offline_page
     with server.client() as client:
         models = client.get("/models").json()["models"]
-        page.goto(f"{server.url}/")
-        expect(page.locator("[data-testid=model-select] option")).to_have_count(len(models))
-
-        page.locator("[data-testid=text-input]").fill("")
-        page.locator("[data-testid=text-input]").press_sequentially(SENTENCE)
-        model, labels = choose_classifier(page, models)
-        check_classification(page, labels)
-        check_attention(page, client, model)
+        classifier = first_of(models, "classification")
+        open_viewer(page, server, models)
+        # The page opens on the classifier, so the pre-filled text classifies as it stands.
+        expect(page.locator("[data-testid=model-select]")).to_have_value(classifier["name"])
+        expect(page.locator("[data-testid=text-input]")).to_have_value(SENTENCE)
+        page.click("[data-testid=classify-button]")
+        check_bars(page, classifier["labels"])
+        expect(page.locator("#classify-model")).to_contain_text(classifier["name"])
+        check_attention(page, client, classifier["name"])
         check_similarity(page, client)
 
     expect(page.locator("[data-testid=error]")).to_be_hidden()
     screenshot = tmp_path / "viewer.png"
     page.screenshot(path=str(screenshot))
     assert screenshot.stat().st_size > 10_000
-    assert page_errors == []
+    assert_stayed_local(network)
 
 
 @pytest.mark.slow
-def test_viewer_shows_api_errors_inline(server: LiveServer, browser_page: Any) -> None:
+def test_zero_shot_labels_are_filled_in(
+    server: LiveServer, offline_page: tuple[Any, NetworkLog]
+) -> None:
     from playwright.sync_api import expect
 
-    page = browser_page
+    page, network = offline_page
     with server.client() as client:
         models = client.get("/models").json()["models"]
-    embedder = next(model["name"] for model in models if model["task"] == "embedding")
-    page.goto(f"{server.url}/")
-    page.select_option("[data-testid=model-select]", embedder)
-    # Repeated candidate labels: the server answers 422 and the page shows its message.
-    page.fill("[data-testid=labels-input]", "same, same")
+    embedder = first_of(models, "embedding")
+    open_viewer(page, server, models)
+    page.select_option("[data-testid=model-select]", embedder["name"])
+    labels_input = page.locator("[data-testid=labels-input]")
+    expect(labels_input).to_be_visible()
+    # Real labels in the field, not a placeholder that only looks filled in.
+    labels = [label.strip() for label in labels_input.input_value().split(",")]
+    assert len(labels) >= 2 and all(labels), labels
+    page.click("[data-testid=classify-button]")
+    check_bars(page, labels)
+    expect(page.locator("[data-testid=error]")).to_be_hidden()
+    assert_stayed_local(network)
+
+
+@pytest.mark.slow
+def test_results_that_no_longer_match_are_cleared(
+    server: LiveServer, offline_page: tuple[Any, NetworkLog]
+) -> None:
+    from playwright.sync_api import expect
+
+    page, network = offline_page
+    with server.client() as client:
+        models = client.get("/models").json()["models"]
+    classifier = first_of(models, "classification")
+    embedder = first_of(models, "embedding")
+    open_viewer(page, server, models)
+
+    def show_everything() -> None:
+        page.click("[data-testid=classify-button]")
+        expect(page.locator(CLASS_BARS)).not_to_have_count(0)
+        page.click("[data-testid=attention-button]")
+        expect(page.locator(HEATMAP_ROWS)).not_to_have_count(0)
+        page.click("[data-testid=compare-button]")
+        expect(page.locator("[data-testid=similarity]")).to_be_visible()
+
+    # A new text: every panel was about the old one.
+    show_everything()
+    page.locator("[data-testid=text-input]").press("End")
+    page.keyboard.type(" Or was it?")
+    expect_classification_cleared(page)
+    expect_attention_cleared(page)
+    expect_similarity_cleared(page)
+
+    # Another model: its scores and maps go; the similarity came from the embedding model,
+    # which is still the one the page would use, so it stays.
+    show_everything()
+    page.select_option("[data-testid=model-select]", embedder["name"])
+    expect_classification_cleared(page)
+    expect_attention_cleared(page)
+    expect(page.locator("[data-testid=similarity]")).to_be_visible()
+    expect(page.locator("#compare-model")).to_contain_text(embedder["name"])
+    # The second text changes: the similarity goes too.
+    page.fill("[data-testid=compare-input]", OTHER_SENTENCE + " Twice.")
+    expect_similarity_cleared(page)
+
+    # An answer for a text that changed while it was on its way is dropped, not drawn.
+    held = hold_requests(page, "/attention")
+    page.click("[data-testid=attention-button]")
+    wait_for_held(page, held)
+    page.fill("[data-testid=text-input]", OTHER_SENTENCE)
+    for route in held:
+        route.continue_()
+    expect(page.locator("[data-testid=attention-button]")).to_be_enabled()
+    page.unroute("**/attention")
+    expect_attention_cleared(page)
+
+    # The same for a model that changed while /classify was answering.
+    page.fill("[data-testid=labels-input]", "film, food")
+    held = hold_requests(page, "/classify")
+    page.click("[data-testid=classify-button]")
+    wait_for_held(page, held)
+    page.select_option("[data-testid=model-select]", classifier["name"])
+    for route in held:
+        route.continue_()
+    expect(page.locator("[data-testid=classify-button]")).to_be_enabled()
+    page.unroute("**/classify")
+    expect_classification_cleared(page)
+
+    # A new request clears its panel at once: a failure leaves no earlier result on screen.
+    page.select_option("[data-testid=model-select]", embedder["name"])
+    page.fill("[data-testid=labels-input]", "film, food")
+    page.click("[data-testid=classify-button]")
+    expect(page.locator(CLASS_BARS)).to_have_count(2)
+    busy = {"error": {"type": "overloaded", "message": "the queue is full"}}
+    page.route("**/classify", lambda route: route.fulfill(status=429, json=busy))
     page.click("[data-testid=classify-button]")
     error = page.locator("[data-testid=error]")
-    expect(error).to_be_visible()
+    expect(error).to_contain_text("429: the queue is full")
+    expect_classification_cleared(page)
+    page.unroute("**/classify")
+
+    # The server's own refusal is shown inline too (repeated labels are a 422).
+    page.fill("[data-testid=labels-input]", "same, same")
+    expect(error).to_be_hidden()
+    page.click("[data-testid=classify-button]")
     expect(error).to_contain_text("422")
-    expect(page.locator("[data-testid=class-bar]")).to_have_count(0)
+    expect_classification_cleared(page)
+    assert_stayed_local(network)
+
+
+@pytest.mark.slow
+def test_long_text_truncation_strip_and_special_tokens(
+    server: LiveServer, offline_page: tuple[Any, NetworkLog]
+) -> None:
+    from playwright.sync_api import expect
+
+    page, network = offline_page
+    with server.client() as client:
+        models = client.get("/models").json()["models"]
+        model = first_of(models, "classification")["name"]
+        attention = client.post("/attention", json={"inputs": LONG_TEXT, "model": model}).json()
+        tokenized = client.post("/tokenize", json={"inputs": LONG_TEXT, "model": model}).json()
+    tokens, special = attention["tokens"], attention["special"]
+    total = len(tokenized["tokens"][0])
+    assert not tokenized["truncated"][0] and total > len(tokens), "LONG_TEXT must be cut"
+
+    open_viewer(page, server, models)
+    page.fill("[data-testid=text-input]", LONG_TEXT)
+    page.click("[data-testid=attention-button]")
+    expect(page.locator(HEATMAP_ROWS)).to_have_count(len(tokens))
+    notice = page.locator("[data-testid=attention-truncated]")
+    expect(notice).to_be_visible()
+    expect(notice).to_contain_text(f"first {len(tokens)} tokens of {total}")
+    expect(notice).to_contain_text("ENCODER_MAX_ATTENTION_TOKENS")
+
+    # The whole strip is in view: no chip hidden behind a scroll or clipped by its box.
+    chips = page.locator(STRIP_CHIPS)
+    expect(chips).to_have_count(len(tokens))
+    hidden = page.evaluate(
+        """() => [...document.querySelectorAll('[data-testid=cls-token]')].filter((chip) => {
+            const box = chip.getBoundingClientRect();
+            const hit = document.elementFromPoint(box.x + box.width / 2, box.y + box.height - 2);
+            return !chip.contains(hit);
+        }).length"""
+    )
+    assert hidden == 0, f"{hidden} of the strip's {len(tokens)} tokens are not fully shown"
+
+    # The colour legend names its scale.
+    legend = page.locator("[data-testid=legend-scale]")
+    expect(legend).to_contain_text("√")
+    page.select_option("[data-testid=scale-select]", "linear")
+    expect(legend).to_contain_text("linear")
+
+    # Hiding the special tokens drops their rows, columns and chips; showing them brings them back.
+    ordinary = [token for token, is_special in zip(tokens, special, strict=True) if not is_special]
+    assert len(ordinary) < len(tokens)
+    page.check("[data-testid=hide-special]")
+    rows = page.locator(HEATMAP_ROWS)
+    expect(rows).to_have_count(len(ordinary))
+    expect(rows.first.locator("[data-testid=heatmap-cell]")).to_have_count(len(ordinary))
+    assert page.locator(f"{STRIP_CHIPS} .chip-token").all_inner_texts() == ordinary
+    assert page.locator("#heatmap .row-label").all_inner_texts() == ordinary
+    page.uncheck("[data-testid=hide-special]")
+    expect(rows).to_have_count(len(tokens))
+    expect(chips).to_have_count(len(tokens))
+
+    # A text within the limit: the notice goes.
+    page.fill("[data-testid=text-input]", SENTENCE)
+    expect(notice).to_be_hidden()
+    page.click("[data-testid=attention-button]")
+    expect(rows).not_to_have_count(0)
+    expect(notice).to_be_hidden()
+    expect(page.locator("[data-testid=error]")).to_be_hidden()
+    assert_stayed_local(network)
+
+
+@pytest.mark.slow
+def test_explain_colours_words_for_a_chosen_label_and_method(
+    server: LiveServer, offline_page: tuple[Any, NetworkLog]
+) -> None:
+    from playwright.sync_api import expect
+
+    page, network = offline_page
+    page.set_viewport_size({"width": 380, "height": 900})  # a phone's width
+    with server.client() as client:
+        models = client.get("/models").json()["models"]
+    classifier = first_of(models, "classification")
+    open_viewer(page, server, models)
+    targets = page.locator("[data-testid=explain-target] option")
+    expect(targets).to_have_count(len(classifier["labels"]) + 1)  # "top label" first
+    page.click("[data-testid=explain-button]")
+    words = page.locator("[data-testid=explain-word]")
+    expect(words.first).to_be_visible()
+    # Every word of the pre-filled text, in order, coloured with its score.
+    shown = [words.nth(i).inner_text() for i in range(words.count())]
+    assert "".join(shown) == SENTENCE.replace(" ", "")
+    assert all(words.nth(i).get_attribute("style") for i in range(words.count()))
+    expect(page.locator("[data-testid=explain-legend]")).to_be_visible()
+    summary = page.locator("[data-testid=explain-summary]")
+    expect(summary).to_contain_text("Score of")
+    expect(summary).to_contain_text("occlusion")
+    # The other label, by Shapley values: its own target and method in the summary.
+    other = classifier["labels"][0]
+    page.select_option("[data-testid=explain-target]", other)
+    page.select_option("[data-testid=explain-method]", "shap")
+    expect(words).to_have_count(0)  # a changed choice clears the old answer
+    page.click("[data-testid=explain-button]")
+    expect(summary).to_contain_text(f"Score of {other}")
+    expect(summary).to_contain_text("Shapley values from 256 samples")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 380 + 1  # fits the width
+    # An error reads as a sentence.
+    page.fill("[data-testid=text-input]", "word " * 200)
+    page.click("[data-testid=explain-button]")
+    error = page.locator("[data-testid=error]")
+    expect(error).to_be_visible()
+    message = error.inner_text()
+    assert message.startswith("Could not explain the text: ") and message.endswith(".")
+    assert not re.search(r"\b4\d\d\b", message), message
+    assert_stayed_local(network)

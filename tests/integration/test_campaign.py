@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import LiveServer, start_server
+from tests.error_shapes import error_message
 
 HEALTH_BOUND_S = 0.25
 RSS_BOUND_BYTES = 1 << 30  # 1 GiB
@@ -88,13 +89,11 @@ def health_watched(url: str) -> Iterator[None]:
 
 
 def assert_answered(response: httpx.Response, path: str) -> None:
-    """Below 500, and an error is in the contract's shape (OpenAI's under /v1/)."""
+    """Below 500, and an error is in the contract's shape (OpenAI's under /v1/, TEI's on
+    TEI's routes)."""
     assert response.status_code < 500, f"{path}: {response.status_code} {response.text[:300]}"
     if response.status_code >= 400:
-        error = response.json()["error"]
-        assert isinstance(error["message"], str) and error["message"], error
-        keys = {"message", "type", "param", "code"} if path.startswith("/v1/") else None
-        assert set(error) == (keys or {"type", "message"}), error
+        error_message(response.json(), path)
 
 
 def post_raw(client: httpx.Client, path: str, body: bytes) -> httpx.Response:

@@ -1,4 +1,5 @@
-"""The Python client (app/client.py): results against a real server, errors, 429 retries."""
+"""The Python client (encoder_serve_client): results against a real server, errors, 429
+retries, and its former import path `app.client`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from app.client import (
+import app.client
+import encoder_serve_client
+from encoder_serve_client import (
     AsyncEncoderClient,
     EncoderClient,
     EncoderServeError,
@@ -375,3 +378,9 @@ async def test_errors_without_the_contracts_body_and_no_retry_on_client_errors()
             await client.encode("x")
         assert (raised.value.status, raised.value.type) == (422, "validation_error")
     assert len(seen) == 2
+
+
+def test_the_former_import_path_re_exports_the_same_client() -> None:
+    assert app.client.__all__ == encoder_serve_client.__all__
+    for name in encoder_serve_client.__all__:
+        assert getattr(app.client, name) is getattr(encoder_serve_client, name), name

@@ -46,6 +46,8 @@ SUCCESSES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/attention", {"inputs": TEXT, "aggregate": "mean"}),
     ("POST", "/attention", {"inputs": TEXT, "aggregate": "rollout"}),
     ("POST", "/tokenize", {"inputs": [TEXT, "word " * 400]}),
+    ("POST", "/explain", {"inputs": TEXT, "method": "shap", "samples": 32, "target": "negative"}),
+    ("POST", "/explain", {"inputs": TEXT, "candidate_labels": ["art", "sport"]}),
     ("GET", "/models", None),
     ("GET", "/health", None),
     ("GET", "/ready", None),
@@ -57,6 +59,9 @@ SUCCESSES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/embed", {"inputs": [TEXT]}),
     ("POST", "/predict", {"inputs": TEXT}),
     ("POST", "/predict", {"inputs": [TEXT, "Awful."]}),
+    ("POST", "/predict", {"inputs": [[TEXT, "They are."], ["Awful."]]}),
+    ("POST", "/embed_all", {"inputs": [TEXT, "short"]}),
+    ("POST", "/decode", {"ids": [[101, 7592, 102], [101, 102]], "skip_special_tokens": False}),
     ("GET", "/info", None),
 ]
 

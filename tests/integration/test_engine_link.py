@@ -186,3 +186,29 @@ async def test_when_the_engine_goes_away_waiting_requests_fail_at_once(
             assert asyncio.get_running_loop().time() < deadline
             await asyncio.sleep(0.05)
         assert "engine process" in (link.remote.not_ready() or "")
+
+
+async def test_low_priority_crosses_the_socket_and_waits_for_normal_work(
+    default_models: Path, tmp_path: Path
+) -> None:
+    async with linked(default_models, tmp_path) as link:
+        batcher = link.local.registry.runners["minilm"].batcher
+        encoder = link.remote.registry.get("minilm", "embedding").encoder
+        link.held.release.clear()
+        link.held.entered.clear()
+        first = asyncio.create_task(link.remote.embed("minilm", ["the pass being held"]))
+        await asyncio.to_thread(link.held.entered.wait, 10)
+        perturbed = encoder.tokenizer.encode(["an explanation's perturbation"] * 3)
+        low = asyncio.create_task(encoder.run_tokenized(perturbed, low=True))
+        while batcher._queue.low_count < 3:  # queued at low priority in the engine process
+            await asyncio.sleep(0.01)
+        normal = asyncio.create_task(link.remote.embed("minilm", ["interactive"]))
+        while batcher._queue.normal_count < 1:
+            await asyncio.sleep(0.01)
+        # The normal input is taken before the low ones that were queued earlier.
+        first_up = next(iter(batcher._queue.round_robin()))
+        assert first_up.tokens == encoder.tokenizer.encode(["interactive"])[0].tokens
+        link.held.release.set()
+        await first
+        await normal
+        assert (await low).vectors.shape[0] == 3

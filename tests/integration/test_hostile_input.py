@@ -11,10 +11,9 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer
+from tests.error_shapes import error_message
 
 JSON = {"content-type": "application/json"}
-CONTRACT_ERROR = {"type", "message"}
-OPENAI_ERROR = {"message", "type", "param", "code"}
 
 # Every POST route, with its text field and the fields a valid body also needs.
 POST_ROUTES: dict[str, tuple[str, bytes]] = {
@@ -31,12 +30,7 @@ POST_ROUTES: dict[str, tuple[str, bytes]] = {
 def assert_error(response: httpx.Response, status: int, path: str = "/encode") -> str:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}, body
-    shape = OPENAI_ERROR if path.startswith("/v1/") else CONTRACT_ERROR
-    assert set(body["error"]) == shape, body
-    assert body["error"]["message"], body
-    return str(body["error"]["message"])
+    return error_message(response.json(), path)
 
 
 def post_raw(server: LiveServer, path: str, body: bytes) -> httpx.Response:
@@ -59,7 +53,7 @@ def test_an_escaped_lone_surrogate_input_is_a_422_naming_it(server: LiveServer, 
     field, rest = POST_ROUTES[path]
     body = b'{"' + field.encode() + b'": "\\ud800"' + rest + b"}"
     message = assert_error(post_raw(server, path, body), 422, path)
-    assert message.startswith(f"{field}: ") and "surrogate" in message
+    assert message.startswith(f"{field} contains") and "surrogate" in message
 
 
 @pytest.mark.parametrize("path", list(POST_ROUTES))
@@ -69,7 +63,7 @@ def test_a_lone_surrogate_in_the_model_name_is_a_422_naming_it(
     field, rest = POST_ROUTES[path]
     body = b'{"' + field.encode() + b'": "ok", "model": "\\udfff"' + rest + b"}"
     message = assert_error(post_raw(server, path, body), 422, path)
-    assert message.startswith("model: ") and "surrogate" in message
+    assert message.startswith("model contains") and "surrogate" in message
 
 
 @pytest.mark.parametrize(
@@ -86,7 +80,7 @@ def test_lone_surrogates_in_labels_templates_and_list_items(
     if not fields.startswith(b'"inputs"'):
         fields = b'"inputs": "ok", ' + fields
     message = assert_error(post_raw(server, "/classify", b"{" + fields + b"}"), 422)
-    assert message.startswith(f"{named}: ")
+    assert message.startswith(f"{named} contains")
 
 
 def test_paired_escapes_are_fine(server: LiveServer) -> None:
@@ -108,7 +102,7 @@ def test_hostile_templates_are_a_quick_422(server: LiveServer, template: str) ->
         response = client.post("/classify", json=body)
         took = time.monotonic() - started
     message = assert_error(response, 422)
-    assert message.startswith("hypothesis_template: ")
+    assert message.startswith("hypothesis_template ")
     assert took < 1.0
 
 
@@ -188,7 +182,7 @@ def test_a_megabyte_of_labels_is_refused_while_health_answers(
     assert len(httpx.Request("POST", "/", json=body).content) >= 1_000_000
     response, probes = refused_while_health_answers(server, "/classify", body)
     message = assert_error(response, 422)
-    assert message.startswith("candidate_labels: ")
+    assert message.startswith("candidate_labels")
     assert max(probes) < 0.25, probes
 
 
@@ -214,7 +208,7 @@ def test_booleans_are_not_token_ids(server: LiveServer, ids: list[Any]) -> None:
     with server.client() as client:
         response = client.post("/v1/embeddings", json={"input": ids, "model": "minilm"})
     message = assert_error(response, 422, "/v1/embeddings")
-    assert message.startswith("input: ") and "true and false" in message
+    assert message.startswith("input ") and "true and false" in message
 
 
 def test_integer_token_ids_still_work(server: LiveServer) -> None:

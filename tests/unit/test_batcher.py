@@ -534,3 +534,78 @@ async def test_inputs_in_the_running_batch_at_shutdown_are_not_ready() -> None:
     backend.gate.set()
     with pytest.raises(NotReady):
         await running
+
+
+async def test_low_priority_inputs_wait_for_normal_ones_and_ride_alone() -> None:
+    from app.engine import batcher as batching
+
+    backend = FakeBackend(hold_first=True)
+    batcher = make(backend, max_wait_s=0.0, max_batch_size=64)
+    first = submit(batcher, 0)  # holds the worker while the rest queue
+    await wait_for(lambda: len(backend.batches) == 1)
+    low = batcher.submit([(n, 10) for n in range(100, 110)], 30.0, low=True)
+    normal = submit(batcher, 1, 2, 3)
+    backend.gate.set()
+    assert await asyncio.gather(*first, *normal, *low) == [0, 10, 20, 30] + [
+        n * 10 for n in range(100, 110)
+    ]
+    # The normal request went first, in a batch without low inputs; low batches were small
+    # while a normal input had arrived within LOW_PRIORITY_QUIET_S.
+    assert backend.batches[1] == [1, 2, 3]
+    low_batches = backend.batches[2:]
+    assert all(n >= 100 for batch in low_batches for n in batch)
+    assert max(map(len, low_batches)) <= batching.LOW_PRIORITY_BATCH
+    assert len(low_batches[0]) == batching.LOW_PRIORITY_BUSY_BATCH
+    await batcher.stop()
+
+
+async def test_low_priority_batches_grow_after_a_quiet_spell() -> None:
+    from app.engine import batcher as batching
+
+    backend = FakeBackend(hold_first=True)
+    batcher = make(backend, max_wait_s=0.0, max_batch_size=64)
+    first = batcher.submit([(0, 10)], 30.0, low=True)
+    await wait_for(lambda: len(backend.batches) == 1)
+    low = batcher.submit([(n, 10) for n in range(1, 20)], 30.0, low=True)
+    backend.gate.set()
+    await asyncio.gather(*first, *low)
+    assert [len(batch) for batch in backend.batches[1:]] == [batching.LOW_PRIORITY_BATCH] * 2 + [3]
+    await batcher.stop()
+
+
+async def test_low_priority_requests_may_fill_only_half_the_queue() -> None:
+    backend = FakeBackend(hold_first=True)
+    batcher = make(backend, max_queue=10)
+    first = submit(batcher, 0)
+    await wait_for(lambda: len(backend.batches) == 1)
+    with pytest.raises(Overloaded, match="low priority"):
+        batcher.submit([(n, 10) for n in range(6)], 30.0, low=True)
+    low = batcher.submit([(n, 10) for n in range(5)], 30.0, low=True)
+    normal = submit(batcher, *range(5))  # the other half is still free for normal requests
+    backend.gate.set()
+    await asyncio.gather(*first, *low, *normal)
+    await batcher.stop()
+
+
+async def test_process_passes_priority_through() -> None:
+    backend = FakeBackend()
+    batcher = make(backend)
+    assert await batcher.process([(4, 10), (5, 10)], 5.0, low=True) == [40, 50]
+    await batcher.stop()
+
+
+async def test_low_priority_passes_keep_to_their_share_while_normal_inputs_come() -> None:
+    from app.engine import batcher as batching
+
+    backend = FakeBackend()
+    batcher = make(backend, max_wait_s=0.0, max_batch_size=64)
+    # Recent passes were all low priority, and a normal input has just arrived.
+    batcher._low_seconds = batcher._all_seconds = 1.0
+    await batcher.process([(0, 10)], 5.0)
+    batcher._low_seconds = batcher._all_seconds = 1.0
+    started = time.monotonic()
+    low = batcher.submit([(1, 10)], 5.0, low=True)
+    assert await asyncio.gather(*low) == [10]
+    # Held back until interactive traffic had been quiet for LOW_PRIORITY_QUIET_S.
+    assert time.monotonic() - started >= batching.LOW_PRIORITY_QUIET_S * 0.5
+    await batcher.stop()

@@ -93,3 +93,50 @@ def test_take_is_a_prefix_of_round_robin_and_counts_stay_exact(
     assert list(queue.round_robin()) == rest
     assert len(queue) == len(rest)
     assert queue.tokens == sum(item.tokens for item in rest)
+
+
+def test_low_priority_inputs_come_after_every_normal_one() -> None:
+    queue: FairQueue[Input] = FairQueue()
+    queue.add([Input("x0"), Input("x1")], low=True)
+    queue.add([Input("a0"), Input("a1")])
+    queue.add([Input("y0")], low=True)
+    queue.add([Input("b0")])
+    assert names(list(queue.round_robin())) == ["a0", "b0", "a1", "x0", "y0", "x1"]
+    assert queue.low_count == 3 and queue.normal_count == 3
+    assert queue.oldest().name == "a0"  # the next to go, not the low input queued first
+    assert names(queue.take(4)) == ["a0", "b0", "a1", "x0"]
+    assert queue.low_count == 2 and queue.normal_count == 0
+    assert queue.oldest().name == "x1"  # the earliest low request's head
+    removed = queue.remove(lambda item: item.name == "x1")
+    assert names(removed) == ["x1"] and queue.low_count == 1 and len(queue) == 1
+
+
+def test_a_low_priority_request_waits_for_all_normal_work() -> None:
+    queue: FairQueue[Input] = FairQueue()
+    queue.add([Input("a", 10)] * 5)
+    queue.add([Input("x", 4)] * 3, low=True)
+    # A normal request runs before any low input; a low one after every normal input.
+    assert queue.tokens_served_before(1) == 10
+    assert queue.tokens_served_before(1, low=True) == 5 * 10 + 4
+
+
+@given(
+    st.lists(st.tuples(st.lists(st.integers(1, 50), max_size=5), st.booleans()), max_size=6),
+    st.integers(0, 40),
+)
+def test_take_with_priorities_is_a_prefix_of_round_robin_and_counts_stay_exact(
+    requests: list[tuple[list[int], bool]], count: int
+) -> None:
+    queue: FairQueue[Input] = FairQueue()
+    for index, (lengths, low) in enumerate(requests):
+        items = [Input(f"{'low' if low else 'n'}{index}.{i}", t) for i, t in enumerate(lengths)]
+        queue.add(items, low=low)
+    order = list(queue.round_robin())
+    kinds = [item.name.startswith("low") for item in order]
+    assert kinds == sorted(kinds)  # every normal input before the first low one
+    taken = queue.take(count)
+    assert taken == order[:count]
+    rest = order[count:]
+    assert list(queue.round_robin()) == rest
+    assert len(queue) == len(rest) and queue.tokens == sum(item.tokens for item in rest)
+    assert queue.low_count == sum(item.name.startswith("low") for item in rest)

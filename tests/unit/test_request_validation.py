@@ -82,7 +82,7 @@ def test_distinct_labels_are_checked_in_linear_time() -> None:
         )
         text = message(ClassifyRequest, {"inputs": "x", "candidate_labels": [*labels, "label 7"]})
     assert took < 1.0
-    assert "repeated: ['label 7']" in text
+    assert "'label 7' is repeated" in text
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,7 @@ def test_distinct_labels_are_checked_in_linear_time() -> None:
     [
         ([], "must not be empty"),
         (["a", " "], "empty strings (item 1)"),
-        (["a", "b", "a", "b"], "repeated: ['a', 'b']"),
+        (["a", "b", "a", "b"], "'a' and 'b' are repeated"),
         (["a", "x" * 257], "item 1 has 257 characters; the limit is 256"),
         ([f"l{i}" for i in range(33)], "33 labels; the limit is 32"),
         (["a", 3], "candidate_labels.1"),
@@ -246,7 +246,7 @@ def test_lone_surrogates_are_a_422_naming_the_field(body: bytes, path: str) -> N
     with pytest.raises(RequestRejected) as caught:
         parse_json(body)
     assert (caught.value.status_code, caught.value.kind) == (422, "validation_error")
-    assert caught.value.detail.startswith(f"{path}: contains a lone surrogate")
+    assert caught.value.detail.startswith(f"{path} contains a lone surrogate")
     error_body(422, "validation_error", caught.value.detail)  # writable
 
 
@@ -255,7 +255,7 @@ def test_a_lone_surrogate_in_a_key_is_named_and_the_answer_stays_writable() -> N
         parse_json(b'{"\\ud800": 1}')
     assert caught.value.status_code == 422
     written = orjson.loads(error_body(422, "validation_error", caught.value.detail))
-    assert written["error"]["message"].startswith("\\ud800: contains a lone surrogate")
+    assert written["error"]["message"].startswith("\\ud800 contains a lone surrogate")
 
 
 def test_malformed_json_keeps_its_400_and_orjson_strictness_changes_nothing_else() -> None:

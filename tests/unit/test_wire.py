@@ -82,3 +82,12 @@ async def test_a_frame_claiming_an_absurd_length_is_refused() -> None:
         await read(struct.pack("<I", wire.MAX_FRAME_BYTES + 1) + b"x")
     with pytest.raises(wire.WireError):
         await read(struct.pack("<I", 0))
+
+
+@pytest.mark.parametrize("low", [False, True])
+async def test_the_priority_of_a_run_survives_the_trip(low: bool) -> None:
+    frame = wire.encode_run(3, "minilm", [item([101, 7, 102])], 1.0, low=low)
+    kind, _, payload = await read(frame)
+    request = wire.decode_run(payload)
+    assert kind == wire.RUN and request.low is low
+    np.testing.assert_array_equal(request.items[0].ids, [101, 7, 102])

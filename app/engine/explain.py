@@ -1,0 +1,279 @@
+"""Explanations: how much each word of a text moved a model's score for one label.
+
+Words are runs of word characters (apostrophes inside kept: "don't") or runs of
+punctuation, each mapped to the sub-word tokens whose character spans overlap it most; a
+word with no token (cut off by truncation) is left out. A perturbed input is the text's
+own token ids with some words' tokens removed (special tokens always kept), so no text is
+tokenized twice and a word is exactly the tokens the model saw for it.
+
+Two methods:
+- `occlusion`: a word's score is the target score of the whole text minus that of the
+  text without the word (one input per word);
+- `shap`: Shapley values over words, estimated by Kernel SHAP (Lundberg & Lee, 2017): the
+  target score of random word subsets, drawn by the Shapley kernel in complementary
+  pairs, fitted by weighted least squares under the constraint that the values add up to
+  score(text) - score(no words). With few words (2^words - 2 <= samples) every subset is
+  scored and the values are exact. A `seed` makes the draw, and so the answer,
+  reproducible.
+
+Written here rather than with the `shap` package: its KernelExplainer calls a model
+synchronously in one process, and it brings numba, pandas and scikit-learn into the
+serving runtime. Here every perturbation goes through the model's batcher at low
+priority (app/engine/batcher.py), in chunks, so an explanation shares passes with
+nothing interactive, counts against the queue limits, and stops with its request (a
+client that hangs up, a deadline that passes).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from app.engine.errors import InvalidInput, PayloadTooLarge
+from app.engine.tokenization import Token, TokenizedText
+
+Method = Literal["occlusion", "shap"]
+METHODS: tuple[Method, ...] = ("occlusion", "shap")
+
+WORD = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]+")
+# Perturbed inputs go to the batcher this many at a time: an explanation holds at most
+# this many queue places, and a cancelled one leaves at most this many behind to drop.
+CHUNK = 64
+
+# Scores of each input (special tokens included), in order: (inputs, labels) from the
+# model, (inputs,) for the target label alone.
+Scorer = Callable[[list[TokenizedText]], Awaitable[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    method: Method = "occlusion"
+    target: str | None = None  # a label; default: the text's top label
+    samples: int = 256  # shap: word subsets scored (besides the whole text and no words)
+    seed: int = 0  # shap: the draw of subsets
+    truncate: bool = True  # cut the text to the model's max length (else InputTooLong)
+    max_words: int = 128  # more words than this: PayloadTooLarge
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    text: str
+    start: int  # character span in the text
+    stop: int
+    tokens: tuple[int, ...]  # positions of its sub-word tokens in the tokenized input
+
+
+@dataclass(frozen=True, slots=True)
+class WordScore:
+    text: str
+    start: int
+    stop: int
+    score: float  # how much the word raised the target score (negative: lowered it)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    method: Method
+    target: str
+    labels: list[str]  # every label the target could be
+    score: float  # the target score of the whole text
+    empty_score: float | None  # with no words (shap); None for occlusion
+    words: list[WordScore]
+    truncated: bool  # words past the model's max length were left out
+    samples: int | None  # shap: subsets scored
+    seed: int | None
+    evaluations: int  # inputs run, the whole text included
+    tokens: int  # tokens of those inputs
+
+
+def words_of(text: str, tokens: list[Token]) -> list[Word]:
+    """The text's words, each with the tokens that overlap it most; words without tokens
+    (past truncation, or only characters the tokenizer drops) are left out."""
+    spans = [(match.start(), match.end()) for match in WORD.finditer(text)]
+    starts = [start for start, _ in spans]
+    owned: list[list[int]] = [[] for _ in spans]
+    for position, token in enumerate(tokens):
+        if token.special or token.stop <= token.start:
+            continue
+        # The candidates: the word starting at or before the token, and those after it
+        # that begin inside it; the one with the largest overlap owns the token.
+        first = max(bisect.bisect_right(starts, token.start) - 1, 0)
+        best, best_overlap = -1, 0
+        for index in range(first, len(spans)):
+            start, stop = spans[index]
+            if start >= token.stop:
+                break
+            overlap = min(stop, token.stop) - max(start, token.start)
+            if overlap > best_overlap:
+                best, best_overlap = index, overlap
+        if best >= 0:
+            owned[best].append(position)
+    return [
+        Word(text[start:stop], start, stop, tuple(positions))
+        for (start, stop), positions in zip(spans, owned, strict=True)
+        if positions
+    ]
+
+
+def perturbed(full: TokenizedText, words: list[Word], masks: np.ndarray) -> list[TokenizedText]:
+    """The input with, per row of `masks` (rows x words, True: kept), the tokens of the
+    words not kept removed; special tokens and tokens of no word stay."""
+    word_of = np.full(full.tokens, -1)
+    for index, word in enumerate(words):
+        word_of[list(word.tokens)] = index
+    in_word = word_of >= 0
+    items = []
+    for mask in masks:
+        keep = ~in_word | np.concatenate([mask, [True]])[word_of]
+        items.append(TokenizedText(full.ids[keep], full.type_ids[keep], truncated=False))
+    return items
+
+
+def check_words(words: list[Word], options: ExplainOptions) -> None:
+    if len(words) > options.max_words:
+        raise PayloadTooLarge(
+            f"the text has {len(words)} words; explanations are limited to "
+            f"{options.max_words} (ENCODER_MAX_EXPLAIN_WORDS)"
+        )
+
+
+def target_index(labels: list[str], target: str | None, scores: np.ndarray) -> int:
+    """The target label's index: the one named, or the top-scoring one."""
+    if target is None:
+        return int(np.argmax(scores))
+    if target not in labels:
+        shown = ", ".join(repr(label) for label in labels[:10])
+        raise InvalidInput(f"target {target[:64]!r} is not a label of this model ({shown})")
+    return labels.index(target)
+
+
+async def evaluate(
+    score: Scorer, full: TokenizedText, words: list[Word], masks: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """The target score of each row of `masks`, each distinct row run once, in chunks;
+    and the tokens run."""
+    unique, inverse = np.unique(masks, axis=0, return_inverse=True)
+    items = perturbed(full, words, unique)
+    values = np.empty(len(items), dtype=np.float64)
+    for begin in range(0, len(items), CHUNK):
+        values[begin : begin + CHUNK] = await score(items[begin : begin + CHUNK])
+    return values[inverse.reshape(-1)], sum(item.tokens for item in items)
+
+
+async def occlusion(
+    score: Scorer, full: TokenizedText, words: list[Word], full_score: float
+) -> tuple[np.ndarray, int, int]:
+    """Per word, the full score minus the score without it; the inputs and tokens run."""
+    masks = ~np.eye(len(words), dtype=bool)
+    values, tokens = await evaluate(score, full, words, masks)
+    return full_score - values, len(words), tokens
+
+
+def kernel_weight(words: int, size: int) -> float:
+    """The Shapley kernel: the weight of a subset of `size` of `words` words."""
+    return (words - 1) / (math.comb(words, size) * size * (words - size))
+
+
+def coalitions(words: int, samples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Subsets (rows x words, True: kept; never none or all) and their regression weights:
+    every subset with its kernel weight when they number at most `samples`, else
+    `samples` drawn by the kernel in complementary pairs, equally weighted."""
+    if words < 31 and 2**words - 2 <= samples:
+        codes = np.arange(1, 2**words - 1)
+        masks = (codes[:, None] >> np.arange(words)) & 1 == 1
+        sizes = masks.sum(axis=1)
+        weights = np.array([kernel_weight(words, int(size)) for size in sizes])
+        return masks, weights
+    sizes = np.arange(1, words)
+    size_weights = (words - 1) / (sizes * (words - sizes))
+    pairs = max(samples // 2, 1)
+    drawn = rng.choice(sizes, size=pairs, p=size_weights / size_weights.sum())
+    masks = np.zeros((pairs, words), dtype=bool)
+    for row, size in enumerate(drawn):
+        masks[row, rng.choice(words, size=int(size), replace=False)] = True
+    masks = np.concatenate([masks, ~masks])  # the complement: same kernel weight
+    return masks, np.ones(len(masks))
+
+
+def kernel_shap(
+    masks: np.ndarray, weights: np.ndarray, values: np.ndarray, empty: float, full: float
+) -> np.ndarray:
+    """Shapley values fitted to subset scores by weighted least squares, summing exactly
+    to `full - empty` (the last word's value is eliminated by that constraint)."""
+    z = masks.astype(np.float64)
+    total = full - empty
+    if z.shape[1] == 1:
+        return np.array([total])
+    design = z[:, :-1] - z[:, -1:]
+    target = values - empty - z[:, -1] * total
+    root = np.sqrt(weights)[:, None]
+    head, *_ = np.linalg.lstsq(design * root, target * root[:, 0], rcond=None)
+    return np.append(head, total - head.sum())
+
+
+async def shap(
+    score: Scorer,
+    full: TokenizedText,
+    words: list[Word],
+    full_score: float,
+    options: ExplainOptions,
+) -> tuple[np.ndarray, float, int, int]:
+    """Shapley values of the words; the no-words score; the inputs and tokens run."""
+    rng = np.random.default_rng(options.seed)
+    masks, weights = coalitions(len(words), options.samples, rng)
+    everything = np.concatenate([np.zeros((1, len(words)), dtype=bool), masks])
+    values, tokens = await evaluate(score, full, words, everything)
+    empty = float(values[0])
+    result = kernel_shap(masks, weights, values[1:], empty, full_score)
+    return result, empty, len(np.unique(everything, axis=0)), tokens
+
+
+async def explain(
+    full: TokenizedText,
+    tokens: list[Token],
+    text: str,
+    labels: list[str],
+    scores_of: Scorer,
+    options: ExplainOptions,
+) -> Explanation:
+    """Explain the model's score of `labels[target]` for `text` (tokenized as `full`, its
+    tokens with spans as `tokens`); `scores_of` gives every label's scores per input."""
+    words = words_of(text, tokens)
+    check_words(words, options)
+    (full_scores,) = await scores_of([full])
+    index = target_index(labels, options.target, full_scores)
+    full_score = float(full_scores[index])
+
+    async def score(items: list[TokenizedText]) -> np.ndarray:
+        return (await scores_of(items))[:, index]
+
+    empty: float | None = None
+    if not words:
+        values, runs, run_tokens = np.zeros(0), 0, 0
+    elif options.method == "occlusion":
+        values, runs, run_tokens = await occlusion(score, full, words, full_score)
+    else:
+        values, empty, runs, run_tokens = await shap(score, full, words, full_score, options)
+    is_shap = options.method == "shap"
+    return Explanation(
+        method=options.method,
+        target=labels[index],
+        labels=list(labels),
+        score=full_score,
+        empty_score=empty,
+        words=[
+            WordScore(word.text, word.start, word.stop, float(value))
+            for word, value in zip(words, values, strict=True)
+        ],
+        truncated=full.truncated,
+        samples=options.samples if is_shap else None,
+        seed=options.seed if is_shap else None,
+        evaluations=runs + 1,
+        tokens=run_tokens + full.tokens,
+    )

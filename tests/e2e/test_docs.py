@@ -1,0 +1,95 @@
+"""/docs and /redoc render in a real Chromium with the network cut off: nothing comes from a CDN."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.app import create_app
+from app.config import Settings
+from tests.conftest import LiveServer
+from tests.e2e.conftest import NetworkLog, assert_stayed_local
+
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+def operations(openapi: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(method, path, summary) of every operation of an OpenAPI document."""
+    return [
+        (method, path, operation.get("summary", ""))
+        for path, item in openapi["paths"].items()
+        for method, operation in item.items()
+        if method in HTTP_METHODS
+    ]
+
+
+def test_docs_pages_reference_only_this_server(tmp_path: Path) -> None:
+    # No lifespan: the pages need no models.
+    client = TestClient(create_app(Settings(models_dir=tmp_path)))
+    for page in ("/docs", "/redoc"):
+        response = client.get(page)
+        assert response.status_code == 200, page
+        policy = response.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "http" not in policy
+        assets = re.findall(r'(?:src|href)="([^"]+)"', response.text)
+        assert assets and all(asset.startswith("/static/docs/") for asset in assets), assets
+        for asset in assets:
+            assert client.get(asset).status_code == 200, asset
+        assert not re.search(r"https?://", response.text), f"{page} references a remote URL"
+    # Swagger UI's online validator badge would call validator.swagger.io from a non-local host.
+    assert '"validatorUrl": null' in client.get("/docs").text
+    paths = client.get("/openapi.json").json()["paths"]
+    assert not {"/docs", "/redoc", "/docs/oauth2-redirect"} & set(paths)
+
+
+def test_docs_pages_stay_open_when_an_api_key_is_set(tmp_path: Path) -> None:
+    client = TestClient(create_app(Settings(models_dir=tmp_path, api_key=["secret"])))
+    for path in ("/docs", "/redoc", "/openapi.json", "/static/docs/redoc.standalone.js"):
+        assert client.get(path).status_code == 200, path
+    assert client.get("/models").status_code == 401
+
+
+@pytest.mark.slow
+def test_swagger_ui_renders_offline(
+    server: LiveServer, offline_page: tuple[Any, NetworkLog]
+) -> None:
+    from playwright.sync_api import expect
+
+    page, log = offline_page
+    with server.client() as client:
+        expected = operations(client.get("/openapi.json").json())
+    page.goto(f"{server.url}/docs")
+    blocks = page.locator(".opblock")
+    expect(blocks).to_have_count(len(expected))
+    # Each operation is a block classed `opblock-<method>`, its path in `data-path`.
+    shown = {
+        tuple(pair)
+        for pair in blocks.evaluate_all(
+            "nodes => nodes.map(node => [node.className.match(/opblock-(get|post|put|delete|"
+            "patch|head|options|trace)/)[1], node.querySelector('[data-path]').dataset.path])"
+        )
+    }
+    assert shown == {(method, path) for method, path, _ in expected}
+    expect(page.locator(".info .title")).to_contain_text("encoder-serve")
+    # The local assets really styled it: the CSS lays an operation out as a flex row.
+    summary = page.locator(".opblock-summary").first
+    assert summary.evaluate("node => getComputedStyle(node).display") == "flex"
+    assert_stayed_local(log)
+
+
+@pytest.mark.slow
+def test_redoc_renders_offline(server: LiveServer, offline_page: tuple[Any, NetworkLog]) -> None:
+    from playwright.sync_api import expect
+
+    page, log = offline_page
+    with server.client() as client:
+        expected = operations(client.get("/openapi.json").json())
+    page.goto(f"{server.url}/redoc")
+    headings = page.locator("[data-section-id^='operation/'] h2")
+    expect(headings).to_have_count(len(expected))
+    assert sorted(headings.all_inner_texts()) == sorted(summary for _, _, summary in expected)
+    assert_stayed_local(log)
