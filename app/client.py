@@ -1,30 +1,7 @@
 """The Python client's former import path, kept for existing users: it lives in the
 `encoder_serve_client` package now (installable without the server)."""
 
-from encoder_serve_client import (
-    AsyncEncoderClient,
-    Attention,
-    Classification,
-    Embeddings,
-    EncoderClient,
-    EncoderServeError,
-    LabelScore,
-    ModelInfo,
-    RetryEvent,
-    backoff_delay,
-    parse_retry_after,
-)
+from encoder_serve_client import client as _client
+from encoder_serve_client.client import *  # noqa: F403 -- the public names are client's __all__
 
-__all__ = [
-    "AsyncEncoderClient",
-    "Attention",
-    "Classification",
-    "Embeddings",
-    "EncoderClient",
-    "EncoderServeError",
-    "LabelScore",
-    "ModelInfo",
-    "RetryEvent",
-    "backoff_delay",
-    "parse_retry_after",
-]
+__all__ = _client.__all__

@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 BACKLOG = 2048  # uvicorn's default
 RESTART_DELAY_S = 0.5  # between a crash and the restart, so a crash loop cannot spin
 STOP_GRACE_S = 10.0  # beyond the drain time, before a process that will not stop is killed
+# HTTP workers that die within QUICK_EXIT_S of their start MAX_QUICK_EXITS times in a row
+# (a setting or model they cannot load) stop the server rather than restart forever.
+QUICK_EXIT_S = 10.0
+MAX_QUICK_EXITS = 5
 
 
 def worker_count(setting: int | str, cores: int | None = None) -> int:
@@ -108,12 +112,19 @@ class Supervisor:
         self._stopping = False
         self._engine_ready = self._context.Event()
         self._engine_started_once = False
+        self._started_at: dict[int | None, float] = {}  # worker pid -> when it was started
+        self._quick_exits = 0  # workers in a row that died soon after their start
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; 1 when the engine process cannot start."""
         # Read by prometheus_client when each child imports it: every process writes there.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
-        listener = _bind(self.settings.host, self.settings.port)
+        try:
+            listener = _bind(self.settings.host, self.settings.port)
+        except OSError as error:  # the port is taken, or not ours to bind
+            log.error("cannot listen on %s:%d: %s", self.settings.host, self.settings.port, error)
+            shutil.rmtree(self._runtime, ignore_errors=True)
+            return 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         log.info(
@@ -143,8 +154,19 @@ class Supervisor:
                     engine = self._start_engine()
                 for index, worker in enumerate(workers):
                     if not worker.is_alive():
+                        lived_s = time.monotonic() - self._started_at.pop(worker.pid, 0.0)
+                        self._quick_exits = self._quick_exits + 1 if lived_s < QUICK_EXIT_S else 0
                         self._forget(worker, "HTTP worker")
                         workers[index] = self._start_worker(listener)
+                if self._quick_exits >= MAX_QUICK_EXITS:
+                    log.error(
+                        "HTTP workers keep exiting within %.0f s of their start (%d in a row): "
+                        "stopping; their log lines above say why",
+                        QUICK_EXIT_S,
+                        self._quick_exits,
+                    )
+                    status = 1
+                    break
         finally:
             self._stop(listener, engine, workers)
         return status
@@ -169,6 +191,7 @@ class Supervisor:
             name="encoder-serve-worker",
         )
         process.start()
+        self._started_at[process.pid] = time.monotonic()
         return process
 
     def _forget(self, process: SpawnProcess, role: str) -> None:

@@ -4,32 +4,9 @@ Installable on its own, without the server (`pip install ./encoder_serve_client`
 only httpx); `app.client`, its former import path, re-exports it.
 """
 
-from encoder_serve_client.client import (
-    AsyncEncoderClient,
-    Attention,
-    Classification,
-    Embeddings,
-    EncoderClient,
-    EncoderServeError,
-    LabelScore,
-    ModelInfo,
-    RetryEvent,
-    backoff_delay,
-    parse_retry_after,
-)
+from encoder_serve_client import client as _client
+from encoder_serve_client.client import *  # noqa: F403 -- the public names are client's __all__
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # keep equal to encoder_serve_client/pyproject.toml's version
 
-__all__ = [
-    "AsyncEncoderClient",
-    "Attention",
-    "Classification",
-    "Embeddings",
-    "EncoderClient",
-    "EncoderServeError",
-    "LabelScore",
-    "ModelInfo",
-    "RetryEvent",
-    "backoff_delay",
-    "parse_retry_after",
-]
+__all__ = _client.__all__

@@ -27,6 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -157,7 +158,7 @@ async def measure(url: str, duration: float) -> dict[str, object]:
     }
 
 
-def report(results: dict, duration: float, machine: dict[str, str]) -> str:  # type: ignore[type-arg]
+def report(results: dict[str, Any], duration: float, machine: dict[str, str]) -> str:
     occlusion, shap, phases = results["occlusion_idle"], results["shap_256_idle"], results["phases"]
     lines = [
         "# POST /explain: latency and interference",

@@ -56,7 +56,11 @@ def _process_tree(pid: int) -> list[int]:
     """`pid` and its descendants (Linux /proc)."""
     found = [pid]
     for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        for child in task.read_text().split():
+        try:
+            children = task.read_text().split()
+        except (FileNotFoundError, ProcessLookupError):  # the thread or process exited
+            continue
+        for child in children:
             found += _process_tree(int(child))
     return found
 

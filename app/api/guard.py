@@ -10,7 +10,16 @@ from app.api.errors import error_body
 
 # Routes anyone may call: probes, the viewer page (it asks for the key itself) and the docs.
 OPEN_PATHS = frozenset(
-    {"/health", "/ready", "/", "/docs", "/redoc", "/openapi.json", "/favicon.ico"}
+    {
+        "/health",
+        "/ready",
+        "/",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+        "/favicon.ico",
+    }
 )
 OPEN_PREFIXES = ("/static/",)
 # A body over the limit is read and discarded up to this multiple of it before the 413,

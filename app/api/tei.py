@@ -36,7 +36,7 @@ from app.api.handling import (
     unless_disconnected,
 )
 from app.api.schemas import TEI_ERRORS, as_list, check_input_chars, check_input_count, check_texts
-from app.engine.errors import InvalidInput
+from app.engine.errors import InputTooLong, InvalidInput
 from app.engine.interface import ClassifyOptions, ModelDescription, TextInput
 
 router = APIRouter(tags=["tei"], route_class=StrictJSONRoute)
@@ -215,6 +215,8 @@ def _tokenizer_errors() -> Iterator[None]:
     TEI's `tokenizer` error, 422."""
     try:
         yield
+    except InputTooLong:
+        raise  # TEI's 413 `validation`, as on every other route
     except InvalidInput as error:
         raise RequestRejected(422, "tokenizer", str(error)) from None
 

@@ -187,17 +187,9 @@ class ServedModel:
         options: ClassifyOptions = DEFAULT_OPTIONS,
     ) -> Classification:
         """Score `labels` by the cosine similarity of each text to the filled-in template."""
-        if self.task != "embedding":
-            raise InvalidInput(
-                f"candidate_labels (zero-shot) needs an embedding model; '{self.name}' is a "
-                f"{self.task} model with fixed labels"
-            )
-        problem = classification.template_problem(template)
-        if problem is not None:
-            raise InvalidInput(f"hypothesis_template {problem}")
         started = time.monotonic()  # one deadline for both passes
         # Labels first: a label the template cannot hold fails before the texts cost a pass.
-        label_vectors = await self._label_embeddings(template, labels, started)
+        label_vectors = await self._zero_shot_labels(template, labels, started)
         encoded = await self.encoder.tokenize(texts, truncate=options.truncate)
         text_vectors = await self.encoder.run_tokenized(encoded, started)
         self._count_tokens(text_vectors.tokens)
@@ -230,16 +222,8 @@ class ServedModel:
             def scores(vectors: np.ndarray) -> np.ndarray:
                 return self._classifier_scores(vectors, DEFAULT_OPTIONS)
         else:
-            if self.task != "embedding":
-                raise InvalidInput(
-                    f"candidate_labels (zero-shot) needs an embedding model; '{self.name}' "
-                    f"is a {self.task} model with fixed labels"
-                )
-            problem = classification.template_problem(template)
-            if problem is not None:
-                raise InvalidInput(f"hypothesis_template {problem}")
             names = labels
-            label_vectors = await self._label_embeddings(template, labels, started)
+            label_vectors = await self._zero_shot_labels(template, labels, started)
             # One label alone would always score 1 in a softmax: its cosine says more.
             zero_shot = ClassifyOptions(multi_label=len(labels) == 1)
 
@@ -292,6 +276,21 @@ class ServedModel:
         """The model's tokens of each text with character spans, and which were truncated."""
         spans = await self.encoder.token_spans(texts)
         return Tokenization([tokens for tokens, _ in spans], [cut for _, cut in spans])
+
+    async def _zero_shot_labels(
+        self, template: str, labels: list[str], started: float
+    ) -> np.ndarray:
+        """The normalized embeddings of the filled-in template per label (an embedding
+        model's zero-shot); a model or template that cannot do it is InvalidInput."""
+        if self.task != "embedding":
+            raise InvalidInput(
+                f"candidate_labels (zero-shot) needs an embedding model; '{self.name}' is a "
+                f"{self.task} model with fixed labels"
+            )
+        problem = classification.template_problem(template)
+        if problem is not None:
+            raise InvalidInput(f"hypothesis_template {problem}")
+        return await self._label_embeddings(template, labels, started)
 
     async def _label_embeddings(
         self, template: str, labels: list[str], started: float

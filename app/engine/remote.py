@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -81,19 +81,30 @@ class EngineLink:
                 self._pending.clear()
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
+        decoders: dict[int, Callable[[memoryview], Any]] = {
+            wire.RESULT: wire.decode_result,
+            wire.ERROR: wire.decode_error,
+            wire.REPLY: wire.decode_json,
+        }
         while True:
             kind, request_id, payload = await wire.read_frame(reader)
             future = self._pending.pop(request_id, None)
+            try:
+                if kind not in decoders:
+                    raise wire.WireError(f"unexpected frame kind {kind}")
+                answer = decoders[kind](payload)
+            except Exception as error:
+                # A frame we cannot read is a protocol bug: fail its caller now (not at
+                # its timeout) and reconnect, failing the others, rather than guess.
+                if future is not None and not future.done():
+                    future.set_exception(NotReady(f"unreadable answer from the engine: {error}"))
+                raise wire.WireError(f"unreadable frame of kind {kind}: {error}") from error
             if future is None or future.done():
                 continue  # cancelled here meanwhile
-            if kind == wire.RESULT:
-                future.set_result(wire.decode_result(payload))
-            elif kind == wire.ERROR:
-                future.set_exception(wire.decode_error(payload))
-            elif kind == wire.REPLY:
-                future.set_result(wire.decode_json(payload))
+            if isinstance(answer, BaseException):  # an ERROR frame
+                future.set_exception(answer)
             else:
-                raise wire.WireError(f"unexpected frame kind {kind}")
+                future.set_result(answer)
 
     async def _ask(self, frame: bytes, request_id: int, wait_s: float) -> Any:
         writer = self._writer
@@ -104,9 +115,12 @@ class EngineLink:
         writer.write(frame)
         try:
             async with asyncio.timeout(wait_s):
+                await writer.drain()  # backpressure: an engine that stops reading
                 return await future
         except TimeoutError:
             raise NotReady("the engine process did not answer in time") from None
+        except ConnectionError:  # lost while sending
+            raise NotReady(NOT_RUNNING) from None
         except asyncio.CancelledError:
             if self._writer is writer and self._pending.pop(request_id, None) is not None:
                 writer.write(wire.encode_cancel(request_id))

@@ -11,6 +11,7 @@ queued inputs with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import logging
@@ -107,6 +108,8 @@ class EngineService:
             frame = wire.encode_error(request_id, InferenceFailed(f"engine error: {error!r}"))
         if not writer.is_closing():
             writer.write(frame)
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()  # backpressure: a worker that stops reading
 
     def _call(self, message: dict[str, Any]) -> dict[str, Any]:
         op = message.get("op")
@@ -115,7 +118,7 @@ class EngineService:
         if op == "status":
             reason = "draining: the server is shutting down" if self.draining else None
             return {"not_ready": reason or self._engine.not_ready()}
-        return {"error": f"unknown op {op!r}"}
+        raise wire.WireError(f"unknown call {op!r}")  # a worker of another version: a bug
 
 
 async def serve_engine(

@@ -164,6 +164,9 @@ def test_tei_errors_have_tei_shape_and_statuses(server: LiveServer) -> None:
     assert tei_error(empty, 400, "empty") == "inputs must not be an empty list"
     too_many = httpx.post(f"{url}/embed_all", json={"inputs": ["x"] * 257})
     assert "limit is 256" in tei_error(too_many, 413, "validation")
+    # /predict's tokenizer errors are TEI's 422 `tokenizer`, but an over-long input is not one.
+    too_long = httpx.post(f"{url}/predict", json={"inputs": TOO_LONG})
+    assert "max length" in tei_error(too_long, 413, "validation")
     wrong_type = httpx.post(f"{url}/predict", json={"inputs": 3})
     assert tei_error(wrong_type, 422, "validation").startswith("inputs must be a string")
     no_json = httpx.post(f"{url}/embed", content=b'{"inputs": "x"}')
