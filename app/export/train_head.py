@@ -22,7 +22,7 @@ from app.engine.heads import ClassifierHead
 from app.engine.manifest import MANIFEST_FILE, ModelManifest
 from app.engine.pipeline import OFFLINE_BATCH, open_pipeline
 from app.export.evaluation import classification_scores
-from app.export.head_fit import HeadConfig, fit_head
+from app.export.head_fit import MIN_STEPS, HeadConfig, fit_head
 from app.export.labelled_data import (
     LabelledTexts,
     held_out_split,
@@ -135,6 +135,12 @@ def train_head(
         held_labels = validation_set.labels
 
     def report(member: int, epoch: int, epochs: int, head: ClassifierHead) -> None:
+        if member == 0 and epoch == 0 and epochs > config.epochs:
+            progress(
+                "train",
+                f"{config.epochs} epochs of {len(train_rows)} rows are fewer than {MIN_STEPS} "
+                f"updates: training {epochs} epochs, so that the head sees {MIN_STEPS} at least",
+            )
         if epochs > 20 and (epoch + 1) % (epochs // 10) != 0:
             return  # small data sets run hundreds of short epochs: show about ten
         score = accuracy(head, held_features, held_labels)

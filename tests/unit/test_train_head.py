@@ -184,14 +184,19 @@ def minilm_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repository
 
 
-def test_train_head_separates_a_small_labelled_set(minilm_repository: Path, tmp_path: Path) -> None:
+def test_train_head_separates_a_small_labelled_set(
+    minilm_repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rows = [("positive", text) for text in POSITIVE] + [("negative", text) for text in NEGATIVE]
     data = _write_rows(tmp_path / "train.tsv", rows, "\t", "label\ttext")
     argv = ["train-head", "--base", "minilm", "--data", str(data), "--name", "mood"]
     argv += ["--labels", "negative,positive", "--eval", str(data)]
-    argv += ["--models-dir", str(minilm_repository), "--hidden", "64"]
+    argv += ["--models-dir", str(minilm_repository), "--hidden", "64", "--epochs", "4"]
     args = build_parser().parse_args(argv)
     assert args.handler(args) == 0
+    # A tiny set gets more epochs than asked: the output says so rather than "epoch 300/300".
+    shown = capsys.readouterr().err
+    assert "4 epochs of" in shown and "updates: training" in shown
 
     directory = minilm_repository / "mood"
     assert sorted(path.name for path in directory.iterdir()) == ["head.npz", "model.json"]
