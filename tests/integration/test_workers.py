@@ -46,14 +46,19 @@ def encode_on_fresh_connection(url: str, index: int) -> int:
     return httpx.post(f"{url}/encode", json={"inputs": f"{index}: {TEXT}"}, timeout=60).status_code
 
 
-def requests_counted(exposition: str, endpoint: str) -> float:
-    pattern = re.compile(r"^encoder_requests_total\{(.*)\} (\S+)$")
+def metric_sum(exposition: str, name: str, label: str = "") -> float:
+    """The sum of every sample of `name` (whose labels include `label`, when given)."""
+    pattern = re.compile(rf"^{name}(?:\{{(.*)\}})? (\S+)$")
     total = 0.0
     for line in exposition.splitlines():
         match = pattern.match(line)
-        if match and f'endpoint="{endpoint}"' in match.group(1):
+        if match and label in (match.group(1) or ""):
             total += float(match.group(2))
     return total
+
+
+def requests_counted(exposition: str, endpoint: str) -> float:
+    return metric_sum(exposition, "encoder_requests_total", f'endpoint="{endpoint}"')
 
 
 def test_two_workers_serve_every_route_with_one_metrics_view(tmp_path: Path) -> None:
@@ -114,31 +119,39 @@ def test_two_workers_serve_every_route_with_one_metrics_view(tmp_path: Path) -> 
 
 
 async def test_sigterm_with_two_workers_answers_everything_queued(tmp_path: Path) -> None:
+    # One input per pass, so the inputs the engine holds are its queue plus its busy
+    # instances: every request is accounted for before SIGTERM.
     live = start_server(
-        tmp_path, {**WORKERS, "ENCODER_DRAIN_S": "30", "ENCODER_MAX_BATCH_SIZE": "8"}
+        tmp_path, {**WORKERS, "ENCODER_DRAIN_S": "30", "ENCODER_MAX_BATCH_SIZE": "1"}
     )
     try:
         texts = [
-            f"request {i}: " + "a sentence long enough to take a while " * 12 for i in range(48)
+            f"request {i}: " + "a sentence long enough to take a while " * 24 for i in range(48)
         ]
-        limits = httpx.Limits(max_connections=48)
-        async with httpx.AsyncClient(base_url=live.url, timeout=60, limits=limits) as client:
+        limits = httpx.Limits(max_connections=64)
+        async with (
+            httpx.AsyncClient(base_url=live.url, timeout=60, limits=limits) as client,
+            httpx.AsyncClient(base_url=live.url, timeout=10) as monitor,
+        ):
             pending = [
                 asyncio.ensure_future(client.post("/encode", json={"inputs": text}))
                 for text in texts
             ]
-            # Until the engine holds a queue (a busy machine may take a while to send them all).
-            deadline = time.monotonic() + 20
+            # Until every request has reached the engine (queued, running or answered) while
+            # some still wait: a request sent after SIGTERM would rightly get 503.
+            deadline = time.monotonic() + 30
             while True:
-                metrics = (await client.get("/metrics")).text
-                depth = re.search(r'^encoder_queue_depth\{model="minilm"\} (\S+)$', metrics, re.M)
-                if depth and float(depth.group(1)) > 0:
+                metrics = (await monitor.get("/metrics")).text
+                queued = metric_sum(metrics, "encoder_queue_depth", 'model="minilm"')
+                running = metric_sum(metrics, "encoder_instances_busy", 'model="minilm"')
+                answered = requests_counted(metrics, "/encode")
+                if queued > 0 and queued + running + answered >= len(texts):
                     break
-                assert time.monotonic() < deadline, "nothing queued: the test proves nothing"
-                await asyncio.sleep(0.02)
+                assert time.monotonic() < deadline, (queued, running, answered)
+                await asyncio.sleep(0.01)
             live.process.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.3)
-            refused = await client.post("/encode", json={"inputs": "too late"})
+            refused = await monitor.post("/encode", json={"inputs": "too late"})
             assert refused.status_code == 503
             assert refused.json()["error"]["type"] == "not_ready"
             responses = await asyncio.gather(*pending)
