@@ -45,12 +45,11 @@ from loadtest.report import (
     write_report,
 )
 from loadtest.runner import MODEL, LoadRunner, log
-from loadtest.server import ROOT, running_server, serve_command
+from loadtest.server import ROOT, UNAUTHENTICATED, running_server, serve_command
 from loadtest.texts import TextSource
 from loadtest.torch_baseline import TorchJob, measure_torch
 from loadtest.wrk import wrk_path, wrk_version
 
-UNAUTHENTICATED = ("ENCODER_API_KEY", "ENCODER_METRICS_REQUIRE_KEY")
 RESULTS_DIR = ROOT / "loadtest" / "results"
 Job = TypeVar("Job")
 Outcome = TypeVar("Outcome")
@@ -187,7 +186,7 @@ def measure_server(plan: Plan, runner: LoadRunner) -> dict[str, list[LoadPoint]]
 def server_env() -> dict[str, str]:
     """The server's environment: the user's ENCODER_* values, the bench's model and repository."""
     env = {key: value for key, value in os.environ.items() if key.startswith("ENCODER_")}
-    # The load generators send no credentials: measure the server without an API key.
+    # Servers run without a key (loadtest/server.py); the report's settings say so too.
     for name in UNAUTHENTICATED:
         env.pop(name, None)
         os.environ.pop(name, None)

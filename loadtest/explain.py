@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import random
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any
 import httpx
 
 from app.engine.explain import WORD
+from loadtest.client import percentile
 from loadtest.machine import cpu_description, host_name
 from loadtest.server import running_server
 
@@ -46,11 +46,9 @@ CLASSIFY_CLIENTS = 8
 EXPLAIN_CLIENTS = 4
 
 
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+def percentile_ms(values: list[float], share: float) -> float | None:
+    """A percentile of seconds, in ms; None (JSON null) when nothing was measured."""
+    return 1000 * percentile(sorted(values), share) if values else None
 
 
 def review(rng: random.Random) -> str:
@@ -68,8 +66,8 @@ async def idle_latency(client: httpx.AsyncClient, body: dict[str, object], round
         times.append(time.perf_counter() - started)
     return {
         "rounds": rounds,
-        "p50_ms": 1000 * statistics.median(times),
-        "p90_ms": 1000 * percentile(times, 0.9),
+        "p50_ms": percentile_ms(times, 0.5),
+        "p90_ms": percentile_ms(times, 0.9),
         "evaluations": response.json()["parameters"]["evaluations"],
     }
 
@@ -125,11 +123,11 @@ def summary(measured: Phase, duration: float) -> dict[str, float]:
     return {
         "classify_requests": len(measured.classify),
         "classify_per_s": len(measured.classify) / duration,
-        "classify_p50_ms": 1000 * percentile(measured.classify, 0.5),
-        "classify_p99_ms": 1000 * percentile(measured.classify, 0.99),
+        "classify_p50_ms": percentile_ms(measured.classify, 0.5),
+        "classify_p99_ms": percentile_ms(measured.classify, 0.99),
         "classify_errors": measured.classify_errors,
         "explains": len(measured.explains),
-        "explain_p50_ms": 1000 * percentile(measured.explains, 0.5),
+        "explain_p50_ms": percentile_ms(measured.explains, 0.5),
         "explain_errors": measured.explain_errors,
     }
 

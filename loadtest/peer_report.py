@@ -125,7 +125,7 @@ def table(report: PeerReport) -> list[str]:
             if ours is None or theirs is None:
                 continue
             first = ENCODER_SERVE if ours.slot == 1 else INFINITY
-            ratio = ours.load.sequences_per_s / theirs.load.sequences_per_s
+            ratio = dict(report.ratios(clients)).get(round_number)
             cells = [
                 f"{load.sequences_per_s:.1f} | {load.p50_ms:.1f} | {load.p99_ms:.1f} | "
                 + ("–" if load.server_cpu_cores is None else f"{load.server_cpu_cores:.2f}")
@@ -133,7 +133,7 @@ def table(report: PeerReport) -> list[str]:
             ]
             lines.append(
                 f"| {round_number} | {clients} | {first} | {cells[0]} | {cells[1]} | "
-                f"**{ratio:.2f}×** |"
+                + ("– |" if ratio is None else f"**{ratio:.2f}×** |")
             )
     return lines
 

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
+UNAUTHENTICATED = ("ENCODER_API_KEY", "ENCODER_METRICS_REQUIRE_KEY")
 
 
 def free_port() -> int:
@@ -114,6 +115,9 @@ def running_server(env: dict[str, str], log_path: Path) -> Iterator[RunningServe
     """A ready server with `env` (ENCODER_PORT is chosen here); stopped on any exit."""
     port = free_port()
     full_env = {**os.environ, **env, "ENCODER_HOST": "127.0.0.1", "ENCODER_PORT": str(port)}
+    # The load generators send no credentials: every load test measures a keyless server.
+    for name in UNAUTHENTICATED:
+        full_env.pop(name, None)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(

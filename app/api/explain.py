@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, field_validator
@@ -19,7 +19,7 @@ from app.api.schemas import (
     check_template,
     request_limits,
 )
-from app.engine.interface import DEFAULT_HYPOTHESIS_TEMPLATE, ExplainOptions
+from app.engine.interface import DEFAULT_HYPOTHESIS_TEMPLATE, ExplainMethod, ExplainOptions
 
 router = APIRouter(route_class=StrictJSONRoute)
 
@@ -31,7 +31,7 @@ class ExplainRequest(_Request):
         description="Model name; defaults to the first classification model, or with "
         "candidate_labels to the first embedding model.",
     )
-    method: Literal["occlusion", "shap"] = Field(
+    method: ExplainMethod = Field(
         "occlusion",
         description="occlusion: the target score's drop when one word is removed; shap: "
         "sampled Shapley values over words (Kernel SHAP).",

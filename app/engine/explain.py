@@ -39,7 +39,6 @@ from app.engine.errors import InvalidInput, PayloadTooLarge
 from app.engine.tokenization import Token, TokenizedText
 
 Method = Literal["occlusion", "shap"]
-METHODS: tuple[Method, ...] = ("occlusion", "shap")
 
 WORD = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]+")
 # Perturbed inputs go to the batcher this many at a time: an explanation holds at most
@@ -155,15 +154,15 @@ def target_index(labels: list[str], target: str | None, scores: np.ndarray) -> i
 
 async def evaluate(
     score: Scorer, full: TokenizedText, words: list[Word], masks: np.ndarray
-) -> tuple[np.ndarray, int]:
+) -> tuple[np.ndarray, int, int]:
     """The target score of each row of `masks`, each distinct row run once, in chunks;
-    and the tokens run."""
+    the inputs and the tokens run."""
     unique, inverse = np.unique(masks, axis=0, return_inverse=True)
     items = perturbed(full, words, unique)
     values = np.empty(len(items), dtype=np.float64)
     for begin in range(0, len(items), CHUNK):
         values[begin : begin + CHUNK] = await score(items[begin : begin + CHUNK])
-    return values[inverse.reshape(-1)], sum(item.tokens for item in items)
+    return values[inverse.reshape(-1)], len(items), sum(item.tokens for item in items)
 
 
 async def occlusion(
@@ -171,8 +170,8 @@ async def occlusion(
 ) -> tuple[np.ndarray, int, int]:
     """Per word, the full score minus the score without it; the inputs and tokens run."""
     masks = ~np.eye(len(words), dtype=bool)
-    values, tokens = await evaluate(score, full, words, masks)
-    return full_score - values, len(words), tokens
+    values, runs, tokens = await evaluate(score, full, words, masks)
+    return full_score - values, runs, tokens
 
 
 def kernel_weight(words: int, size: int) -> float:
@@ -228,10 +227,10 @@ async def shap(
     rng = np.random.default_rng(options.seed)
     masks, weights = coalitions(len(words), options.samples, rng)
     everything = np.concatenate([np.zeros((1, len(words)), dtype=bool), masks])
-    values, tokens = await evaluate(score, full, words, everything)
+    values, runs, tokens = await evaluate(score, full, words, everything)
     empty = float(values[0])
     result = kernel_shap(masks, weights, values[1:], empty, full_score)
-    return result, empty, len(np.unique(everything, axis=0)), tokens
+    return result, empty, runs, tokens
 
 
 async def explain(

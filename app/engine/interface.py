@@ -20,7 +20,8 @@ import numpy as np
 
 from app.engine.attention import Aggregate, AttentionMap
 from app.engine.classification import DEFAULT_HYPOTHESIS_TEMPLATE, LabelScore, template_problem
-from app.engine.explain import METHODS, ExplainOptions, Explanation, WordScore
+from app.engine.explain import ExplainOptions, Explanation, WordScore
+from app.engine.explain import Method as ExplainMethod
 from app.engine.manifest import Pooling, Task
 from app.engine.timing import RequestTiming, current_timing
 from app.engine.tokenization import TextInput, Token
@@ -31,13 +32,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_HYPOTHESIS_TEMPLATE",
-    "METHODS",
     "Aggregate",
     "AttentionMap",
     "Classification",
     "ClassifyOptions",
     "Embeddings",
     "Engine",
+    "ExplainMethod",
     "ExplainOptions",
     "Explanation",
     "LabelScore",

@@ -7,7 +7,7 @@ opened through `open_pipeline`, so what a check or a benchmark measures is what 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ from app.backends.base import Backend
 from app.backends.onnx import Device, OnnxBackend
 from app.engine.errors import ModelLoadError
 from app.engine.manifest import MANIFEST_FILE, ModelManifest, Pooling
-from app.engine.packing import packed_inputs, packed_passes, pool_spans
+from app.engine.packing import Span, packed_inputs, packed_passes, pool_spans
 from app.engine.tokenization import TextTokenizer, TokenizedText
 
 # Measured on 2 cores with all-MiniLM-L6-v2: length-sorted passes of 8 gave 152-172
@@ -97,14 +97,21 @@ class Pipeline:
         of 32 ran at 101 sequences/s in one pass, 160 in length-sorted passes of 8, 200
         packed). The batcher sorts by length, so neighbours in length share a pass.
         """
+        vectors: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(items)
         if self.backend.packed:
-            return self._forward_packed(items)
-        size = self.rows_per_pass
-        return [
-            vector
-            for start in range(0, len(items), size)
-            for vector in self._forward_padded(items[start : start + size])
-        ]
+            for indices, hidden, spans in self._packed_passes(items):
+                pooled = pool_spans(hidden, spans, self.pooling).astype(np.float32)
+                for index, vector in zip(indices, pooled, strict=True):
+                    vectors[index] = vector
+            return vectors
+        for indices, inputs, outputs in self._padded_passes(items):
+            if "logits" in outputs:  # a sequence-classification graph pools and classifies
+                batch = outputs["logits"]
+            else:
+                batch = pool(outputs["last_hidden_state"], inputs["attention_mask"], self.pooling)
+            for index, vector in zip(indices, batch.astype(np.float32, copy=False), strict=True):
+                vectors[index] = vector
+        return vectors
 
     def embed(
         self,
@@ -144,21 +151,17 @@ class Pipeline:
 
     def token_vectors(self, items: Sequence[TokenizedText]) -> list[np.ndarray]:
         """Each input's (tokens, hidden) last hidden states, unpooled (TEI's /embed_all), in
-        passes laid out as `forward`'s: packed rows where the backend takes them."""
+        the passes `forward` would run: packed rows where the backend takes them."""
         states: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(items)
         if self.backend.packed:
-            for rows in packed_passes([item.tokens for item in items], self.rows_per_pass):
-                inputs, spans = packed_inputs(items, rows)
-                hidden = self.backend.run(inputs)["last_hidden_state"]
-                indices = (index for row in rows for index in row)
+            for indices, hidden, spans in self._packed_passes(items):
                 for index, span in zip(indices, spans, strict=True):
                     states[index] = hidden[span.row, span.start : span.start + span.tokens]
         else:
-            for start in range(0, len(items), self.rows_per_pass):
-                chunk = items[start : start + self.rows_per_pass]
-                hidden = self.backend.run(pad_batch(chunk))["last_hidden_state"]
-                for row, item in enumerate(chunk):
-                    states[start + row] = hidden[row, : item.tokens]
+            for indices, _, outputs in self._padded_passes(items):
+                hidden = outputs["last_hidden_state"]
+                for row, index in enumerate(indices):
+                    states[index] = hidden[row, : items[index].tokens]
         return [np.array(state, dtype=np.float32) for state in states]  # own copies
 
     def attention_maps(self, items: Sequence[TokenizedText]) -> list[np.ndarray]:
@@ -176,28 +179,27 @@ class Pipeline:
         finally:
             self._observe = observe
 
-    def _forward_padded(self, items: Sequence[TokenizedText]) -> list[np.ndarray]:
-        inputs = pad_batch(items)
-        self._count_pass(len(items), inputs["input_ids"].size)
-        outputs = self.backend.run(inputs)
-        if "logits" in outputs:  # a sequence-classification graph pools and classifies itself
-            vectors = outputs["logits"]
-        else:
-            vectors = pool(outputs["last_hidden_state"], inputs["attention_mask"], self.pooling)
-        return list(vectors.astype(np.float32, copy=False))
+    def _padded_passes(
+        self, items: Sequence[TokenizedText]
+    ) -> Iterator[tuple[list[int], dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """Padded passes of `rows_per_pass` neighbours: per pass, the indices of its inputs
+        (row i is the i-th), its inputs and its outputs."""
+        for start in range(0, len(items), self.rows_per_pass):
+            indices = list(range(start, min(start + self.rows_per_pass, len(items))))
+            inputs = pad_batch([items[index] for index in indices])
+            self._count_pass(len(indices), inputs["input_ids"].size)
+            yield indices, inputs, self.backend.run(inputs)
 
-    def _forward_packed(self, items: Sequence[TokenizedText]) -> list[np.ndarray]:
-        vectors: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(items)
-        lengths = [item.tokens for item in items]
-        for rows in packed_passes(lengths, self.rows_per_pass):
+    def _packed_passes(
+        self, items: Sequence[TokenizedText]
+    ) -> Iterator[tuple[list[int], np.ndarray, list[Span]]]:
+        """Passes of packed rows: per pass, the indices of its inputs in span order, the
+        last hidden states and each input's span in them."""
+        for rows in packed_passes([item.tokens for item in items], self.rows_per_pass):
             inputs, spans = packed_inputs(items, rows)
             self._count_pass(len(spans), inputs["input_ids"].size)
             hidden = self.backend.run(inputs)["last_hidden_state"]
-            pooled = pool_spans(hidden, spans, self.pooling).astype(np.float32)
-            indices = (index for row in rows for index in row)
-            for index, vector in zip(indices, pooled, strict=True):
-                vectors[index] = vector
-        return vectors
+            yield [index for row in rows for index in row], hidden, spans
 
     def _count_pass(self, inputs: int, padded_tokens: int) -> None:
         if self._observe is not None:

@@ -106,8 +106,14 @@ def save_hf_directory(model: torch.nn.Module, base: Path, target: Path) -> Path:
 
 
 def check_logits(found: np.ndarray, recorded: np.ndarray, limit: float, what: str) -> float:
-    difference = float(np.abs(found - np.asarray(recorded, dtype=np.float32)).max())
-    if found.shape != np.asarray(recorded).shape or difference > limit:
+    expected = np.asarray(recorded, dtype=np.float32)
+    if found.shape != expected.shape:  # before subtracting: shapes may broadcast silently
+        raise DeltaMismatchError(
+            f"{what}: logits of shape {found.shape} where {expected.shape} were recorded at "
+            "training time (another label count?). The model was not written."
+        )
+    difference = float(np.abs(found - expected).max())
+    if difference > limit:
         raise DeltaMismatchError(
             f"{what}: logits on the {len(REFERENCE_TEXTS)} reference sentences differ from "
             f"those recorded at training time by {difference:.2e} (limit {limit:.0e}); the "

@@ -209,7 +209,6 @@ let idleCaption = "";
 function clearAttention() {
   generations.attention += 1;
   state.attention = null;
-  latestRender += 1; // a view still loading for the old text draws nothing
   $("attention-model").textContent = "";
   $("view-caption").innerHTML = idleCaption;
   $("attention-truncated").hidden = true;
