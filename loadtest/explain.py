@@ -119,7 +119,7 @@ async def phase(url: str, duration: float, explainers: int, seed: int) -> Phase:
     return result
 
 
-def summary(measured: Phase, duration: float) -> dict[str, float]:
+def summary(measured: Phase, duration: float) -> dict[str, Any]:
     return {
         "classify_requests": len(measured.classify),
         "classify_per_s": len(measured.classify) / duration,

@@ -32,7 +32,7 @@ import numpy as np
 
 from app.config import Settings
 from app.engine.explain import ExplainOptions, Word, words_of
-from app.engine.interface import ClassifyOptions, Engine, load_engine
+from app.engine.interface import Aggregate, ClassifyOptions, Engine, load_engine
 
 DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2" / "dev.tsv"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -65,31 +65,26 @@ async def target_scores(engine: Engine, texts: list[str], label: str) -> np.ndar
     )
 
 
-async def attention_scores(engine: Engine, text: str, words: list[Word], how: str) -> np.ndarray:
+async def attention_scores(
+    engine: Engine, text: str, words: list[Word], how: Aggregate
+) -> np.ndarray:
     """Per word, the [CLS] row's attention to its tokens: the last layer's mean over heads,
     or the rollout through every layer."""
-    if how == "mean":
-        result = await engine.attention(
-            MODEL, text, layers=None, heads=None, how="mean", truncate=True
-        )
-        row = np.asarray(result.attentions[-1][0])
-    else:
-        result = await engine.attention(
-            MODEL, text, layers=None, heads=None, how="rollout", truncate=True
-        )
-        row = np.asarray(result.attentions[0])
+    result = await engine.attention(MODEL, text, layers=None, heads=None, how=how, truncate=True)
+    # mean: [layer][i][j], the last layer's [CLS] row; rollout: [i][j], its [CLS] row.
+    row = np.asarray(result.attentions[-1][0] if how == "mean" else result.attentions[0])
     return np.array([row[list(word.tokens)].sum() for word in words])
 
 
 async def one(engine: Engine, text: str, index: int, samples: int, totals: Totals) -> None:
+    tokens = (await engine.tokenize(MODEL, [text])).tokens[0]
+    words = words_of(text, tokens)
+    if len(words) < 2:
+        return  # nothing to rank: skipped before any explanation runs
     occlusion = await engine.explain(MODEL, text, ExplainOptions(method="occlusion"))
     shap = await engine.explain(
         MODEL, text, ExplainOptions(method="shap", samples=samples, seed=index)
     )
-    tokens = (await engine.tokenize(MODEL, [text])).tokens[0]
-    words = words_of(text, tokens)
-    if len(words) < 2:
-        return
     rng = np.random.default_rng(index)
     rankings = {
         "occlusion": np.array([w.score for w in occlusion.words]),

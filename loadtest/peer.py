@@ -10,7 +10,6 @@ loadtest/results/peer.md, its .json twin and peer.png.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import math
@@ -97,25 +96,6 @@ def turn_order(rounds: int) -> list[tuple[int, str]]:
 # -- measuring -----------------------------------------------------------------------
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of `pid` and its live descendants (worker processes too)."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            process = int(stat.parent.name)
-            parents[process] = int(fields[1])
-            times[process] = (int(fields[11]) + int(fields[12])) / tick
-    total, stack = 0.0, [pid]
-    while stack:
-        current = stack.pop()
-        total += times.get(current, 0.0)
-        stack += [child for child, parent in parents.items() if parent == current]
-    return total
-
-
 def machine_busy_seconds() -> float:
     """CPU seconds the whole machine spent busy since boot (all cores, all processes)."""
     fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -124,13 +104,13 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_quiet(pid: int, timeout_s: float = 15.0, interval_s: float = 0.25) -> None:
+def wait_quiet(server: RunningServer, timeout_s: float = 15.0, interval_s: float = 0.25) -> None:
     """Until the server uses under a tenth of a core: the last requests have run."""
     deadline = time.monotonic() + timeout_s
-    last = tree_cpu_seconds(pid)
+    last = server.cpu_seconds()
     while time.monotonic() < deadline:
         time.sleep(interval_s)
-        now = tree_cpu_seconds(pid)
+        now = server.cpu_seconds()
         if (now - last) / interval_s < 0.1:
             return
         last = now
@@ -187,10 +167,10 @@ def closed_loop(
 ) -> tuple[LoadPoint, float]:
     """The load point, and the cores other processes used meanwhile."""
     spec = load_spec(server, texts, clients, seconds)
-    cpu_before, started = tree_cpu_seconds(server.process.pid), time.perf_counter()
+    cpu_before, started = server.cpu_seconds(), time.perf_counter()
     busy_before = machine_busy_seconds()
     outcome = generator.run(spec)
-    server_cpu = tree_cpu_seconds(server.process.pid) - cpu_before
+    server_cpu = server.cpu_seconds() - cpu_before
     wall = time.perf_counter() - started
     # What neither the server nor the load generator used: other work sharing the cores.
     others = (machine_busy_seconds() - busy_before - server_cpu - outcome.cpu_s) / wall
@@ -240,7 +220,7 @@ def measure_turn(
     generator.run(load_spec(server, texts.warmup, WARMUP_CLIENTS, plan.warmup_s))
     points = []
     for clients in plan.clients:
-        wait_quiet(server.process.pid)
+        wait_quiet(server)
         load, others = closed_loop(generator, server, texts.levels[clients], clients, plan.point_s)
         log(
             f"  round {number} {name:<13} {clients:>3} clients: "

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtest.report import LoadPoint
+from loadtest.report import LoadPoint, name_value_section
 
 ENCODER_SERVE = "encoder-serve"
 INFINITY = "infinity-emb"
@@ -151,11 +151,6 @@ def _versions_table(report: PeerReport) -> list[str]:
     return lines
 
 
-def _key_values(values: dict[str, str]) -> list[str]:
-    rows = [f"| `{key}` | {value} |" for key, value in sorted(values.items())]
-    return ["| name | value |", "|---|---|", *rows]
-
-
 def _sharing(report: PeerReport) -> list[str]:
     """How much of the cores other work took while the points were measured."""
     others = [point.other_cpu_cores for point in report.points]
@@ -232,8 +227,8 @@ def to_markdown(report: PeerReport, plot_name: str | None = None) -> str:
     if notes:
         lines += ["## Notes", "", *(f"- {note}" for note in notes), ""]
     lines += ["## Versions", "", *_versions_table(report), ""]
-    lines += ["## encoder-serve settings", "", *_key_values(report.settings), ""]
-    lines += ["## Machine", "", *_key_values(report.machine), ""]
+    lines += name_value_section("encoder-serve settings", report.settings)
+    lines += name_value_section("Machine", report.machine)
     return "\n".join(lines)
 
 

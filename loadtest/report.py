@@ -314,7 +314,7 @@ def _open_section(report: BenchReport) -> list[str]:
     return [*lines, ""]
 
 
-def _table(title: str, values: dict[str, str]) -> list[str]:
+def name_value_section(title: str, values: dict[str, str]) -> list[str]:
     rows = [f"| `{key}` | {value} |" for key, value in sorted(values.items())]
     return [f"## {title}", "", "| name | value |", "|---|---|", *rows, ""]
 
@@ -335,7 +335,8 @@ def to_markdown(report: BenchReport, plot_name: str | None = None) -> str:
     lines += _closed_section(report) + _open_section(report)
     if report.notes:
         lines += ["## Notes", "", *(f"- {note}" for note in report.notes), ""]
-    lines += _table("Server settings", report.settings) + _table("Machine", report.machine)
+    lines += name_value_section("Server settings", report.settings)
+    lines += name_value_section("Machine", report.machine)
     return "\n".join(lines)
 
 

@@ -22,7 +22,7 @@ from app.engine.batcher import BatchService, settle
 from app.engine.errors import InputTooLong, InvalidInput
 from app.engine.manifest import ModelManifest
 from app.engine.tokenization import (
-    INLINE_TOKENIZE_CHARS,
+    INLINE_DECODE_IDS,
     TextInput,
     TextTokenizer,
     Token,
@@ -91,7 +91,7 @@ class Encoder:
 
     async def decode(self, ids: list[list[int]], *, skip_special_tokens: bool) -> list[str]:
         """Texts of token ids; off the event loop when there are many."""
-        if sum(map(len, ids)) <= INLINE_TOKENIZE_CHARS:
+        if sum(map(len, ids)) <= INLINE_DECODE_IDS:
             return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
         return await asyncio.get_running_loop().run_in_executor(
             self._tokenize_executor,

@@ -18,6 +18,8 @@ from app.engine.errors import InputTooLong, InvalidInput
 # Above this many characters a request is tokenized in a worker thread, so one
 # large request cannot stall the event loop for everyone else.
 INLINE_TOKENIZE_CHARS = 4096
+# The same bound for decoding, in token ids (an English word-piece is about 4 characters).
+INLINE_DECODE_IDS = INLINE_TOKENIZE_CHARS // 4
 
 T = TypeVar("T")
 

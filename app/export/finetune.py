@@ -490,7 +490,7 @@ def finetune(
         else:
             merged, recorded, source = model, None, f"{resolved.source} (fine-tuned in full)"
         log("[export] exporting the tuned model (parity-gated); int8 where its gate passes")
-        manifest, _ = export_classifier(
+        manifest = export_classifier(
             merged,
             resolved.directory,
             name,
