@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -14,7 +17,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 # `*_created` series double the exposition and no dashboard reads them.
 disable_created_metrics()
@@ -36,15 +41,18 @@ class Metrics:
     With worker processes (ENCODER_WORKERS > 1) every process writes its samples to files
     in `multiprocess_dir` (prometheus_client's multiprocess mode, switched on for the
     children by `PROMETHEUS_MULTIPROC_DIR`) and `exposition` merges them: counters and
-    histograms add up across processes, gauges follow their `multiprocess_mode`.
-    Per-process collectors (`process_*`, `python_info`) are then left out.
+    histograms add up across processes, gauges follow their `multiprocess_mode`; the
+    `process_*` series then describe the whole server (`ServerProcessCollector`).
     """
 
     def __init__(
         self, registry: CollectorRegistry | None = None, multiprocess_dir: Path | None = None
     ) -> None:
+        """`multiprocess_dir`: given only in an HTTP worker, whose parent, the supervisor,
+        is the root of the server's processes."""
         self.registry = registry or CollectorRegistry()
         self.multiprocess_dir = multiprocess_dir
+        self._server_pid = os.getppid()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         r = self.registry
@@ -130,4 +138,71 @@ class Metrics:
             return generate_latest(self.registry)
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path=str(self.multiprocess_dir))
+        ServerProcessCollector(self._server_pid, merged)
+        PlatformCollector(registry=merged)  # python_info: the same in every process
         return generate_latest(merged)
+
+
+class ServerProcessCollector(Collector):
+    """The `process_*` series of prometheus_client's ProcessCollector for a server of
+    several processes: the supervisor and every process it started (HTTP workers, the
+    engine), so dashboards read CPU and memory as they do with one process.
+
+    ProcessCollector reads one process; psutil walks the tree. CPU seconds and memory are
+    summed over the processes (pages they share count once per process); open descriptors
+    are the most any one process holds, against the per-process limit.
+    """
+
+    def __init__(self, root_pid: int, registry: CollectorRegistry) -> None:
+        self._root_pid = root_pid
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            root = psutil.Process(self._root_pid)
+            processes = [root, *root.children(recursive=True)]
+            start_time, max_fds = root.create_time(), root.rlimit(psutil.RLIMIT_NOFILE)[0]
+        except psutil.Error:  # the supervisor is gone: this worker is stopping too
+            return
+        cpu = resident = virtual = 0.0
+        open_fds = 0
+        for process in processes:
+            try:
+                with process.oneshot():
+                    times, memory = process.cpu_times(), process.memory_info()
+                    fds = process.num_fds()
+            except psutil.Error:  # exited since the tree was read
+                continue
+            cpu += times.user + times.system
+            resident += memory.rss
+            virtual += memory.vms
+            open_fds = max(open_fds, fds)
+        yield CounterMetricFamily(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds, by all the server's processes.",
+            value=cpu,
+        )
+        yield GaugeMetricFamily(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes, summed over the server's processes.",
+            value=resident,
+        )
+        yield GaugeMetricFamily(
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes, summed over the server's processes.",
+            value=virtual,
+        )
+        yield GaugeMetricFamily(
+            "process_start_time_seconds",
+            "Start time of the server's first process since unix epoch in seconds.",
+            value=start_time,
+        )
+        yield GaugeMetricFamily(
+            "process_open_fds",
+            "Open file descriptors of the server's process holding the most.",
+            value=open_fds,
+        )
+        if max_fds != psutil.RLIM_INFINITY:
+            yield GaugeMetricFamily(
+                "process_max_fds", "Maximum number of open file descriptors.", value=max_fds
+            )

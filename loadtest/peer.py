@@ -26,6 +26,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import psutil
+
 from app.config import Settings
 from loadtest import machine
 from loadtest.bench import RESULTS_DIR, choose_generator, server_env
@@ -98,10 +100,8 @@ def turn_order(rounds: int) -> list[tuple[int, str]]:
 
 def machine_busy_seconds() -> float:
     """CPU seconds the whole machine spent busy since boot (all cores, all processes)."""
-    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    # guest time is already counted in user time.
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    t = psutil.cpu_times()  # guest time is already counted in user time
+    return t.user + t.nice + t.system + t.irq + t.softirq + t.steal
 
 
 def wait_quiet(server: RunningServer, timeout_s: float = 15.0, interval_s: float = 0.25) -> None:

@@ -2,7 +2,7 @@
 
 Starts the server as the bench does, holds `--clients` concurrent single-text clients on
 it, and meanwhile (1) samples the server's Python stacks with `py-spy record` and (2)
-reads every OS thread's CPU time from /proc. Python samples are sorted into categories
+reads every OS thread's CPU time (psutil). Python samples are sorted into categories
 (ONNX Runtime, tokenization, JSON, HTTP, logging, …) by their innermost recognised frame;
 CPU of threads Python does not know (ONNX Runtime's intra-op pool) counts as ONNX Runtime.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import re
 import shutil
 import subprocess
@@ -21,6 +20,8 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+
+import psutil
 
 from loadtest.bench import RESULTS_DIR, server_env
 from loadtest.client import LoadSpec
@@ -76,15 +77,8 @@ def parse_raw(text: str) -> dict[str, Counter[str]]:
 
 def thread_cpu(pid: int) -> dict[int, float]:
     """CPU seconds of each OS thread of a process."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu: dict[int, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:  # the thread ended meanwhile
-            continue
-        cpu[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
-    return cpu
+    threads = psutil.Process(pid).threads()
+    return {thread.id: thread.user_time + thread.system_time for thread in threads}
 
 
 def python_threads(py_spy: str, pid: int) -> dict[int, str]:

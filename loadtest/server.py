@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,29 +51,26 @@ class RunningServer:
     def cpu_seconds(self) -> float:
         """User + system CPU seconds of the server: its process and, with worker processes
         (ENCODER_WORKERS > 1), the engine and workers it started, all their threads."""
-        return sum(_process_cpu_seconds(pid) for pid in _process_tree(self.process.pid))
+        return process_tree_cpu_seconds(self.process.pid)
 
 
-def _process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants (Linux /proc)."""
-    found = [pid]
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            children = task.read_text().split()
-        except (FileNotFoundError, ProcessLookupError):  # the thread or process exited
-            continue
-        for child in children:
-            found += _process_tree(int(child))
-    return found
-
-
-def _process_cpu_seconds(pid: int) -> float:
+def process_cpu_seconds(process: psutil.Process) -> float:
+    """User + system CPU seconds of one process, 0 when it has exited."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:  # exited meanwhile
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:
         return 0.0
-    # After the ")" closing the command name, utime and stime are fields 12 and 13.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return times.user + times.system
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of `pid` and its descendants."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    return sum(process_cpu_seconds(process) for process in tree)
 
 
 def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:

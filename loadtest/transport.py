@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import pickle
 import struct
 import tempfile
@@ -34,6 +33,7 @@ import numpy as np
 from app.engine import wire
 from app.engine.tokenization import TokenizedText
 from loadtest.machine import describe_machine
+from loadtest.server import process_tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH = 384
@@ -157,11 +157,6 @@ async def _drive(transport: str, address: str, clients: int, texts: int, seconds
     return done
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(seconds: float) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     context = multiprocessing.get_context("spawn")
@@ -175,9 +170,10 @@ def measure(seconds: float) -> list[dict[str, object]]:
             assert engine.pid is not None
             try:
                 for clients, texts in ((1, 1), (32, 1), (4, 32)):
-                    own, theirs = time.process_time(), _cpu_seconds(engine.pid)
+                    own, theirs = time.process_time(), process_tree_cpu_seconds(engine.pid)
                     done = asyncio.run(_drive(transport, address, clients, texts, seconds))
-                    own, theirs = time.process_time() - own, _cpu_seconds(engine.pid) - theirs
+                    own = time.process_time() - own
+                    theirs = process_tree_cpu_seconds(engine.pid) - theirs
                     rows.append(
                         {
                             "transport": transport,

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 
 from tests.conftest import LiveServer, start_server
 from tests.deploy.support import require_tool
@@ -106,9 +107,20 @@ def test_two_workers_serve_every_route_with_one_metrics_view(tmp_path: Path) -> 
             # Counted in the engine process: its batches.
             assert re.search(r'^encoder_batch_size_count\{model="minilm"\} [1-9]', exposition, re.M)
             assert 'encoder_model_info{backend="onnx",model="minilm"' in exposition
+
+        # process_* describe the whole server: CPU and memory of every process, summed.
+        supervisor = psutil.Process(live.process.pid)
+        processes = [supervisor, *supervisor.children(recursive=True)]
+        assert len(processes) >= 4  # supervisor, engine, two workers
+        cpu_before = sum(p.cpu_times().user + p.cpu_times().system for p in processes)
+        resident = sum(p.memory_info().rss for p in processes)
+        exposition = httpx.get(f"{live.url}/metrics").text
+        assert metric_sum(exposition, "process_cpu_seconds_total") >= cpu_before
+        assert metric_sum(exposition, "process_resident_memory_bytes") >= 0.8 * resident
+        assert "python_info{" in exposition
         checked = subprocess.run(
             [require_tool("promtool"), "check", "metrics"],
-            input=scrapes[0],
+            input=exposition,
             capture_output=True,
             text=True,
             check=False,
