@@ -34,6 +34,7 @@ from loadtest.engine import (
     served_graph,
     texts_needed,
 )
+from loadtest.options import add_run_options
 from loadtest.report import (
     BenchReport,
     EngineResult,
@@ -300,24 +301,7 @@ def save(report: BenchReport, out_dir: Path, stem: str) -> Path:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        default=os.environ.get("BENCH_QUICK", "") not in ("", "0"),
-        help="~1 minute smoke run (also BENCH_QUICK=1)",
-    )
-    parser.add_argument(
-        "--duration",
-        type=float,
-        default=float(os.environ.get("BENCH_DURATION_S", 0)),
-        help="seconds per server load point (also BENCH_DURATION_S)",
-    )
-    parser.add_argument(
-        "--generator",
-        choices=["auto", "wrk", "asyncio"],
-        default=os.environ.get("BENCH_GENERATOR", "auto"),
-        help="closed-loop load generator (auto: wrk when installed)",
-    )
+    add_run_options(parser, quick="~1 minute smoke run", duration="seconds per server load point")
     parser.add_argument(
         "--torch",
         action=argparse.BooleanOptionalAction,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 from dataclasses import asdict
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from loadtest.client import LoadSpec, run_load
 from loadtest.machine import describe_machine
+from loadtest.options import quick_from_env
 from loadtest.server import running_server
 from loadtest.texts import TextSource
 from loadtest.wrk import run_wrk, wrk_path
@@ -157,7 +157,7 @@ def write_report(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "loadtest" / "results")
-    quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")  # as `make bench` is run
+    quick = quick_from_env()  # as `make bench` is run
     parser.add_argument("--seconds", type=float, default=4.0 if quick else 10.0)
     parser.add_argument("--rounds", type=int, default=1 if quick else 2)
     parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS))

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.server import ROOT, RunningServer, free_port, stop, wait_ready
+from loadtest.server import ROOT, RunningServer, free_port, running_process
 
 PEER_VENV = ROOT / ".venv-peer"
 REQUIREMENTS = Path(__file__).with_name("peer-requirements.txt")
@@ -188,17 +188,7 @@ def running_infinity(
     """infinity-emb serving `model` on a free loopback port, ready; stopped on any exit."""
     port = free_port()
     command = infinity_command(venv, model, port, served_name)
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            command,
-            env=infinity_env(scratch),
-            cwd=model.directory,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    server = RunningServer(process, f"http://127.0.0.1:{port}", port, log_path)
-    try:
-        wait_ready(server, path="/health")
+    with running_process(
+        command, infinity_env(scratch), model.directory, port, log_path, ready_path="/health"
+    ) as server:
         yield server
-    finally:
-        stop(server)

@@ -40,6 +40,7 @@ from loadtest.infinity import (
     package_versions,
     running_infinity,
 )
+from loadtest.options import add_run_options
 from loadtest.peer_report import (
     ENCODER_SERVE,
     INFINITY,
@@ -361,29 +362,16 @@ def save(report: PeerReport, out_dir: Path) -> Path:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m loadtest.peer", description=__doc__)
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        default=os.environ.get("BENCH_QUICK", "") not in ("", "0"),
-        help="short run: 2 rounds of 4 s per load level (also BENCH_QUICK=1)",
-    )
-    parser.add_argument(
-        "--duration",
-        type=float,
-        default=float(os.environ.get("BENCH_DURATION_S", 0)),
-        help="seconds per load level and server (also BENCH_DURATION_S)",
+    add_run_options(
+        parser,
+        quick="short run: 2 rounds of 4 s per load level",
+        duration="seconds per load level and server",
     )
     parser.add_argument(
         "--rounds",
         type=int,
         default=int(os.environ.get("BENCH_PEER_ROUNDS", 0)),
         help="rounds, each with both servers; at least 2 (also BENCH_PEER_ROUNDS)",
-    )
-    parser.add_argument(
-        "--generator",
-        choices=["auto", "wrk", "asyncio"],
-        default=os.environ.get("BENCH_GENERATOR", "auto"),
-        help="closed-loop load generator (auto: wrk when installed)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="report directory")
     return parser.parse_args(argv)

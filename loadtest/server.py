@@ -109,6 +109,28 @@ def stop(server: RunningServer) -> None:
 
 
 @contextlib.contextmanager
+def running_process(
+    command: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    port: int,
+    log_path: Path,
+    ready_path: str = "/ready",
+) -> Iterator[RunningServer]:
+    """`command` serving on loopback `port`, ready once `ready_path` answers 200; stopped
+    on any exit. Its output goes to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+    server = RunningServer(process, f"http://127.0.0.1:{port}", port, log_path)
+    try:
+        wait_ready(server, path=ready_path)
+        yield server
+    finally:
+        stop(server)
+
+
+@contextlib.contextmanager
 def running_server(env: dict[str, str], log_path: Path) -> Iterator[RunningServer]:
     """A ready server with `env` (ENCODER_PORT is chosen here); stopped on any exit."""
     port = free_port()
@@ -116,17 +138,8 @@ def running_server(env: dict[str, str], log_path: Path) -> Iterator[RunningServe
     # The load generators send no credentials: every load test measures a keyless server.
     for name in UNAUTHENTICATED:
         full_env.pop(name, None)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            serve_command(), env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
-        )
-    server = RunningServer(process, f"http://127.0.0.1:{port}", port, log_path)
-    try:
-        wait_ready(server)
+    with running_process(serve_command(), full_env, ROOT, port, log_path) as server:
         yield server
-    finally:
-        stop(server)
 
 
 # -- metrics -------------------------------------------------------------------
