@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -126,3 +127,14 @@ def server(default_models: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     live = start_server(tmp_path_factory.mktemp("server"))
     yield live
     live.stop()
+
+
+def metric_sum(exposition: str, name: str, label: str = "") -> float:
+    """The sum of every sample of `name` (whose labels include `label`, when given)."""
+    pattern = re.compile(rf"^{name}(?:\{{(.*)\}})? (\S+)$")
+    total = 0.0
+    for line in exposition.splitlines():
+        match = pattern.match(line)
+        if match and label in (match.group(1) or ""):
+            total += float(match.group(2))
+    return total

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import start_server
+from tests.conftest import metric_sum, start_server
 
 TEXT = "How quickly does the server answer one short sentence when it is idle?"
 
@@ -63,33 +63,44 @@ async def test_overload_answers_200_or_429_and_recovers(tmp_path: Path) -> None:
 
 
 async def test_sigterm_drains_queued_requests_then_exits(tmp_path: Path) -> None:
+    # One input per pass and long inputs: the queue outlasts the checks below even on a
+    # fast machine.
     live = start_server(
         tmp_path,
-        {"ENCODER_MODELS": "minilm", "ENCODER_DRAIN_S": "30", "ENCODER_MAX_BATCH_SIZE": "8"},
+        {"ENCODER_MODELS": "minilm", "ENCODER_DRAIN_S": "30", "ENCODER_MAX_BATCH_SIZE": "1"},
     )
     try:
         texts = [
-            f"request {i}: " + "a sentence long enough to take some time " * 12 for i in range(48)
+            f"request {i}: " + "a sentence long enough to take a while " * 24 for i in range(64)
         ]
-        async with httpx.AsyncClient(base_url=live.url, timeout=60) as client:
+        async with (
+            httpx.AsyncClient(base_url=live.url, timeout=60) as client,
+            httpx.AsyncClient(base_url=live.url, timeout=10) as monitor,
+        ):
             pending = [
                 asyncio.ensure_future(client.post("/encode", json={"inputs": text}))
                 for text in texts
             ]
-            await asyncio.sleep(0.3)  # let them queue behind the first batches
-            metrics = (await client.get("/metrics")).text
-            depth = next(
-                float(line.rsplit(" ", 1)[1])
-                for line in metrics.splitlines()
-                if line.startswith('encoder_queue_depth{model="minilm"}')
-            )
-            assert depth > 0, "nothing was queued when the signal came: the test proves nothing"
+            # Until every request has reached the batcher (queued, running or answered)
+            # while some still wait: a request sent after SIGTERM would rightly get 503.
+            deadline = time.monotonic() + 30
+            while True:
+                metrics = (await monitor.get("/metrics")).text
+                queued = metric_sum(metrics, "encoder_queue_depth", 'model="minilm"')
+                running = metric_sum(metrics, "encoder_instances_busy", 'model="minilm"')
+                answered = metric_sum(metrics, "encoder_requests_total", 'endpoint="/encode"')
+                if queued > 0 and queued + running + answered >= len(texts):
+                    break
+                assert time.monotonic() < deadline, (queued, running, answered)
+                await asyncio.sleep(0.01)
             signalled = time.monotonic()
             live.process.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.2)
             # While draining: not ready, and new work is turned away.
-            assert (await client.get("/ready")).status_code == 503
-            refused = await client.post("/encode", json={"inputs": "too late"})
+            while (await monitor.get("/ready")).status_code == 200:
+                assert time.monotonic() - signalled < 5, "still ready 5 s after SIGTERM"
+                await asyncio.sleep(0.01)
+            assert not all(request.done() for request in pending), "drained before the checks"
+            refused = await monitor.post("/encode", json={"inputs": "too late"})
             assert refused.status_code == 503
             assert refused.json()["error"]["type"] == "not_ready"
             responses = await asyncio.gather(*pending)

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.conftest import LiveServer, start_server
+from tests.conftest import LiveServer, metric_sum, start_server
 from tests.deploy.support import require_tool
 
 WORKERS = {"ENCODER_WORKERS": "2", "ENCODER_LOG_FORMAT": "json"}
@@ -45,17 +45,6 @@ def wait_for(condition, timeout: float = 60, what: str = "") -> None:  # type: i
 def encode_on_fresh_connection(url: str, index: int) -> int:
     # No shared client: each request opens its own connection, which either worker accepts.
     return httpx.post(f"{url}/encode", json={"inputs": f"{index}: {TEXT}"}, timeout=60).status_code
-
-
-def metric_sum(exposition: str, name: str, label: str = "") -> float:
-    """The sum of every sample of `name` (whose labels include `label`, when given)."""
-    pattern = re.compile(rf"^{name}(?:\{{(.*)\}})? (\S+)$")
-    total = 0.0
-    for line in exposition.splitlines():
-        match = pattern.match(line)
-        if match and label in (match.group(1) or ""):
-            total += float(match.group(2))
-    return total
 
 
 def requests_counted(exposition: str, endpoint: str) -> float:
