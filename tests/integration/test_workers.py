@@ -127,9 +127,9 @@ async def test_sigterm_with_two_workers_answers_everything_queued(tmp_path: Path
     )
     try:
         texts = [
-            f"request {i}: " + "a sentence long enough to take a while " * 24 for i in range(48)
+            f"request {i}: " + "a sentence long enough to take a while " * 24 for i in range(64)
         ]
-        limits = httpx.Limits(max_connections=64)
+        limits = httpx.Limits(max_connections=80)
         async with (
             httpx.AsyncClient(base_url=live.url, timeout=60, limits=limits) as client,
             httpx.AsyncClient(base_url=live.url, timeout=10) as monitor,
@@ -150,8 +150,12 @@ async def test_sigterm_with_two_workers_answers_everything_queued(tmp_path: Path
                     break
                 assert time.monotonic() < deadline, (queued, running, answered)
                 await asyncio.sleep(0.01)
+            signalled = time.monotonic()
             live.process.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.3)
+            while (await monitor.get("/ready")).status_code == 200:
+                assert time.monotonic() - signalled < 5, "still ready 5 s after SIGTERM"
+                await asyncio.sleep(0.01)
+            assert not all(request.done() for request in pending), "drained before the checks"
             refused = await monitor.post("/encode", json={"inputs": "too late"})
             assert refused.status_code == 503
             assert refused.json()["error"]["type"] == "not_ready"
