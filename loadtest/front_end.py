@@ -63,14 +63,20 @@ def measure(
                     spec = LoadSpec(
                         "127.0.0.1", server.port, source.take(TEXTS_PER_POINT), 1, seconds, users
                     )
+                    cpu_before = server.cpu_seconds()
                     outcome = generator_runs(spec)
+                    server_cpu = server.cpu_seconds() - cpu_before
                     rate = outcome.answered / outcome.window_s
+                    requests = rate * outcome.wall_s  # served over the generator's whole run
                     points.append(
                         {
                             "round": round_index + 1,
                             "workers": count,
                             "clients": users,
                             "requests_per_s": round(rate, 1),
+                            "server_cpu_cores": round(server_cpu / outcome.wall_s, 2),
+                            "server_cpu_us_per_request": round(1e6 * server_cpu / requests),
+                            "generator_cpu_us_per_request": round(1e6 * outcome.cpu_s / requests),
                             **asdict(outcome),
                         }
                     )
@@ -111,7 +117,8 @@ def write_report(
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     rows = "\n".join(
         f"| {p['round']} | {p['workers']} | {p['clients']} | {p['requests_per_s']} | "
-        f"{p['p50_ms']:.1f} | {p['p99_ms']:.1f} | {p['errors']} |"
+        f"{p['p50_ms']:.1f} | {p['p99_ms']:.1f} | {p['errors']} | {p['server_cpu_cores']} | "
+        f"{p['server_cpu_us_per_request']} | {p['generator_cpu_us_per_request']} |"
         for p in points
     )
     base = workers[0]
@@ -148,8 +155,12 @@ def write_report(
         f"|---:|{'---:|' * len(workers)}{'---:|' * (len(workers) - 1)}\n"
         f"{ratios}\n\n"
         "Every run:\n\n"
-        "| round | workers | clients | requests/s | p50 ms | p99 ms | errors |\n"
-        "|---:|---:|---:|---:|---:|---:|---:|\n"
+        "Server CPU is every process of the server (supervisor, workers, engine), all "
+        "threads; the generator's is wrk's (or the asyncio client's). On a machine of C "
+        "cores no rate can pass C ÷ (server + generator CPU per request).\n\n"
+        "| round | workers | clients | requests/s | p50 ms | p99 ms | errors | server CPU "
+        "(cores) | server CPU µs/request | generator CPU µs/request |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
         f"{rows}\n"
     )
 
