@@ -149,8 +149,9 @@ class ServerProcessCollector(Collector):
     engine), so dashboards read CPU and memory as they do with one process.
 
     ProcessCollector reads one process; psutil walks the tree. CPU seconds and memory are
-    summed over the processes (pages they share count once per process); open descriptors
-    are the most any one process holds, against the per-process limit.
+    summed over the processes (pages they share count once per process; CPU seconds of
+    processes that have exited stay in); open descriptors are the most any one process
+    holds, against the per-process limit.
     """
 
     def __init__(self, root_pid: int, registry: CollectorRegistry) -> None:
@@ -160,18 +161,22 @@ class ServerProcessCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         try:
             root = psutil.Process(self._root_pid)
+            root_times = root.cpu_times()
             processes = [root, *root.children(recursive=True)]
             start_time, max_fds = root.create_time(), root.rlimit(psutil.RLIMIT_NOFILE)[0]
         except psutil.Error:  # the supervisor is gone: this worker is stopping too
             return
-        cpu = resident = virtual = 0.0
+        # A process the supervisor started and reaped (a crashed worker, replaced) counts
+        # on in its children's times, so the CPU counter never goes back.
+        cpu = root_times.children_user + root_times.children_system
+        resident = virtual = 0.0
         open_fds = 0
         for process in processes:
             try:
                 with process.oneshot():
                     times, memory = process.cpu_times(), process.memory_info()
                     fds = process.num_fds()
-            except psutil.Error:  # exited since the tree was read
+            except psutil.Error:  # reaped since the tree was read
                 continue
             cpu += times.user + times.system
             resident += memory.rss

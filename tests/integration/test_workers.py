@@ -180,6 +180,7 @@ def test_a_killed_worker_or_engine_process_is_replaced(tmp_path: Path) -> None:
             statuses = list(pool.map(lambda i: encode_on_fresh_connection(live.url, i), range(16)))
         assert statuses == [200] * 16
 
+        cpu_before = metric_sum(httpx.get(f"{live.url}/metrics").text, "process_cpu_seconds_total")
         (engine,) = pids_logging(live, "engine process ready")
         os.kill(engine, signal.SIGKILL)
         reasons: list[str] = []
@@ -192,6 +193,9 @@ def test_a_killed_worker_or_engine_process_is_replaced(tmp_path: Path) -> None:
 
         wait_for(engine_missed, what="/ready to report the engine gone")
         assert "engine process" in reasons[0]
+        # The dead engine's CPU seconds (it loaded every model) still count: a counter.
+        cpu_after = metric_sum(httpx.get(f"{live.url}/metrics").text, "process_cpu_seconds_total")
+        assert cpu_after >= cpu_before > 0
         wait_for(lambda: len(pids_logging(live, "engine process ready")) == 2, what="an engine")
         # Both workers reconnect: /ready answers 200 on fresh connections, whichever accepts.
         wait_for(
