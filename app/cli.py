@@ -8,6 +8,7 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app import __version__
 from app.settings_cli import (
@@ -17,6 +18,9 @@ from app.settings_cli import (
     load_settings,
     unknown_variables,
 )
+
+if TYPE_CHECKING:
+    from app.engine.manifest import ModelManifest
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -101,13 +105,19 @@ def _train_head(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as error:  # bad input, not a bug: no traceback
         print(f"encoder-serve train-head: {error}", file=sys.stderr)
         return 2
-    scores = manifest.evaluation
-    dev = f", dev accuracy {scores['dev_accuracy']:.4f}" if "dev_accuracy" in scores else ""
-    print(
-        f"trained '{manifest.name}' on '{args.base}': held-out accuracy "
-        f"{scores['held_out_accuracy']:.4f}{dev}"
-    )
+    print(f"trained '{manifest.name}' on '{args.base}': {scores_summary(manifest)}")
     return 0
+
+
+def scores_summary(manifest: ModelManifest) -> str:
+    """A trained classifier's scores in one line, from its manifest's evaluation."""
+    scores = manifest.evaluation
+    validation = scores.get("validation", {})
+    test = f", test accuracy {scores['test']['accuracy']:.4f}" if "test" in scores else ""
+    return (
+        f"validation accuracy {validation.get('accuracy', 0):.4f}, "
+        f"macro-F1 {validation.get('macro_f1', 0):.4f}{test}"
+    )
 
 
 # Hyperparameter flags of `train-head` (defaults live in HeadConfig).
@@ -175,13 +185,9 @@ def _finetune(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("encoder-serve finetune: interrupted; nothing was written", file=sys.stderr)
         return 130
-    scores = manifest.evaluation
-    validation = scores.get("validation", {})
-    test = f", test accuracy {scores['test']['accuracy']:.4f}" if "test" in scores else ""
     print(
-        f"tuned '{manifest.name}' ({args.method}) in {models_dir / manifest.name}: validation "
-        f"accuracy {validation.get('accuracy', 0):.4f}, macro-F1 "
-        f"{validation.get('macro_f1', 0):.4f}{test}"
+        f"tuned '{manifest.name}' ({args.method}) in {models_dir / manifest.name}: "
+        f"{scores_summary(manifest)}"
     )
     return 0
 

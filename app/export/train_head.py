@@ -153,25 +153,24 @@ def train_head(
     start = time.perf_counter()
     head = fit_head(features[train_rows], train_set.labels[train_rows], len(labels), config, report)
     seconds = round(time.perf_counter() - start, 1)
-    held_out_accuracy = accuracy(head, held_features, held_labels)
-    progress("train", f"{config.describe()}: held-out accuracy {held_out_accuracy:.4f}")
+    # The shape of `finetune`'s evaluation: scores on the validation data, and on the
+    # evaluation file as "test".
     evaluation: dict[str, Any] = {
         "method": "head",
         "train_examples": len(train_rows),
-        "held_out_examples": len(held_labels),
-        "held_out_accuracy": round(held_out_accuracy, 4),
         "validation": classification_scores(
             held_labels, head.logits(held_features).argmax(axis=1), labels
         ),
     }
+    validation_accuracy = evaluation["validation"]["accuracy"]
+    progress("train", f"{config.describe()}: held-out accuracy {validation_accuracy:.4f}")
     if evaluation_set is not None:
         eval_features = extractor.embed(evaluation_set.texts, stage="eval")
-        dev_accuracy = accuracy(head, eval_features, evaluation_set.labels)
-        progress("eval", f"accuracy {dev_accuracy:.4f} on {len(evaluation_set.texts)} examples")
-        evaluation |= {"dev_accuracy": round(dev_accuracy, 4), "dev_examples": len(eval_features)}
         evaluation["test"] = classification_scores(
             evaluation_set.labels, head.logits(eval_features).argmax(axis=1), labels
         )
+        test_accuracy = evaluation["test"]["accuracy"]
+        progress("eval", f"accuracy {test_accuracy:.4f} on {len(evaluation_set.texts)} examples")
     evaluation |= {
         "features": f"{base}: {extractor.manifest.pooling} pooling, L2-normalized",
         "head": config.describe(),

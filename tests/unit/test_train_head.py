@@ -210,8 +210,8 @@ def test_train_head_separates_a_small_labelled_set(
         base.max_length,
     )
     scores = manifest.evaluation
-    assert scores["train_examples"] + scores["held_out_examples"] == len(rows)
-    assert scores["dev_accuracy"] >= 0.95  # the eval file here is the training file itself
+    assert scores["train_examples"] + scores["validation"]["examples"] == len(rows)
+    assert scores["test"]["accuracy"] >= 0.95  # the eval file here is the training file itself
     assert scores["command"].startswith("encoder-serve train-head --base minilm --data ")
     assert "--hidden 64" in scores["command"]
 
