@@ -42,6 +42,7 @@ from app.export.delta import (
     write_record,
 )
 from app.export.evaluation import classification_scores
+from app.export.head_fit import adamw
 from app.export.labelled_data import (
     LabelledDataError,
     LabelledTexts,
@@ -298,15 +299,7 @@ def train_classifier(
         total = min(total, config.max_steps)
     eval_every = config.eval_every or steps_per_epoch
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decayed = [p for n, p in trainable if p.ndim >= 2]
-    others = [p for n, p in trainable if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decayed, "weight_decay": config.weight_decay},
-            {"params": others, "weight_decay": 0.0},
-        ],
-        lr=config.learning_rate,
-    )
+    optimizer = adamw((p for _, p in trainable), config.learning_rate, config.weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, round(config.warmup * total), total)
     generator = torch.Generator().manual_seed(config.seed)
     record = TrainingRecord()

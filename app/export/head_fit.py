@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,6 +95,21 @@ def _merge(heads: list[ClassifierHead]) -> ClassifierHead:
     )
 
 
+def adamw(
+    parameters: Iterable[torch.nn.Parameter], learning_rate: float, weight_decay: float
+) -> torch.optim.AdamW:
+    """AdamW with decoupled weight decay on weight matrices only: biases and LayerNorm
+    scales (one dimension) are left undecayed, as BERT's recipe does."""
+    parameters = list(parameters)
+    return torch.optim.AdamW(
+        [
+            {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=learning_rate,
+    )
+
+
 def fit_head(
     features: np.ndarray,
     labels: np.ndarray,
@@ -118,15 +133,7 @@ def fit_head(
         generator = torch.Generator().manual_seed(config.seed * 1000 + member)
         torch.manual_seed(config.seed * 1000 + member)  # initial weights and dropout masks
         network = head_network(features.shape[1], classes, config)
-        decayed = [p for p in network.parameters() if p.ndim == 2]
-        others = [p for p in network.parameters() if p.ndim != 2]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decayed, "weight_decay": config.weight_decay},
-                {"params": others, "weight_decay": 0.0},
-            ],
-            lr=config.learning_rate,
-        )
+        optimizer = adamw(network.parameters(), config.learning_rate, config.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
         loss_function = torch.nn.CrossEntropyLoss()
         for epoch in range(epochs):
