@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -13,7 +14,6 @@ from prometheus_client import (
     Gauge,
     Histogram,
     PlatformCollector,
-    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -41,19 +41,19 @@ class Metrics:
     With worker processes (ENCODER_WORKERS > 1) every process writes its samples to files
     in `multiprocess_dir` (prometheus_client's multiprocess mode, switched on for the
     children by `PROMETHEUS_MULTIPROC_DIR`) and `exposition` merges them: counters and
-    histograms add up across processes, gauges follow their `multiprocess_mode`; the
-    `process_*` series then describe the whole server (`ServerProcessCollector`).
+    histograms add up across processes, gauges follow their `multiprocess_mode`. The
+    `process_*` series describe the whole server either way (`ServerProcessCollector`).
     """
 
     def __init__(
         self, registry: CollectorRegistry | None = None, multiprocess_dir: Path | None = None
     ) -> None:
         """`multiprocess_dir`: given only in an HTTP worker, whose parent, the supervisor,
-        is the root of the server's processes."""
+        is the root of the server's processes; else the server is this process."""
         self.registry = registry or CollectorRegistry()
         self.multiprocess_dir = multiprocess_dir
-        self._server_pid = os.getppid()
-        ProcessCollector(registry=self.registry)
+        self._server_pid = os.getpid() if multiprocess_dir is None else os.getppid()
+        ServerProcessCollector(self._server_pid, self.registry)
         PlatformCollector(registry=self.registry)
         r = self.registry
         self.requests = Counter(
@@ -143,71 +143,89 @@ class Metrics:
         return generate_latest(merged)
 
 
-class ServerProcessCollector(Collector):
-    """The `process_*` series of prometheus_client's ProcessCollector for a server of
-    several processes: the supervisor and every process it started (HTTP workers, the
-    engine), so dashboards read CPU and memory as they do with one process.
+@dataclass(frozen=True)
+class TreeUsage:
+    """What a process and every process below it use, summed (see `process_tree_usage`)."""
 
-    ProcessCollector reads one process; psutil walks the tree. CPU seconds and memory are
-    summed over the processes (pages they share count once per process; CPU seconds of
-    processes that have exited stay in); open descriptors are the most any one process
-    holds, against the per-process limit.
+    cpu_seconds: float
+    resident_bytes: float
+    virtual_bytes: float
+    most_open_fds: int  # the fullest descriptor table among them
+    start_time: float  # the root's, seconds since the epoch
+    max_fds: int  # the root's limit, which its children inherit
+
+
+def process_tree_usage(root_pid: int) -> TreeUsage | None:
+    """CPU and memory of `root_pid` and its descendants (psutil); None once it is gone.
+
+    Memory pages the processes share count once per process. CPU seconds of processes the
+    root started and reaped (a crashed worker, replaced) count on in its children's
+    times, so the CPU total never goes back.
     """
+    try:
+        root = psutil.Process(root_pid)
+        root_times = root.cpu_times()
+        processes = [root, *root.children(recursive=True)]
+        start_time, max_fds = root.create_time(), root.rlimit(psutil.RLIMIT_NOFILE)[0]
+    except psutil.Error:
+        return None
+    cpu = root_times.children_user + root_times.children_system
+    resident = virtual = 0.0
+    open_fds = 0
+    for process in processes:
+        try:
+            with process.oneshot():
+                times, memory = process.cpu_times(), process.memory_info()
+                fds = process.num_fds()
+        except psutil.Error:  # reaped since the tree was read
+            continue
+        cpu += times.user + times.system
+        resident += memory.rss
+        virtual += memory.vms
+        open_fds = max(open_fds, fds)
+    return TreeUsage(cpu, resident, virtual, open_fds, start_time, max_fds)
+
+
+class ServerProcessCollector(Collector):
+    """The `process_*` series of prometheus_client's ProcessCollector, for the server's
+    whole process tree: one process, or the supervisor and every process it started (HTTP
+    workers, the engine), so dashboards read CPU and memory the same either way.
+    ProcessCollector reads one process only."""
 
     def __init__(self, root_pid: int, registry: CollectorRegistry) -> None:
         self._root_pid = root_pid
         registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
-        try:
-            root = psutil.Process(self._root_pid)
-            root_times = root.cpu_times()
-            processes = [root, *root.children(recursive=True)]
-            start_time, max_fds = root.create_time(), root.rlimit(psutil.RLIMIT_NOFILE)[0]
-        except psutil.Error:  # the supervisor is gone: this worker is stopping too
+        usage = process_tree_usage(self._root_pid)
+        if usage is None:  # the supervisor is gone: this worker is stopping too
             return
-        # A process the supervisor started and reaped (a crashed worker, replaced) counts
-        # on in its children's times, so the CPU counter never goes back.
-        cpu = root_times.children_user + root_times.children_system
-        resident = virtual = 0.0
-        open_fds = 0
-        for process in processes:
-            try:
-                with process.oneshot():
-                    times, memory = process.cpu_times(), process.memory_info()
-                    fds = process.num_fds()
-            except psutil.Error:  # reaped since the tree was read
-                continue
-            cpu += times.user + times.system
-            resident += memory.rss
-            virtual += memory.vms
-            open_fds = max(open_fds, fds)
         yield CounterMetricFamily(
             "process_cpu_seconds",
             "Total user and system CPU time spent in seconds, by all the server's processes.",
-            value=cpu,
+            value=usage.cpu_seconds,
         )
         yield GaugeMetricFamily(
             "process_resident_memory_bytes",
             "Resident memory size in bytes, summed over the server's processes.",
-            value=resident,
+            value=usage.resident_bytes,
         )
         yield GaugeMetricFamily(
             "process_virtual_memory_bytes",
             "Virtual memory size in bytes, summed over the server's processes.",
-            value=virtual,
+            value=usage.virtual_bytes,
         )
         yield GaugeMetricFamily(
             "process_start_time_seconds",
             "Start time of the server's first process since unix epoch in seconds.",
-            value=start_time,
+            value=usage.start_time,
         )
         yield GaugeMetricFamily(
             "process_open_fds",
             "Open file descriptors of the server's process holding the most.",
-            value=open_fds,
+            value=usage.most_open_fds,
         )
-        if max_fds != psutil.RLIM_INFINITY:
+        if usage.max_fds != psutil.RLIM_INFINITY:
             yield GaugeMetricFamily(
-                "process_max_fds", "Maximum number of open file descriptors.", value=max_fds
+                "process_max_fds", "Maximum number of open file descriptors.", value=usage.max_fds
             )

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 from prometheus_client.parser import text_string_to_metric_families
+
+from app.metrics import process_tree_usage
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 180.0
@@ -54,23 +55,10 @@ class RunningServer:
         return process_tree_cpu_seconds(self.process.pid)
 
 
-def process_cpu_seconds(process: psutil.Process) -> float:
-    """User + system CPU seconds of one process, 0 when it has exited."""
-    try:
-        times = process.cpu_times()
-    except psutil.NoSuchProcess:
-        return 0.0
-    return times.user + times.system
-
-
 def process_tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of `pid` and its descendants."""
-    try:
-        root = psutil.Process(pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    return sum(process_cpu_seconds(process) for process in tree)
+    """User + system CPU seconds of `pid` and its descendants (0 once it is gone)."""
+    usage = process_tree_usage(pid)
+    return 0.0 if usage is None else usage.cpu_seconds
 
 
 def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -138,3 +139,30 @@ def metric_sum(exposition: str, name: str, label: str = "") -> float:
         if match and label in (match.group(1) or ""):
             total += float(match.group(2))
     return total
+
+
+async def wait_until_every_request_reached_the_batcher(
+    monitor: httpx.AsyncClient, requests: int, model: str = "minilm"
+) -> None:
+    """Until each of `requests` one-input /encode requests is queued, running or answered,
+    and some still wait. Needs one input per pass (ENCODER_MAX_BATCH_SIZE=1), so that the
+    running inputs are the busy instances; a request sent after SIGTERM would rightly get
+    503, so SIGTERM tests wait for this first."""
+    deadline = time.monotonic() + 30
+    while True:
+        metrics = (await monitor.get("/metrics")).text
+        queued = metric_sum(metrics, "encoder_queue_depth", f'model="{model}"')
+        running = metric_sum(metrics, "encoder_instances_busy", f'model="{model}"')
+        answered = metric_sum(metrics, "encoder_requests_total", 'endpoint="/encode"')
+        if queued > 0 and queued + running + answered >= requests:
+            return
+        assert time.monotonic() < deadline, (queued, running, answered)
+        await asyncio.sleep(0.01)
+
+
+async def wait_until_not_ready(monitor: httpx.AsyncClient, timeout_s: float = 5) -> None:
+    """Until /ready stops answering 200 (a drain began)."""
+    deadline = time.monotonic() + timeout_s
+    while (await monitor.get("/ready")).status_code == 200:
+        assert time.monotonic() < deadline, f"still ready after {timeout_s} s"
+        await asyncio.sleep(0.01)

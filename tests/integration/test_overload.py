@@ -10,7 +10,11 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import metric_sum, start_server
+from tests.conftest import (
+    start_server,
+    wait_until_every_request_reached_the_batcher,
+    wait_until_not_ready,
+)
 
 TEXT = "How quickly does the server answer one short sentence when it is idle?"
 
@@ -81,24 +85,11 @@ async def test_sigterm_drains_queued_requests_then_exits(tmp_path: Path) -> None
                 asyncio.ensure_future(client.post("/encode", json={"inputs": text}))
                 for text in texts
             ]
-            # Until every request has reached the batcher (queued, running or answered)
-            # while some still wait: a request sent after SIGTERM would rightly get 503.
-            deadline = time.monotonic() + 30
-            while True:
-                metrics = (await monitor.get("/metrics")).text
-                queued = metric_sum(metrics, "encoder_queue_depth", 'model="minilm"')
-                running = metric_sum(metrics, "encoder_instances_busy", 'model="minilm"')
-                answered = metric_sum(metrics, "encoder_requests_total", 'endpoint="/encode"')
-                if queued > 0 and queued + running + answered >= len(texts):
-                    break
-                assert time.monotonic() < deadline, (queued, running, answered)
-                await asyncio.sleep(0.01)
+            await wait_until_every_request_reached_the_batcher(monitor, len(texts))
             signalled = time.monotonic()
             live.process.send_signal(signal.SIGTERM)
             # While draining: not ready, and new work is turned away.
-            while (await monitor.get("/ready")).status_code == 200:
-                assert time.monotonic() - signalled < 5, "still ready 5 s after SIGTERM"
-                await asyncio.sleep(0.01)
+            await wait_until_not_ready(monitor)
             assert not all(request.done() for request in pending), "drained before the checks"
             refused = await monitor.post("/encode", json={"inputs": "too late"})
             assert refused.status_code == 503

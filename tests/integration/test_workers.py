@@ -16,7 +16,13 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.conftest import LiveServer, metric_sum, start_server
+from tests.conftest import (
+    LiveServer,
+    metric_sum,
+    start_server,
+    wait_until_every_request_reached_the_batcher,
+    wait_until_not_ready,
+)
 from tests.deploy.support import require_tool
 
 WORKERS = {"ENCODER_WORKERS": "2", "ENCODER_LOG_FORMAT": "json"}
@@ -138,23 +144,9 @@ async def test_sigterm_with_two_workers_answers_everything_queued(tmp_path: Path
                 asyncio.ensure_future(client.post("/encode", json={"inputs": text}))
                 for text in texts
             ]
-            # Until every request has reached the engine (queued, running or answered) while
-            # some still wait: a request sent after SIGTERM would rightly get 503.
-            deadline = time.monotonic() + 30
-            while True:
-                metrics = (await monitor.get("/metrics")).text
-                queued = metric_sum(metrics, "encoder_queue_depth", 'model="minilm"')
-                running = metric_sum(metrics, "encoder_instances_busy", 'model="minilm"')
-                answered = requests_counted(metrics, "/encode")
-                if queued > 0 and queued + running + answered >= len(texts):
-                    break
-                assert time.monotonic() < deadline, (queued, running, answered)
-                await asyncio.sleep(0.01)
-            signalled = time.monotonic()
+            await wait_until_every_request_reached_the_batcher(monitor, len(texts))
             live.process.send_signal(signal.SIGTERM)
-            while (await monitor.get("/ready")).status_code == 200:
-                assert time.monotonic() - signalled < 5, "still ready 5 s after SIGTERM"
-                await asyncio.sleep(0.01)
+            await wait_until_not_ready(monitor)
             assert not all(request.done() for request in pending), "drained before the checks"
             refused = await monitor.post("/encode", json={"inputs": "too late"})
             assert refused.status_code == 503
