@@ -48,7 +48,7 @@ class EngineLink:
         self.path = path
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._writer: asyncio.StreamWriter | None = None
+        self._writer: wire.FrameWriter | None = None
 
     @property
     def connected(self) -> bool:
@@ -62,11 +62,11 @@ class EngineLink:
         """Connect, answer frames until the engine goes away, reconnect; until cancelled."""
         while True:
             try:
-                reader, writer = await asyncio.open_unix_connection(str(self.path))
+                reader, stream = await asyncio.open_unix_connection(str(self.path))
             except OSError:
                 await asyncio.sleep(RECONNECT_S)
                 continue
-            self._writer = writer
+            writer = self._writer = wire.FrameWriter(stream)
             log.info("connected to the engine process")
             try:
                 await self._read(reader)

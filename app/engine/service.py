@@ -32,6 +32,9 @@ from app.engine.timing import RequestTiming, current_timing
 
 log = logging.getLogger(__name__)
 
+# At shutdown, how long answered requests may take to reach their workers' sockets.
+ANSWER_WRITE_S = 5.0
+
 
 def _forget(tasks: dict[int, asyncio.Task[None]], request_id: int, _: object) -> None:
     tasks.pop(request_id, None)
@@ -46,14 +49,23 @@ class EngineService:
             batcher.name: batcher for batcher in engine.registry.batchers
         }  # a model's name, and `<model>-attention`
         self.draining = False
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._writers: set[wire.FrameWriter] = set()
+        self._answering: set[asyncio.Task[None]] = set()  # every connection's RUN tasks
+
+    async def finish_answers(self, timeout_s: float) -> None:
+        """Wait until every request whose passes ran has its answer written (at shutdown,
+        after the batchers drained: their tasks still have to wake up and send)."""
+        if self._answering:
+            await asyncio.wait(set(self._answering), timeout=timeout_s)
 
     def close_connections(self) -> None:
+        """Close every worker connection, after sending the frames written so far."""
         for writer in self._writers:
             writer.close()
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(self, reader: asyncio.StreamReader, stream: asyncio.StreamWriter) -> None:
         tasks: dict[int, asyncio.Task[None]] = {}
+        writer = wire.FrameWriter(stream)
         self._writers.add(writer)
         try:
             while True:
@@ -61,6 +73,8 @@ class EngineService:
                 if kind == wire.RUN:
                     task = asyncio.create_task(self._run(request_id, payload, writer))
                     tasks[request_id] = task
+                    self._answering.add(task)
+                    task.add_done_callback(self._answering.discard)
                     task.add_done_callback(functools.partial(_forget, tasks, request_id))
                 elif kind == wire.CANCEL:
                     running = tasks.get(request_id)
@@ -81,9 +95,7 @@ class EngineService:
             self._writers.discard(writer)
             writer.close()
 
-    async def _run(
-        self, request_id: int, payload: memoryview, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _run(self, request_id: int, payload: memoryview, writer: wire.FrameWriter) -> None:
         timing = RequestTiming()
         current_timing.set(timing)  # this task's own context: what the batcher records
         try:
@@ -140,6 +152,7 @@ async def serve_engine(
     # wait for; new passes are refused only after it is done.
     if not await engine.drain(drain_s):
         log.warning("engine drain: work still queued after %g s; it fails now", drain_s)
+    await service.finish_answers(ANSWER_WRITE_S)
     service.draining = True
     server.close()
     service.close_connections()

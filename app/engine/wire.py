@@ -49,6 +49,42 @@ class WireError(Exception):
     """A frame that breaks the format (the connection is then closed)."""
 
 
+class FrameWriter:
+    """A connection's outgoing frames, sent together once per event-loop iteration.
+
+    Under load a batch answers many requests of one worker at once, and a worker sends
+    many requests in one iteration; one `writelines` (one `writev`) for all of them costs
+    the sender one system call and the receiver one wake-up instead of one per frame.
+    Frames keep their order, so a CANCEL never overtakes its RUN.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._frames: list[bytes] = []
+
+    def write(self, frame: bytes) -> None:
+        if not self._frames:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._frames.append(frame)
+
+    def _flush(self) -> None:
+        frames, self._frames = self._frames, []
+        if not self._writer.is_closing():
+            self._writer.writelines(frames)
+
+    async def drain(self) -> None:
+        """Wait while the peer is not reading (backpressure); ConnectionError if lost."""
+        await self._writer.drain()
+
+    def is_closing(self) -> bool:
+        return self._writer.is_closing()
+
+    def close(self) -> None:
+        """Close after sending what was written (the transport flushes its buffer)."""
+        self._flush()
+        self._writer.close()
+
+
 def _frame(kind: int, request_id: int, *parts: bytes | memoryview) -> bytes:
     body = b"".join((_HEAD.pack(kind, request_id), *parts))
     return _LENGTH.pack(len(body)) + body

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
+from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,3 +94,39 @@ async def test_the_priority_of_a_run_survives_the_trip(low: bool) -> None:
     request = wire.decode_run(payload)
     assert kind == wire.RUN and request.low is low
     np.testing.assert_array_equal(request.items[0].ids, [101, 7, 102])
+
+
+async def test_frames_of_one_loop_iteration_leave_together_and_in_order(tmp_path: Path) -> None:
+    """FrameWriter: one writelines per iteration (one system call), frames in order."""
+    received: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+
+    async def serve(reader: asyncio.StreamReader, _: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            while True:
+                kind, request_id, _payload = await wire.read_frame(reader)
+                received.put_nowait((kind, request_id))
+
+    server = await asyncio.start_unix_server(serve, str(tmp_path / "socket"))
+    _, stream = await asyncio.open_unix_connection(str(tmp_path / "socket"))
+    sends: list[int] = []
+    writelines = stream.writelines
+
+    def counted(frames: Iterable[bytes | bytearray | memoryview]) -> None:
+        frames = list(frames)
+        sends.append(len(frames))
+        writelines(frames)
+
+    stream.writelines = counted  # type: ignore[method-assign,assignment]
+    writer = wire.FrameWriter(stream)
+    for request_id in range(1, 6):
+        writer.write(wire.encode_run(request_id, "minilm", [item([101, 102])], 1.0))
+    writer.write(wire.encode_cancel(3))
+    await writer.drain()
+    answers = [await asyncio.wait_for(received.get(), 5) for _ in range(6)]
+    assert answers == [(wire.RUN, n) for n in range(1, 6)] + [(wire.CANCEL, 3)]
+    assert sends == [6]
+    writer.write(wire.encode_cancel(9))  # a later iteration: a write of its own
+    assert await asyncio.wait_for(received.get(), 5) == (wire.CANCEL, 9)
+    assert sends == [6, 1]
+    writer.close()
+    server.close()
