@@ -1,15 +1,15 @@
 """What the server around the engine sustains on its own, by worker processes.
 
-`python -m loadtest.front_end [--workers 1 2] [--out DIR]` starts the server with
-ENCODER_BACKEND=benchmark-fixed (no model runs; every answer is the same vector), so
-HTTP, validation, tokenization, batching, the hop to the engine process, serialization,
-metrics and logs are all that costs, and runs closed loops of single-text /encode
-requests at a few client counts. Each worker count gets a fresh server per round, and
-the rounds alternate which count goes first (the machine drifts between runs). With one
-worker the server is one process; with more, HTTP workers plus an engine process
-(app/processes.py). Writes front-end.md and front-end.json into DIR (default
-loadtest/results). `make bench` runs it after `loadtest.bench` (BENCH_QUICK=1: one
-round of 4 s per point).
+`python -m loadtest.front_end [--workers 1 2] [--clients 1 8 32 128] [--out DIR]` starts
+the server with ENCODER_BACKEND=benchmark-fixed (no model runs; every answer is the same
+vector), so HTTP, validation, tokenization, batching, the hop to the engine process,
+serialization, metrics and logs are all that costs, and runs closed loops of single-text
+/encode requests at a few client counts. Each worker count gets a fresh server per
+round, and the rounds alternate which count goes first (the machine drifts between
+runs). With one worker the server is one process; with more, HTTP workers plus an engine
+process (app/processes.py). Writes front-end.md and front-end.json into DIR (default
+loadtest/results). `make bench` runs it after `loadtest.bench` (BENCH_QUICK=1: one round
+of 4 s per point).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from loadtest.texts import TextSource
 from loadtest.wrk import run_wrk, wrk_path
 
 ROOT = Path(__file__).resolve().parent.parent
-CLIENTS = (1, 8, 32)
+CLIENTS = (1, 8, 32, 128)  # 128: where two workers saturate both cores
 WORKERS = (1, 2)
 TEXTS_PER_POINT = 40_000  # more than a 10 s point sends at the rates seen: each text fresh
 
@@ -97,6 +97,14 @@ def median_rate(points: list[dict[str, object]], workers: int, clients: int) -> 
     return statistics.median(rates)
 
 
+def peak(
+    points: list[dict[str, object]], workers: int, clients: tuple[int, ...]
+) -> tuple[float, int]:
+    """The most requests/s a worker count sustained (median over rounds), and at how many
+    clients: what it can do at all, whatever concurrency it needs for that."""
+    return max((median_rate(points, workers, users), users) for users in clients)
+
+
 def write_report(
     points: list[dict[str, object]],
     workers: tuple[int, ...],
@@ -133,6 +141,14 @@ def write_report(
         + " |"
         for users in clients
     )
+    peaks = {count: peak(points, count, clients) for count in workers}
+    ratios += (
+        "\n| peak (at clients) | "
+        + " | ".join(f"{rate:.0f} ({users})" for rate, users in peaks.values())
+        + " | "
+        + " | ".join(f"{peaks[count][0] / peaks[base][0]:.2f}" for count in workers[1:])
+        + " |"
+    )
     headers = " | ".join(f"{count} worker(s)" for count in workers)
     ratio_headers = " | ".join(f"{count} ÷ {base}" for count in workers[1:])
     machine = report["machine"]
@@ -150,7 +166,8 @@ def write_report(
         f"({cores} cores), a fresh server per worker count and round, "
         "the first worker count alternating between rounds. One worker is one process; "
         "more are HTTP workers plus the engine process.\n\n"
-        "Median requests/s over the rounds:\n\n"
+        "Median requests/s over the rounds; the last row compares each worker count at its "
+        "own best client count:\n\n"
         f"| clients | {headers} | {ratio_headers} |\n"
         f"|---:|{'---:|' * len(workers)}{'---:|' * (len(workers) - 1)}\n"
         f"{ratios}\n\n"
