@@ -20,6 +20,9 @@ from app.api.web import install_docs, install_viewer
 from app.config import Settings
 from app.metrics import Metrics
 
+# How long a front-end worker may wait to be ready before it accepts connections.
+WORKER_READY_WAIT_S = 5.0
+
 
 def create_app(
     settings: Settings | None = None,
@@ -37,6 +40,13 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Models load in the background so /health answers (and /ready says 503) meanwhile.
         loading = asyncio.create_task(state.load())
+        if engine_socket is not None:
+            # A front-end worker accepts connections (uvicorn starts listening after this)
+            # once it can serve: after a restart, the kernel would otherwise hand it
+            # requests to answer 503 while its siblings serve. Its own part loads in well
+            # under a second; past the bound (the engine process still loading its
+            # models, as at start-up) it accepts anyway, so /health answers.
+            await asyncio.wait({loading}, timeout=WORKER_READY_WAIT_S)
         yield
         loading.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -132,6 +132,7 @@ async def test_sigterm_with_two_workers_answers_everything_queued(tmp_path: Path
         tmp_path, {**WORKERS, "ENCODER_DRAIN_S": "30", "ENCODER_MAX_BATCH_SIZE": "1"}
     )
     try:
+        wait_for(lambda: len(pids_logging(live, "ready: serving")) == 2, what="both workers")
         texts = [
             f"request {i}: " + "a sentence long enough to take a while " * 24 for i in range(64)
         ]
@@ -166,11 +167,17 @@ def test_a_killed_worker_or_engine_process_is_replaced(tmp_path: Path) -> None:
         wait_for(lambda: len(pids_logging(live, "ready: serving")) == 2, what="both workers")
         victim = pids_logging(live, "ready: serving")[0]
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: len(pids_logging(live, "ready: serving")) == 3, what="a new worker")
+        psutil.Process(victim).wait(10)
+        # Requests on fresh connections all the while the replacement starts: it accepts
+        # none before it can serve them, so none meets a 503 while its sibling serves.
+        statuses = []
+        while len(pids_logging(live, "ready: serving")) < 3:
+            statuses.append(encode_on_fresh_connection(live.url, len(statuses)))
+            assert len(statuses) < 10_000, "no new worker"
         assert victim not in pids_logging(live, "ready: serving")[2:]
         with ThreadPoolExecutor(4) as pool:
-            statuses = list(pool.map(lambda i: encode_on_fresh_connection(live.url, i), range(16)))
-        assert statuses == [200] * 16
+            statuses += pool.map(lambda i: encode_on_fresh_connection(live.url, i), range(16))
+        assert statuses == [200] * len(statuses)
 
         cpu_before = metric_sum(httpx.get(f"{live.url}/metrics").text, "process_cpu_seconds_total")
         (engine,) = pids_logging(live, "engine process ready")
