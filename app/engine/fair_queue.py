@@ -44,10 +44,15 @@ class FairQueue(Generic[Item]):
     def __init__(self) -> None:
         self._groups: deque[_Group[Item]] = deque()  # the front group has the next turn
         self._low_groups: deque[_Group[Item]] = deque()  # low priority: after all of those
+        # Groups of more than one item, per priority: the only ones a new request does not
+        # wait for whole (tokens_served_before), kept so admission need not walk the rest.
+        self._deep: set[_Group[Item]] = set()
+        self._low_deep: set[_Group[Item]] = set()
         self.low_count = 0  # low-priority items queued
         self._arrivals = itertools.count()
         self._count = 0
         self.tokens = 0
+        self._low_tokens = 0
 
     def __len__(self) -> int:
         return self._count
@@ -64,11 +69,16 @@ class FairQueue(Generic[Item]):
         """One request's inputs; the request takes its first turn after every waiting one
         of its priority."""
         if items:
-            groups = self._low_groups if low else self._groups
-            groups.append(_Group(next(self._arrivals), deque(items)))
+            group = _Group(next(self._arrivals), deque(items))
+            (self._low_groups if low else self._groups).append(group)
+            if len(items) > 1:
+                (self._low_deep if low else self._deep).add(group)
+            tokens = sum(item.tokens for item in items)
             self._count += len(items)
-            self.low_count += len(items) if low else 0
-            self.tokens += sum(item.tokens for item in items)
+            self.tokens += tokens
+            if low:
+                self.low_count += len(items)
+                self._low_tokens += tokens
 
     def oldest(self) -> Item:
         """The input that has waited longest among those taken next (normal ones while any
@@ -89,12 +99,16 @@ class FairQueue(Generic[Item]):
     def take(self, count: int) -> list[Item]:
         """Remove and return the first `count` items of `round_robin()`."""
         taken: list[Item] = []
-        for groups in (self._groups, self._low_groups):
+        for groups, deep in ((self._groups, self._deep), (self._low_groups, self._low_deep)):
             while len(taken) < count and groups:
                 group = groups.popleft()
-                taken.append(group.items.popleft())
+                item = group.items.popleft()
+                taken.append(item)
                 if groups is self._low_groups:
                     self.low_count -= 1
+                    self._low_tokens -= item.tokens
+                if len(group.items) == 1:
+                    deep.discard(group)
                 if group.items:
                     groups.append(group)  # it had its turn: to the back
         self._count -= len(taken)
@@ -115,10 +129,15 @@ class FairQueue(Generic[Item]):
                     (removed if dead(item) else kept).append(item)
                 if groups is self._low_groups:
                     self.low_count -= len(group.items) - len(kept)
+                    self._low_tokens -= sum(i.tokens for i in group.items) - sum(
+                        i.tokens for i in kept
+                    )
                 group.items = kept
         if removed:
             self._groups = deque(group for group in self._groups if group.items)
             self._low_groups = deque(group for group in self._low_groups if group.items)
+            self._deep = {group for group in self._groups if len(group.items) > 1}
+            self._low_deep = {group for group in self._low_groups if len(group.items) > 1}
             self._count -= len(removed)
             self.tokens -= sum(item.tokens for item in removed)
         return removed
@@ -131,10 +150,16 @@ class FairQueue(Generic[Item]):
         """Tokens that run before a new request of `count` inputs is done: round-robin
         takes up to `count` inputs of every group of its priority now waiting before its
         last one; a low-priority request also waits for every normal input."""
-        ahead = sum(
-            sum(item.tokens for item in itertools.islice(group.items, count))
-            for group in (self._low_groups if low else self._groups)
+        normal_tokens = self.tokens - self._low_tokens
+        if count < 1:
+            return normal_tokens if low else 0
+        # Every group of its priority whole, less what lies past `count` in the deep ones
+        # (a walk over every waiting request per admission was O(n^2) under load).
+        past = sum(
+            item.tokens
+            for group in (self._low_deep if low else self._deep)
+            for item in itertools.islice(group.items, count, None)
         )
         if low:
-            ahead += sum(item.tokens for group in self._groups for item in group.items)
-        return ahead
+            return self.tokens - past  # all normal work, and its own share of the low
+        return normal_tokens - past

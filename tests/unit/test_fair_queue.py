@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 from hypothesis import given
@@ -140,3 +141,39 @@ def test_take_with_priorities_is_a_prefix_of_round_robin_and_counts_stay_exact(
     assert list(queue.round_robin()) == rest
     assert len(queue) == len(rest) and queue.tokens == sum(item.tokens for item in rest)
     assert queue.low_count == sum(item.name.startswith("low") for item in rest)
+
+
+def tokens_until_done(queue: FairQueue[Input], count: int, *, low: bool) -> int:
+    """What the fair queue promises admission, by running it: tokens of other inputs taken
+    before the last of a new request of `count` inputs."""
+    queue = copy.deepcopy(queue)
+    queue.add([Input("new", 0) for _ in range(count)], low=low)
+    ahead, left = 0, count
+    while left:
+        (item,) = queue.take(1)
+        if item.name == "new":
+            left -= 1
+        else:
+            ahead += item.tokens
+    return ahead
+
+
+@given(
+    st.lists(st.tuples(st.lists(st.integers(1, 50), max_size=5), st.booleans()), max_size=8),
+    st.integers(0, 12),
+    st.integers(0, 3),
+)
+def test_work_ahead_of_a_new_request_is_what_taking_turns_serves_before_it(
+    requests: list[tuple[list[int], bool]], taken: int, odd_out: int
+) -> None:
+    queue: FairQueue[Input] = FairQueue()
+    for index, (lengths, low) in enumerate(requests):
+        queue.add([Input(f"{index}.{i}", t) for i, t in enumerate(lengths)], low=low)
+    queue.take(taken)
+    if odd_out:  # inputs leave from the middle too (their callers went away)
+        queue.remove(lambda item: item.tokens % (odd_out + 1) == 0)
+    for count in range(1, 4):
+        for low in (False, True):
+            assert queue.tokens_served_before(count, low=low) == tokens_until_done(
+                queue, count, low=low
+            )
