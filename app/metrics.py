@@ -164,13 +164,11 @@ def process_tree_usage(root_pid: int) -> TreeUsage | None:
     """
     try:
         root = psutil.Process(root_pid)
-        root_times = root.cpu_times()
         processes = [root, *root.children(recursive=True)]
         start_time, max_fds = root.create_time(), root.rlimit(psutil.RLIMIT_NOFILE)[0]
     except psutil.Error:
         return None
-    cpu = root_times.children_user + root_times.children_system
-    resident = virtual = 0.0
+    cpu = resident = virtual = 0.0
     open_fds = 0
     for process in processes:
         try:
@@ -180,6 +178,8 @@ def process_tree_usage(root_pid: int) -> TreeUsage | None:
         except psutil.Error:  # reaped since the tree was read
             continue
         cpu += times.user + times.system
+        if process is root:  # and of the processes it reaped
+            cpu += times.children_user + times.children_system
         resident += memory.rss
         virtual += memory.vms
         open_fds = max(open_fds, fds)

@@ -49,32 +49,30 @@ class EngineService:
             batcher.name: batcher for batcher in engine.registry.batchers
         }  # a model's name, and `<model>-attention`
         self.draining = False
-        self._writers: set[wire.FrameWriter] = set()
-        self._answering: set[asyncio.Task[None]] = set()  # every connection's RUN tasks
+        # Each worker connection, with its requests' tasks by request id.
+        self._connections: dict[wire.FrameWriter, dict[int, asyncio.Task[None]]] = {}
 
     async def finish_answers(self, timeout_s: float) -> None:
         """Wait until every request whose passes ran has its answer written (at shutdown,
         after the batchers drained: their tasks still have to wake up and send)."""
-        if self._answering:
-            await asyncio.wait(set(self._answering), timeout=timeout_s)
+        running = {task for tasks in self._connections.values() for task in tasks.values()}
+        if running:
+            await asyncio.wait(running, timeout=timeout_s)
 
     def close_connections(self) -> None:
         """Close every worker connection, after sending the frames written so far."""
-        for writer in self._writers:
+        for writer in self._connections:
             writer.close()
 
     async def handle(self, reader: asyncio.StreamReader, stream: asyncio.StreamWriter) -> None:
-        tasks: dict[int, asyncio.Task[None]] = {}
         writer = wire.FrameWriter(stream)
-        self._writers.add(writer)
+        tasks = self._connections[writer] = {}
         try:
             while True:
                 kind, request_id, payload = await wire.read_frame(reader)
                 if kind == wire.RUN:
                     task = asyncio.create_task(self._run(request_id, payload, writer))
                     tasks[request_id] = task
-                    self._answering.add(task)
-                    task.add_done_callback(self._answering.discard)
                     task.add_done_callback(functools.partial(_forget, tasks, request_id))
                 elif kind == wire.CANCEL:
                     running = tasks.get(request_id)
@@ -92,7 +90,7 @@ class EngineService:
         finally:
             for task in list(tasks.values()):
                 task.cancel()
-            self._writers.discard(writer)
+            del self._connections[writer]
             writer.close()
 
     async def _run(self, request_id: int, payload: memoryview, writer: wire.FrameWriter) -> None:
