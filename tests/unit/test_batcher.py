@@ -6,12 +6,18 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.engine.batcher import RESTART_DELAY_S, BatchLimits, DynamicBatcher
+from app.engine.batcher import (
+    REGROUP_MIN_INPUTS,
+    RESTART_DELAY_S,
+    BatchLimits,
+    DynamicBatcher,
+)
 from app.engine.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 from app.engine.timing import RequestTiming, current_timing
 from app.metrics import Metrics
@@ -27,6 +33,7 @@ class FakeBackend:
     started: list[float] = field(default_factory=list)
     gate: threading.Event = field(default_factory=threading.Event)
     hold_first: bool = False
+    pass_s: float = 0.0  # how long each batch takes
 
     def __post_init__(self) -> None:
         if not self.hold_first:
@@ -36,6 +43,7 @@ class FakeBackend:
         self.batches.append(list(payloads))
         self.started.append(time.monotonic())
         assert self.gate.wait(10), "test never released the gate"
+        time.sleep(self.pass_s)
         if POISON in payloads:
             raise RuntimeError("poisoned input")
         return [payload * 10 for payload in payloads]
@@ -82,6 +90,56 @@ async def test_busy_batcher_flushes_after_max_wait_from_oldest() -> None:
     assert backend.batches == [[1], [2, 3]]
     # Not full, so the second batch waited until its oldest input had waited max_wait.
     assert backend.started[1] - queued_at >= 0.3 - 0.01
+    await batcher.stop()
+
+
+async def test_callers_answered_by_a_pass_join_the_next_batch() -> None:
+    """Closed-loop callers that began in two groups, with passes longer than max_wait (as
+    on a CPU): after the first pass, the callers it answered come back before the next
+    batch leaves, and from then on all ride together. Counting the wait from the oldest
+    input alone, the queued group would leave at once, and the two would alternate."""
+    group = 4
+    assert group >= REGROUP_MIN_INPUTS
+    backend = FakeBackend(hold_first=True, pass_s=0.1)
+    batcher = make(backend, max_wait_s=0.05, max_batch_size=2 * group)
+    rounds = 5
+
+    async def caller(first: asyncio.Future[int], payload: int, more: int) -> None:
+        await first
+        for _ in range(more):
+            (answer,) = submit(batcher, payload)
+            assert await answer == payload * 10
+
+    first_group = submit(batcher, *range(group))
+    await wait_for(lambda: len(backend.batches) == 1)
+    second_group = submit(batcher, *range(group, 2 * group))
+    callers = [caller(f, p, rounds) for p, f in enumerate(first_group)]
+    callers += [caller(f, p, rounds - 1) for p, f in enumerate(second_group, start=group)]
+    backend.gate.set()
+    await asyncio.wait_for(asyncio.gather(*callers), 10.0)
+    assert [len(batch) for batch in backend.batches] == [group] + [2 * group] * rounds
+    await batcher.stop()
+
+
+@pytest.mark.parametrize("first_pass", [REGROUP_MIN_INPUTS - 1, REGROUP_MIN_INPUTS])
+async def test_after_a_pass_of_several_inputs_the_wait_counts_from_its_end(
+    first_pass: int,
+) -> None:
+    max_wait = 0.5
+    backend = FakeBackend(hold_first=True)
+    batcher = make(backend, max_wait_s=max_wait, max_batch_size=64)
+    first = submit(batcher, *range(first_pass))
+    await wait_for(lambda: len(backend.batches) == 1)
+    (later,) = submit(batcher, 99)
+    await asyncio.sleep(max_wait + 0.1)  # the queued input has waited out max_wait
+    released = time.monotonic()
+    backend.gate.set()
+    await asyncio.wait_for(asyncio.gather(*first, later), 10.0)
+    waited = backend.started[1] - released
+    if first_pass < REGROUP_MIN_INPUTS:
+        assert waited < max_wait - 0.1  # light load: the next batch starts at once
+    else:
+        assert waited >= max_wait - 0.01  # room for the callers just answered
     await batcher.stop()
 
 
@@ -609,3 +667,9 @@ async def test_low_priority_passes_keep_to_their_share_while_normal_inputs_come(
     # Held back until interactive traffic had been quiet for LOW_PRIORITY_QUIET_S.
     assert time.monotonic() - started >= batching.LOW_PRIORITY_QUIET_S * 0.5
     await batcher.stop()
+
+
+def test_the_readme_states_the_regrouping_threshold() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"After a pass that answered {REGROUP_MIN_INPUTS} or more inputs" in readme
+    assert f"after a pass of {REGROUP_MIN_INPUTS} or more inputs" in readme
