@@ -10,11 +10,12 @@ Dispatch policy:
   request pays no batching delay;
 - busy: dispatch as soon as the next batch is full (count or token budget), or
   when its oldest input has waited `max_wait_s`, whichever comes first. After a pass
-  that answered `REGROUP_MIN_INPUTS` or more inputs, that wait counts from the end of
-  the pass instead, if later: callers that send their next request as soon as they
-  have an answer (a job running N requests at a time) then join the next batch. Else
-  half of them would be answered while the other half runs, and the two halves would
-  alternate in separate batches of half the size for as long as the load lasts.
+  that answered `REGROUP_MIN_INPUTS` or more inputs, the batch may also wait that long
+  from the end of the pass (but no longer than `REGROUP_PASS_SHARE` of the pass):
+  callers that send their next request as soon as they have an answer (a job running
+  N requests at a time) then join the next batch. Else half of them would be answered
+  while the other half runs, and the two halves would alternate in separate batches
+  of half the size for as long as the load lasts.
 Fairness: a batch takes inputs round-robin across the waiting requests
 (`app/engine/fair_queue.py`), so a small request never waits behind whole large ones.
 Priority: a request may come as low priority (`low=True`: an explanation's
@@ -65,6 +66,9 @@ RESTART_DELAY_S = 0.5
 # 50 % and 80 % of capacity no slower (p50 8.6-10.9 ms against 9.1-10.1 at 50 %). Below
 # this size, passes are short and the load light: the next batch starts at once.
 REGROUP_MIN_INPUTS = 4
+# The wait after a pass is also held to this share of the pass, so where passes are
+# short (a GPU) waiting for callers that may not come back costs the engine little.
+REGROUP_PASS_SHARE = 0.1
 
 # Why an input never reached a forward pass (the `reason` label of encoder_rejected_total):
 # `would_miss_deadline` is admission refusing work that could not finish in time.
@@ -358,7 +362,7 @@ class DynamicBatcher(Generic[Payload, Result]):
         """One instance's loop. Instances share the queue; each takes the next batch when it
         is free (no await between choosing a batch and taking it, so none is taken twice)."""
         idle = True
-        regroup_from = -math.inf  # when the last pass of REGROUP_MIN_INPUTS or more ended
+        regroup_until = -math.inf  # how long the batch may wait for callers just answered
         while True:
             self._drop_dead()
             if not self._queue:
@@ -367,7 +371,7 @@ class DynamicBatcher(Generic[Payload, Result]):
                 await self._arrived.wait()
                 continue
             if not idle:
-                await self._wait_to_fill(regroup_from)
+                await self._wait_to_fill(regroup_until)
                 self._drop_dead()
             hold_s = self._low_priority_hold()
             if hold_s > 0:  # low-priority work has had its share: wait for either kind
@@ -379,9 +383,8 @@ class DynamicBatcher(Generic[Payload, Result]):
             if batch:
                 idle = False
                 try:
-                    await self._execute(batch, instance)
-                    regroup = len(batch) >= REGROUP_MIN_INPUTS
-                    regroup_from = time.monotonic() if regroup else -math.inf
+                    pass_s = await self._execute(batch, instance)
+                    regroup_until = self._regroup_until(len(batch), pass_s)
                 except BaseException as error:
                     # Never leave a caller waiting: answer the batch, then let the
                     # worker die (a bug) or stop (cancelled: shutting down) as it would have.
@@ -395,13 +398,20 @@ class DynamicBatcher(Generic[Payload, Result]):
                     # before `_execute` counts the batch as running.
                     self._update_idle()
 
-    async def _wait_to_fill(self, regroup_from: float) -> None:
-        """Wait until the next batch is full or its oldest input has waited `max_wait_s`,
-        counted from `regroup_from` where that is later (see the module docstring)."""
+    def _regroup_until(self, answered: int, pass_s: float) -> float:
+        """Until when the next batch may wait for the callers a pass just answered (see
+        the module docstring); -inf after a pass of few inputs."""
+        if answered < REGROUP_MIN_INPUTS:
+            return -math.inf
+        return time.monotonic() + min(self.limits.max_wait_s, REGROUP_PASS_SHARE * pass_s)
+
+    async def _wait_to_fill(self, regroup_until: float) -> None:
+        """Wait until the next batch is full, or its oldest input has waited `max_wait_s`
+        and `regroup_until` has passed."""
         while self._queue:
             _, full = self._select()
-            waiting_since = max(self._queue.oldest().enqueued_at, regroup_from)
-            remaining = waiting_since + self.limits.max_wait_s - time.monotonic()
+            oldest_due = self._queue.oldest().enqueued_at + self.limits.max_wait_s
+            remaining = max(oldest_due, regroup_until) - time.monotonic()
             if full or remaining <= 0:
                 return
             self._arrived.clear()
@@ -502,7 +512,8 @@ class DynamicBatcher(Generic[Payload, Result]):
 
     async def _execute(
         self, batch: list[QueuedInput[Payload, Result]], instance: _Instance[Payload, Result]
-    ) -> None:
+    ) -> float:
+        """Run a batch on `instance` and answer its inputs; the seconds its passes ran."""
         started = time.monotonic()
         metrics = self._metrics
         if metrics is not None:
@@ -539,6 +550,7 @@ class DynamicBatcher(Generic[Payload, Result]):
                 item.future.set_exception(outcome)
             else:
                 item.future.set_result(outcome)
+        return seconds
 
     def _run_gated(
         self, run_batch: BatchRunner[Payload, Result], payloads: list[Payload]

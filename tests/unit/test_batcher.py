@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from app.engine.batcher import (
     REGROUP_MIN_INPUTS,
+    REGROUP_PASS_SHARE,
     RESTART_DELAY_S,
     BatchLimits,
     DynamicBatcher,
@@ -100,9 +101,9 @@ async def test_callers_answered_by_a_pass_join_the_next_batch() -> None:
     input alone, the queued group would leave at once, and the two would alternate."""
     group = 4
     assert group >= REGROUP_MIN_INPUTS
-    backend = FakeBackend(hold_first=True, pass_s=0.1)
+    backend = FakeBackend(hold_first=True, pass_s=0.3)
     batcher = make(backend, max_wait_s=0.05, max_batch_size=2 * group)
-    rounds = 5
+    rounds = 4
 
     async def caller(first: asyncio.Future[int], payload: int, more: int) -> None:
         await first
@@ -122,24 +123,27 @@ async def test_callers_answered_by_a_pass_join_the_next_batch() -> None:
 
 
 @pytest.mark.parametrize("first_pass", [REGROUP_MIN_INPUTS - 1, REGROUP_MIN_INPUTS])
-async def test_after_a_pass_of_several_inputs_the_wait_counts_from_its_end(
+async def test_after_a_pass_of_several_inputs_the_batch_waits_for_callers(
     first_pass: int,
 ) -> None:
-    max_wait = 0.5
+    """The queued input has waited out max_wait while the pass ran: after a pass of few
+    inputs it leaves at once; after one of several it waits a share of the pass."""
+    max_wait, held = 0.5, 2.0
     backend = FakeBackend(hold_first=True)
     batcher = make(backend, max_wait_s=max_wait, max_batch_size=64)
     first = submit(batcher, *range(first_pass))
     await wait_for(lambda: len(backend.batches) == 1)
     (later,) = submit(batcher, 99)
-    await asyncio.sleep(max_wait + 0.1)  # the queued input has waited out max_wait
+    await asyncio.sleep(held)
     released = time.monotonic()
     backend.gate.set()
     await asyncio.wait_for(asyncio.gather(*first, later), 10.0)
     waited = backend.started[1] - released
+    regroup_s = min(max_wait, REGROUP_PASS_SHARE * held)  # the pass took `held` and more
     if first_pass < REGROUP_MIN_INPUTS:
-        assert waited < max_wait - 0.1  # light load: the next batch starts at once
-    else:
-        assert waited >= max_wait - 0.01  # room for the callers just answered
+        assert waited < regroup_s * 0.75
+    else:  # and not the whole max_wait: a share of the pass at most
+        assert regroup_s - 0.01 <= waited < max_wait - 0.1
     await batcher.stop()
 
 
@@ -673,3 +677,4 @@ def test_the_readme_states_the_regrouping_threshold() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert f"After a pass that answered {REGROUP_MIN_INPUTS} or more inputs" in readme
     assert f"after a pass of {REGROUP_MIN_INPUTS} or more inputs" in readme
+    assert REGROUP_PASS_SHARE == 0.1 and "at most a tenth of the pass" in readme
