@@ -64,7 +64,7 @@ RESTART_DELAY_S = 0.5
 # the rule off): closed loop, 8 clients 246 / 227 sequences/s against 226 / 216 (batches
 # of 7.9 inputs against 4.5-5.3), 32 clients 279 / 278 against 272 / 269; open loop at
 # 50 % and 80 % of capacity no slower (p50 8.6-10.9 ms against 9.1-10.1 at 50 %). Below
-# this size, passes are short and the load light: the next batch starts at once.
+# this size, passes are short and the load light: only the oldest input's wait counts.
 REGROUP_MIN_INPUTS = 4
 # The wait after a pass is also held to this share of the pass, so where passes are
 # short (a GPU) waiting for callers that may not come back costs the engine little.

@@ -122,24 +122,21 @@ class FairQueue(Generic[Item]):
         everything = (*self._groups, *self._low_groups)
         if not any(dead(item) for group in everything for item in group.items):
             return removed  # the common case: nothing to rebuild
-        for groups in (self._groups, self._low_groups):
-            for group in groups:
-                kept: deque[Item] = deque()
-                for item in group.items:
-                    (removed if dead(item) else kept).append(item)
-                if groups is self._low_groups:
-                    self.low_count -= len(group.items) - len(kept)
-                    self._low_tokens -= sum(i.tokens for i in group.items) - sum(
-                        i.tokens for i in kept
-                    )
-                group.items = kept
-        if removed:
-            self._groups = deque(group for group in self._groups if group.items)
-            self._low_groups = deque(group for group in self._low_groups if group.items)
-            self._deep = {group for group in self._groups if len(group.items) > 1}
-            self._low_deep = {group for group in self._low_groups if len(group.items) > 1}
-            self._count -= len(removed)
-            self.tokens -= sum(item.tokens for item in removed)
+        for group in everything:
+            kept: deque[Item] = deque()
+            for item in group.items:
+                (removed if dead(item) else kept).append(item)
+            group.items = kept
+        self._groups = deque(group for group in self._groups if group.items)
+        self._low_groups = deque(group for group in self._low_groups if group.items)
+        # Rare and already a walk over everything: the totals are counted afresh.
+        self._deep = {group for group in self._groups if len(group.items) > 1}
+        self._low_deep = {group for group in self._low_groups if len(group.items) > 1}
+        low_items = [item for group in self._low_groups for item in group.items]
+        self.low_count = len(low_items)
+        self._low_tokens = sum(item.tokens for item in low_items)
+        self._count -= len(removed)
+        self.tokens -= sum(item.tokens for item in removed)
         return removed
 
     def clear(self) -> list[Item]:
