@@ -20,7 +20,53 @@ from app.settings_cli import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from app.engine.manifest import ModelManifest
+
+# What the offline tools raise for bad input (files, names, sources, flags): one line on
+# stderr and exit status 2, never a traceback. OSError: unreadable files, a source without
+# usable weights; RecursionError: input nested thousands deep.
+TOOL_ERRORS = (ValueError, OSError, RecursionError)
+MAX_ERROR_CHARS = 2000
+
+
+def tool_error(command: str, error: BaseException | str) -> int:
+    """The tools' one error path: the message on one line of stderr, exit status 2."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[:MAX_ERROR_CHARS] + "…"
+    print(f"encoder-serve {command}: {message}", file=sys.stderr)
+    return 2
+
+
+def offline_tool(
+    command: str, handler: Callable[[argparse.Namespace], int]
+) -> Callable[[argparse.Namespace], int]:
+    """`handler` with the model names checked first (one rule: `model_name_error`) and bad
+    input reported through `tool_error`."""
+
+    def run(args: argparse.Namespace) -> int:
+        from app.engine.manifest import model_name_error
+
+        names = [args.name] if hasattr(args, "name") else list(getattr(args, "names", []))
+        for name in names:
+            if (invalid := model_name_error(name)) is not None:
+                return tool_error(command, invalid)
+        try:
+            return handler(args)
+        except TOOL_ERRORS as error:
+            return tool_error(command, error)
+
+    return run
+
+
+def replaced_without_force(command: str, target: Path, force: bool) -> bool:
+    """True (and the refusal said) when `target` exists and `--force` was not given."""
+    if force or not target.exists():
+        return False
+    tool_error(command, f"{target} already exists; pass --force to replace it")
+    return True
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -53,28 +99,19 @@ def _export(args: argparse.Namespace) -> int:
     if args.skip_existing and is_built(models_dir, args.name, args.precision or ["fp32"]):
         print(f"model '{args.name}' is already built in {models_dir / args.name}; skipping")
         return 0
-    target = models_dir / args.name
-    if target.exists() and not (args.force or args.skip_existing):
-        print(
-            f"encoder-serve export: {target} already exists; pass --force to replace it",
-            file=sys.stderr,
-        )
+    if replaced_without_force("export", models_dir / args.name, args.force or args.skip_existing):
         return 2
     models_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        manifest = export_model(
-            args.source,
-            args.name,
-            models_dir,
-            task=args.task,
-            max_length=args.max_length,
-            precisions=args.precision or ["fp32"],
-            revision=args.revision,
-            allow_untrained_head=args.allow_untrained_head,
-        )
-    except ValueError as error:  # the source or its head: bad input, not a bug
-        print(f"encoder-serve export: {error}", file=sys.stderr)
-        return 2
+    manifest = export_model(
+        args.source,
+        args.name,
+        models_dir,
+        task=args.task,
+        max_length=args.max_length,
+        precisions=args.precision or ["fp32"],
+        revision=args.revision,
+        allow_untrained_head=args.allow_untrained_head,
+    )
     parity = manifest.parity["fp32"]
     print(
         f"exported '{manifest.name}' to {models_dir / manifest.name}: {manifest.dimensions} dims, "
@@ -88,23 +125,22 @@ def _train_head(args: argparse.Namespace) -> int:
     from app.export.head_fit import HeadConfig
     from app.export.train_head import train_head
 
-    try:
-        config = HeadConfig(
-            **{name: value for name in HEAD_FLAGS if (value := getattr(args, name)) is not None}
-        )
-        manifest = train_head(
-            base=args.base,
-            data=args.data,
-            name=args.name,
-            labels=[label.strip() for label in args.labels.split(",")],
-            models_dir=args.models_dir or load_settings().models_dir,
-            config=config,
-            eval_data=args.eval,
-            command=train_head_command(args),
-        )
-    except (ValueError, FileNotFoundError) as error:  # bad input, not a bug: no traceback
-        print(f"encoder-serve train-head: {error}", file=sys.stderr)
+    models_dir: Path = args.models_dir or load_settings().models_dir
+    if replaced_without_force("train-head", models_dir / args.name, args.force):
         return 2
+    config = HeadConfig(
+        **{name: value for name in HEAD_FLAGS if (value := getattr(args, name)) is not None}
+    )
+    manifest = train_head(
+        base=args.base,
+        data=args.data,
+        name=args.name,
+        labels=[label.strip() for label in args.labels.split(",")],
+        models_dir=models_dir,
+        config=config,
+        eval_data=args.eval,
+        command=train_head_command(args),
+    )
     print(f"trained '{manifest.name}' on '{args.base}': {scores_summary(manifest)}")
     return 0
 
@@ -157,6 +193,8 @@ def _finetune(args: argparse.Namespace) -> int:
     from app.export.finetune import DataFormat, FinetuneConfig, finetune
 
     models_dir: Path = args.models_dir or load_settings().models_dir
+    if replaced_without_force("finetune", models_dir / args.name, args.force):
+        return 2
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         given = {name: getattr(args, name) for name in FINETUNE_FLAGS}
@@ -179,9 +217,6 @@ def _finetune(args: argparse.Namespace) -> int:
             test_data=args.test,
             command=finetune_command(args),
         )
-    except (ValueError, FileNotFoundError) as error:  # bad input, not a bug: no traceback
-        print(f"encoder-serve finetune: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("encoder-serve finetune: interrupted; nothing was written", file=sys.stderr)
         return 130
@@ -237,9 +272,11 @@ def _rebuild(args: argparse.Namespace) -> int:
     for name in names:
         try:
             manifest = rebuild(name, models_dir, skip_existing=args.skip_existing)
-        except (ValueError, FileNotFoundError, DeltaMismatchError) as error:
+        except DeltaMismatchError as error:  # the delta or the base changed: not bad input
             print(f"encoder-serve rebuild: {name}: {error}", file=sys.stderr)
             return 1
+        except TOOL_ERRORS as error:
+            return tool_error("rebuild", f"{name}: {error}")
         if manifest is None:
             print(f"model '{name}' is already built in {models_dir / name}; skipping")
         else:
@@ -285,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="export a classifier whose head the source does not hold (initialised at "
         "random), e.g. to fine-tune it afterwards",
     )
-    export.set_defaults(handler=_export)
+    export.set_defaults(handler=offline_tool("export", _export))
 
     train = commands.add_parser(
         "train-head", help="train a classification head on a base model's embeddings"
@@ -298,7 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--models-dir", type=Path, help="model repository (default: models)")
     for name, (kind, text) in HEAD_FLAGS.items():
         train.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
-    train.set_defaults(handler=_train_head)
+    train.add_argument(
+        "--force", action="store_true", help="replace a model of the same name in the repository"
+    )
+    train.set_defaults(handler=offline_tool("train-head", _train_head))
 
     tune = commands.add_parser(
         "finetune", help="tune an encoder for classification on a labelled file"
@@ -330,7 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--models-dir", type=Path, help="model repository (default: models)")
     for name, (kind, text) in FINETUNE_FLAGS.items():
         tune.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
-    tune.set_defaults(handler=_finetune)
+    tune.add_argument(
+        "--force", action="store_true", help="replace a model of the same name in the repository"
+    )
+    tune.set_defaults(handler=offline_tool("finetune", _finetune))
 
     rebuild = commands.add_parser(
         "rebuild", help="rebuild tuned models from their committed delta and the installed base"
@@ -340,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument(
         "--skip-existing", action="store_true", help="do nothing for models already built"
     )
-    rebuild.set_defaults(handler=_rebuild)
+    rebuild.set_defaults(handler=offline_tool("rebuild", _rebuild))
     return parser
 
 

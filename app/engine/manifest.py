@@ -7,7 +7,8 @@ The manifest is a contract, checked when it is read: `ModelManifest.read` raises
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -39,6 +40,22 @@ class ManifestError(ValueError):
     """A model.json that is missing, is not JSON, or breaks the manifest format."""
 
 
+# A model name is one directory of the repository, a URL and a metric label: letters, digits
+# and `._-`, starting with a letter or digit (so never `.`, `..`, a path or empty).
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def model_name_error(name: str) -> str | None:
+    """Why `name` cannot name a model of the repository; None when it can. The one rule of
+    the tools (export, finetune, train-head, rebuild) and of the manifests served."""
+    if MODEL_NAME.fullmatch(name):
+        return None
+    return (
+        f"invalid model name {name!r}: use 1 to 64 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit (a name, not a path)"
+    )
+
+
 class BatchingOverrides(BaseModel):
     """Per-model overrides of the server's batch limits (None: the server's setting)."""
 
@@ -54,6 +71,18 @@ class BatchingOverrides(BaseModel):
 
 def _invalid(message: str) -> PydanticCustomError:
     return PydanticCustomError("manifest", message)
+
+
+def outside_error(path: str) -> str | None:
+    """Why `path`, a file a manifest names, is not a path inside the model's directory
+    (absolute, `..`, a backslash or a control character); None when it is. Written
+    paths only: a symbolic link inside the directory is the operator's own choice."""
+    parts = PurePosixPath(path).parts
+    if not path or path.startswith("/") or ".." in parts or "\\" in path:
+        return f"{path!r} is outside the model's directory (use a path relative to it)"
+    if any(ord(char) < 32 for char in path):
+        return f"{path!r} holds a control character"
+    return None
 
 
 class ModelManifest(BaseModel):
@@ -90,6 +119,14 @@ class ModelManifest(BaseModel):
             data = {key: value for key, value in data.items() if key not in LEGACY_KEYS}
         return data
 
+    @field_validator("name", "base")
+    @classmethod
+    def _model_name(cls, name: str | None) -> str | None:
+        error = None if name is None else model_name_error(name)
+        if error is not None:
+            raise _invalid(error)
+        return name
+
     # Field validators run in declaration order: `info.data` holds the fields above
     # that validated, so a check is skipped when the field it depends on is invalid.
     @field_validator("labels")
@@ -104,6 +141,23 @@ class ModelManifest(BaseModel):
                 repeated = sorted({label for label in labels if labels.count(label) > 1})
                 raise _invalid(f"labels must be distinct; repeated: {', '.join(repeated)}")
         return labels
+
+    @field_validator("tokenizer", "head")
+    @classmethod
+    def _file_inside(cls, path: str | None) -> str | None:
+        error = None if path is None else outside_error(path)
+        if error is not None:
+            raise _invalid(error)
+        return path
+
+    @field_validator("files")
+    @classmethod
+    def _files_inside(cls, files: dict[str, str]) -> dict[str, str]:
+        for key, path in files.items():
+            error = outside_error(path)
+            if error is not None:
+                raise _invalid(f"{key}: {error}")
+        return files
 
     @field_validator("default_precision")
     @classmethod

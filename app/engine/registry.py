@@ -19,6 +19,7 @@ from app.engine.heads import ClassifierHead
 from app.engine.instances import instance_count, threads_per_instance
 from app.engine.manifest import MANIFEST_FILE, ModelManifest, Task
 from app.engine.model import ServedModel
+from app.engine.model_checks import check_directory, checked_graphs
 from app.engine.pipeline import Pipeline, open_pipeline, open_tokenizer, resolve_precision
 from app.engine.runner import ModelRunner, attention_service, token_service
 from app.engine.tokenization import TextTokenizer, TokenizedText
@@ -115,7 +116,7 @@ def load_runner(
             device=settings.device,
             max_length=settings.max_attention_tokens,
         )
-    return ModelRunner(
+    runner = ModelRunner(
         manifest,
         pipelines,
         limits,
@@ -123,6 +124,8 @@ def load_runner(
         attention=attention,
         metrics=metrics,
     )
+    checked_graphs(directory, runner)  # the manifest against what the graphs answer
+    return runner
 
 
 def build_encoder(
@@ -176,10 +179,13 @@ def remote_encoder(
 
 
 def read_manifest(directory: Path) -> ModelManifest:
+    """The manifest, checked against its directory (app/engine/model_checks.py)."""
     try:
-        return ModelManifest.read(directory)
+        manifest = ModelManifest.read(directory)
+        check_directory(directory, manifest)
     except Exception as error:
         raise ModelLoadError(f"model '{directory.name}': {error}") from error
+    return manifest
 
 
 def load_head(directory: Path, manifest: ModelManifest, base: Encoder) -> ClassifierHead:

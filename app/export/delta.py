@@ -21,13 +21,13 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from app.backends.torch import TorchBackend
-from app.engine.manifest import ModelManifest
+from app.engine.manifest import ModelManifest, model_name_error
 from app.engine.pipeline import OFFLINE_BATCH, Pipeline, open_pipeline
 from app.engine.tokenization import TextTokenizer
 from app.export.exporter import MAX_LOGIT_DIFF, TOKENIZER_FILES, export_model, is_built
 from app.export.parity import _SENTENCES
 from app.export.precision import PRECISION_FILES, PrecisionError, build_precision
-from app.export.source import resolve_source
+from app.export.source import loading, resolve_source
 
 DELTA_DIR = "delta"
 DELTA_FILE = "delta.json"
@@ -36,6 +36,15 @@ DELTA_FORMAT = 1
 # or base moves logits by far more.
 MAX_REFERENCE_DIFF = 1e-4
 REFERENCE_TEXTS = _SENTENCES[:8]  # the project's own sentences: no data set is stored
+# What `rebuild` reads of delta.json, and the type each must have.
+RECORD_KEYS: dict[str, type | tuple[type, ...]] = {
+    "base": str,
+    "source": str,
+    "labels": list,
+    "max_length": int,
+    "reference_logits": list,
+    "evaluation": dict,
+}
 
 
 class DeltaMismatchError(RuntimeError):
@@ -84,9 +93,19 @@ def read_record(delta: Path) -> dict[str, Any]:
     path = delta / DELTA_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: no delta to rebuild from")
-    record: dict[str, Any] = json.loads(path.read_text())
+    try:
+        record: dict[str, Any] = json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON: {error}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: not a JSON object")
     if record.get("format") != DELTA_FORMAT:
         raise ValueError(f"{path}: unknown delta format {record.get('format')!r}")
+    wrong = [key for key, kind in RECORD_KEYS.items() if not isinstance(record.get(key), kind)]
+    if wrong:
+        raise ValueError(f"{path}: missing or malformed {', '.join(wrong)}")
     return record
 
 
@@ -169,12 +188,15 @@ def replace_directory(built: Path, target: Path) -> None:
 
 def rebuild(name: str, models_dir: Path, *, skip_existing: bool = False) -> ModelManifest | None:
     """Rebuild `models_dir/name` from its committed delta; None when skipped as built."""
+    if (invalid := model_name_error(name)) is not None:
+        raise ValueError(invalid)
     delta = models_dir / name / DELTA_DIR
     record = read_record(delta)
     if skip_existing and is_built(models_dir, name, record.get("precisions", ["fp32"])):
         return None
     progress(f"{name}: merging {delta} into {record['base']}")
-    merged = merged_from_delta(delta, record)
+    with loading(delta):  # a delta.json without a base or labels, adapter files unreadable
+        merged = merged_from_delta(delta, record)
     base = resolve_source(record["base"])
     found = reference_logits(merged, base / "tokenizer.json", record["max_length"])
     difference = check_logits(found, record["reference_logits"], MAX_REFERENCE_DIFF, "PyTorch")

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from app.backends.torch import TorchBackend, model_input_names
-from app.engine.manifest import ModelManifest, Pooling, Task
+from app.engine.manifest import ModelManifest, Pooling, Task, model_name_error
 from app.engine.pipeline import OFFLINE_BATCH, Pipeline
 from app.engine.tokenization import TextTokenizer
 from app.export.parity import (
@@ -25,7 +25,7 @@ from app.export.parity import (
     parity_texts,
 )
 from app.export.precision import PRECISION_FILES, Precision, build_precision
-from app.export.source import read_sentence_transformer_config, resolve_source
+from app.export.source import loading, read_sentence_transformer_config, resolve_source
 
 MIN_COSINE = 0.9999
 MAX_ATTENTION_DIFF = 1e-4
@@ -187,17 +187,21 @@ def export_model(
     at random) is refused unless `allow_untrained_head`: its parity would only compare
     the graph with the same random head.
     """
+    if (invalid := model_name_error(name)) is not None:
+        raise ValueError(invalid)
     output = OUTPUT_OF_TASK[task]
     classifier = task == "classification"
     extra = [p for p in dict.fromkeys(precisions) if p != "fp32"]
     total = 7 + len(extra)
     progress(1, total, f"resolving {source}")
     directory = resolve_source(source, revision)
-    st_config = read_sentence_transformer_config(directory)
-    config = AutoConfig.from_pretrained(directory)
+    with loading(source):
+        st_config = read_sentence_transformer_config(directory)
+        config = AutoConfig.from_pretrained(directory)
     # Classifiers pool inside the graph (BERT's pooler reads the first token).
     pooling: Pooling = "cls" if task == "classification" or st_config.pooling == "cls" else "mean"
-    hf_tokenizer = AutoTokenizer.from_pretrained(directory)
+    with loading(source):
+        hf_tokenizer = AutoTokenizer.from_pretrained(directory)
     length = (
         max_length
         or st_config.max_length
@@ -206,11 +210,12 @@ def export_model(
 
     progress(2, total, f"loading {config.model_type} weights from {directory}")
     auto = AutoModelForSequenceClassification if task == "classification" else AutoModel
-    model, loading = auto.from_pretrained(
-        directory, attn_implementation="eager", output_loading_info=True
-    )
+    with loading(source):
+        model, loaded = auto.from_pretrained(
+            directory, attn_implementation="eager", output_loading_info=True
+        )
     model.eval()
-    untrained = sorted(loading["missing_keys"])
+    untrained = sorted(loaded["missing_keys"])
     if classifier and untrained and not allow_untrained_head:
         raise UntrainedHeadError(
             f"{source} holds no trained classifier: transformers would initialise "

@@ -26,7 +26,7 @@ import torch
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 from app.config import available_cores
-from app.engine.manifest import MANIFEST_FILE, ModelManifest
+from app.engine.manifest import MANIFEST_FILE, ModelManifest, model_name_error
 from app.engine.pipeline import open_pipeline
 from app.export.delta import (
     DELTA_DIR,
@@ -50,7 +50,7 @@ from app.export.labelled_data import (
     read_labelled,
     require_every_class,
 )
-from app.export.source import read_sentence_transformer_config, resolve_source
+from app.export.source import loading, read_sentence_transformer_config, resolve_source
 
 Method = Literal["lora", "full", "head"]
 METHODS: tuple[Method, ...] = ("lora", "full", "head")
@@ -130,6 +130,13 @@ class PreparedData:
     test: LabelledTexts | None
     dropped: int  # training rows left out: copies or sub-phrases of validation rows
 
+    def clipped(self, max_length: int) -> PreparedData:
+        """Every text cut to what `max_length` tokens can hold, before any is tokenized."""
+        test = None if self.test is None else self.test.clipped(max_length)
+        return PreparedData(
+            self.train.clipped(max_length), self.validation.clipped(max_length), test, self.dropped
+        )
+
 
 def prepare_data(
     data: Path,
@@ -182,11 +189,12 @@ def resolve_base(base: str, models_dir: Path) -> ResolvedBase:
         manifest = ModelManifest.read(models_dir / base)
         return ResolvedBase(manifest.source, resolve_source(manifest.source), manifest.max_length)
     directory = resolve_source(base)
-    configured = read_sentence_transformer_config(directory).max_length
-    if configured is None:
-        config = json.loads((directory / "config.json").read_text())
-        configured = min(512, int(config.get("max_position_embeddings", 512)))
-    return ResolvedBase(base, directory, int(configured))
+    with loading(base):
+        configured = read_sentence_transformer_config(directory).max_length
+        if configured is None:
+            config = json.loads((directory / "config.json").read_text())
+            configured = min(512, int(config.get("max_position_embeddings", 512)))
+        return ResolvedBase(base, directory, int(configured))
 
 
 class TrainingProgress:
@@ -421,6 +429,8 @@ def finetune(
     Bad input (files, columns, labels, an unknown base) raises before any training:
     `LabelledDataError` / `ValueError` / `FileNotFoundError`.
     """
+    if (invalid := model_name_error(name)) is not None:
+        raise ValueError(invalid)
     data_format = data_format or DataFormat()
     if config.method == "head":
         return _finetune_head(
@@ -437,6 +447,7 @@ def finetune(
     )
     resolved = resolve_base(base, models_dir)
     max_length = config.max_length or resolved.max_length
+    prepared = prepared.clipped(max_length)
 
     def log(line: str) -> None:
         print(line, file=stream or sys.stderr, flush=True)
@@ -447,8 +458,9 @@ def finetune(
         "(copies or sub-phrases of validation rows)"
     )
     set_seed(config.seed)
-    tokenizer = AutoTokenizer.from_pretrained(resolved.directory)
-    model = classifier_from_base(resolved.directory, labels)
+    with loading(base):
+        tokenizer = AutoTokenizer.from_pretrained(resolved.directory)
+        model = classifier_from_base(resolved.directory, labels)
     if config.method == "lora":
         model = _lora_model(model, config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,11 @@ JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
 MAX_PHRASE_WORDS = 64
 PHRASE_SAMPLE = 256  # rows checked to decide whether the data lists sub-phrases
 PHRASE_DATA_SHARE = 0.25
+# Texts are cut to this many characters per token of the max length before they are
+# tokenized: many times any tokenizer's average (an English word-piece is about 4), so the
+# tokens kept are the same, and one huge text cannot cost gigabytes of tokens that
+# truncation would drop anyway.
+CHARS_PER_TOKEN = 50
 
 
 class LabelledDataError(ValueError):
@@ -28,6 +34,15 @@ class LabelledDataError(ValueError):
 class LabelledTexts:
     texts: list[str]
     labels: np.ndarray  # int64 label indices, in the order of the label names
+
+    def clipped(self, max_length: int) -> LabelledTexts:
+        """The texts cut to what `max_length` tokens can hold (see CHARS_PER_TOKEN)."""
+        return LabelledTexts(clip_texts(self.texts, max_length), self.labels)
+
+
+def clip_texts(texts: list[str], max_length: int) -> list[str]:
+    limit = max_length * CHARS_PER_TOKEN
+    return [text if len(text) <= limit else text[:limit] for text in texts]
 
 
 def _delimiter(path: Path, sample: str) -> str:
@@ -75,7 +90,8 @@ def _text(value: object, where: str) -> str:
 
 
 def _read_delimited(path: Path, names: list[str], columns: _Columns) -> tuple[list[str], list[int]]:
-    with path.open(newline="", encoding="utf-8") as handle:
+    # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first column name.
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         delimiter = _delimiter(path, handle.read(8192))
         handle.seek(0)
         # GLUE-style TSVs leave quotes unescaped inside the text; CSVs use standard quoting.
@@ -83,7 +99,7 @@ def _read_delimited(path: Path, names: list[str], columns: _Columns) -> tuple[li
             rows = csv.reader(handle, delimiter=delimiter, quoting=csv.QUOTE_NONE)
         else:
             rows = csv.reader(handle, delimiter=delimiter)
-        header = next(rows, None)
+        header = next(_checked(rows, path), None)
         if header is None:
             raise LabelledDataError(f"{path}: empty file")
         if columns.text:
@@ -93,7 +109,7 @@ def _read_delimited(path: Path, names: list[str], columns: _Columns) -> tuple[li
         label_at = _column(header, (columns.label,), path)
         texts: list[str] = []
         indices: list[int] = []
-        for line, row in enumerate(rows, start=2):
+        for line, row in enumerate(_checked(rows, path), start=2):
             if not row:
                 continue
             if len(row) <= max(*text_at, label_at):
@@ -106,12 +122,29 @@ def _read_delimited(path: Path, names: list[str], columns: _Columns) -> tuple[li
     return texts, indices
 
 
+def _checked(rows: Iterator[list[str]], path: Path) -> Iterator[list[str]]:
+    """The csv reader's rows, its errors (a field over the csv module's limit, a NUL byte)
+    as `LabelledDataError` naming the line. The field limit stays: it bounds one row."""
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            line = getattr(rows, "line_num", 0)
+            raise LabelledDataError(
+                f"{path}:{line}: {error} (a text over {csv.field_size_limit()} characters, "
+                "or a quote left open)"
+            ) from None
+        yield row
+
+
 def _read_json_lines(
     path: Path, names: list[str], columns: _Columns
 ) -> tuple[list[str], list[int]]:
     texts: list[str] = []
     indices: list[int] = []
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:
         for line, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
@@ -120,6 +153,8 @@ def _read_json_lines(
                 row = json.loads(raw)
             except ValueError as error:
                 raise LabelledDataError(f"{where}: not valid JSON: {error}") from error
+            except RecursionError:  # arrays or objects nested thousands deep
+                raise LabelledDataError(f"{where}: JSON nested too deeply") from None
             if not isinstance(row, dict):
                 raise LabelledDataError(f"{where}: not a JSON object")
             keys = columns.text or [next((key for key in TEXT_COLUMNS if key in row), "text")]
@@ -159,10 +194,13 @@ def read_labelled(
     if not path.is_file():
         raise LabelledDataError(f"{path}: no such file")
     columns = _Columns(list(text_columns), label_column, first_index)
-    if path.suffix.lower() in JSON_LINES_SUFFIXES:
-        texts, indices = _read_json_lines(path, label_names, columns)
-    else:
-        texts, indices = _read_delimited(path, label_names, columns)
+    try:
+        if path.suffix.lower() in JSON_LINES_SUFFIXES:
+            texts, indices = _read_json_lines(path, label_names, columns)
+        else:
+            texts, indices = _read_delimited(path, label_names, columns)
+    except UnicodeDecodeError as error:
+        raise LabelledDataError(f"{path}: not UTF-8 text ({error.reason})") from None
     if not texts:
         raise LabelledDataError(f"{path}: no labelled rows")
     return LabelledTexts(texts, np.asarray(indices, dtype=np.int64))
@@ -176,10 +214,28 @@ def require_every_class(data: LabelledTexts, label_names: list[str], path: Path)
         raise LabelledDataError(f"{path}: no examples of label {', '.join(map(repr, missing))}")
 
 
-def _sub_phrases(words: list[str]) -> set[str]:
-    """Every contiguous word sequence of a text, itself included."""
-    n = len(words)
-    return {" ".join(words[i:j]) for i in range(n) for j in range(i + 1, n + 1)}
+def _sub_phrases_among(key: str, keys: set[str]) -> set[str]:
+    """The contiguous word sequences of `key` (itself included) that are rows of the data.
+
+    Only those that are rows are kept: the index of phrases is a subset of the rows, so
+    linear in the file, where every sub-phrase of every sentence would be cubic in its
+    length (about 1 GB per MB of 64-word rows). One candidate exists at a time.
+    """
+    # `key` is whitespace-normalised: words are separated by exactly one space.
+    words = key.split(" ")
+    starts = list(accumulate((len(word) + 1 for word in words[:-1]), initial=0))
+    ends = [start + len(word) for start, word in zip(starts, words, strict=True)]
+    found: set[str] = set()
+    for i, start in enumerate(starts):
+        for end in ends[i:]:
+            phrase = key[start:end]
+            if phrase in keys:
+                found.add(phrase)
+    return found
+
+
+def _word_count(key: str) -> int:
+    return key.count(" ") + 1 if key else 0
 
 
 def _lists_sub_phrases(keys: list[str], rng: np.random.Generator) -> bool:
@@ -191,17 +247,18 @@ def _lists_sub_phrases(keys: list[str], rng: np.random.Generator) -> bool:
     return inside >= PHRASE_DATA_SHARE * len(sample)
 
 
-def _maximal_rows(words: list[list[str]], keys: list[str]) -> np.ndarray:
+def _maximal_rows(lengths: list[int], keys: list[str], rows: set[str]) -> np.ndarray:
     """Rows that are no other row's sub-phrase (for SST: the full sentences)."""
-    seen: set[str] = set()
+    contained: set[str] = set()
     maximal: list[int] = []
-    # Longest first: a row is maximal unless an already-kept longer row contains it.
-    for row in sorted(range(len(keys)), key=lambda i: -len(words[i])):
-        if keys[row] in seen:
+    # Longest first: a row is maximal unless an already-kept longer row contains it (a row
+    # inside a dropped row is inside the kept row that contains that one).
+    for row in sorted(range(len(keys)), key=lambda i: -lengths[i]):
+        if keys[row] in contained:
             continue
         maximal.append(row)
-        if len(words[row]) <= MAX_PHRASE_WORDS:
-            seen |= _sub_phrases(words[row])
+        if lengths[row] <= MAX_PHRASE_WORDS:
+            contained |= _sub_phrases_among(keys[row], rows)
     return np.asarray(sorted(maximal), dtype=np.int64)
 
 
@@ -225,17 +282,19 @@ def held_out_split(
     split would score the head on phrases it was trained on (measured: 0.93 "held-out" for a
     head at 0.79 on dev). Such data holds out whole sentences and drops their sub-phrases
     from training; other data drops training rows identical to a held-out row.
+    Memory is linear in the file: the phrase index holds rows only (`_sub_phrases_among`).
     """
     keys = [" ".join(text.split()) for text in texts]
-    words = [key.split() for key in keys]
+    lengths = [_word_count(key) for key in keys]
+    rows = set(keys)
     rng = np.random.default_rng(seed)
     phrase_data = _lists_sub_phrases(keys, rng)
-    candidates = _maximal_rows(words, keys) if phrase_data else np.arange(len(texts))
+    candidates = _maximal_rows(lengths, keys, rows) if phrase_data else np.arange(len(texts))
     held = _stratified_sample(candidates, labels, fraction, rng)
     blocked: set[str] = set()
     for row in held:
-        if phrase_data and len(words[row]) <= MAX_PHRASE_WORDS:
-            blocked |= _sub_phrases(words[row])
+        if phrase_data and lengths[row] <= MAX_PHRASE_WORDS:
+            blocked |= _sub_phrases_among(keys[row], rows)
         blocked.add(keys[row])
     train = np.asarray([i for i, key in enumerate(keys) if key not in blocked], dtype=np.int64)
     return train, held

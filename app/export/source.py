@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,23 @@ def resolve_source(source: str, revision: str | None = None) -> Path:
             "nor a Hugging Face Hub id (org/name)"
         )
     return _hub_model(source, revision)
+
+
+@contextmanager
+def loading(source: object) -> Iterator[None]:
+    """What loading a source's config, tokenizer or weights raises, as one `SourceError`.
+
+    transformers, safetensors and torch raise OSError, ValueError, RuntimeError, pickle or
+    their own errors for a directory without weights, a truncated or foreign weights file
+    or a broken config: all of them mean a bad source, which the tools report in one line.
+    """
+    try:
+        yield
+    except (SourceError, MemoryError, RecursionError):
+        raise
+    except Exception as error:  # see above: the source is bad, not the code
+        message = " ".join(str(error).split()) or type(error).__name__
+        raise SourceError(f"{source}: cannot load the model: {message}") from error
 
 
 def _package_model(source: str) -> Path | None:

@@ -6,7 +6,6 @@ written (`head.npz`), trained with PyTorch (app/export/head_fit.py).
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -19,12 +18,13 @@ import numpy as np
 
 from app.config import available_cores
 from app.engine.heads import ClassifierHead
-from app.engine.manifest import MANIFEST_FILE, ModelManifest
+from app.engine.manifest import MANIFEST_FILE, ModelManifest, model_name_error
 from app.engine.pipeline import OFFLINE_BATCH, open_pipeline
 from app.export.evaluation import classification_scores
 from app.export.head_fit import MIN_STEPS, HeadConfig, fit_head
 from app.export.labelled_data import (
     LabelledTexts,
+    clip_texts,
     held_out_split,
     read_labelled,
     require_every_class,
@@ -66,7 +66,9 @@ class FeatureExtractor:
                 rate = done / max(time.perf_counter() - start, 1e-9)
                 progress(stage, f"{done}/{total} ({rate:.0f}/s)")
 
-        return self._pipeline.embed(texts, progress=report)
+        # Cut first: the pipeline tokenizes each text whole before truncating it.
+        clipped = clip_texts(texts, self.manifest.max_length)
+        return self._pipeline.embed(clipped, progress=report)
 
 
 def accuracy(head: ClassifierHead, features: np.ndarray, labels: np.ndarray) -> float:
@@ -74,14 +76,17 @@ def accuracy(head: ClassifierHead, features: np.ndarray, labels: np.ndarray) -> 
 
 
 def _write_model(directory: Path, head: ClassifierHead, manifest: ModelManifest) -> None:
-    """Write head and manifest next to the target first, so a failure leaves the old model."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write head and manifest next to the target first, so a failure leaves the old model;
+    a model replaced (`--force`) goes whole, whatever method made it."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".train-head-", dir=directory.parent))
     try:
+        scratch.chmod(0o755)  # readable by a server running as another user
         head.save(scratch / HEAD_FILE)
         manifest.write(scratch)
-        for written in scratch.iterdir():
-            os.replace(written, directory / written.name)
+        if directory.exists():
+            shutil.rmtree(directory)
+        scratch.rename(directory)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -104,6 +109,8 @@ def train_head(
     The head is measured on a held-out share of `data` (or on `validation_data`, then all of
     `data` trains it) and reported on `eval_data`, never used for any choice.
     """
+    if (invalid := model_name_error(name)) is not None:
+        raise ValueError(invalid)
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise ValueError(f"need at least two distinct labels, got {labels}")
     base_dir = models_dir / base

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from app.engine.manifest import MANIFEST_FILE, BatchingOverrides, ManifestError, ModelManifest
+from app.engine.model_checks import check_directory
 
 
 def valid() -> dict[str, Any]:
@@ -174,6 +175,27 @@ INVALID = [
         id="bad-problem-type",
     ),
     pytest.param(without("dimensions"), "dimensions: Field required", id="missing-field"),
+    # Issue #28, class 14: every file a manifest names stays inside the model's directory.
+    pytest.param(
+        with_(files={"fp32": "../other/model.onnx"}),
+        "files: fp32: '../other/model.onnx' is outside the model's directory",
+        id="file-dotdot",
+    ),
+    pytest.param(
+        with_(files={"fp32": "/etc/model.onnx"}, default_precision="fp32"),
+        "files: fp32: '/etc/model.onnx' is outside the model's directory",
+        id="file-absolute",
+    ),
+    pytest.param(
+        with_(tokenizer="sub/../../tokenizer.json"),
+        "tokenizer: 'sub/../../tokenizer.json' is outside the model's directory",
+        id="tokenizer-dotdot",
+    ),
+    pytest.param(
+        with_(base="minilm", head="..\\head.npz"),
+        "head: '..\\\\head.npz' is outside the model's directory",
+        id="head-backslash",
+    ),
 ]
 
 
@@ -239,3 +261,92 @@ def test_regression_classifier_has_one_label(tmp_path: Path) -> None:
     write_json(tmp_path, with_(labels=["score"]))
     with pytest.raises(ManifestError, match="labels: a classification model needs at least 2"):
         ModelManifest.read(tmp_path)
+
+
+# -- issue #28, class 14: the manifest against its directory (load time) ----------------------
+
+
+def model_dir(tmp_path: Path, name: str = "colours", **config: Any) -> Path:
+    """A model directory whose manifest is `valid()` named `name`, with the exported
+    config (torch/config.json) of a 6-layer, 12-head, 384-wide BERT with 3 labels."""
+    directory = tmp_path / name
+    write_json(directory, valid())
+    (directory / "torch").mkdir()
+    exported = {
+        "model_type": "bert",
+        "max_position_embeddings": 512,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 12,
+        "hidden_size": 384,
+        "id2label": {"0": "red", "1": "green", "2": "blue"},
+        **config,
+    }
+    (directory / "torch" / "config.json").write_text(json.dumps(exported))
+    return directory
+
+
+def test_a_manifest_matching_its_directory_and_config_passes(tmp_path: Path) -> None:
+    directory = model_dir(tmp_path)
+    check_directory(directory, ModelManifest.read(directory))
+
+
+@pytest.mark.parametrize(
+    ("config", "field", "expected"),
+    [
+        pytest.param(
+            {"max_position_embeddings": 128},
+            "max_length",
+            "256 is beyond the model's position table of 128 tokens "
+            "(torch/config.json max_position_embeddings)",
+            id="max-length",
+        ),
+        pytest.param(
+            {"model_type": "roberta", "pad_token_id": 1, "max_position_embeddings": 257},
+            "max_length",
+            "256 is beyond the model's position table of 255 tokens",
+            id="roberta-offset",
+        ),
+        pytest.param(
+            {"num_hidden_layers": 12},
+            "num_layers",
+            "6 against 12 in torch/config.json",
+            id="layers",
+        ),
+        pytest.param(
+            {"num_attention_heads": 6}, "num_heads", "12 against 6 in torch/config.json", id="heads"
+        ),
+        pytest.param({"hidden_size": 768}, "dimensions", "384 against 768", id="width"),
+        pytest.param(
+            {"id2label": {"0": "no", "1": "yes"}},
+            "labels",
+            "3 label(s) against 2 in torch/config.json (id2label)",
+            id="labels",
+        ),
+    ],
+)
+def test_values_the_config_contradicts_are_refused_naming_file_and_field(
+    tmp_path: Path, config: dict[str, Any], field: str, expected: str
+) -> None:
+    directory = model_dir(tmp_path, **config)
+    with pytest.raises(ManifestError) as caught:
+        check_directory(directory, ModelManifest.read(directory))
+    message = str(caught.value)
+    assert message.startswith(f"{directory / MANIFEST_FILE}: {field}: "), message
+    assert expected in message
+
+
+def test_a_name_other_than_its_directory_is_refused(tmp_path: Path) -> None:
+    # Two directories claiming one name: the second would silently replace the first.
+    directory = model_dir(tmp_path, name="copy-of-colours")
+    with pytest.raises(ManifestError) as caught:
+        check_directory(directory, ModelManifest.read(directory))
+    assert str(caught.value).startswith(
+        f"{directory / MANIFEST_FILE}: name: 'colours' is not its directory's name "
+        "'copy-of-colours'"
+    )
+
+
+def test_without_an_exported_config_only_the_name_is_checked(tmp_path: Path) -> None:
+    directory = model_dir(tmp_path, max_position_embeddings=16)
+    (directory / "torch" / "config.json").unlink()
+    check_directory(directory, ModelManifest.read(directory))  # the graph pass checks later
