@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +20,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 # `*_created` series double the exposition and no dashboard reads them.
@@ -140,7 +143,56 @@ class Metrics:
         MultiProcessCollector(merged, path=str(self.multiprocess_dir))
         ServerProcessCollector(self._server_pid, merged)
         PlatformCollector(registry=merged)  # python_info: the same in every process
-        return generate_latest(merged)
+        with _files_locked(self.multiprocess_dir, fcntl.LOCK_SH):  # not while one is folded
+            return generate_latest(merged)
+
+
+# The kinds of metric files whose samples add up across processes: a dead process's are
+# added into one archive file per kind, so totals never go back and files do not pile up.
+# (The live* gauges of a dead process are simply removed: they describe live processes.)
+ADDITIVE_KINDS = ("counter", "histogram", "summary")
+
+
+@contextlib.contextmanager
+def _files_locked(directory: Path, operation: int) -> Iterator[None]:
+    """An flock on `directory`/.lock: scrapes share it, folding a dead process's files
+    takes it alone, so a scrape never counts a dead process twice, nor misses it, nor
+    trips on its file being removed (prometheus_client raises on a counter file gone)."""
+    with open(directory / ".lock", "a+b") as lock:
+        fcntl.flock(lock, operation)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def fold_dead_process(directory: Path, pid: int) -> None:
+    """After process `pid` died: drop its live gauges, and add its counters and histograms
+    into the `<kind>_archive.db` files, removing its own files (prometheus_client's
+    multiprocess mode keeps one file per kind per process that ever ran; merged on every
+    scrape, they pile up with each restart). Called by the supervisor only."""
+    with _files_locked(directory, fcntl.LOCK_EX):
+        mark_process_dead(pid, str(directory))
+        for kind in ADDITIVE_KINDS:
+            dead = directory / f"{kind}_{pid}.db"
+            if not dead.exists():
+                continue
+            archive = directory / f"{kind}_archive.db"
+            totals: dict[str, float] = {}
+            for path in (archive, dead):
+                if path.exists():
+                    for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path)):
+                        totals[key] = totals.get(key, 0.0) + value
+            partial = directory / f"{kind}_archive.partial"  # not *.db: no scrape reads it
+            partial.unlink(missing_ok=True)
+            merged = MmapedDict(str(partial))
+            try:
+                for key, value in totals.items():
+                    merged.write_value(key, value, 0.0)
+            finally:
+                merged.close()
+            os.replace(partial, archive)
+            dead.unlink()
 
 
 @dataclass(frozen=True)

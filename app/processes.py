@@ -10,7 +10,8 @@
 
 The workers share one listening socket (the kernel hands each connection to one of
 them). Every process writes its metrics to files in a private directory that any
-worker's `/metrics` merges. A worker or engine process that dies is started again;
+worker's `/metrics` merges. A worker or engine process that dies is started again,
+after a pause that grows while it keeps dying soon after its start (`_Slot`, `_delay`);
 while the engine is down, workers answer 503 and `/ready` says why. On SIGTERM (or
 Ctrl-C) the workers drain first — each finishes what it accepted, the engine still
 running — then the engine stops. One worker keeps everything in one process.
@@ -25,26 +26,39 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from types import FrameType
 
+import psutil
+
 from app.config import Settings, available_cores
 
 log = logging.getLogger(__name__)
 
 BACKLOG = 2048  # uvicorn's default
-RESTART_DELAY_S = 0.5  # between a crash and the restart, so a crash loop cannot spin
+# A dead process is restarted after RESTART_DELAY_S, doubled for each death in a row
+# soon after a start, up to ENCODER_RESTART_MAX_DELAY_S: a crash loop cannot spin.
+RESTART_DELAY_S = 0.5
 STOP_GRACE_S = 10.0  # beyond the drain time, before a process that will not stop is killed
-# HTTP workers that die within QUICK_EXIT_S of their start MAX_QUICK_EXITS times in a row
-# (a setting or model they cannot load) stop the server rather than restart forever.
-QUICK_EXIT_S = 10.0
+# A process that lived HEALTHY_S (the engine: and became ready) had a good start: its
+# back-off starts over. HTTP workers that *crash* (exit code > 0: a setting or model they
+# cannot load, a broken build) within HEALTHY_S of their start MAX_QUICK_EXITS times in
+# a row, every worker alike, stop the server rather than restart forever. Deaths by a
+# signal (an OOM killer, an operator's kill) never stop it: they say nothing of the build.
+HEALTHY_S = 10.0
 MAX_QUICK_EXITS = 5
+RUNTIME_PREFIX = "encoder-serve-"
+OWNER_FILE = "supervisor.pid"  # `pid create_time` of the supervisor owning a runtime dir
+ENGINE_ERROR_FILE = "engine-error"  # the engine's own start-up error line, for its supervisor
+ENGINE_DOWN_FILE = "engine-down"  # why the engine is not running, for the workers' /ready
 
 
 def worker_count(setting: int | str, cores: int | None = None) -> int:
@@ -64,9 +78,70 @@ def _bind(host: str, port: int) -> socket.socket:
     return listener
 
 
-def _follow_parent() -> None:
+def describe_exit(exitcode: int | None) -> str:
+    """How a child ended, for the log and /ready: its exit code, or the signal that killed
+    it (multiprocessing reports death by signal N as exit code -N)."""
+    if exitcode is None:
+        return "is gone"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "unknown"
+        return f"was killed by signal {-exitcode} ({name})"
+    return f"exited with code {exitcode}"
+
+
+def engine_down_reason(runtime: Path) -> str | None:
+    """What the supervisor wrote about the engine's last failure (read by each worker's
+    /ready while the engine is down); None while there is none."""
+    try:
+        return (runtime / ENGINE_DOWN_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def write_engine_error(runtime: Path, error: BaseException) -> None:
+    """In the engine process: leave its start-up error's first line for the supervisor."""
+    line = (str(error).strip().splitlines() or [""])[0][:500]
+    with contextlib.suppress(OSError):
+        _write_atomically(runtime / ENGINE_ERROR_FILE, f"{type(error).__name__}: {line}")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)  # a reader sees the old text or the new, never half
+
+
+def _owner_line() -> str:
+    return f"{os.getpid()} {psutil.Process().create_time()}"
+
+
+def remove_stale_runtime_dirs(parent: Path) -> None:
+    """Remove runtime dirs whose supervisor is gone: one killed with SIGKILL (or by the
+    OOM killer along with its children) leaves its dir behind. A dir is stale when the
+    process named in its owner file is gone or is another process with that pid."""
+    for runtime in parent.glob(f"{RUNTIME_PREFIX}*"):
+        try:
+            if runtime.stat().st_uid != os.getuid():
+                continue
+            pid, created = (runtime / OWNER_FILE).read_text().split()
+        except (OSError, ValueError):
+            continue  # not ours, being created, or of a version without owner files
+        try:
+            alive = psutil.Process(int(pid)).create_time() == float(created)
+        except (psutil.Error, ValueError):
+            alive = False
+        if not alive:
+            log.info("removing %s, left behind by a supervisor that is gone", runtime)
+            shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _follow_parent() -> int:
     """In a child: leave Ctrl-C to the supervisor (which orders the shutdown), and stop
-    when the supervisor is gone (killed with SIGKILL, it cannot stop its children)."""
+    when the supervisor is gone (killed with SIGKILL, it cannot stop its children).
+    Returns the supervisor's pid."""
     os.setpgrp()  # the terminal's SIGINT goes to the supervisor's process group only
     parent = os.getppid()
 
@@ -76,13 +151,24 @@ def _follow_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    return parent
+
+
+def _cleanup_if_orphaned(runtime: Path, parent: int) -> None:
+    """Once the supervisor is gone nobody else removes the runtime dir: each child does
+    as it exits (stopped by `_follow_parent`'s SIGTERM; the last removal sticks)."""
+    if os.getppid() != parent:
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 def _engine_main(settings: Settings, path: Path, ready: Event) -> None:
     from app.engine.service import run_engine_process
 
-    _follow_parent()
-    run_engine_process(settings, path, ready)
+    parent = _follow_parent()
+    try:
+        run_engine_process(settings, path, ready)
+    finally:
+        _cleanup_if_orphaned(path.parent, parent)
 
 
 def _worker_main(
@@ -92,10 +178,31 @@ def _worker_main(
     from app.api.server import serve
     from app.logs import configure_logging
 
-    _follow_parent()
-    configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings, engine_socket=path, metrics_dir=metrics_dir)
-    serve(app.state.server, app, sockets=[listener])
+    parent = _follow_parent()
+    try:
+        configure_logging(settings.log_level, settings.log_format)
+        app = create_app(settings, engine_socket=path, metrics_dir=metrics_dir)
+        serve(app.state.server, app, sockets=[listener])
+    finally:
+        _cleanup_if_orphaned(path.parent, parent)
+    if app.state.server.fatal_error is not None:
+        sys.exit(1)  # a crash of the program, not a stop: the supervisor tells them apart
+
+
+@dataclass
+class _Slot:
+    """One child's place: its process, and its deaths in a row soon after a start."""
+
+    role: str  # "HTTP worker" or "engine"
+    process: SpawnProcess | None = None
+    started_at: float = 0.0
+    failures: int = 0  # deaths in a row within HEALTHY_S of a start, by any cause
+    crashes: int = 0  # exits with a code > 0 among them, in a row: a broken build
+    restart_at: float = 0.0  # when a dead process is started again
+    ready: bool = False  # the engine: its models loaded in this life
+
+    def lived_s(self, now: float) -> float:
+        return now - self.started_at
 
 
 class Supervisor:
@@ -105,18 +212,19 @@ class Supervisor:
         self.settings = settings
         self.workers = workers
         self._context = multiprocessing.get_context("spawn")  # no forked threads or sessions
-        self._runtime = Path(tempfile.mkdtemp(prefix="encoder-serve-"))
+        remove_stale_runtime_dirs(Path(tempfile.gettempdir()))
+        self._runtime = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))
+        (self._runtime / OWNER_FILE).write_text(_owner_line())
         self.socket_path = self._runtime / "engine.sock"
         self.metrics_dir = self._runtime / "metrics"
         self.metrics_dir.mkdir()
         self._stopping = False
         self._engine_ready = self._context.Event()
         self._engine_started_once = False
-        self._started_at: dict[int | None, float] = {}  # worker pid -> when it was started
-        self._quick_exits = 0  # workers in a row that died soon after their start
 
     def run(self) -> int:
-        """Serve until SIGTERM or SIGINT; 1 when the engine process cannot start."""
+        """Serve until SIGTERM or SIGINT; 1 when the engine process cannot start, or when
+        every HTTP worker keeps crashing at its start."""
         # Read by prometheus_client when each child imports it: every process writes there.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         try:
@@ -133,93 +241,167 @@ class Supervisor:
             self.settings.port,
             self.workers,
         )
-        engine = self._start_engine()
-        workers = [self._start_worker(listener) for _ in range(self.workers)]
+        engine = _Slot("engine")
+        self._start(engine, listener)
+        workers = [_Slot("HTTP worker") for _ in range(self.workers)]
+        for worker in workers:
+            self._start(worker, listener)
         status = 0
         try:
             while not self._stopping:
-                wait([engine.sentinel, *(worker.sentinel for worker in workers)], timeout=0.2)
-                if self._engine_ready.is_set():
-                    self._engine_started_once = True
+                slots = (engine, *workers)
+                now = time.monotonic()
+                wake = min([now + 0.2, *(s.restart_at for s in slots if s.process is None)])
+                wait([s.process.sentinel for s in slots if s.process], timeout=max(0, wake - now))
                 if self._stopping:
                     break
-                if not engine.is_alive():
-                    if not self._engine_started_once:
-                        log.error(
-                            "the engine process failed to start (exit code %s)", engine.exitcode
-                        )
-                        status = 1
-                        break
-                    self._forget(engine, "engine")
-                    engine = self._start_engine()
-                for index, worker in enumerate(workers):
-                    if not worker.is_alive():
-                        lived_s = time.monotonic() - self._started_at.pop(worker.pid, 0.0)
-                        self._quick_exits = self._quick_exits + 1 if lived_s < QUICK_EXIT_S else 0
-                        self._forget(worker, "HTTP worker")
-                        workers[index] = self._start_worker(listener)
-                if self._quick_exits >= MAX_QUICK_EXITS:
+                if not self._tend_engine(engine, listener):
+                    status = 1
+                    break
+                for worker in workers:
+                    self._tend_worker(worker, listener)
+                if all(worker.crashes >= MAX_QUICK_EXITS for worker in workers):
                     log.error(
-                        "HTTP workers keep exiting within %.0f s of their start (%d in a row): "
-                        "stopping; their log lines above say why",
-                        QUICK_EXIT_S,
-                        self._quick_exits,
+                        "every HTTP worker crashed within %.0f s of its start %d times in a "
+                        "row: stopping; their log lines above say why",
+                        HEALTHY_S,
+                        MAX_QUICK_EXITS,
                     )
                     status = 1
                     break
         finally:
-            self._stop(listener, engine, workers)
+            self._stop(listener, engine.process, [w.process for w in workers])
         return status
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
         self._stopping = True
 
-    def _start_engine(self) -> SpawnProcess:
-        self._engine_ready.clear()
-        process = self._context.Process(
-            target=_engine_main,
-            args=(self.settings, self.socket_path, self._engine_ready),
-            name="encoder-serve-engine",
+    def _tend_engine(self, slot: _Slot, listener: socket.socket) -> bool:
+        """Note the engine's readiness, restart it when it died; False: stop the server
+        (it crashed at its very first start: a setting or model that cannot load)."""
+        now = time.monotonic()
+        process = slot.process
+        if process is None:
+            if now >= slot.restart_at:
+                self._start(slot, listener)
+            return True
+        if self._engine_ready.is_set() and not slot.ready:
+            slot.ready = self._engine_started_once = True
+            (self._runtime / ENGINE_DOWN_FILE).unlink(missing_ok=True)
+        if slot.ready and slot.lived_s(now) >= HEALTHY_S:
+            slot.failures = 0
+        if process.is_alive():
+            return True
+        why = describe_exit(process.exitcode)
+        error = self._runtime / ENGINE_ERROR_FILE
+        with contextlib.suppress(OSError):
+            why += f" ({error.read_text().strip()})"  # the engine's own error line
+            error.unlink()
+        crashed = process.exitcode is not None and process.exitcode > 0
+        if crashed and not self._engine_started_once:
+            log.error("the engine process failed to start: it %s", why)
+            return False
+        delay = self._bury(slot, now, why)
+        reason = (
+            f"the engine process {why}; {slot.failures} failure(s) in a row, "
+            f"restarting it after a {delay:g} s pause"
         )
-        process.start()
-        return process
+        with contextlib.suppress(OSError):
+            _write_atomically(self._runtime / ENGINE_DOWN_FILE, reason)
+        return True
 
-    def _start_worker(self, listener: socket.socket) -> SpawnProcess:
-        process = self._context.Process(
-            target=_worker_main,
-            args=(self.settings, self.socket_path, self.metrics_dir, listener),
-            name="encoder-serve-worker",
-        )
-        process.start()
-        self._started_at[process.pid] = time.monotonic()
-        return process
+    def _tend_worker(self, slot: _Slot, listener: socket.socket) -> None:
+        now = time.monotonic()
+        process = slot.process
+        if process is None:
+            if now >= slot.restart_at:
+                self._start(slot, listener)
+            return
+        if process.is_alive():
+            if slot.lived_s(now) >= HEALTHY_S:
+                slot.failures = slot.crashes = 0
+            return
+        self._bury(slot, now, describe_exit(process.exitcode))
 
-    def _forget(self, process: SpawnProcess, role: str) -> None:
-        """A child died: drop its live gauges, say so, pause before it is replaced."""
-        from prometheus_client import multiprocess
-
+    def _bury(self, slot: _Slot, now: float, why: str) -> float:
+        """A child died: count it, fold its metrics, schedule its restart after the
+        delay returned (backed off)."""
+        process = slot.process
+        assert process is not None
+        lived_s = slot.lived_s(now)
+        if lived_s >= HEALTHY_S and (slot.ready or slot.role != "engine"):
+            slot.failures = slot.crashes = 0  # a good start: this death starts a new count
+        slot.failures += 1
+        if process.exitcode is not None and process.exitcode > 0:
+            slot.crashes += 1  # a death by signal leaves the count of crashes as it was
+        delay = self._delay(slot)
         log.error(
-            "%s process %s exited (code %s); restarting it", role, process.pid, process.exitcode
+            "%s process %s %s, %.1f s after its start; restarting it in %g s",
+            slot.role,
+            process.pid,
+            why,
+            lived_s,
+            delay,
+            extra={
+                "child_pid": process.pid,
+                "exitcode": process.exitcode,
+                "restart_delay_s": delay,
+                "failures_in_a_row": slot.failures,
+            },
         )
         if process.pid is not None:
-            multiprocess.mark_process_dead(process.pid, str(self.metrics_dir))
-        time.sleep(RESTART_DELAY_S)
+            from app.metrics import fold_dead_process
+
+            fold_dead_process(self.metrics_dir, process.pid)
+        process.close()
+        slot.process = None
+        slot.ready = False
+        slot.restart_at = now + delay
+        return delay
+
+    def _delay(self, slot: _Slot) -> float:
+        """Exponential back-off: RESTART_DELAY_S doubled per failure in a row, capped."""
+        exponent = min(max(slot.failures - 1, 0), 30)
+        return min(self.settings.restart_max_delay_s, RESTART_DELAY_S * 2.0**exponent)
+
+    def _start(self, slot: _Slot, listener: socket.socket) -> None:
+        if slot.role == "engine":
+            self._engine_ready.clear()
+            process = self._context.Process(
+                target=_engine_main,
+                args=(self.settings, self.socket_path, self._engine_ready),
+                name="encoder-serve-engine",
+            )
+        else:
+            process = self._context.Process(
+                target=_worker_main,
+                args=(self.settings, self.socket_path, self.metrics_dir, listener),
+                name="encoder-serve-worker",
+            )
+        process.start()
+        slot.process = process
+        slot.started_at = time.monotonic()
 
     def _stop(
-        self, listener: socket.socket, engine: SpawnProcess, workers: list[SpawnProcess]
+        self,
+        listener: socket.socket,
+        engine: SpawnProcess | None,
+        workers: list[SpawnProcess | None],
     ) -> None:
         """Workers first (each drains what it accepted while the engine still runs), then
         the engine; whatever ignores SIGTERM past its grace is killed."""
         listener.close()  # the workers hold their own copies until they finish
         grace = self.settings.drain_s * 2 + STOP_GRACE_S  # drain, then connections' answers
-        for worker in workers:
+        running = [worker for worker in workers if worker is not None]
+        for worker in running:
             if worker.is_alive():
                 worker.terminate()
-        for worker in workers:
+        for worker in running:
             _join(worker, grace)
-        if engine.is_alive():
-            engine.terminate()
-        _join(engine, self.settings.drain_s + STOP_GRACE_S)
+        if engine is not None:
+            if engine.is_alive():
+                engine.terminate()
+            _join(engine, self.settings.drain_s + STOP_GRACE_S)
         shutil.rmtree(self._runtime, ignore_errors=True)
         log.info("stopped")
 

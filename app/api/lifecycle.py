@@ -53,9 +53,16 @@ class ServerState:
     def not_ready_reason(self) -> str:
         if self.draining:
             return "draining: the server is shutting down"
-        if self._engine is None:
-            return "models are still loading"
-        return self._engine.not_ready() or "ready"
+        reason = "models are still loading" if self._engine is None else self._engine.not_ready()
+        if reason is None:
+            return "ready"
+        if self.engine_socket is not None:  # why the engine process is down, if it failed
+            from app.processes import engine_down_reason
+
+            failure = engine_down_reason(self.engine_socket.parent)
+            if failure is not None:
+                return f"{reason}; {failure}"
+        return reason
 
     async def load(self) -> None:
         """Load and warm every model; on failure record the error and stop the server."""

@@ -16,6 +16,7 @@ import functools
 import gc
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from multiprocessing.synchronize import Event
@@ -169,15 +170,25 @@ def run_engine_process(settings: Settings, path: Path, ready: Event) -> None:
     """The engine process's main: load and warm every model, then serve (blocking)."""
     from app.logs import configure_logging
     from app.metrics import Metrics
+    from app.processes import write_engine_error
 
     configure_logging(settings.log_level, settings.log_format)
     # Ctrl-C reaches the whole process group; the supervisor decides the order of shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    engine = InProcessEngine.load(settings, Metrics(), warm_up=settings.warmup)
-    gc.collect()
-    gc.freeze()  # see ServerState.load: what is loaded lives as long as the process
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_serve_until_sigterm(engine, path, settings.drain_s, ready))
+    try:
+        engine = InProcessEngine.load(settings, Metrics(), warm_up=settings.warmup)
+        gc.collect()
+        gc.freeze()  # see ServerState.load: what is loaded lives as long as the process
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_serve_until_sigterm(engine, path, settings.drain_s, ready))
+    except Exception as error:
+        if ready.is_set():
+            raise  # a bug while serving: its traceback, exit code 1
+        # A start-up failure (a model that cannot load): one line in the log, and for the
+        # supervisor, which says why in its log and in every worker's /ready.
+        log.error("engine start-up failed: %s", error)
+        write_engine_error(path.parent, error)
+        sys.exit(1)
 
 
 def _loop_factory() -> Any:
