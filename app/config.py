@@ -124,6 +124,12 @@ class Settings(BaseSettings):
         description="HTTP worker processes in front of one engine process; 1 keeps one "
         "process; auto: one per 4 cores, at most 8 (app/processes.py).",
     )
+    restart_max_delay_s: float = Field(
+        30.0,
+        gt=0,
+        description="With workers: the longest pause before a dead worker or engine process "
+        "is restarted (0.5 s, doubled per death in a row soon after a start).",
+    )
 
     # Dynamic batcher
     max_batch_size: int = Field(64, ge=1)
@@ -160,6 +166,20 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         4096, ge=1, description="Open connections before new ones are refused with 503."
     )
+    # nginx's send_timeout is 60 s between two reads; 30 s matches the read timeout.
+    write_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A client that reads nothing of its answer for this long is disconnected.",
+    )
+    # Per process. 512 MiB: five of the largest /embed_all answers the default limits
+    # allow (~100 MB of float32 states each), or 2,000 stalled small answers.
+    max_unsent_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Bytes held for clients that do not "
+        "read, all connections together, before the longest stalled one is disconnected.",
+    )
 
     # Request limits
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
@@ -193,6 +213,12 @@ class Settings(BaseSettings):
     max_explain_words: int = Field(128, ge=1, description="Words of an /explain input before 413.")
     max_explain_samples: int = Field(
         2048, ge=1, description="shap samples of one /explain request before 422."
+    )
+    # Explanations running at once per server process (a front-end worker with
+    # ENCODER_WORKERS > 1); past it, 429 at once. An explanation's perturbations keep a
+    # core busy between interactive passes, so more than one per core only queues them.
+    max_concurrent_explanations: int = Field(
+        0, ge=0, description="/explain requests running at once per process; 0: one per core."
     )
 
     # Access control

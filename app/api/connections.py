@@ -32,6 +32,16 @@ FD_HEADROOM = 1024
 # the log too); the line says how many connections were refused since the last line
 # (refusals after the last line of a burst are counted in the next burst's line).
 LOG_INTERVAL_S = 10.0
+# The socket's write buffer (asyncio's high-water mark): past it the answer waits for the
+# client to read (uvicorn's flow control), so a connection holds at most this, one write
+# (app/api/answers.py: SEND_BYTES) and the arrays of the answer being sent.
+WRITE_HIGH_WATER = 256 * 1024
+# On shutdown an idle kept-alive connection stays open this long: a request already on
+# its way gets an answer (503, Connection: close) instead of meeting a closed socket.
+SHUTDOWN_GRACE_S = 0.5
+# The ASGI scope extension through which an answer tells its connection how many bytes
+# it holds while it waits for the client (app/api/answers.py).
+HOLD_EXTENSION = "encoder.unsent"
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,22 @@ class ConnectionLimits:
     max_header_bytes: int
     read_timeout_s: float
     max_connections: int
+    write_timeout_s: float = 30.0
+    max_unsent_bytes: int = 512 * 1024 * 1024
+
+
+class Shared:
+    """What the connections of one server share: the stalled writers and the shutdown."""
+
+    def __init__(self) -> None:
+        # Connections whose client is not reading (write buffer over the high-water mark),
+        # oldest first, with the bytes each held when it stalled.
+        self.stalled: dict[GuardedHttpToolsProtocol, int] = {}
+        self.stalled_bytes = 0
+        # Draining: every answer closes its connection (Connection: close).
+        self.draining = False
+        # Shutting down: idle connections close after SHUTDOWN_GRACE_S.
+        self.shutting_down = False
 
 
 class _Tally:
@@ -78,8 +104,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """
 
     limits: ClassVar[ConnectionLimits]
-    tallies: ClassVar[dict[int, _Tally]]
+    tallies: ClassVar[dict[int | str, _Tally]]
     lingering: ClassVar[list[int]]  # refused connections lingering now (one shared cell)
+    shared: ClassVar[Shared]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -93,6 +120,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._message_open = False
         # Answered and closing: what arrives now is dropped unparsed.
         self._discarding = False
+        # Bytes the answer being sent holds besides the socket buffer (its arrays).
+        self._answer_bytes = 0
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._unsent_at_check = 0  # the write buffer's size when the timer was armed
+        # The answer is written but not read: the next request waits (see resume_writing).
+        self._completion_deferred = False
+        self._grace_timer: asyncio.TimerHandle | None = None
 
     @classmethod
     def with_limits(cls, limits: ConnectionLimits) -> type[GuardedHttpToolsProtocol]:
@@ -101,8 +135,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # Browsers' unused preconnections end this way too: not worth a warning.
             408: _Tally("closed: request not received within the read timeout", logging.INFO),
             503: _Tally("refused with 503: at the connection limit"),
+            "write": _Tally("closed: the client did not read its answer within the write timeout"),
+            "unsent": _Tally("closed: the longest stalled, over ENCODER_MAX_UNSENT_BYTES"),
         }
-        bound = type(cls.__name__, (cls,), {"limits": limits, "tallies": tallies, "lingering": [0]})
+        attributes = {"limits": limits, "tallies": tallies, "lingering": [0], "shared": Shared()}
+        bound = type(cls.__name__, (cls,), attributes)
         return cast(type[GuardedHttpToolsProtocol], bound)
 
     # Connection lifetime
@@ -119,10 +156,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._answer_and_linger(503, "too_many_connections", message, b"retry-after: 1\r\n")
             return
         super().connection_made(transport)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self._arm_read_timer()
+        if self.shared.shutting_down:  # accepted from the backlog as the server stops
+            self.shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_read_timer()
+        self._end_stall()
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
@@ -188,6 +231,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope["extensions"] = {HOLD_EXTENSION: {"hold": self._hold_answer}}
         self._message_open = True
         if self._read_timer is None:
             # A pipelined request that began in the same read as the previous one ended.
@@ -196,6 +240,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         super().on_headers_complete()
+        if self.shared.draining and self.cycle is not None:
+            # Shutting down: this request is answered (200 if the engine takes it, else
+            # 503) with Connection: close, so the client opens its next one elsewhere
+            # instead of sending on a connection the server is about to close.
+            self.cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -204,6 +253,110 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         # Received whole: from here on the answer takes the time it takes.
         self._cancel_read_timer()
+
+    def on_response_complete(self) -> None:
+        if self.flow.write_paused and not self.transport.is_closing():
+            # The client has not read this answer yet: the next request (pipelined, or
+            # arriving now) waits until it does, so a connection that does not read
+            # holds one answer, not one per request it sends.
+            self._completion_deferred = True
+            self.flow.pause_reading()
+            return
+        super().on_response_complete()
+
+    # Writing: flow control, the write timeout and the cap on unsent bytes
+
+    def pause_writing(self) -> None:
+        if self.flow is None:
+            return  # a refused connection (at the cap): it closes after its answer
+        super().pause_writing()
+        if self in self.shared.stalled:
+            return
+        unsent = self.transport.get_write_buffer_size()
+        held = unsent + self._answer_bytes
+        self.shared.stalled[self] = held
+        self.shared.stalled_bytes += held
+        self._unsent_at_check = unsent
+        self._write_timer = self.loop.call_later(self.limits.write_timeout_s, self._write_timed_out)
+        self._enforce_unsent_cap()
+
+    def resume_writing(self) -> None:
+        if self.flow is None:
+            return
+        super().resume_writing()
+        self._end_stall()
+        if self._completion_deferred and not self.transport.is_closing():
+            self._completion_deferred = False
+            self.on_response_complete()
+
+    def _end_stall(self) -> None:
+        held = self.shared.stalled.pop(self, None)
+        if held is not None:
+            self.shared.stalled_bytes -= held
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _hold_answer(self, nbytes: int) -> None:
+        """Called by the answer being sent (app/api/answers.py): the bytes it holds."""
+        if self in self.shared.stalled:
+            self.shared.stalled[self] += nbytes - self._answer_bytes
+            self.shared.stalled_bytes += nbytes - self._answer_bytes
+        self._answer_bytes = nbytes
+
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        unsent = self.transport.get_write_buffer_size()
+        if unsent < self._unsent_at_check:
+            # The client reads, if slowly (as nginx's send_timeout, the clock runs
+            # between two reads, not over the whole answer).
+            self._unsent_at_check = unsent
+            self._write_timer = self.loop.call_later(
+                self.limits.write_timeout_s, self._write_timed_out
+            )
+            return
+        self.tallies["write"].note()
+        self._abort()
+
+    def _enforce_unsent_cap(self) -> None:
+        """Past the cap on what stalled connections hold together, abort the one stalled
+        longest until it fits: its memory is freed at once, its client gets a reset."""
+        shared = self.shared
+        while shared.stalled_bytes > self.limits.max_unsent_bytes and shared.stalled:
+            victim = next(iter(shared.stalled))
+            victim.tallies["unsent"].note()
+            victim._abort()
+
+    def _abort(self) -> None:
+        self._end_stall()
+        self._discarding = True
+        # close() would wait for the buffer to drain: abort() drops it now.
+        self.transport.abort()
+
+    # Shutdown
+
+    def shutdown(self) -> None:
+        """Called by uvicorn as the server stops (and for a connection accepted then).
+
+        A connection that is answering closes after its answer. An idle one stays open
+        for SHUTDOWN_GRACE_S: a request that was on its way is answered (503, the engine
+        no longer takes work, with Connection: close) rather than reset by the close.
+        """
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = False
+            return
+        if self._grace_timer is None and not self.transport.is_closing():
+            self._grace_timer = self.loop.call_later(SHUTDOWN_GRACE_S, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        self._grace_timer = None
+        cycle = self.cycle
+        if self._message_open or (cycle is not None and not cycle.response_complete):
+            return  # a request came during the grace: its answer closes the connection
+        if not self.transport.is_closing():
+            self._discarding = True
+            self.transport.close()
 
     # The read timer
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Request
@@ -19,9 +21,37 @@ from app.api.schemas import (
     check_template,
     request_limits,
 )
+from app.config import available_cores
+from app.engine.errors import Overloaded
 from app.engine.interface import DEFAULT_HYPOTHESIS_TEMPLATE, ExplainMethod, ExplainOptions
 
 router = APIRouter(route_class=StrictJSONRoute)
+
+# The `reason` label of encoder_rejected_total for an explanation refused by the cap.
+BUSY_REASON = "explanations_busy"
+
+
+@contextmanager
+def explanation_slot(request: Request, model: str) -> Iterator[None]:
+    """Hold one of this process's ENCODER_MAX_CONCURRENT_EXPLANATIONS slots while an
+    explanation runs; none free: Overloaded (429) at once. Admission in the batcher
+    prices the explanations let through; the cap bounds how many this process tokenizes,
+    perturbs and fits at once, and so their share of the cores the event loop needs."""
+    state = server_state(request)
+    limit = state.settings.max_concurrent_explanations or available_cores()
+    running: int = getattr(request.app.state, "explanations_running", 0)
+    if running >= limit:
+        state.metrics.rejected.labels(model, BUSY_REASON).inc()
+        raise Overloaded(
+            f"{running} explanations are running, the most this server process takes at "
+            f"once (ENCODER_MAX_CONCURRENT_EXPLANATIONS={limit}); retry later",
+            retry_after_s=1,
+        )
+    request.app.state.explanations_running = running + 1
+    try:
+        yield
+    finally:
+        request.app.state.explanations_running -= 1
 
 
 class ExplainRequest(_Request):
@@ -110,10 +140,11 @@ async def explain(body: ExplainRequest, request: Request) -> Response:
         truncate=body.truncate,
         max_words=server_state(request).settings.max_explain_words,
     )
-    work = engine(request).explain(
-        model.name, body.inputs, options, labels, body.hypothesis_template
-    )
-    result = await unless_disconnected(request, work)
+    with explanation_slot(request, model.name):
+        work = engine(request).explain(
+            model.name, body.inputs, options, labels, body.hypothesis_template
+        )
+        result = await unless_disconnected(request, work)
     return json_response(
         {
             "model": model.name,

@@ -64,6 +64,12 @@ class RequestGuardMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
+        problem = _malformed(scope)
+        if problem is not None:
+            # RFC 9112 3.2 (Host) and RFC 9110 5.3 (singleton fields): which of two
+            # values would count is ambiguous, so neither does.
+            await _reject(scope, send, 400, "bad_request", problem, [CLOSE])
+            return
         # CORS preflights (OPTIONS) carry no credentials by design.
         needs_key = scope["method"] != "OPTIONS" and self._needs_key(scope["path"])
         if needs_key and not self.keys.accepts(headers.get(b"authorization")):
@@ -78,8 +84,15 @@ class RequestGuardMiddleware:
             return
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            message = self._too_large(int(length))
+            if headers.get(b"expect", b"").lower() == b"100-continue":
+                # The client waits for "100 Continue" before it sends the body; reading
+                # would ask for it (uvicorn sends it on the first read). Refuse unread
+                # and close, as RFC 9110 10.1.1 allows.
+                await _reject(scope, send, 413, "payload_too_large", message, [CLOSE])
+                return
             await _discard_body(receive, self.max_body_bytes * DISCARD_FACTOR)
-            await _reject(scope, send, 413, "payload_too_large", self._too_large(int(length)))
+            await _reject(scope, send, 413, "payload_too_large", message)
             return
         if length is None and scope["method"] in {"POST", "PUT", "PATCH"}:
             body = await _read_bounded(receive, self.max_body_bytes)
@@ -92,6 +105,27 @@ class RequestGuardMiddleware:
     def _too_large(self, length: int | None) -> str:
         size = f"{length} bytes" if length is not None else "the body"
         return f"request body too large: {size}; the limit is {self.max_body_bytes} bytes"
+
+
+CLOSE = (b"connection", b"close")
+# Request headers that must appear at most once: with two, a proxy and this server could
+# each take a different one.
+SINGLETONS = (b"authorization", b"content-length", b"host")
+
+
+def _malformed(scope: Scope) -> str | None:
+    """Why a request's head is refused (400), or None: no Host in HTTP/1.1, or a header
+    that may appear once appearing more than once."""
+    counts: dict[bytes, int] = {}
+    for name, _ in scope["headers"]:
+        if name in SINGLETONS:
+            counts[name] = counts.get(name, 0) + 1
+    for name, count in counts.items():
+        if count > 1:
+            return f"the request has {count} {name.decode().title()} headers; send one"
+    if scope.get("http_version") == "1.1" and b"host" not in counts:
+        return "an HTTP/1.1 request must carry a Host header"
+    return None
 
 
 async def _reject(

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import orjson
 from fastapi import Request
-from starlette.responses import Response
 
+from app.api.answers import json_response
 from app.api.lifecycle import ServerState
 from app.engine.errors import ClientDisconnected
 from app.engine.interface import Engine, ModelDescription, Task
 
 T = TypeVar("T")
 
-
-def json_response(content: Any) -> Response:
-    # orjson writes numpy float32 arrays directly: no per-float Python objects.
-    body = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-    return Response(body, media_type="application/json")
+__all__ = ["engine", "json_response", "resolve_model", "server_state", "unless_disconnected"]
 
 
 def server_state(request: Request) -> ServerState:

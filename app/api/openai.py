@@ -31,7 +31,12 @@ from app.api.handling import (
     server_state,
     unless_disconnected,
 )
-from app.api.schemas import OPENAI_ERRORS, check_input_chars, check_input_count
+from app.api.schemas import (
+    OPENAI_ERRORS,
+    check_input_chars,
+    check_input_count,
+    check_token_ids,
+)
 from app.engine.errors import ModelNotFound
 from app.engine.interface import ModelDescription, TokenIds
 
@@ -60,7 +65,8 @@ class OpenAIEmbeddingRequest(BaseModel):
         "its ENCODER_MODEL_ALIASES entry, else to the default embedding model."
     )
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    # Strict, as OpenAI's API: 8.0, "8" and true are not dimensions (422).
+    dimensions: StrictInt | None = Field(None, ge=1)
     user: str | None = Field(None, description="Ignored.")
 
     @field_validator("input", mode="wrap")
@@ -70,7 +76,9 @@ class OpenAIEmbeddingRequest(BaseModel):
         if isinstance(value, list):
             if not value:
                 raise ValueError("input must not be an empty list")
-            if not isinstance(value[0], int):  # a flat list of ids is one input
+            if isinstance(value[0], int | list):  # token ids: counted before validation
+                check_token_ids(value)
+            else:
                 check_input_count(len(value))
         try:
             checked = handler(value)

@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
@@ -141,6 +142,24 @@ def check_input_chars(index: int, text: str) -> None:
         raise PayloadTooLarge(f"inputs[{index}] has {len(text)} characters; the limit is {limit}")
 
 
+def check_token_ids(value: list[Any]) -> None:
+    """Token ids (one list, or a list of lists) count as characters: at most
+    ENCODER_MAX_INPUT_CHARS ids in one request, a 413. Measured by lengths alone, before
+    pydantic or the tokenizer look at any id, so a huge list costs no per-id work."""
+    limit = request_limits().max_input_chars
+    if value and isinstance(value[0], bool):
+        return  # not an id: validation refuses the list at its first item (422)
+    if value and isinstance(value[0], list):
+        check_input_count(len(value))
+        total = sum(len(ids) if isinstance(ids, list) else 1 for ids in value)
+    else:
+        total = len(value)
+    if total > limit:
+        raise PayloadTooLarge(
+            f"{total} token ids in one request; the limit is {limit} (ENCODER_MAX_INPUT_CHARS)"
+        )
+
+
 def check_labels(value: Any, handler: ValidatorFunctionWrapHandler) -> list[str] | None:
     """Zero-shot labels: the count limit before anything else, then each label once."""
     limits = request_limits()
@@ -204,7 +223,8 @@ class EncodeRequest(_Request):
     )
     normalize: bool = Field(True, description="Scale each vector to unit length.")
     truncate: bool = Field(True, description="Cut inputs to the model's max length (else 422).")
-    dimensions: int | None = Field(
+    # Strict: 8.0, "8" and true are not dimensions.
+    dimensions: StrictInt | None = Field(
         None, description="Keep the first N dimensions (Matryoshka), then normalize."
     )
 

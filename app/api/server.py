@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import os
 import socket
 from types import FrameType
 
@@ -20,9 +23,15 @@ class DrainingServer(uvicorn.Server):
     graceful shutdown runs. A second signal skips the wait.
     """
 
-    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        state: ServerState,
+        protocol: type[GuardedHttpToolsProtocol],
+    ) -> None:
         super().__init__(config)
         self.state = state
+        self.protocol = protocol
         self._draining = False  # the first signal came; a second one skips the wait
         # A model that fails to load stops start-up: the app asks the server to exit.
         state.request_shutdown = lambda: setattr(self, "should_exit", True)
@@ -37,8 +46,55 @@ class DrainingServer(uvicorn.Server):
         loop.call_soon_threadsafe(lambda: loop.create_task(self._drain_then_exit(sig, frame)))
 
     async def _drain_then_exit(self, sig: int, frame: FrameType | None) -> None:
+        # From now on every answer closes its connection (Connection: close): clients
+        # move their next request to another replica instead of finding this one closed.
+        self.protocol.shared.draining = True
         await self.state.drain()
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown, with the connections the kernel has queued but nobody
+        accepted yet taken in first (answered 503 with Connection: close): closing the
+        listening socket with them queued would reset their requests unanswered."""
+        self.protocol.shared.draining = True
+        self.protocol.shared.shutting_down = True
+        loop = asyncio.get_running_loop()
+        factory = functools.partial(
+            self.protocol,
+            config=self.config,
+            server_state=self.server_state,
+            app_state=self.lifespan.state,
+        )
+        for connection in _accept_queued(self.servers):
+            with contextlib.suppress(OSError):
+                await loop.connect_accepted_socket(factory, connection)
+        await super().shutdown(sockets)  # shuts each connection down, waits for them
+
+
+def _accept_queued(servers: list[asyncio.Server]) -> list[socket.socket]:
+    """Every connection waiting in the listening sockets' queues, accepted now, and the
+    listening sockets closed right after (within microseconds, so a new one can hardly
+    slip in between). With several workers each holds a copy of the socket: the last to
+    close it ends the listening."""
+    copies = [
+        socket.socket(fileno=os.dup(listening.fileno()))
+        for server in servers
+        for listening in server.sockets
+    ]
+    for server in servers:
+        server.close()  # no more accepts by the loop; the copies keep the sockets listening
+    accepted: list[socket.socket] = []
+    for copy in copies:
+        copy.setblocking(False)
+        try:
+            while True:
+                connection, _ = copy.accept()
+                accepted.append(connection)
+        except OSError:  # BlockingIOError once the queue is empty
+            pass
+        finally:
+            copy.close()
+    return accepted
 
 
 def serve(app_state: ServerState, app: object, sockets: list[socket.socket] | None = None) -> None:
@@ -49,16 +105,19 @@ def serve(app_state: ServerState, app: object, sockets: list[socket.socket] | No
         max_header_bytes=settings.max_header_bytes,
         read_timeout_s=settings.read_timeout_s,
         max_connections=settings.max_connections,
+        write_timeout_s=settings.write_timeout_s,
+        max_unsent_bytes=settings.max_unsent_bytes,
     )
     # The cap is only worth its 503 if accept() does not fail on descriptors first.
     raise_open_files_limit(limits.max_connections)
+    protocol = GuardedHttpToolsProtocol.with_limits(limits)
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=settings.host,
         port=settings.port,
         # httptools (uvicorn's fastest parser) with bounds on headers, read time and
         # connections; uvicorn itself has none of them for httptools.
-        http=GuardedHttpToolsProtocol.with_limits(limits),
+        http=protocol,
         log_config=None,
         access_log=settings.access_log,
         # Work was drained already; connections get as long again to send their answers.
@@ -68,4 +127,4 @@ def serve(app_state: ServerState, app: object, sockets: list[socket.socket] | No
         # it, that request fails (uvicorn's default of 5 s raced httpx's 5 s expiry).
         timeout_keep_alive=settings.keep_alive_s,
     )
-    DrainingServer(config, app_state).run(sockets=sockets)
+    DrainingServer(config, app_state, protocol).run(sockets=sockets)

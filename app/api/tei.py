@@ -35,7 +35,14 @@ from app.api.handling import (
     server_state,
     unless_disconnected,
 )
-from app.api.schemas import TEI_ERRORS, as_list, check_input_chars, check_input_count, check_texts
+from app.api.schemas import (
+    TEI_ERRORS,
+    as_list,
+    check_input_chars,
+    check_input_count,
+    check_texts,
+    check_token_ids,
+)
 from app.engine.errors import InputTooLong, InvalidInput
 from app.engine.interface import ClassifyOptions, ModelDescription, TextInput
 
@@ -92,7 +99,7 @@ class _TeiRequest(BaseModel):
 class TeiEmbedRequest(_TeiRequest):
     inputs: str | list[str] = Field(description="A text or a non-empty list of texts.")
     normalize: bool = True
-    dimensions: int | None = Field(None, ge=1, description="Keep the first N dimensions.")
+    dimensions: StrictInt | None = Field(None, ge=1, description="Keep the first N dimensions.")
 
     _check_inputs = field_validator("inputs", mode="wrap")(_tei_texts)
 
@@ -158,10 +165,11 @@ class TeiDecodeRequest(BaseModel):
     @classmethod
     def _check_ids(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         _no_empty_batch("ids", value)
-        if isinstance(value, list) and isinstance(value[0], list):
-            check_input_count(len(value))
-            for index, ids in enumerate(value):
-                _no_empty_batch(f"ids[{index}]", ids)
+        if isinstance(value, list):
+            check_token_ids(value)  # the counts first: no work per id before they pass
+            if isinstance(value[0], list):
+                for index, ids in enumerate(value):
+                    _no_empty_batch(f"ids[{index}]", ids)
         try:
             return handler(value)
         except ValidationError:

@@ -1,6 +1,7 @@
 """Explanations: how much each word of a text moved a model's score for one label.
 
-Words are runs of word characters (apostrophes inside kept: "don't") or runs of
+Words are runs of word characters (apostrophes inside kept: "don't"), single characters
+of scripts written without spaces (CJK ideographs, kana, Hangul), or runs of
 punctuation, each mapped to the sub-word tokens whose character spans overlap it most; a
 word with no token (cut off by truncation) is left out. A perturbed input is the text's
 own token ids with some words' tokens removed (special tokens always kept), so no text is
@@ -19,9 +20,10 @@ Two methods:
 Written here rather than with the `shap` package: its KernelExplainer calls a model
 synchronously in one process, and it brings numba, pandas and scikit-learn into the
 serving runtime. Here every perturbation goes through the model's batcher at low
-priority (app/engine/batcher.py), in chunks, so an explanation shares passes with
-nothing interactive, counts against the queue limits, and stops with its request (a
-client that hangs up, a deadline that passes).
+priority (app/engine/batcher.py), all in one request, so an explanation shares passes
+with nothing interactive, counts against the queue limits, is priced whole by the
+batcher's admission (refused at once, 429, when it could not finish before its
+deadline), and stops with its request (a client that hangs up, a deadline that passes).
 """
 
 from __future__ import annotations
@@ -40,13 +42,19 @@ from app.engine.tokenization import Token, TokenizedText
 
 Method = Literal["occlusion", "shap"]
 
-WORD = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]+")
-# Perturbed inputs go to the batcher this many at a time: an explanation holds at most
-# this many queue places, and a cancelled one leaves at most this many behind to drop.
-CHUNK = 64
+# Scripts written without spaces between words, whose every character is one unit (as
+# BERT's tokenizer splits CJK ideographs, and as SHAP's and LIME's text maskers do): CJK
+# ideographs (with their extensions and compatibility forms), kana (half-width too) and
+# Hangul syllables. Unsplit, a sentence of them would be explained as one "word".
+CJK = (
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+    "\u3040-\u309f\u30a0-\u30ff\u31f0-\u31ff\uff66-\uff9f\uac00-\ud7af"
+)
+# A word: one CJK character, a run of other word characters (apostrophes inside kept:
+# "don't"), or a run of punctuation.
+WORD = re.compile(rf"[{CJK}]|[^\W{CJK}]+(?:['’][^\W{CJK}]+)*|[^\w\s]+")
 
-# Scores of each input (special tokens included), in order: (inputs, labels) from the
-# model, (inputs,) for the target label alone.
+# Every label's scores of each input (special tokens included), in order: (inputs, labels).
 Scorer = Callable[[list[TokenizedText]], Awaitable[np.ndarray]]
 
 
@@ -94,7 +102,7 @@ class Explanation:
 def words_of(text: str, tokens: list[Token]) -> list[Word]:
     """The text's words, each with the tokens that overlap it most; words without tokens
     (past truncation, or only characters the tokenizer drops) are left out."""
-    spans = [(match.start(), match.end()) for match in WORD.finditer(text)]
+    spans = joined([(match.start(), match.end()) for match in WORD.finditer(text)], tokens)
     starts = [start for start, _ in spans]
     owned: list[list[int]] = [[] for _ in spans]
     for position, token in enumerate(tokens):
@@ -118,6 +126,29 @@ def words_of(text: str, tokens: list[Token]) -> list[Word]:
         for (start, stop), positions in zip(spans, owned, strict=True)
         if positions
     ]
+
+
+def joined(spans: list[tuple[int, int]], tokens: list[Token]) -> list[tuple[int, int]]:
+    """`spans` with the words that one token covers whole made one: the model cannot tell
+    them apart (one [UNK] for a run of CJK characters its vocabulary lacks, say)."""
+    starts = [start for start, _ in spans]
+    stops = [stop for _, stop in spans]
+    # joins[i]: word i and word i + 1 are one word.
+    joins = [False] * len(spans)
+    for token in tokens:
+        if token.special or token.stop <= token.start:
+            continue
+        first = bisect.bisect_left(starts, token.start)
+        last = bisect.bisect_right(stops, token.stop) - 1
+        for index in range(first, last):
+            joins[index] = True
+    merged: list[tuple[int, int]] = []
+    for index, (start, stop) in enumerate(spans):
+        if index and joins[index - 1]:
+            merged[-1] = (merged[-1][0], stop)
+        else:
+            merged.append((start, stop))
+    return merged
 
 
 def perturbed(full: TokenizedText, words: list[Word], masks: np.ndarray) -> list[TokenizedText]:
@@ -152,26 +183,31 @@ def target_index(labels: list[str], target: str | None, scores: np.ndarray) -> i
     return labels.index(target)
 
 
+def masks_of(words: list[Word], options: ExplainOptions) -> tuple[np.ndarray, np.ndarray]:
+    """The rows to score besides the whole text (rows x words, True: kept), and shap's
+    regression weights of its subsets: occlusion, each word left out (no weights); shap,
+    no words, then the subsets."""
+    if options.method == "occlusion":
+        return ~np.eye(len(words), dtype=bool), np.ones(0)
+    rng = np.random.default_rng(options.seed)
+    masks, weights = coalitions(len(words), options.samples, rng)
+    return np.concatenate([np.zeros((1, len(words)), dtype=bool), masks]), weights
+
+
 async def evaluate(
-    score: Scorer, full: TokenizedText, words: list[Word], masks: np.ndarray
+    scores_of: Scorer, full: TokenizedText, words: list[Word], masks: np.ndarray
 ) -> tuple[np.ndarray, int, int]:
-    """The target score of each row of `masks`, each distinct row run once, in chunks;
-    the inputs and the tokens run."""
-    unique, inverse = np.unique(masks, axis=0, return_inverse=True)
+    """Every label's scores of the whole text (row 0) and of each row of `masks`, each
+    distinct input run once, all in one request: the batcher's admission prices the
+    explanation whole before any pass runs (429 at once when it could not finish before
+    its deadline). Also the inputs and the tokens run."""
+    if not words:
+        return np.asarray(await scores_of([full]), dtype=np.float64), 1, full.tokens
+    everything = np.concatenate([np.ones((1, len(words)), dtype=bool), masks])
+    unique, inverse = np.unique(everything, axis=0, return_inverse=True)
     items = perturbed(full, words, unique)
-    values = np.empty(len(items), dtype=np.float64)
-    for begin in range(0, len(items), CHUNK):
-        values[begin : begin + CHUNK] = await score(items[begin : begin + CHUNK])
-    return values[inverse.reshape(-1)], len(items), sum(item.tokens for item in items)
-
-
-async def occlusion(
-    score: Scorer, full: TokenizedText, words: list[Word], full_score: float
-) -> tuple[np.ndarray, int, int]:
-    """Per word, the full score minus the score without it; the inputs and tokens run."""
-    masks = ~np.eye(len(words), dtype=bool)
-    values, runs, tokens = await evaluate(score, full, words, masks)
-    return full_score - values, runs, tokens
+    scores = np.asarray(await scores_of(items), dtype=np.float64)
+    return scores[inverse.reshape(-1)], len(items), sum(item.tokens for item in items)
 
 
 def kernel_weight(words: int, size: int) -> float:
@@ -216,23 +252,6 @@ def kernel_shap(
     return np.append(head, total - head.sum())
 
 
-async def shap(
-    score: Scorer,
-    full: TokenizedText,
-    words: list[Word],
-    full_score: float,
-    options: ExplainOptions,
-) -> tuple[np.ndarray, float, int, int]:
-    """Shapley values of the words; the no-words score; the inputs and tokens run."""
-    rng = np.random.default_rng(options.seed)
-    masks, weights = coalitions(len(words), options.samples, rng)
-    everything = np.concatenate([np.zeros((1, len(words)), dtype=bool), masks])
-    values, runs, tokens = await evaluate(score, full, words, everything)
-    empty = float(values[0])
-    result = kernel_shap(masks, weights, values[1:], empty, full_score)
-    return result, empty, runs, tokens
-
-
 async def explain(
     full: TokenizedText,
     tokens: list[Token],
@@ -245,21 +264,22 @@ async def explain(
     tokens with spans as `tokens`); `scores_of` gives every label's scores per input."""
     words = words_of(text, tokens)
     check_words(words, options)
-    (full_scores,) = await scores_of([full])
-    index = target_index(labels, options.target, full_scores)
-    full_score = float(full_scores[index])
-
-    async def score(items: list[TokenizedText]) -> np.ndarray:
-        return (await scores_of(items))[:, index]
-
+    if options.target is not None:  # a label the model lacks: refused before any pass
+        target_index(labels, options.target, np.zeros(len(labels)))
+    masks, weights = masks_of(words, options)
+    scores, runs, run_tokens = await evaluate(scores_of, full, words, masks)
+    index = target_index(labels, options.target, scores[0])
+    full_score = float(scores[0, index])
+    targets = scores[1:, index]
+    is_shap = options.method == "shap"
     empty: float | None = None
     if not words:
-        values, runs, run_tokens = np.zeros(0), 0, 0
-    elif options.method == "occlusion":
-        values, runs, run_tokens = await occlusion(score, full, words, full_score)
+        values = np.zeros(0)
+    elif not is_shap:  # occlusion: what the score lost without each word
+        values = full_score - targets
     else:
-        values, empty, runs, run_tokens = await shap(score, full, words, full_score, options)
-    is_shap = options.method == "shap"
+        empty = float(targets[0])
+        values = kernel_shap(masks[1:], weights, targets[1:], empty, full_score)
     return Explanation(
         method=options.method,
         target=labels[index],
@@ -273,6 +293,6 @@ async def explain(
         truncated=full.truncated,
         samples=options.samples if is_shap else None,
         seed=options.seed if is_shap else None,
-        evaluations=runs + 1,
-        tokens=run_tokens + full.tokens,
+        evaluations=runs,
+        tokens=run_tokens,
     )

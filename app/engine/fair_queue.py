@@ -8,11 +8,13 @@ every pass, and turns carry over from one batch to the next, so no request starv
 however many are waiting.
 
 Priority: a request may be queued as low priority (an explanation's perturbations,
-hundreds of inputs that nobody waits on interactively). Low-priority groups take turns
-among themselves, after every normal group: `round_robin` and `take` give every
-waiting normal input before the first low one. How many low inputs a batch may take,
-and when, is the batcher's rule (app/engine/batcher.py); both kinds count against the
-same queue limits.
+hundreds of inputs that nobody waits on interactively). Low-priority groups run first
+come, first served, after every normal group: `round_robin` and `take` give every
+waiting normal input before the first low one, and a low request whole before the next.
+Admission prices a low request whole (all the work queued ahead of it), so one admitted
+later never slows one admitted earlier, as taking turns would: each keeps its price.
+How many low inputs a batch may take, and when, and how the two kinds count against the
+queue limits, is the batcher's rule (app/engine/batcher.py).
 """
 
 from __future__ import annotations
@@ -44,10 +46,9 @@ class FairQueue(Generic[Item]):
     def __init__(self) -> None:
         self._groups: deque[_Group[Item]] = deque()  # the front group has the next turn
         self._low_groups: deque[_Group[Item]] = deque()  # low priority: after all of those
-        # Groups of more than one item, per priority: the only ones a new request does not
-        # wait for whole (tokens_served_before), kept so admission need not walk the rest.
+        # Normal groups of more than one item: the only ones a new request does not wait
+        # for whole (tokens_served_before), kept so admission need not walk the rest.
         self._deep: set[_Group[Item]] = set()
-        self._low_deep: set[_Group[Item]] = set()
         self.low_count = 0  # low-priority items queued
         self._arrivals = itertools.count()
         self._count = 0
@@ -61,6 +62,11 @@ class FairQueue(Generic[Item]):
         return self._count > 0
 
     @property
+    def low_tokens(self) -> int:
+        """Tokens of the low-priority items queued."""
+        return self._low_tokens
+
+    @property
     def normal_count(self) -> int:
         """Items of normal priority queued."""
         return self._count - self.low_count
@@ -71,8 +77,8 @@ class FairQueue(Generic[Item]):
         if items:
             group = _Group(next(self._arrivals), deque(items))
             (self._low_groups if low else self._groups).append(group)
-            if len(items) > 1:
-                (self._low_deep if low else self._deep).add(group)
+            if len(items) > 1 and not low:
+                self._deep.add(group)
             tokens = sum(item.tokens for item in items)
             self._count += len(items)
             self.tokens += tokens
@@ -88,18 +94,20 @@ class FairQueue(Generic[Item]):
         return min(groups, key=lambda group: group.arrival).items[0]
 
     def round_robin(self) -> Iterator[Item]:
-        """Every queued item in the order `take` would take them: normal ones first."""
-        for groups in (self._groups, self._low_groups):
-            for depth in itertools.count():
-                turn = [group.items[depth] for group in groups if depth < len(group.items)]
-                if not turn:
-                    break
-                yield from turn
+        """Every queued item in the order `take` would take them: normal ones first, taking
+        turns; then the low ones, request by request."""
+        for depth in itertools.count():
+            turn = [group.items[depth] for group in self._groups if depth < len(group.items)]
+            if not turn:
+                break
+            yield from turn
+        for group in self._low_groups:
+            yield from group.items
 
     def take(self, count: int) -> list[Item]:
         """Remove and return the first `count` items of `round_robin()`."""
         taken: list[Item] = []
-        for groups, deep in ((self._groups, self._deep), (self._low_groups, self._low_deep)):
+        for groups in (self._groups, self._low_groups):
             while len(taken) < count and groups:
                 group = groups.popleft()
                 item = group.items.popleft()
@@ -108,8 +116,10 @@ class FairQueue(Generic[Item]):
                     self.low_count -= 1
                     self._low_tokens -= item.tokens
                 if len(group.items) == 1:
-                    deep.discard(group)
-                if group.items:
+                    self._deep.discard(group)
+                if group.items and groups is self._low_groups:
+                    groups.appendleft(group)  # first come, first served: it goes on
+                elif group.items:
                     groups.append(group)  # it had its turn: to the back
         self._count -= len(taken)
         self.tokens -= sum(item.tokens for item in taken)
@@ -131,7 +141,6 @@ class FairQueue(Generic[Item]):
         self._low_groups = deque(group for group in self._low_groups if group.items)
         # Rare and already a walk over everything: the totals are counted afresh.
         self._deep = {group for group in self._groups if len(group.items) > 1}
-        self._low_deep = {group for group in self._low_groups if len(group.items) > 1}
         low_items = [item for group in self._low_groups for item in group.items]
         self.low_count = len(low_items)
         self._low_tokens = sum(item.tokens for item in low_items)
@@ -145,18 +154,18 @@ class FairQueue(Generic[Item]):
 
     def tokens_served_before(self, count: int, *, low: bool = False) -> int:
         """Tokens that run before a new request of `count` inputs is done: round-robin
-        takes up to `count` inputs of every group of its priority now waiting before its
-        last one; a low-priority request also waits for every normal input."""
+        takes up to `count` inputs of every normal group now waiting before its last one;
+        a low-priority request waits for everything queued (first come, first served)."""
         normal_tokens = self.tokens - self._low_tokens
+        if low:
+            return self.tokens
         if count < 1:
-            return normal_tokens if low else 0
+            return 0
         # Every group of its priority whole, less what lies past `count` in the deep ones
         # (a walk over every waiting request per admission was O(n^2) under load).
         past = sum(
             item.tokens
-            for group in (self._low_deep if low else self._deep)
+            for group in self._deep
             for item in itertools.islice(group.items, count, None)
         )
-        if low:
-            return self.tokens - past  # all normal work, and its own share of the low
         return normal_tokens - past

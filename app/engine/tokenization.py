@@ -8,10 +8,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from app.engine.errors import InputTooLong, InvalidInput
 
@@ -20,6 +20,9 @@ from app.engine.errors import InputTooLong, InvalidInput
 INLINE_TOKENIZE_CHARS = 4096
 # The same bound for decoding, in token ids (an English word-piece is about 4 characters).
 INLINE_DECODE_IDS = INLINE_TOKENIZE_CHARS // 4
+# A first guess at how many characters hold one token: a text is first measured on its
+# first (max_length + 1) * this many characters, then on twice as many, and so on.
+CHARS_PER_TOKEN_GUESS = 8
 
 T = TypeVar("T")
 
@@ -60,6 +63,10 @@ class TextTokenizer:
         self._tokenizer = Tokenizer.from_file(str(path))
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length)
+        # The same tokenizer without truncation or special tokens, to find where to cut.
+        self._measure = Tokenizer.from_file(str(path))
+        self._measure.no_padding()
+        self._measure.no_truncation()
         self.encodes_pairs = encodes_pairs(json.loads(path.read_text()).get("post_processor"))
 
     @property
@@ -91,7 +98,8 @@ class TextTokenizer:
         """Texts of token ids (TEI's /decode); InvalidInput for an id outside the vocabulary."""
         vocab = self.vocab_size
         for index, ids in enumerate(ids_lists):
-            if any(not 0 <= token < vocab for token in ids):
+            # min and max run in C: no Python work per id.
+            if ids and (min(ids) < 0 or max(ids) >= vocab):
                 raise InvalidInput(
                     f"ids[{index}] holds token ids outside the vocabulary (0-{vocab - 1})"
                 )
@@ -101,7 +109,7 @@ class TextTokenizer:
 
     def encode(self, texts: Sequence[TextInput]) -> list[TokenizedText]:
         """Texts, or sentence pairs (the second text's tokens get segment id 1)."""
-        encodings = self._tokenizer.encode_batch(list(texts))
+        encodings = self._tokenizer.encode_batch(self.cut(texts))
         return [
             TokenizedText(
                 ids=np.asarray(encoding.ids, dtype=np.int64),
@@ -132,8 +140,68 @@ class TextTokenizer:
                 ],
                 bool(encoding.overflowing),
             )
-            for encoding in self._tokenizer.encode_batch(texts)
+            for encoding in self._tokenizer.encode_batch(self.cut(texts))
         ]
+
+    def cut(self, texts: Sequence[Item]) -> list[Item]:
+        """The texts (each text of a pair on its own) cut where truncation cannot reach.
+
+        The tokenizer's own truncation tokenizes a text whole first, and for a sentence
+        pair builds every combination of the two texts' overflowing windows: time and
+        memory grow with the square of the pair's length (two 20,000-character texts cost
+        200 MB, two of 100,000 several GB). A text cut two words past its first
+        max_length + 1 tokens is tokenized and truncated exactly as the whole text (its
+        kept tokens, their spans, `truncated`), so each text costs at most about that.
+        One difference: when both texts of a pair are cut, which of them keeps the odd
+        token of an odd budget follows the cut lengths, not the whole texts' lengths.
+        """
+        short = (self.max_length + 1) * CHARS_PER_TOKEN_GUESS
+        if all(isinstance(item, str) and len(item) <= short for item in texts):
+            return list(texts)  # the common case: nothing to cut, no per-text work
+        sides = [text for item in texts for text in ((item,) if isinstance(item, str) else item)]
+        cut = iter(self._cut_texts(sides))
+        return [
+            cast(Item, next(cut) if isinstance(item, str) else (next(cut), next(cut)))
+            for item in texts
+        ]
+
+    def _cut_texts(self, texts: list[str]) -> list[str]:
+        """`cut` for single texts: each text longer than the first prefix measured on a
+        prefix that doubles until it holds the cut point (or is the whole text), so a text
+        costs at most about twice tokenizing the part kept, or the whole text when it has
+        too few tokens."""
+        needed = self.max_length + 1
+        result = list(texts)
+        size = needed * CHARS_PER_TOKEN_GUESS
+        # A text within the first prefix is tokenized whole, as before: at most `size`
+        # tokens, whose truncation stays cheap. Most texts are such: no second pass.
+        pending = [index for index, text in enumerate(texts) if len(text) > size]
+        while pending:
+            prefixes = [texts[index][:size] for index in pending]
+            measured = self._measure.encode_batch(prefixes, add_special_tokens=False)
+            waiting = []
+            for index, prefix, encoding in zip(pending, prefixes, measured, strict=True):
+                stop = _cut_point(encoding, needed)
+                if stop is not None:
+                    result[index] = texts[index][:stop]
+                elif len(prefix) < len(texts[index]):
+                    waiting.append(index)
+            pending, size = waiting, size * 2
+        return result
+
+
+def _cut_point(encoding: Encoding, needed: int) -> int | None:
+    """Where to cut the text of `encoding` (tokenized without special tokens) so that it
+    keeps its first `needed` tokens exactly: the start of the second word after the one
+    holding the last of them (the word right after may tokenize differently at the end of
+    a text, or at the end of a prefix). None when the encoding holds no such point."""
+    if len(encoding) < needed:
+        return None
+    word = encoding.token_to_word(needed - 1)
+    if word is None:  # a token of no word: no safe cut point
+        return None
+    span = encoding.word_to_chars(word + 2)
+    return None if span is None else int(span[0])
 
 
 def encodes_pairs(post_processor: object) -> bool:

@@ -640,12 +640,55 @@ async def test_low_priority_requests_may_fill_only_half_the_queue() -> None:
     batcher = make(backend, max_queue=10)
     first = submit(batcher, 0)
     await wait_for(lambda: len(backend.batches) == 1)
+    low = batcher.submit([(n, 10) for n in range(4)], 30.0, low=True)
     with pytest.raises(Overloaded, match="low priority"):
-        batcher.submit([(n, 10) for n in range(6)], 30.0, low=True)
-    low = batcher.submit([(n, 10) for n in range(5)], 30.0, low=True)
+        batcher.submit([(n, 10) for n in range(2)], 30.0, low=True)
+    low += batcher.submit([(4, 10)], 30.0, low=True)
     normal = submit(batcher, *range(5))  # the other half is still free for normal requests
     backend.gate.set()
     await asyncio.gather(*first, *low, *normal)
+    await batcher.stop()
+
+
+async def test_a_low_priority_request_over_half_the_queue_is_taken_alone() -> None:
+    # An explanation comes whole; it may exceed the low half while no other low input
+    # waits, and normal requests still find their half.
+    backend = FakeBackend(hold_first=True)
+    batcher = make(backend, max_queue=10)
+    first = submit(batcher, 0)
+    await wait_for(lambda: len(backend.batches) == 1)
+    low = batcher.submit([(n, 10) for n in range(8)], 30.0, low=True)
+    with pytest.raises(Overloaded, match="low priority"):
+        batcher.submit([(9, 10)], 30.0, low=True)
+    normal = submit(batcher, *range(5))
+    with pytest.raises(Overloaded):
+        submit(batcher, 6, 7, 8, 9, 10, 11)  # over the normal limit with low counted at half
+    backend.gate.set()
+    await asyncio.gather(*first, *low, *normal)
+    await batcher.stop()
+
+
+async def test_low_priority_work_is_priced_at_the_throughput_it_gets() -> None:
+    # Interactive traffic is around and low passes were seen to run 100 tokens/s: a low
+    # request of 2,000 tokens cannot finish in 5 s and is refused at once, though the
+    # passes themselves (1,000 tokens/s) would run it in 2 s; a normal one is not.
+    backend = FakeBackend(hold_first=True)
+    metrics = Metrics()
+    batcher = make(backend, max_queue=1000, metrics=metrics)
+    first = submit(batcher, 0)
+    await wait_for(lambda: len(backend.batches) == 1)
+    batcher._pass_seconds, batcher._pass_tokens = 1.0, 1000.0
+    batcher._low_done_seconds, batcher._low_done_tokens = 10.0, 1000.0
+    batcher._last_normal_at = time.monotonic()
+    with pytest.raises(Overloaded, match="low priority") as refused:
+        batcher.submit([(n, 20) for n in range(100)], 5.0, low=True)
+    assert refused.value.retry_after_s >= 1
+    rejected = metrics.rejected.labels("fake", "low_would_miss_deadline")
+    assert rejected._value.get() == 100
+    low = batcher.submit([(n, 20) for n in range(10)], 5.0, low=True)  # 2 s: taken
+    normal = batcher.submit([(n, 20) for n in range(100)], 5.0)
+    backend.gate.set()
+    await asyncio.gather(*first, *normal, *low)
     await batcher.stop()
 
 

@@ -220,3 +220,26 @@ def test_bad_model_aliases_are_refused(
     monkeypatch.setenv("ENCODER_MODEL_ALIASES", value)
     with pytest.raises(ValidationError, match=needle):
         Settings()
+
+
+# -- dimensions are integers -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dimensions", [8.0, "8", True, 8.5, [8]])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/embeddings", {"input": "x", "model": "m"}),
+        ("/encode", {"inputs": "x"}),
+        ("/embed", {"inputs": "x"}),
+    ],
+)
+def test_dimensions_must_be_an_integer(
+    client: TestClient, path: str, body: dict[str, Any], dimensions: Any
+) -> None:
+    """8.0, "8" and true are not a number of dimensions: 422 in the route's error shape
+    (OpenAI's under /v1/), never coerced to 8 or 1."""
+    message, payload = answer(client, path, {**body, "dimensions": dimensions}, 422)
+    assert "dimensions" in message
+    if path.startswith("/v1/"):
+        assert payload["error"]["type"] == "invalid_request_error"

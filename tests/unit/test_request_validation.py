@@ -26,7 +26,7 @@ from app.api.schemas import (
     TokenizeRequest,
     limits_for_request,
 )
-from app.api.tei import TeiEmbedRequest
+from app.api.tei import TeiDecodeRequest, TeiEmbedRequest
 from app.config import Settings
 from app.engine.classification import fill_template, template_problem
 from app.engine.errors import PayloadTooLarge
@@ -206,6 +206,22 @@ def test_a_long_list_of_bad_ids_is_one_quick_error() -> None:
     assert len(caught.value.errors()) == 1
     took = elapsed(lambda: OpenAIEmbeddingRequest.model_validate({"input": ids, "model": "m"}))
     assert took < 0.1  # one error per item and per branch of the union took ~12 s
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [[1] * 800_000, [[1] * 1000] * 101, [[True] * 50_000, ["x"] * 50_001]],
+)
+def test_token_ids_past_the_limit_are_refused_by_their_count_alone(ids: list[Any]) -> None:
+    """ENCODER_MAX_INPUT_CHARS token ids in one request at most (a 413), counted by list
+    lengths before pydantic or the tokenizer look at one id."""
+    for request in (
+        lambda: OpenAIEmbeddingRequest.model_validate({"input": ids, "model": "m"}),
+        lambda: TeiDecodeRequest.model_validate({"ids": ids}),
+    ):
+        with pytest.raises(PayloadTooLarge, match="token ids in one request; the limit is 100000"):
+            request()
+        assert elapsed(request) < 0.01
 
 
 def test_openai_input_count_is_checked_first_but_one_id_list_is_one_input() -> None:
