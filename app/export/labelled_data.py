@@ -123,8 +123,8 @@ def _read_delimited(path: Path, names: list[str], columns: _Columns) -> tuple[li
 
 
 def _checked(rows: Iterator[list[str]], path: Path) -> Iterator[list[str]]:
-    """The csv reader's rows, its errors (a field over the csv module's limit, a NUL byte)
-    as `LabelledDataError` naming the line. The field limit stays: it bounds one row."""
+    """The csv reader's rows, its errors (a field over the csv module's limit, a quote
+    left open) as `LabelledDataError` naming the line. The field limit stays: it bounds one row."""
     while True:
         try:
             row = next(rows)
