@@ -174,9 +174,13 @@ class Pipeline:
 
     def warm_up(self, text: str) -> None:
         """One pass (allocations, kernel choices) that no metric sees."""
+        self.forward_unobserved(self.tokenize([text]))
+
+    def forward_unobserved(self, items: Sequence[TokenizedText]) -> list[np.ndarray]:
+        """`forward` that no metric sees: passes of the server's own (warm-up, load checks)."""
         observe, self._observe = self._observe, None
         try:
-            self.forward(self.tokenize([text]))
+            return self.forward(items)
         finally:
             self._observe = observe
 
