@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.engine import wire
-from app.engine.tokenization import TokenizedText
+from app.engine.models.tokenization import TokenizedText
+from app.engine.transport import wire
 from loadtest.machine import describe_machine
 from loadtest.server import process_tree_cpu_seconds
 

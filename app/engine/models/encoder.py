@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.engine.attention import AttentionEncoder
-from app.engine.batcher import BatchService, settle
+from app.engine.models.attention import AttentionEncoder
 from app.engine.errors import InputTooLong, InvalidInput
+from app.engine.models.batches import BatchService, settle
 from app.engine.manifest import ModelManifest
-from app.engine.tokenization import (
+from app.engine.models.tokenization import (
     INLINE_DECODE_IDS,
     TextInput,
     TextTokenizer,
@@ -29,6 +29,12 @@ from app.engine.tokenization import (
     TokenizedText,
     tokenize_without_stalling,
 )
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Scale rows to unit L2 length (a zero row stays zero)."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
 
 
 @dataclass(frozen=True)

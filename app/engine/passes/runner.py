@@ -9,23 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from app.engine.attention import ATTENTION_LIMITS
-from app.engine.batcher import BatchLimits, DynamicBatcher
+from app.engine.batching.batcher import BatchLimits, DynamicBatcher
+from app.engine.batching.pass_gate import PassGate
 from app.engine.manifest import ModelManifest
-from app.engine.pass_gate import PassGate
-from app.engine.pipeline import Pipeline
-from app.engine.tokenization import TokenizedText
+from app.engine.models.batches import attention_service, token_service
+from app.engine.models.tokenization import TokenizedText
+from app.engine.passes.pipeline import Pipeline
 from app.metrics import Metrics
 
-
-def attention_service(name: str) -> str:
-    """The name under which a model's attention batcher is served."""
-    return f"{name}-attention"
-
-
-def token_service(name: str) -> str:
-    """The name under which a model's per-token states batcher is served."""
-    return f"{name}-tokens"
+# Attention requests are few, large and slow: small batches, no wait, a short queue.
+ATTENTION_LIMITS = BatchLimits(
+    max_batch_size=8, max_batch_tokens=4096, max_wait_s=0.0, max_queue=64
+)
 
 
 class ModelRunner:
