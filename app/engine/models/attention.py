@@ -1,8 +1,8 @@
 """Attention maps: run the attention graph in its own small batcher, select and aggregate.
 
 Attention requests are few, large and slow, so they get their own batcher, session and
-worker thread (app/engine/runner.py), and their passes yield to the embedding path's
-(app/engine/pass_gate.py).
+worker thread (app/engine/passes/runner.py), and their passes yield to the embedding path's
+(app/engine/batching/pass_gate.py).
 """
 
 from __future__ import annotations

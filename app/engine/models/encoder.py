@@ -1,8 +1,8 @@
 """An encoder: the request side of one model, turning texts into vectors.
 
 It tokenizes in the calling process and sends token ids to the model's batch service:
-the batcher of the model's `ModelRunner` (app/engine/runner.py), in this process with
-one worker, in the engine process with several (app/engine/remote.py). Several served
+the batcher of the model's `ModelRunner` (app/engine/passes/runner.py), in this process with
+one worker, in the engine process with several (app/engine/transport/client.py). Several served
 models may share one encoder (a trained head on a base model), so their inputs go
 through the same batches and the same forward passes.
 """

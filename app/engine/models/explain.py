@@ -20,7 +20,7 @@ Two methods:
 Written here rather than with the `shap` package: its KernelExplainer calls a model
 synchronously in one process, and it brings numba, pandas and scikit-learn into the
 serving runtime. Here every perturbation goes through the model's batcher at low
-priority (app/engine/batcher.py), all in one request, so an explanation shares passes
+priority (app/engine/batching/), all in one request, so an explanation shares passes
 with nothing interactive, counts against the queue limits, is priced whole by the
 batcher's admission (refused at once, 429, when it could not finish before its
 deadline), and stops with its request (a client that hangs up, a deadline that passes).

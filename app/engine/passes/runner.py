@@ -1,6 +1,6 @@
 """The engine side of one model: its sessions (instances) behind a dynamic batcher, and its
 attention graph behind a second one. This is what the engine process owns; requests reach
-it as token ids through `Encoder` (app/engine/encoder.py), in this process or another.
+it as token ids through `Encoder` (app/engine/models/encoder.py), in this process or another.
 """
 
 from __future__ import annotations
