@@ -16,22 +16,17 @@ refused before it starts, not answered 504 at its deadline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 
 from app.engine.batching.core import (
     BatcherCore,
-    BatchFunction,
-    BatchLimits,
     Payload,
     QueuedInput,
     Result,
 )
 from app.engine.errors import DeadlineExceeded, Overloaded
-from app.metrics import Metrics
 
 # Weight of the newest pass in the running estimate of seconds per token (admission).
 PASS_COST_SMOOTHING = 0.2
@@ -53,31 +48,6 @@ LOW_PRIORITY_PRICE_MARGIN = 0.8
 
 class Admission(BatcherCore[Payload, Result]):
     """Takes or refuses requests; records what passes cost to price the next ones."""
-
-    def __init__(
-        self,
-        name: str,
-        run_batch: BatchFunction[Payload, Result] | Sequence[BatchFunction[Payload, Result]],
-        limits: BatchLimits,
-        metrics: Metrics | None = None,
-        gate: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
-    ) -> None:
-        super().__init__(name, run_batch, limits, metrics, gate)
-        # Smoothed seconds and tokens of recent passes: their ratio prices queued work.
-        self._pass_seconds = 0.0
-        self._pass_tokens = 0.0
-        self._last_normal_at = -math.inf  # when a normal-priority input last arrived
-        self._low_seconds = 0.0  # recent pass time: low-priority passes', and all passes'
-        self._all_seconds = 0.0
-        # Observed low-priority throughput (admission): tokens of recent low passes, the
-        # wall time low work waited for them, and since when the current wait runs (None
-        # while no low-priority input is queued or running).
-        self._low_done_tokens = 0.0
-        self._low_done_seconds = 0.0
-        self._low_pass_tokens = 0.0  # and the tokens and seconds of those passes alone
-        self._low_pass_seconds = 0.0
-        self._low_since: float | None = None
-        self._low_running = 0  # low-priority inputs in the forward pass now
 
     def enqueue(
         self, payloads: Sequence[tuple[Payload, int]], timeout_s: float, *, low: bool = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -127,6 +128,23 @@ class BatcherCore(Generic[Payload, Result]):
         self._running = 0  # inputs in the forward pass now
         self._running_tokens = 0  # and their tokens
         self.restarts = 0
+        # What admission prices work with (app/engine/batching/admission.py) and scheduling
+        # shares low-priority passes by. Smoothed seconds and tokens of recent passes:
+        # their ratio prices queued work.
+        self._pass_seconds = 0.0
+        self._pass_tokens = 0.0
+        self._last_normal_at = -math.inf  # when a normal-priority input last arrived
+        self._low_seconds = 0.0  # recent pass time: low-priority passes', and all passes'
+        self._all_seconds = 0.0
+        # Observed low-priority throughput (admission): tokens of recent low passes, the
+        # wall time low work waited for them, and since when the current wait runs (None
+        # while no low-priority input is queued or running).
+        self._low_done_tokens = 0.0
+        self._low_done_seconds = 0.0
+        self._low_pass_tokens = 0.0  # and the tokens and seconds of those passes alone
+        self._low_pass_seconds = 0.0
+        self._low_since: float | None = None
+        self._low_running = 0  # low-priority inputs in the forward pass now
         if metrics is not None:  # series exist from the start, so rates and alerts see zeros
             for reason in REJECT_REASONS:
                 metrics.rejected.labels(name, reason)
