@@ -7,7 +7,6 @@ this process (`app.engine.passes.loading.LocalRegistry`). Nothing here opens a s
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from pathlib import Path
@@ -26,8 +25,6 @@ from app.engine.models.heads import ClassifierHead
 from app.engine.models.served import ServedModel
 from app.engine.models.tokenization import TextTokenizer, TokenizedText, open_tokenizer
 from app.metrics import Metrics
-
-log = logging.getLogger(__name__)
 
 # A model's batch service by name (the model's, `attention_service(model)` or
 # `token_service(model)`): its runner's batchers in this process, or the engine
