@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     instances: int | Literal["auto"] = Field(
         "auto",
         description="Backend sessions per model running batches side by side (model.json "
-        "batching.instances overrides); auto: see app/engine/instances.py.",
+        "batching.instances overrides); auto: see app/engine/batching/instances.py.",
     )
     warmup: bool = True
     workers: int | Literal["auto"] = Field(

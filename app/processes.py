@@ -2,10 +2,10 @@
 
 ```
  supervisor (this module)     binds the port, starts and restarts the others, forwards SIGTERM
- ├─ engine process            every model's sessions and batchers (app/engine/service.py)
+ ├─ engine process            every model's sessions and batchers (app/engine/transport/server.py)
  └─ N HTTP worker processes   HTTP, validation, tokenization, heads, JSON, request metrics
                               and logs; token ids to the engine and vectors back over a
-                              Unix socket (app/engine/remote.py)
+                              Unix socket (app/engine/transport/client.py)
 ```
 
 The workers share one listening socket (the kernel hands each connection to one of
@@ -40,6 +40,7 @@ from types import FrameType
 import psutil
 
 from app.config import Settings, available_cores
+from app.runtime_files import ENGINE_DOWN_FILE, ENGINE_ERROR_FILE, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ HEALTHY_S = 10.0
 MAX_QUICK_EXITS = 5
 RUNTIME_PREFIX = "encoder-serve-"
 OWNER_FILE = "supervisor.pid"  # `pid create_time` of the supervisor owning a runtime dir
-ENGINE_ERROR_FILE = "engine-error"  # the engine's own start-up error line, for its supervisor
-ENGINE_DOWN_FILE = "engine-down"  # why the engine is not running, for the workers' /ready
 
 
 def worker_count(setting: int | str, cores: int | None = None) -> int:
@@ -90,28 +89,6 @@ def describe_exit(exitcode: int | None) -> str:
             name = "unknown"
         return f"was killed by signal {-exitcode} ({name})"
     return f"exited with code {exitcode}"
-
-
-def engine_down_reason(runtime: Path) -> str | None:
-    """What the supervisor wrote about the engine's last failure (read by each worker's
-    /ready while the engine is down); None while there is none."""
-    try:
-        return (runtime / ENGINE_DOWN_FILE).read_text().strip() or None
-    except OSError:
-        return None
-
-
-def write_engine_error(runtime: Path, error: BaseException) -> None:
-    """In the engine process: leave its start-up error's first line for the supervisor."""
-    line = (str(error).strip().splitlines() or [""])[0][:500]
-    with contextlib.suppress(OSError):
-        _write_atomically(runtime / ENGINE_ERROR_FILE, f"{type(error).__name__}: {line}")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)  # a reader sees the old text or the new, never half
 
 
 def _owner_line() -> str:
@@ -162,7 +139,7 @@ def _cleanup_if_orphaned(runtime: Path, parent: int) -> None:
 
 
 def _engine_main(settings: Settings, path: Path, ready: Event) -> None:
-    from app.engine.service import run_engine_process
+    from app.engine.transport.server import run_engine_process
 
     parent = _follow_parent()
     try:
@@ -307,7 +284,7 @@ class Supervisor:
             f"restarting it after a {delay:g} s pause"
         )
         with contextlib.suppress(OSError):
-            _write_atomically(self._runtime / ENGINE_DOWN_FILE, reason)
+            write_atomically(self._runtime / ENGINE_DOWN_FILE, reason)
         return True
 
     def _tend_worker(self, slot: _Slot, listener: socket.socket) -> None:

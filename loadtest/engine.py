@@ -13,7 +13,12 @@ import numpy as np
 
 from app.backends.onnx import Device
 from app.engine.manifest import ModelManifest
-from app.engine.pipeline import CPU_ROWS_PER_PASS, normalize, open_pipeline, resolve_precision
+from app.engine.passes.pipeline import (
+    CPU_ROWS_PER_PASS,
+    normalize,
+    open_pipeline,
+    resolve_precision,
+)
 from loadtest.report import EnginePoint, EngineResult, PrecisionPoint
 
 # Texts per batch size: enough length-sorted batches that a random sample of them is

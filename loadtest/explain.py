@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from app.engine.explain import WORD
+from app.engine.models.explain import WORD
 from loadtest.client import percentile
 from loadtest.machine import cpu_description, host_name
 from loadtest.server import running_server

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from app.config import Settings
-from app.engine.explain import ExplainOptions, Word, words_of
-from app.engine.interface import Aggregate, ClassifyOptions, Engine, load_engine
+from app.engine.contract import Aggregate, ClassifyOptions, Engine
+from app.engine.models.explain import ExplainOptions, Word, words_of
+from app.engine.wiring import load_engine
 
 DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2" / "dev.tsv"
 RESULTS = Path(__file__).resolve().parent / "results"

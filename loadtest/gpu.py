@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from app.backends.torch import TorchBackend
-from app.engine.pipeline import Pipeline
-from app.engine.tokenization import TextTokenizer
+from app.engine.models.tokenization import TextTokenizer
+from app.engine.passes.pipeline import Pipeline
 from loadtest.texts import TextSource
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -34,7 +34,10 @@ from loadtest.wrk import run_wrk, wrk_path
 # Checked from the innermost frame outwards; the first category with a matching frame wins.
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ONNX Runtime forward pass", ("onnxruntime", "app/backends/onnx.py")),
-    ("pad or pack, pool, normalize", ("app/engine/pipeline.py", "app/engine/packing.py", "numpy/")),
+    (
+        "pad or pack, pool, normalize",
+        ("app/engine/passes/pipeline.py", "app/engine/passes/packing.py", "numpy/"),
+    ),
     ("tokenization", ("tokenization.py", "tokenizers")),
     ("logging", ("logging/", "app/logs.py")),
     ("metrics (prometheus_client)", ("prometheus_client",)),
@@ -44,7 +47,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("pydantic", "json/", "Request.json", "Request.body", "request_body_to_args", "_validate"),
     ),
     ("HTTP protocol (uvicorn httptools)", ("httptools", "h11", "uvicorn/protocols")),
-    ("batcher", ("app/engine/batcher.py",)),
+    ("batcher", ("app/engine/batching/",)),
     ("routes + engine (app)", ("app/",)),
     ("framework (FastAPI, Starlette middleware)", ("starlette/", "fastapi/", "uvicorn/")),
     ("event loop + threads (asyncio, uvloop)", ("asyncio/", "uvloop", "concurrent/", "threading")),

@@ -4,7 +4,7 @@
 process that decodes each request and answers zero vectors of the real width (no model),
 and drives it from this process with 1 and 32 concurrent requesters, for each transport:
 
-- `framed-unix`: app/engine/wire.py's frames (raw int32 ids in, raw float32 out) over a
+- `framed-unix`: app/engine/transport/wire.py's frames (raw int32 ids in, raw float32 out) over a
   Unix socket — what the server uses;
 - `framed-tcp`: the same frames over TCP loopback;
 - `pickle-unix`: the ids as Python lists and the result array pickled (protocol 5), over
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.engine import wire
-from app.engine.tokenization import TokenizedText
+from app.engine.models.tokenization import TokenizedText
+from app.engine.transport import wire
 from loadtest.machine import describe_machine
 from loadtest.server import process_tree_cpu_seconds
 

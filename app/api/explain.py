@@ -22,8 +22,8 @@ from app.api.schemas import (
     request_limits,
 )
 from app.config import available_cores
+from app.engine.contract import DEFAULT_HYPOTHESIS_TEMPLATE, ExplainMethod, ExplainOptions
 from app.engine.errors import Overloaded
-from app.engine.interface import DEFAULT_HYPOTHESIS_TEMPLATE, ExplainMethod, ExplainOptions
 
 router = APIRouter(route_class=StrictJSONRoute)
 

@@ -10,8 +10,8 @@ from fastapi import Request
 
 from app.api.answers import json_response
 from app.api.lifecycle import ServerState
+from app.engine.contract import Engine, ModelDescription, Task
 from app.engine.errors import ClientDisconnected
-from app.engine.interface import Engine, ModelDescription, Task
 
 T = TypeVar("T")
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from app.api.schemas import RequestLimits
 from app.config import Settings
+from app.engine.contract import Engine
 from app.engine.errors import NotReady
-from app.engine.interface import Engine, load_engine
+from app.engine.wiring import load_engine
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class ServerState:
         if reason is None:
             return "ready"
         if self.engine_socket is not None:  # why the engine process is down, if it failed
-            from app.processes import engine_down_reason
+            from app.runtime_files import engine_down_reason
 
             failure = engine_down_reason(self.engine_socket.parent)
             if failure is not None:

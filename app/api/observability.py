@@ -12,7 +12,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import internal_error_response
-from app.engine.interface import RequestTiming, current_timing
+from app.engine.contract import RequestTiming, current_timing
 from app.metrics import Metrics
 
 log = logging.getLogger("encoder_serve.requests")

@@ -37,8 +37,8 @@ from app.api.schemas import (
     check_input_count,
     check_token_ids,
 )
+from app.engine.contract import ModelDescription, TokenIds
 from app.engine.errors import ModelNotFound
-from app.engine.interface import ModelDescription, TokenIds
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=StrictJSONRoute)
 

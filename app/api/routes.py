@@ -31,7 +31,7 @@ from app.api.schemas import (
     TokenizeResponse,
     as_list,
 )
-from app.engine.interface import ClassifyOptions
+from app.engine.contract import ClassifyOptions
 
 router = APIRouter(route_class=StrictJSONRoute)
 

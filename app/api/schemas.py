@@ -25,8 +25,8 @@ from pydantic import (
 )
 
 from app.config import Settings
+from app.engine.contract import DEFAULT_HYPOTHESIS_TEMPLATE, template_problem
 from app.engine.errors import PayloadTooLarge
-from app.engine.interface import DEFAULT_HYPOTHESIS_TEMPLATE, template_problem
 
 # More unknown fields than this in one body are reported as one error, not one each.
 MAX_REPORTED_UNKNOWN_FIELDS = 5

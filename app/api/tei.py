@@ -43,8 +43,8 @@ from app.api.schemas import (
     check_texts,
     check_token_ids,
 )
+from app.engine.contract import ClassifyOptions, ModelDescription, TextInput
 from app.engine.errors import InputTooLong, InvalidInput
-from app.engine.interface import ClassifyOptions, ModelDescription, TextInput
 
 router = APIRouter(tags=["tei"], route_class=StrictJSONRoute)
 

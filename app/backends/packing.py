@@ -3,7 +3,7 @@
 A padded batch spends a forward pass on pad tokens: on the default model and
 the 2-core machine, passes of 8 length-sorted neighbours from a queue of 16–32
 single-text requests were still 20 % padding. A packed batch lays inputs end to
-end in rows (`app.engine.packing`) and needs two more graph inputs:
+end in rows (`app.engine.passes.packing`) and needs two more graph inputs:
 
 - `position_ids` (rows x tokens): each input's positions restart at 0, fed to the
   fused `EmbedLayerNormalization` (its optional 9th input);

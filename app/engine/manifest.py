@@ -22,8 +22,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-Task = Literal["embedding", "classification"]
-Pooling = Literal["mean", "cls"]
+from app.engine.contract import Pooling, Task
+
 ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
 MANIFEST_FILE = "model.json"
 

@@ -4,7 +4,8 @@
 directory holds: its name is its directory's (so two directories never claim one name),
 and where the exported PyTorch config is kept (`files.torch`), the max length fits the
 position table and the layers, heads, width and labels are the config's. Then, once the
-sessions are open, one pass of `max_length` tokens per graph proves the position table
+sessions are open, one pass of `max_length` tokens per graph (`check_graphs` in
+app/engine/passes/loading.py, with the sessions) proves the position table
 covers it, and its outputs must be as wide as the manifest says (labels, dimensions,
 layers and heads of the attention maps). Each refusal is one line naming the file and
 the field; the server does not start (a wrong value would be a 500 on long inputs, or
@@ -15,13 +16,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from app.engine.errors import ModelLoadError
 from app.engine.manifest import MANIFEST_FILE, ManifestError, ModelManifest
-
-if TYPE_CHECKING:
-    from app.engine.runner import ModelRunner
 
 CONFIG_FILE = "config.json"
 # RoBERTa-style position ids start after the padding index: the table holds that many more.
@@ -90,47 +87,3 @@ def check_config(directory: Path, manifest: ModelManifest, config: dict[str, Any
                 field,
                 f"{claimed}{' ' + what if what else ''} against {actual} in {source} ({key})",
             )
-
-
-def check_graphs(directory: Path, runner: ModelRunner) -> None:
-    """One pass of `max_length` tokens per graph; its outputs' widths against the manifest."""
-    manifest = runner.manifest
-    if manifest.task == "classification":
-        field, width = "labels", len(manifest.labels)
-    else:
-        field, width = "dimensions", manifest.dimensions
-    for pipeline in runner.pipelines:
-        items = pipeline.tokenize([LONG_TEXT])
-        try:
-            (vector,) = pipeline.forward_unobserved(items)
-        except Exception as error:
-            why = " ".join(str(error).split())[:300]  # one line, however the backend words it
-            raise refuse(
-                directory,
-                "max_length",
-                f"a pass of {items[0].tokens} tokens failed ({why}); is it beyond the "
-                "graph's position table?",
-            ) from error
-        if vector.shape[-1] != width:
-            raise refuse(
-                directory, field, f"{width} against {vector.shape[-1]} outputs of the graph"
-            )
-    if runner.attention is not None:
-        attention = runner.attention
-        (maps,) = attention.attention_maps(attention.tokenize([LONG_TEXT]))
-        shape = (manifest.num_layers, manifest.num_heads)
-        if tuple(maps.shape[:2]) != shape:
-            raise refuse(
-                directory,
-                "num_layers" if maps.shape[0] != shape[0] else "num_heads",
-                f"{shape[0]} layers of {shape[1]} heads against the attention graph's "
-                f"{maps.shape[0]} of {maps.shape[1]}",
-            )
-
-
-def checked_graphs(directory: Path, runner: ModelRunner) -> None:
-    """`check_graphs`, failing as a model load error naming the model."""
-    try:
-        check_graphs(directory, runner)
-    except ManifestError as error:
-        raise ModelLoadError(f"model '{runner.manifest.name}': {error}") from error

@@ -6,13 +6,8 @@ engine adds to it from the same task without knowing about HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # the batcher records into this module; only its type is needed here
-    from app.engine.batcher import QueuedInput
 
 
 @dataclass
@@ -33,14 +28,8 @@ class RequestTiming:
 current_timing: ContextVar[RequestTiming | None] = ContextVar("current_timing", default=None)
 
 
-def record_timing(queued: Sequence[QueuedInput[Any, Any]], tokens: int) -> None:
-    """Add this call's queue and inference time to the current request's account."""
+def record_timing(queue_s: float, inference_s: float, inputs: int, tokens: int) -> None:
+    """Add one engine call's queue and inference time to the current request's account."""
     timing = current_timing.get()
-    if timing is None:
-        return
-    queue_s = inference_s = 0.0
-    for item in queued:
-        if item.started_at is not None and item.finished_at is not None:
-            queue_s = max(queue_s, item.started_at - item.enqueued_at)
-            inference_s = max(inference_s, item.finished_at - item.started_at)
-    timing.record(queue_s, inference_s, len(queued), tokens)
+    if timing is not None:
+        timing.record(queue_s, inference_s, inputs, tokens)

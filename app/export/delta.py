@@ -22,8 +22,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from app.backends.torch import TorchBackend
 from app.engine.manifest import ModelManifest, model_name_error
-from app.engine.pipeline import OFFLINE_BATCH, Pipeline, open_pipeline
-from app.engine.tokenization import TextTokenizer
+from app.engine.models.tokenization import TextTokenizer
+from app.engine.passes.pipeline import OFFLINE_BATCH, Pipeline, open_pipeline
 from app.export.exporter import MAX_LOGIT_DIFF, TOKENIZER_FILES, export_model, is_built
 from app.export.parity import _SENTENCES
 from app.export.precision import PRECISION_FILES, PrecisionError, build_precision

@@ -15,8 +15,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from app.backends.torch import TorchBackend, model_input_names
 from app.engine.manifest import ModelManifest, Pooling, Task, model_name_error
-from app.engine.pipeline import OFFLINE_BATCH, Pipeline
-from app.engine.tokenization import TextTokenizer
+from app.engine.models.tokenization import TextTokenizer
+from app.engine.passes.pipeline import OFFLINE_BATCH, Pipeline
 from app.export.parity import (
     ParityReport,
     compare,

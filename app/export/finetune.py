@@ -27,7 +27,7 @@ from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 from app.config import available_cores
 from app.engine.manifest import MANIFEST_FILE, ModelManifest, model_name_error
-from app.engine.pipeline import open_pipeline
+from app.engine.passes.pipeline import open_pipeline
 from app.export.delta import (
     DELTA_DIR,
     DELTA_FORMAT,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from app.engine.heads import ClassifierHead
+from app.engine.models.heads import ClassifierHead
 
 # Small data sets get more passes so that every head sees at least this many updates.
 MIN_STEPS = 300

@@ -10,8 +10,8 @@ import numpy as np
 
 from app.backends.onnx import OnnxBackend
 from app.engine.manifest import Pooling
-from app.engine.pipeline import OFFLINE_BATCH, Pipeline
-from app.engine.tokenization import TextTokenizer
+from app.engine.models.tokenization import TextTokenizer
+from app.engine.passes.pipeline import OFFLINE_BATCH, Pipeline
 
 # Short to long, plain to odd: the lengths exercise padding inside one batch, and the
 # last texts run past typical max lengths so truncation is covered too.

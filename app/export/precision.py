@@ -8,7 +8,7 @@ from typing import Any, Literal
 import onnx
 
 from app.engine.manifest import Pooling
-from app.engine.tokenization import TextTokenizer
+from app.engine.models.tokenization import TextTokenizer
 from app.export.parity import graph_pipeline, parity_texts
 
 Precision = Literal["fp32", "int8", "fp16"]

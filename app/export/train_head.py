@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from app.config import available_cores
-from app.engine.heads import ClassifierHead
 from app.engine.manifest import MANIFEST_FILE, ModelManifest, model_name_error
-from app.engine.pipeline import OFFLINE_BATCH, open_pipeline
+from app.engine.models.heads import ClassifierHead
+from app.engine.passes.pipeline import OFFLINE_BATCH, open_pipeline
 from app.export.evaluation import classification_scores
 from app.export.head_fit import MIN_STEPS, HeadConfig, fit_head
 from app.export.labelled_data import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.engine.attention import rollout
+from app.engine.models.attention import rollout
 from tests.conftest import LiveServer
 
 TEXT = "The movie was surprisingly good, although the ending felt rushed."

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from app.config import Settings
+from app.engine.contract import ClassifyOptions, TokenIds
 from app.engine.errors import DeadlineExceeded, NotReady, Overloaded
-from app.engine.interface import ClassifyOptions, TokenIds
-from app.engine.local import InProcessEngine
-from app.engine.remote import RemoteEngine
-from app.engine.service import serve_engine
+from app.engine.in_process import InProcessEngine
+from app.engine.transport.client import RemoteEngine
+from app.engine.transport.server import serve_engine
 
 
 class HeldBackend:

@@ -17,7 +17,7 @@ from app.api.app import create_app
 from app.cli import build_parser
 from app.config import Settings
 from app.engine.manifest import ModelManifest
-from app.engine.pipeline import open_pipeline
+from app.engine.passes.pipeline import open_pipeline
 from app.export.delta import DELTA_DIR, REFERENCE_TEXTS, read_record
 from app.export.exporter import export_model
 from tests.conftest import wait_ready

@@ -11,8 +11,8 @@ import pytest
 from app.backends.onnx import OnnxBackend
 from app.config import Settings
 from app.engine.manifest import ModelManifest
-from app.engine.pipeline import Pipeline, open_pipeline
-from app.engine.registry import load_runner
+from app.engine.passes.loading import load_runner
+from app.engine.passes.pipeline import Pipeline, open_pipeline
 from loadtest.engine import EngineJob, measure_engine, texts_needed
 from loadtest.texts import TextSource
 

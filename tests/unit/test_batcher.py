@@ -12,13 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.engine.batcher import (
-    REGROUP_MIN_INPUTS,
-    REGROUP_PASS_SHARE,
-    RESTART_DELAY_S,
-    BatchLimits,
-    DynamicBatcher,
-)
+from app.engine.batching.batcher import RESTART_DELAY_S, BatchLimits, DynamicBatcher
+from app.engine.batching.scheduling import REGROUP_MIN_INPUTS, REGROUP_PASS_SHARE
 from app.engine.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 from app.engine.timing import RequestTiming, current_timing
 from app.metrics import Metrics
@@ -599,7 +594,7 @@ async def test_inputs_in_the_running_batch_at_shutdown_are_not_ready() -> None:
 
 
 async def test_low_priority_inputs_wait_for_normal_ones_and_ride_alone() -> None:
-    from app.engine import batcher as batching
+    from app.engine.batching import scheduling as batching
 
     backend = FakeBackend(hold_first=True)
     batcher = make(backend, max_wait_s=0.0, max_batch_size=64)
@@ -622,7 +617,7 @@ async def test_low_priority_inputs_wait_for_normal_ones_and_ride_alone() -> None
 
 
 async def test_low_priority_batches_grow_after_a_quiet_spell() -> None:
-    from app.engine import batcher as batching
+    from app.engine.batching import scheduling as batching
 
     backend = FakeBackend(hold_first=True)
     batcher = make(backend, max_wait_s=0.0, max_batch_size=64)
@@ -700,7 +695,7 @@ async def test_process_passes_priority_through() -> None:
 
 
 async def test_low_priority_passes_keep_to_their_share_while_normal_inputs_come() -> None:
-    from app.engine import batcher as batching
+    from app.engine.batching import scheduling as batching
 
     backend = FakeBackend()
     batcher = make(backend, max_wait_s=0.0, max_batch_size=64)

@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from app.engine import explain
 from app.engine.errors import InvalidInput, PayloadTooLarge
-from app.engine.explain import ExplainOptions, TokenizedText
-from app.engine.tokenization import TextTokenizer
+from app.engine.models import explain
+from app.engine.models.explain import ExplainOptions, TokenizedText
+from app.engine.models.tokenization import TextTokenizer
 from tests.conftest import MODELS_DIR
 
 TOKENIZER = MODELS_DIR / "minilm" / "tokenizer.json"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.engine.fair_queue import FairQueue
+from app.engine.batching.fair_queue import FairQueue
 
 
 @dataclass(eq=False)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from app.engine.instances import CPU_INSTANCES, GPU_INSTANCES, instance_count, threads_per_instance
+from app.engine.batching.instances import (
+    CPU_INSTANCES,
+    GPU_INSTANCES,
+    instance_count,
+    threads_per_instance,
+)
 
 
 def test_the_manifest_overrides_the_setting_which_overrides_the_rule() -> None:

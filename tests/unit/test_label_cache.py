@@ -18,11 +18,11 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from app.engine.encoder import Encoder, EncoderOutput
+from app.engine.contract import ClassifyOptions
 from app.engine.errors import InvalidInput
-from app.engine.interface import ClassifyOptions
-from app.engine.model import LabelVectorCache, ServedModel
-from app.engine.pipeline import normalize
+from app.engine.models.encoder import Encoder, EncoderOutput
+from app.engine.models.served import LabelVectorCache, ServedModel
+from app.engine.passes.pipeline import normalize
 
 DIMENSIONS = 8
 MAX_LENGTH = 64  # the fake counts one token per character

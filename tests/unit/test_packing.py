@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from app.backends.packing import POSITION_IDS, SEGMENT_MASK, packed_graph
-from app.engine.packing import Span, pack_rows, packed_inputs, packed_passes, pool_spans
-from app.engine.tokenization import TokenizedText
+from app.engine.models.tokenization import TokenizedText
+from app.engine.passes.packing import Span, pack_rows, packed_inputs, packed_passes, pool_spans
 
 
 def tokenized(length: int, first_id: int = 100) -> TokenizedText:

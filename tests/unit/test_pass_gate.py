@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from app.engine.pass_gate import PassGate
+from app.engine.batching.pass_gate import PassGate
 
 
 def test_passes_never_overlap() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.engine.pipeline import Pipeline, normalize, pad_batch, pool
-from app.engine.tokenization import TextTokenizer, TokenizedText
+from app.engine.models.tokenization import TextTokenizer, TokenizedText
+from app.engine.passes.pipeline import Pipeline, normalize, pad_batch, pool
 
 MINILM_TOKENIZER = Path(__file__).resolve().parents[2] / "models" / "minilm" / "tokenizer.json"
 

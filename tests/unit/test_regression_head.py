@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from app.engine.encoder import EncoderOutput
-from app.engine.model import ServedModel
+from app.engine.models.encoder import EncoderOutput
+from app.engine.models.served import ServedModel
 
 
 class FixedEncoder:

@@ -28,8 +28,9 @@ from app.api.schemas import (
 )
 from app.api.tei import TeiDecodeRequest, TeiEmbedRequest
 from app.config import Settings
-from app.engine.classification import fill_template, template_problem
+from app.engine.contract import template_problem
 from app.engine.errors import PayloadTooLarge
+from app.engine.models.classification import fill_template
 
 LOOSE = RequestLimits(
     max_inputs_per_request=10**7,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.engine.attention import aggregate, rollout
+from app.engine.models.attention import aggregate, rollout
 
 # (layers=2, heads=2, n=2, n=2): each row is a probability distribution over 2 tokens.
 MAPS = np.array(

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.engine.encoder import Encoder
 from app.engine.errors import InvalidInput
 from app.engine.manifest import ModelManifest
-from app.engine.pipeline import open_pipeline
-from app.engine.tokenization import TextTokenizer, encodes_pairs
+from app.engine.models.encoder import Encoder
+from app.engine.models.tokenization import TextTokenizer, encodes_pairs
+from app.engine.passes.pipeline import open_pipeline
 
 MINILM = Path(__file__).resolve().parents[2] / "models" / "minilm"
 TEXTS = ["The cat sits on the mat.", "Hi", "Quarterly revenue rose twelve percent this year."]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from app.cli import build_parser
-from app.engine.heads import ClassifierHead
 from app.engine.manifest import ModelManifest
+from app.engine.models.heads import ClassifierHead
 from app.export.head_fit import HeadConfig, fit_head
 from app.export.labelled_data import held_out_split, read_labelled
 from app.export.train_head import FeatureExtractor, accuracy

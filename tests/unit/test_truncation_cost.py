@@ -8,7 +8,7 @@ import random
 import pytest
 from tokenizers import Tokenizer
 
-from app.engine.tokenization import TextTokenizer
+from app.engine.models.tokenization import TextTokenizer
 from tests.conftest import MODELS_DIR
 
 TOKENIZER = MODELS_DIR / "minilm" / "tokenizer.json"

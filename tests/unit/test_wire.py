@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.engine import errors, wire
-from app.engine.tokenization import TokenizedText
+from app.engine import errors
+from app.engine.models.tokenization import TokenizedText
+from app.engine.transport import wire
 
 
 def item(ids: list[int], type_id: int = 0) -> TokenizedText:

@@ -9,12 +9,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from app.engine import classification, explain
-from app.engine.attention import Aggregate, AttentionMap
-from app.engine.encoder import Encoder
+from app.engine.models import classification, explain
+from app.engine.models.encoder import Encoder
+from app.engine.models.encoder import normalize as normalize_rows
 from app.engine.errors import InputTooLong, InvalidInput
-from app.engine.heads import ClassifierHead
-from app.engine.interface import (
+from app.engine.models.heads import ClassifierHead
+from app.engine.contract import (
+    DEFAULT_HYPOTHESIS_TEMPLATE,
+    Aggregate,
+    AttentionMap,
     Classification,
     ClassifyOptions,
     Embeddings,
@@ -22,10 +25,10 @@ from app.engine.interface import (
     TokenEmbeddings,
     TokenIds,
     Tokenization,
+    template_problem,
 )
 from app.engine.manifest import ModelManifest
-from app.engine.pipeline import normalize as normalize_rows
-from app.engine.tokenization import TokenizedText
+from app.engine.models.tokenization import TokenizedText
 from app.metrics import Metrics
 
 DEFAULT_OPTIONS = ClassifyOptions()
@@ -183,7 +186,7 @@ class ServedModel:
         self,
         texts: Sequence[str],
         labels: list[str],
-        template: str = classification.DEFAULT_HYPOTHESIS_TEMPLATE,
+        template: str = DEFAULT_HYPOTHESIS_TEMPLATE,
         options: ClassifyOptions = DEFAULT_OPTIONS,
     ) -> Classification:
         """Score `labels` by the cosine similarity of each text to the filled-in template."""
@@ -205,7 +208,7 @@ class ServedModel:
         text: str,
         options: explain.ExplainOptions,
         labels: list[str] | None = None,
-        template: str = classification.DEFAULT_HYPOTHESIS_TEMPLATE,
+        template: str = DEFAULT_HYPOTHESIS_TEMPLATE,
     ) -> explain.Explanation:
         """How much each word of `text` moved the score of a label: the classifier's labels,
         or zero-shot `labels` (an embedding model). Scored as `classify` or `zero_shot`
@@ -287,7 +290,7 @@ class ServedModel:
                 f"candidate_labels (zero-shot) needs an embedding model; '{self.name}' is a "
                 f"{self.task} model with fixed labels"
             )
-        problem = classification.template_problem(template)
+        problem = template_problem(template)
         if problem is not None:
             raise InvalidInput(f"hypothesis_template {problem}")
         return await self._label_embeddings(template, labels, started)

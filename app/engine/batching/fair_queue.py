@@ -14,7 +14,7 @@ waiting normal input before the first low one, and a low request whole before th
 Admission prices a low request whole (all the work queued ahead of it), so one admitted
 later never slows one admitted earlier, as taking turns would: each keeps its price.
 How many low inputs a batch may take, and when, and how the two kinds count against the
-queue limits, is the batcher's rule (app/engine/batcher.py).
+queue limits, is the batcher's rule (app/engine/batching/admission.py).
 """
 
 from __future__ import annotations

@@ -1,45 +1,29 @@
 """Attention maps: run the attention graph in its own small batcher, select and aggregate.
 
 Attention requests are few, large and slow, so they get their own batcher, session and
-worker thread (app/engine/runner.py), and their passes yield to the embedding path's
-(app/engine/pass_gate.py).
+worker thread (app/engine/passes/runner.py), and their passes yield to the embedding path's
+(app/engine/batching/pass_gate.py).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
-from app.engine.batcher import BatchLimits, BatchService
+from app.engine.contract import Aggregate, AttentionMap, Token
 from app.engine.errors import InvalidInput, PayloadTooLarge
-from app.engine.tokenization import (
+from app.engine.models.batches import BatchService
+from app.engine.models.tokenization import (
     TextTokenizer,
-    Token,
     TokenizedText,
     tokenize_without_stalling,
 )
 
-Aggregate = Literal["none", "mean", "rollout"]
-
 # Rounding keeps payloads small; 5 decimals keep every row's sum within 1e-3 of 1
 # even at the token limit (128 x 5e-6 worst case).
 ATTENTION_DECIMALS = 5
-ATTENTION_LIMITS = BatchLimits(
-    max_batch_size=8, max_batch_tokens=4096, max_wait_s=0.0, max_queue=64
-)
-
-
-@dataclass(frozen=True)
-class AttentionMap:
-    tokens: list[Token]
-    num_layers: int
-    num_heads: int
-    layers: list[int]
-    heads: list[int]
-    attentions: np.ndarray  # (L, H, n, n), (L, n, n) or (n, n) by aggregate
 
 
 def select(values: list[int] | None, count: int, what: str) -> list[int]:

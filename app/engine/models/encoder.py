@@ -1,8 +1,8 @@
 """An encoder: the request side of one model, turning texts into vectors.
 
 It tokenizes in the calling process and sends token ids to the model's batch service:
-the batcher of the model's `ModelRunner` (app/engine/runner.py), in this process with
-one worker, in the engine process with several (app/engine/remote.py). Several served
+the batcher of the model's `ModelRunner` (app/engine/passes/runner.py), in this process with
+one worker, in the engine process with several (app/engine/transport/client.py). Several served
 models may share one encoder (a trained head on a base model), so their inputs go
 through the same batches and the same forward passes.
 """
@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.engine.attention import AttentionEncoder
-from app.engine.batcher import BatchService, settle
+from app.engine.models.attention import AttentionEncoder
 from app.engine.errors import InputTooLong, InvalidInput
+from app.engine.models.batches import BatchService, settle
 from app.engine.manifest import ModelManifest
-from app.engine.tokenization import (
+from app.engine.models.tokenization import (
     INLINE_DECODE_IDS,
     TextInput,
     TextTokenizer,
@@ -29,6 +29,12 @@ from app.engine.tokenization import (
     TokenizedText,
     tokenize_without_stalling,
 )
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Scale rows to unit L2 length (a zero row stays zero)."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
 
 
 @dataclass(frozen=True)

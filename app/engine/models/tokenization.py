@@ -13,7 +13,9 @@ from typing import TypeVar, cast
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from app.engine.errors import InputTooLong, InvalidInput
+from app.engine.contract import TextInput, Token
+from app.engine.errors import InputTooLong, InvalidInput, ModelLoadError
+from app.engine.manifest import ModelManifest
 
 # Above this many characters a request is tokenized in a worker thread, so one
 # large request cannot stall the event loop for everyone else.
@@ -23,11 +25,11 @@ INLINE_DECODE_IDS = INLINE_TOKENIZE_CHARS // 4
 # A first guess at how many characters hold one token: a text is first measured on its
 # first (max_length + 1) * this many characters, then on twice as many, and so on.
 CHARS_PER_TOKEN_GUESS = 8
+# What a model directory missing a file should do.
+REBUILD = "run `make models` (or `encoder-serve export`) to build it"
 
 T = TypeVar("T")
 
-# One input: a text, or a sentence pair (text, text_pair) for a classifier (TEI's /predict).
-TextInput = str | tuple[str, str]
 # Post-processors that lay out a pair with the model's special tokens and segment ids.
 PAIR_PROCESSORS = {"BertProcessing", "RobertaProcessing"}
 Item = TypeVar("Item", bound=TextInput)
@@ -44,15 +46,6 @@ class TokenizedText:
     @property
     def tokens(self) -> int:
         return int(self.ids.shape[0])
-
-
-@dataclass(frozen=True, slots=True)
-class Token:
-    id: int
-    text: str
-    start: int
-    stop: int
-    special: bool
 
 
 class TextTokenizer:
@@ -239,3 +232,13 @@ async def tokenize_without_stalling(
     if characters(texts) > INLINE_TOKENIZE_CHARS:
         return await asyncio.get_running_loop().run_in_executor(executor, work, texts)
     return work(texts)
+
+
+def open_tokenizer(directory: Path, manifest: ModelManifest, max_length: int) -> TextTokenizer:
+    path = directory / manifest.tokenizer
+    if not path.is_file():
+        raise ModelLoadError(f"model '{manifest.name}': {path} is missing; {REBUILD}")
+    try:
+        return TextTokenizer(path, max_length)
+    except Exception as error:
+        raise ModelLoadError(f"model '{manifest.name}': bad tokenizer {path}: {error}") from error

@@ -1,6 +1,6 @@
 """The engine side of one model: its sessions (instances) behind a dynamic batcher, and its
 attention graph behind a second one. This is what the engine process owns; requests reach
-it as token ids through `Encoder` (app/engine/encoder.py), in this process or another.
+it as token ids through `Encoder` (app/engine/models/encoder.py), in this process or another.
 """
 
 from __future__ import annotations
@@ -9,23 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from app.engine.attention import ATTENTION_LIMITS
-from app.engine.batcher import BatchLimits, DynamicBatcher
+from app.engine.batching.batcher import BatchLimits, DynamicBatcher
+from app.engine.batching.pass_gate import PassGate
 from app.engine.manifest import ModelManifest
-from app.engine.pass_gate import PassGate
-from app.engine.pipeline import Pipeline
-from app.engine.tokenization import TokenizedText
+from app.engine.models.batches import attention_service, token_service
+from app.engine.models.tokenization import TokenizedText
+from app.engine.passes.pipeline import Pipeline
 from app.metrics import Metrics
 
-
-def attention_service(name: str) -> str:
-    """The name under which a model's attention batcher is served."""
-    return f"{name}-attention"
-
-
-def token_service(name: str) -> str:
-    """The name under which a model's per-token states batcher is served."""
-    return f"{name}-tokens"
+# Attention requests are few, large and slow: small batches, no wait, a short queue.
+ATTENTION_LIMITS = BatchLimits(
+    max_batch_size=8, max_batch_tokens=4096, max_wait_s=0.0, max_queue=64
+)
 
 
 class ModelRunner:

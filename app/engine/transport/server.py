@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from app.config import Settings
-from app.engine import wire
 from app.engine.errors import EngineError, InferenceFailed, ModelNotFound, NotReady
-from app.engine.local import InProcessEngine
+from app.engine.in_process import InProcessEngine
 from app.engine.timing import RequestTiming, current_timing
+from app.engine.transport import wire
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def run_engine_process(settings: Settings, path: Path, ready: Event) -> None:
     """The engine process's main: load and warm every model, then serve (blocking)."""
     from app.logs import configure_logging
     from app.metrics import Metrics
-    from app.processes import write_engine_error
+    from app.runtime_files import write_engine_error
 
     configure_logging(settings.log_level, settings.log_format)
     # Ctrl-C reaches the whole process group; the supervisor decides the order of shutdown.

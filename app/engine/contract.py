@@ -1,9 +1,12 @@
 """The engine as the HTTP edge sees it: calls and results of plain data, nothing more.
 
-`app/api/` imports from the engine only this module and `app.engine.errors`. Arguments
-and results are strings, numbers, numpy arrays and frozen dataclasses of them, so one
-interface serves calls in this process and, later, across a process boundary; the API
-never holds a backend, a batcher or a tokenizer.
+`app/api/` imports from the engine only this module and `app.engine.errors` (and, at
+start-up, `app.engine.wiring`, which builds the implementation). Every type a call takes
+or returns is defined here (or in `app.engine.timing`, which this module re-exports):
+strings, numbers, numpy arrays and frozen dataclasses of them, so one interface serves
+calls in this process and across the process boundary, and importing it loads no
+implementation (no tokenizer, batcher or backend). The implementations import their
+types from here; `tests/unit/test_import_rules.py` holds the rule.
 
 Per-request accounting: each call adds its queue and inference time to the caller's
 `current_timing` (a context variable the HTTP edge opens per request).
@@ -13,22 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
-from app.engine.attention import Aggregate, AttentionMap
-from app.engine.classification import DEFAULT_HYPOTHESIS_TEMPLATE, LabelScore, template_problem
-from app.engine.explain import ExplainOptions, Explanation, WordScore
-from app.engine.explain import Method as ExplainMethod
-from app.engine.manifest import Pooling, Task
 from app.engine.timing import RequestTiming, current_timing
-from app.engine.tokenization import TextInput, Token
-
-if TYPE_CHECKING:
-    from app.config import Settings
-    from app.metrics import Metrics
 
 __all__ = [
     "DEFAULT_HYPOTHESIS_TEMPLATE",
@@ -53,9 +45,89 @@ __all__ = [
     "Tokenization",
     "WordScore",
     "current_timing",
-    "load_engine",
     "template_problem",
 ]
+
+Task = Literal["embedding", "classification"]
+Pooling = Literal["mean", "cls"]
+# One input: a text, or a sentence pair (text, text_pair) for a classifier (TEI's /predict).
+TextInput = str | tuple[str, str]
+# How attention maps are reduced: per layer and head, averaged, or rolled out.
+Aggregate = Literal["none", "mean", "rollout"]
+ExplainMethod = Literal["occlusion", "shap"]
+
+DEFAULT_HYPOTHESIS_TEMPLATE = "This text is about {}."
+PLACEHOLDER = "{}"
+
+
+def template_problem(template: str) -> str | None:
+    """Why `template` is not a hypothesis template, or None when it is one.
+
+    Templates are data, never format strings (`str.format` would run format specs and
+    attribute lookups a client wrote): exactly one `{}` where the label goes and no other
+    brace. Linear in the template's length.
+    """
+    if template.count(PLACEHOLDER) != 1 or template.count("{") + template.count("}") != 2:
+        return "must contain exactly one {} placeholder (where the label goes) and no other brace"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    id: int
+    text: str
+    start: int
+    stop: int
+    special: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LabelScore:
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class AttentionMap:
+    tokens: list[Token]
+    num_layers: int
+    num_heads: int
+    layers: list[int]
+    heads: list[int]
+    attentions: np.ndarray  # (L, H, n, n), (L, n, n) or (n, n) by aggregate
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    method: ExplainMethod = "occlusion"
+    target: str | None = None  # a label; default: the text's top label
+    samples: int = 256  # shap: word subsets scored (besides the whole text and no words)
+    seed: int = 0  # shap: the draw of subsets
+    truncate: bool = True  # cut the text to the model's max length (else InputTooLong)
+    max_words: int = 128  # more words than this: PayloadTooLarge
+
+
+@dataclass(frozen=True, slots=True)
+class WordScore:
+    text: str
+    start: int
+    stop: int
+    score: float  # how much the word raised the target score (negative: lowered it)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    method: ExplainMethod
+    target: str
+    labels: list[str]  # every label the target could be
+    score: float  # the target score of the whole text
+    empty_score: float | None  # with no words (shap); None for occlusion
+    words: list[WordScore]
+    truncated: bool  # words past the model's max length were left out
+    samples: int | None  # shap: subsets scored
+    seed: int | None
+    evaluations: int  # inputs run, the whole text included
+    tokens: int  # tokens of those inputs
 
 
 @dataclass(frozen=True)
@@ -214,23 +286,3 @@ class Engine(Protocol):
     async def close(self) -> None:
         """Stop the workers; what is still queued fails as NotReady."""
         ...
-
-
-def load_engine(
-    settings: Settings,
-    metrics: Metrics | None,
-    *,
-    warm_up: bool,
-    engine_socket: Path | None = None,
-) -> Engine:
-    """Load (and warm) every model of the repository into this process; or, given the
-    engine process's socket, wait for it and load only what requests need here
-    (tokenizers, heads). Blocking."""
-    # The implementations import this module.
-    if engine_socket is not None:
-        from app.engine.remote import RemoteEngine
-
-        return RemoteEngine.load(settings, metrics, engine_socket)
-    from app.engine.local import InProcessEngine
-
-    return InProcessEngine.load(settings, metrics, warm_up=warm_up)

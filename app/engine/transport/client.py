@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 
 from app.config import Settings
-from app.engine import wire
+from app.engine.contract import ModelDescription
 from app.engine.errors import NotReady
-from app.engine.interface import ModelDescription
-from app.engine.local import RegistryEngine, tokenization_threads
-from app.engine.registry import ModelRegistry
+from app.engine.models.engine import RegistryEngine, tokenization_threads
+from app.engine.models.registry import ModelRegistry
+from app.engine.models.tokenization import TokenizedText
 from app.engine.timing import current_timing
-from app.engine.tokenization import TokenizedText
+from app.engine.transport import wire
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)

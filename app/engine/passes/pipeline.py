@@ -16,15 +16,15 @@ from app.backends.base import Backend
 from app.backends.onnx import Device, OnnxBackend
 from app.engine.errors import ModelLoadError
 from app.engine.manifest import MANIFEST_FILE, ModelManifest, Pooling
-from app.engine.packing import Span, packed_inputs, packed_passes, pool_spans
-from app.engine.tokenization import TextTokenizer, TokenizedText
+from app.engine.models.encoder import normalize
+from app.engine.models.tokenization import REBUILD, TextTokenizer, TokenizedText, open_tokenizer
+from app.engine.passes.packing import Span, packed_inputs, packed_passes, pool_spans
 
 # Measured on 2 cores with all-MiniLM-L6-v2: length-sorted passes of 8 gave 152-172
 # sequences/s from random batches of 32-64, passes of 4 or 12 a little less, unsplit ~105.
 CPU_ROWS_PER_PASS = 8
 # Offline work (export checks, features) takes inputs in length-sorted chunks of this many.
 OFFLINE_BATCH = 64
-REBUILD = "run `make models` (or `encoder-serve export`) to build it"
 
 # Called once per forward pass with (inputs in it, padded tokens it ran): batch metrics.
 PassObserver = Callable[[int, int], None]
@@ -57,12 +57,6 @@ def pool(hidden: np.ndarray, attention_mask: np.ndarray, mode: Pooling) -> np.nd
     summed = np.einsum("btd,bt->bd", hidden, mask)
     counts = np.maximum(mask.sum(axis=1, keepdims=True), 1e-9)
     return summed / counts
-
-
-def normalize(vectors: np.ndarray) -> np.ndarray:
-    """Scale rows to unit L2 length (a zero row stays zero)."""
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
 
 
 class Pipeline:
@@ -270,16 +264,6 @@ def fixed_backend(manifest: ModelManifest, graph: str) -> Backend:
     if manifest.task == "classification":
         return FixedBackend("logits", len(manifest.labels))
     return FixedBackend("last_hidden_state", manifest.dimensions)
-
-
-def open_tokenizer(directory: Path, manifest: ModelManifest, max_length: int) -> TextTokenizer:
-    path = directory / manifest.tokenizer
-    if not path.is_file():
-        raise ModelLoadError(f"model '{manifest.name}': {path} is missing; {REBUILD}")
-    try:
-        return TextTokenizer(path, max_length)
-    except Exception as error:
-        raise ModelLoadError(f"model '{manifest.name}': bad tokenizer {path}: {error}") from error
 
 
 def open_pipeline(

@@ -20,7 +20,7 @@ Two methods:
 Written here rather than with the `shap` package: its KernelExplainer calls a model
 synchronously in one process, and it brings numba, pandas and scikit-learn into the
 serving runtime. Here every perturbation goes through the model's batcher at low
-priority (app/engine/batcher.py), all in one request, so an explanation shares passes
+priority (app/engine/batching/), all in one request, so an explanation shares passes
 with nothing interactive, counts against the queue limits, is priced whole by the
 batcher's admission (refused at once, 429, when it could not finish before its
 deadline), and stops with its request (a client that hangs up, a deadline that passes).
@@ -37,10 +37,10 @@ from typing import Literal
 
 import numpy as np
 
+from app.engine.contract import ExplainOptions, Explanation, Token, WordScore
+from app.engine.contract import ExplainMethod as Method
 from app.engine.errors import InvalidInput, PayloadTooLarge
-from app.engine.tokenization import Token, TokenizedText
-
-Method = Literal["occlusion", "shap"]
+from app.engine.models.tokenization import TokenizedText
 
 # Scripts written without spaces between words, whose every character is one unit (as
 # BERT's tokenizer splits CJK ideographs, and as SHAP's and LIME's text maskers do): CJK
@@ -58,45 +58,12 @@ WORD = re.compile(rf"[{CJK}]|[^\W{CJK}]+(?:['’][^\W{CJK}]+)*|[^\w\s]+")
 Scorer = Callable[[list[TokenizedText]], Awaitable[np.ndarray]]
 
 
-@dataclass(frozen=True)
-class ExplainOptions:
-    method: Method = "occlusion"
-    target: str | None = None  # a label; default: the text's top label
-    samples: int = 256  # shap: word subsets scored (besides the whole text and no words)
-    seed: int = 0  # shap: the draw of subsets
-    truncate: bool = True  # cut the text to the model's max length (else InputTooLong)
-    max_words: int = 128  # more words than this: PayloadTooLarge
-
-
 @dataclass(frozen=True, slots=True)
 class Word:
     text: str
     start: int  # character span in the text
     stop: int
     tokens: tuple[int, ...]  # positions of its sub-word tokens in the tokenized input
-
-
-@dataclass(frozen=True, slots=True)
-class WordScore:
-    text: str
-    start: int
-    stop: int
-    score: float  # how much the word raised the target score (negative: lowered it)
-
-
-@dataclass(frozen=True)
-class Explanation:
-    method: Method
-    target: str
-    labels: list[str]  # every label the target could be
-    score: float  # the target score of the whole text
-    empty_score: float | None  # with no words (shap); None for occlusion
-    words: list[WordScore]
-    truncated: bool  # words past the model's max length were left out
-    samples: int | None  # shap: subsets scored
-    seed: int | None
-    evaluations: int  # inputs run, the whole text included
-    tokens: int  # tokens of those inputs
 
 
 def words_of(text: str, tokens: list[Token]) -> list[Word]:

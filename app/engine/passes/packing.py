@@ -14,7 +14,7 @@ import numpy as np
 
 from app.backends.packing import POSITION_IDS, SEGMENT_MASK
 from app.engine.manifest import Pooling
-from app.engine.tokenization import TokenizedText
+from app.engine.models.tokenization import TokenizedText
 
 # Tokens a row holds; a longer input gets a row of its own. Attention's cost per token
 # grows with the row's length, so rows stay short: on 2 cores, queues of 16–32 texts of

@@ -6,35 +6,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.engine.contract import PLACEHOLDER, LabelScore
+
 # Zero-shot scores are softmax(cosine / temperature). 0.05 is the inverse of the scale
 # (20) that sentence-transformers' contrastive loss trains all-MiniLM-style models with,
 # so the scores are spread the way the model's similarities are calibrated.
 ZERO_SHOT_TEMPERATURE = 0.05
-DEFAULT_HYPOTHESIS_TEMPLATE = "This text is about {}."
-PLACEHOLDER = "{}"
-
-
-def template_problem(template: str) -> str | None:
-    """Why `template` is not a hypothesis template, or None when it is one.
-
-    Templates are data, never format strings (`str.format` would run format specs and
-    attribute lookups a client wrote): exactly one `{}` where the label goes and no other
-    brace. Linear in the template's length.
-    """
-    if template.count(PLACEHOLDER) != 1 or template.count("{") + template.count("}") != 2:
-        return "must contain exactly one {} placeholder (where the label goes) and no other brace"
-    return None
 
 
 def fill_template(template: str, label: str) -> str:
     """The hypothesis for `label`: plain text replacement (a label may hold any characters)."""
     return template.replace(PLACEHOLDER, label, 1)
-
-
-@dataclass(frozen=True, slots=True)
-class LabelScore:
-    label: str
-    score: float
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

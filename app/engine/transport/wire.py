@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from app.engine import errors
-from app.engine.tokenization import TokenizedText
+from app.engine.models.tokenization import TokenizedText
 
 RUN, CANCEL, CALL, RESULT, ERROR, REPLY = range(1, 7)
 
