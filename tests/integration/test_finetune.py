@@ -204,7 +204,7 @@ def test_head_method_trains_on_a_served_base(workspace: dict[str, Path]) -> None
 def test_ctrl_c_leaves_no_model_directory(
     workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import app.export.finetune as finetune_module
+    import app.export.finetune.command as finetune_module
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
