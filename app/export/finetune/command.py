@@ -8,6 +8,7 @@ stream: `stream`, else stderr (app/export/messages.py).
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,53 +50,61 @@ def finetune(
     if (invalid := model_name_error(name)) is not None:
         raise ValueError(invalid)
     data_format = data_format or DataFormat()
-    method = _finetune_head if config.method == "head" else _finetune_encoder
+    job = Job(
+        base, data, name, labels, models_dir, config, data_format, eval_data, test_data, command
+    )
     with messages_to(stream):
-        return method(
-            base, data, name, labels, models_dir, config, data_format, eval_data, test_data, command
-        )
+        return _finetune_head(job) if config.method == "head" else _finetune_encoder(job)
 
 
-def _finetune_encoder(
-    base: str,
-    data: Path,
-    name: str,
-    labels: list[str],
-    models_dir: Path,
-    config: FinetuneConfig,
-    data_format: DataFormat,
-    eval_data: Path | None,
-    test_data: Path | None,
-    command: str,
-) -> ModelManifest:
+@dataclass(frozen=True)
+class Job:
+    """One `finetune` call's arguments."""
+
+    base: str
+    data: Path
+    name: str
+    labels: list[str]
+    models_dir: Path
+    config: FinetuneConfig
+    data_format: DataFormat
+    eval_data: Path | None
+    test_data: Path | None
+    command: str
+
+
+def _finetune_encoder(job: Job) -> ModelManifest:
     """Methods `lora` and `full`: the encoder itself trained."""
+    config = job.config
     prepared = prepare_data(
-        data,
-        labels,
-        data_format,
+        job.data,
+        job.labels,
+        job.data_format,
         validation_share=config.validation,
         seed=config.seed,
-        eval_data=eval_data,
-        test_data=test_data,
+        eval_data=job.eval_data,
+        test_data=job.test_data,
     )
-    resolved = resolve_base(base, models_dir)
+    resolved = resolve_base(job.base, job.models_dir)
     max_length = config.max_length or resolved.max_length
     prepared = prepared.clipped(max_length)
     say(
         f"[data] {len(prepared.train.texts)} training rows, {len(prepared.validation.texts)} "
-        f"validation rows{' (--eval)' if eval_data else ''}, {prepared.dropped} dropped "
+        f"validation rows{' (--eval)' if job.eval_data else ''}, {prepared.dropped} dropped "
         "(copies or sub-phrases of validation rows)"
     )
     set_seed(config.seed)
-    with loading(base):
+    with loading(job.base):
         tokenizer = AutoTokenizer.from_pretrained(resolved.directory)
-        model = classifier_from_base(resolved.directory, labels)
+        model = classifier_from_base(resolved.directory, job.labels)
     if config.method == "lora":
         model = lora_model(model, config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     say(f"[model] {config.method}: {trainable:,} trainable parameters, lr {config.learning_rate}")
-    models_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{name}-finetune-", dir=models_dir) as scratch:
+    job.models_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(
+        prefix=f".{job.name}-finetune-", dir=job.models_dir
+    ) as scratch:
         work = Path(scratch)
         work.chmod(0o755)
         record = train_classifier(model, tokenizer, prepared, config, max_length)
@@ -105,7 +114,7 @@ def _finetune_encoder(
         )
         saved = None
         if config.method == "lora":
-            saved = save_lora_delta(model, tokenizer, work, resolved, labels, max_length)
+            saved = save_lora_delta(model, tokenizer, work, resolved, job.labels, max_length)
             merged, recorded, source = saved.merged, saved.recorded, saved.record["source"]
         else:
             merged, recorded, source = model, None, f"{resolved.source} (fine-tuned in full)"
@@ -113,40 +122,30 @@ def _finetune_encoder(
         manifest = export_classifier(
             merged,
             resolved.directory,
-            name,
+            job.name,
             work,
             source=source,
             max_length=max_length,
             recorded=recorded,
         )
-        directory = work / name
+        directory = work / job.name
         evaluation = evaluation_record(
-            directory, manifest, prepared, config, record, resolved, command, eval_data
+            directory, manifest, prepared, config, record, resolved, job.command, job.eval_data
         )
         manifest.evaluation = evaluation
         manifest.write(directory)
         if saved is not None:
             write_delta(saved, work, directory, manifest, evaluation)
-        replace_directory(directory, models_dir / name)
+        replace_directory(directory, job.models_dir / job.name)
     return manifest
 
 
-def _finetune_head(
-    base: str,
-    data: Path,
-    name: str,
-    labels: list[str],
-    models_dir: Path,
-    config: FinetuneConfig,
-    data_format: DataFormat,
-    eval_data: Path | None,
-    test_data: Path | None,
-    command: str,
-) -> ModelManifest:
+def _finetune_head(job: Job) -> ModelManifest:
     """Method `head`: a head on the frozen, served embeddings of a repository model."""
     from app.export.head_fit import HeadConfig
     from app.export.train_head import train_head
 
+    config = job.config
     head_config = HeadConfig(
         hidden=config.hidden,
         epochs=config.epochs,
@@ -158,17 +157,17 @@ def _finetune_head(
     )
 
     def read(path: Path) -> LabelledTexts:
-        return data_format.read(path, labels)
+        return job.data_format.read(path, job.labels)
 
     return train_head(
-        base=base,
-        data=data,
-        name=name,
-        labels=labels,
-        models_dir=models_dir,
+        base=job.base,
+        data=job.data,
+        name=job.name,
+        labels=job.labels,
+        models_dir=job.models_dir,
         config=head_config,
-        validation_data=eval_data,
-        eval_data=test_data,
-        command=command,
+        validation_data=job.eval_data,
+        eval_data=job.test_data,
+        command=job.command,
         read=read,
     )
