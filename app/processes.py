@@ -15,6 +15,10 @@ after a pause that grows while it keeps dying soon after its start (`_Slot`, `_d
 while the engine is down, workers answer 503 and `/ready` says why. On SIGTERM (or
 Ctrl-C) the workers drain first — each finishes what it accepted, the engine still
 running — then the engine stops. One worker keeps everything in one process.
+
+Why one file (over 400 lines): it is the supervisor, one job; the helpers beside it (the
+runtime directory, exit descriptions, the engine-down note) serve only it, and read whole it
+shows every process's start, restart and stop in one place.
 """
 
 from __future__ import annotations

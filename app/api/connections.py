@@ -1,5 +1,13 @@
 """Connection hygiene for uvicorn's httptools protocol: header size limit, read timeout, cap."""
 
+# Why one file (over 400 lines): one class, uvicorn's protocol with its bounds; its read
+# timer, flow control, refusals and shutdown share one connection's state and are read together.
+#
+# uvicorn has no public hooks for these bounds: GuardedHttpToolsProtocol overrides and reads
+# members of HttpToolsProtocol, RequestResponseCycle, FlowControl and ServerState that are
+# not uvicorn's documented API. tests/unit/test_uvicorn_members.py lists every one and fails
+# by name when one is gone; pyproject.toml pins uvicorn to the versions that test passed on.
+
 from __future__ import annotations
 
 import asyncio

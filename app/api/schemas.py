@@ -4,6 +4,10 @@ Every validator is linear in the body's size, checks a count limit before it loo
 the items, and stops at the first mistake: one request must never hold the event loop
 (and every other request, /health included) for long. Lists are validated fail-fast,
 since pydantic otherwise builds one error object per bad item (seconds for a 4 MB body).
+
+Why one file (over 400 lines): it is the v1 contract's wire shapes, one job, and the
+validators belong to the fields they check: split, a field's limit would live apart from
+its field.
 """
 
 from __future__ import annotations

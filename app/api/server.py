@@ -15,6 +15,9 @@ from app.api.connections import ConnectionLimits, GuardedHttpToolsProtocol, rais
 from app.api.lifecycle import ServerState
 
 
+# Overrides uvicorn.Server's handle_exit and shutdown and reads its servers, lifespan and
+# server_state, beyond uvicorn's documented API: checked by name in
+# tests/unit/test_uvicorn_members.py (uvicorn is pinned to the versions that test passed on).
 class DrainingServer(uvicorn.Server):
     """On the first SIGTERM (or SIGINT), drain before shutting down.
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from app.engine.manifest import ModelManifest, model_name_error
 from app.engine.models.tokenization import TextTokenizer
 from app.engine.passes.pipeline import OFFLINE_BATCH, Pipeline, open_pipeline
 from app.export.exporter import MAX_LOGIT_DIFF, TOKENIZER_FILES, export_model, is_built
+from app.export.messages import say
 from app.export.parity import _SENTENCES
 from app.export.precision import PRECISION_FILES, PrecisionError, build_precision
 from app.export.source import loading, resolve_source
@@ -52,7 +52,7 @@ class DeltaMismatchError(RuntimeError):
 
 
 def progress(message: str) -> None:
-    print(f"[rebuild] {message}", file=sys.stderr, flush=True)
+    say(f"[rebuild] {message}")
 
 
 def classifier_from_base(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from app.backends.torch import TorchBackend, model_input_names
 from app.engine.manifest import ModelManifest, Pooling, Task, model_name_error
 from app.engine.models.tokenization import TextTokenizer
 from app.engine.passes.pipeline import OFFLINE_BATCH, Pipeline
+from app.export.messages import say
 from app.export.parity import (
     ParityReport,
     compare,
@@ -44,7 +44,7 @@ class ParityError(RuntimeError):
 
 
 def progress(step: int, total: int, message: str) -> None:
-    print(f"[{step}/{total}] {message}", file=sys.stderr, flush=True)
+    say(f"[{step}/{total}] {message}")
 
 
 # What the graph returns, by task: token states to pool, or a classifier's logits.
@@ -242,11 +242,11 @@ def export_model(
         progress(4, total, "applying ONNX Runtime transformer optimizations; checking parity")
         parity = check_parity(model, raw, tokenizer, pooling)
         graph, optimized_with = raw, "none"
-        print(f"      raw graph  : {parity}", file=sys.stderr)
+        say(f"      raw graph  : {parity}")
         fused = work / "fused.onnx"
         if optimize_graph(raw, fused, config):
             fused_parity = check_parity(model, fused, tokenizer, pooling)
-            print(f"      fused graph: {fused_parity}", file=sys.stderr)
+            say(f"      fused graph: {fused_parity}")
             if parity_holds(fused_parity, output):
                 graph, parity, optimized_with = fused, fused_parity, "onnxruntime.transformers bert"
         if not parity_holds(parity, output):
@@ -264,7 +264,7 @@ def export_model(
         body = model if task == "embedding" else load_encoder_body(directory)
         export_attention_graph(body, work / ATTENTION_FILE, input_names)
         attention_parity = check_attention_parity(body, work / ATTENTION_FILE, tokenizer)
-        print(f"      attention  : max abs diff {attention_parity:.2e}", file=sys.stderr)
+        say(f"      attention  : max abs diff {attention_parity:.2e}")
         if attention_parity > MAX_ATTENTION_DIFF:
             raise ParityError(
                 f"attention graph disagrees with PyTorch by {attention_parity:.2e} "
@@ -302,7 +302,7 @@ def export_model(
                 precision, work, work / GRAPH_FILE, tokenizer, pooling
             )
             files[precision] = PRECISION_FILES[precision]
-            print(f"      {precision:10} : {parities[precision]}", file=sys.stderr)
+            say(f"      {precision:10} : {parities[precision]}")
 
         progress(total - 1, total, "saving the PyTorch weights (for ENCODER_BACKEND=torch)")
         model.save_pretrained(work / TORCH_DIR)

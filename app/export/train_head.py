@@ -7,7 +7,6 @@ written (`head.npz`), trained with PyTorch (app/export/head_fit.py).
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,13 +28,14 @@ from app.export.labelled_data import (
     read_labelled,
     require_every_class,
 )
+from app.export.messages import say
 
 HEAD_FILE = "head.npz"
 PROGRESS_EVERY = 3200  # texts between progress lines
 
 
 def progress(stage: str, message: str) -> None:
-    print(f"[{stage}] {message}", file=sys.stderr, flush=True)
+    say(f"[{stage}] {message}")
 
 
 class FeatureExtractor:

@@ -4,6 +4,7 @@ rebuilds the same model and a tampered delta fails loudly, Ctrl-C leaves nothing
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from app.engine.manifest import ModelManifest
 from app.engine.passes.pipeline import open_pipeline
 from app.export.delta import DELTA_DIR, REFERENCE_TEXTS, read_record
 from app.export.exporter import export_model
+from app.export.finetune import FinetuneConfig, finetune
 from tests.conftest import wait_ready
 from tests.tiny_models import build_tiny_bert
 from tests.unit.test_train_head import NEGATIVE, POSITIVE
@@ -202,7 +204,7 @@ def test_head_method_trains_on_a_served_base(workspace: dict[str, Path]) -> None
 def test_ctrl_c_leaves_no_model_directory(
     workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import app.export.finetune as finetune_module
+    import app.export.finetune.command as finetune_module
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
@@ -211,3 +213,35 @@ def test_ctrl_c_leaves_no_model_directory(
     models = workspace["root"] / "interrupted"
     assert run_finetune(workspace, models, "--epochs", "1") == 130
     assert list(models.iterdir()) == []
+
+
+def test_every_message_goes_to_the_given_stream(
+    workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One stream for the whole command: training, export and evaluation lines alike (the
+    evaluation's lines went to stderr whatever the stream)."""
+    stream = io.StringIO()
+    finetune(
+        base=str(workspace["base"]),
+        data=workspace["data"],
+        name="mood",
+        labels=LABELS,
+        models_dir=workspace["root"] / "streamed",
+        config=FinetuneConfig(method="full", max_steps=2, batch_size=8, validation=0.2),
+        stream=stream,
+    )
+    said = stream.getvalue()
+    for expected in (
+        "[data] ",
+        "[model] full",
+        "[train] step 2/2",
+        "[eval] step 2",
+        "[export] ",
+        "[1/",
+        "raw graph",
+        "[eval] validation (served fp32 graph)",
+    ):
+        assert expected in said, f"{expected!r} not in the stream:\n{said}"
+    error = capsys.readouterr().err
+    assert not [line for line in error.splitlines() if line.strip() and line.strip() in said]
+    assert "[eval]" not in error and "[export]" not in error and "raw graph" not in error

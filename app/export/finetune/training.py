@@ -1,0 +1,150 @@
+"""`finetune`'s training loop: plain PyTorch (AdamW, transformers' linear schedule with
+warm-up) with early stopping on validation accuracy."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from app.export.finetune.config import FinetuneConfig
+from app.export.finetune.data import PreparedData
+from app.export.finetune.progress import TrainingProgress
+from app.export.head_fit import adamw
+
+EVAL_BATCH = 64
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def model_logits(
+    model: torch.nn.Module, tokenizer: Any, texts: list[str], max_length: int
+) -> np.ndarray:
+    """Validation logits in the training process (eval mode, length-sorted batches)."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    logits = np.zeros((len(texts), 0), dtype=np.float32)
+    chunks: list[np.ndarray] = []
+    with torch.inference_mode():
+        for start in range(0, len(order), EVAL_BATCH):
+            batch = [texts[i] for i in order[start : start + EVAL_BATCH]]
+            inputs = tokenizer(
+                batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            )
+            chunks.append(model(**inputs).logits.float().numpy())
+    if chunks:
+        stacked = np.concatenate(chunks)
+        logits = np.empty_like(stacked)
+        logits[order] = stacked
+    model.train(was_training)
+    return logits
+
+
+@dataclass
+class TrainingRecord:
+    steps: int = 0
+    examples: int = 0
+    seconds: float = 0.0
+    best_step: int = 0
+    best_accuracy: float = -1.0
+    stopped_early: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # per update
+
+    def mean_loss(self, first: bool, steps: int = 10) -> float:
+        chosen = self.losses[:steps] if first else self.losses[-steps:]
+        return round(float(np.mean(chosen)), 4) if chosen else float("nan")
+
+
+def train_classifier(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    data: PreparedData,
+    config: FinetuneConfig,
+    max_length: int,
+    *,
+    stream: Any = None,
+) -> TrainingRecord:
+    """AdamW with warm-up and linear decay over the budget; early stopping on validation
+    accuracy, and the best weights (those that train) restored at the end."""
+    texts, labels = data.train.texts, torch.from_numpy(data.train.labels)
+    steps_per_epoch = math.ceil(len(texts) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total = min(total, config.max_steps)
+    eval_every = config.eval_every or steps_per_epoch
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = adamw((p for _, p in trainable), config.learning_rate, config.weight_decay)
+    schedule = get_linear_schedule_with_warmup(optimizer, round(config.warmup * total), total)
+    generator = torch.Generator().manual_seed(config.seed)
+    record = TrainingRecord()
+    best: dict[str, torch.Tensor] = {}
+    waited = 0
+    show = TrainingProgress(total, config.batch_size, stream=stream)
+    start = time.perf_counter()
+    model.train()
+    try:
+        while record.steps < total:
+            for batch in torch.randperm(len(texts), generator=generator).split(config.batch_size):
+                inputs = tokenizer(
+                    [texts[i] for i in batch],
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
+                )
+                loss = model(**inputs, labels=labels[batch]).loss
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
+                optimizer.step()
+                schedule.step()
+                record.steps += 1
+                record.examples += len(batch)
+                record.losses.append(loss.item())
+                show.step(record.steps, len(batch), record.losses[-1])
+                if record.steps % eval_every == 0 or record.steps == total:
+                    predicted = model_logits(
+                        model, tokenizer, data.validation.texts, max_length
+                    ).argmax(axis=1)
+                    accuracy = float(np.mean(predicted == data.validation.labels))
+                    record.history.append(
+                        {"step": record.steps, "validation_accuracy": round(accuracy, 4)}
+                    )
+                    better = accuracy > record.best_accuracy
+                    if better:
+                        record.best_accuracy, record.best_step, waited = accuracy, record.steps, 0
+                        best = {n: p.detach().clone() for n, p in trainable}
+                    else:
+                        waited += 1
+                    show.write(
+                        f"[eval] step {record.steps}: validation accuracy {accuracy:.4f}"
+                        + (" (best)" if better else f" (best {record.best_accuracy:.4f})")
+                    )
+                    if waited >= config.patience:
+                        record.stopped_early = True
+                        break
+                if record.steps >= total:
+                    break
+            if record.stopped_early:
+                break
+    finally:
+        show.close()
+    record.seconds = round(time.perf_counter() - start, 1)
+    with torch.no_grad():
+        parameters = dict(trainable)
+        for name, value in best.items():
+            parameters[name].copy_(value)
+    model.eval()
+    return record
