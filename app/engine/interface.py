@@ -11,7 +11,7 @@ Per-request accounting: each call adds its queue and inference time to the calle
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -222,15 +222,17 @@ def load_engine(
     *,
     warm_up: bool,
     engine_socket: Path | None = None,
+    on_fatal: Callable[[Exception], None] | None = None,
 ) -> Engine:
     """Load (and warm) every model of the repository into this process; or, given the
     engine process's socket, wait for it and load only what requests need here
-    (tokenizers, heads). Blocking."""
+    (tokenizers, heads), with `on_fatal` called if the engine process is lost for good
+    (replaced by one of another build). Blocking."""
     # The implementations import this module.
     if engine_socket is not None:
         from app.engine.remote import RemoteEngine
 
-        return RemoteEngine.load(settings, metrics, engine_socket)
+        return RemoteEngine.load(settings, metrics, engine_socket, on_fatal)
     from app.engine.local import InProcessEngine
 
     return InProcessEngine.load(settings, metrics, warm_up=warm_up)

@@ -72,7 +72,7 @@ async def test_errors_keep_their_class_message_and_retry_after(error: errors.Eng
 
 
 async def test_an_unknown_error_class_becomes_inference_failed() -> None:
-    frame = wire.encode_json(wire.ERROR, 1, {})  # rebuilt by hand below
+    frame = wire.encode_error(1, errors.InferenceFailed(""))  # rebuilt by hand below
     payload = struct.pack("<I", 0) + b'{"type": "SystemExit", "message": "no"}'
     frame = frame[:4] + frame[4:9] + payload
     frame = struct.pack("<I", len(frame) - 4) + frame[4:]
