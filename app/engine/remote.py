@@ -7,7 +7,8 @@ queueing stay in the engine process's batchers; a request cancelled here (the cl
 went away) is cancelled there too. When the engine process stops, every waiting request
 fails at once with NotReady (503) and the link reconnects until a new one answers.
 Each connection opens with the handshake of app/engine/control.py: an engine process of
-another build ends the link, and the worker (see `RemoteEngine.start`).
+another build ends the link for good, and with it the worker (`RemoteEngine.start`
+raises, or `on_fatal` is called).
 """
 
 from __future__ import annotations

@@ -236,7 +236,10 @@ def _decode(adapter: pydantic.TypeAdapter[T], data: bytes | memoryview, what: st
 
 def encode_error(request_id: int, error: errors.EngineError) -> bytes:
     retry_after = getattr(error, "retry_after_s", 0)
-    raised = control.RaisedError(type(error).__name__, str(error))
+    # An exception's text may hold a lone surrogate, which UTF-8 (and so JSON) cannot
+    # carry: it travels as its escape, so that the answer still goes out.
+    message = str(error).encode("utf-8", "backslashreplace").decode("utf-8")
+    raised = control.RaisedError(type(error).__name__, message)
     return _frame(ERROR, request_id, _ERROR.pack(retry_after), pydantic_core.to_json(raised))
 
 

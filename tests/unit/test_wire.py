@@ -266,6 +266,11 @@ def test_a_model_description_is_checked_field_by_field(
         wire.decode_reply(memoryview(payload))
 
 
+async def test_an_error_whose_text_utf8_cannot_carry_still_travels() -> None:
+    _, _, payload = await read(wire.encode_error(2, errors.InferenceFailed("bad \udc80 byte")))
+    assert str(wire.decode_error(payload)) == "bad \\udc80 byte"
+
+
 def test_a_malformed_error_frame_is_refused() -> None:
     payload = struct.pack("<I", 0) + b'{"type": "Overloaded"}'
     with pytest.raises(wire.WireError, match="malformed ERROR message: message: Field required"):
