@@ -74,12 +74,10 @@ class ServerState:
                 self.metrics,
                 warm_up=self.settings.warmup,
                 engine_socket=self.engine_socket,
+                on_fatal=self.fail,
             )
         except Exception as error:
-            self.fatal_error = error
-            log.error("start-up failed: %s", error)
-            if self.request_shutdown is not None:
-                self.request_shutdown()
+            self.fail(error)
             return
         # What is loaded now lives as long as the server: take it out of the collector's
         # sight. Otherwise each full collection walks every model and library object,
@@ -92,8 +90,20 @@ class ServerState:
         except asyncio.CancelledError:  # shut down while a worker waited for the engine
             await engine.close()
             raise
+        except Exception as error:  # an engine process of another build
+            await engine.close()
+            self.fail(error)
+            return
         self._engine = engine
         log.info("ready: serving %s", ", ".join(model.name for model in engine.models()))
+
+    def fail(self, error: Exception) -> None:
+        """The server cannot serve (a model failed to load, an engine process of another
+        build): record why, and stop the server (a worker then exits with an error)."""
+        self.fatal_error = error
+        log.error("start-up failed: %s" if self._engine is None else "stopping: %s", error)
+        if self.request_shutdown is not None:
+            self.request_shutdown()
 
     async def drain(self) -> None:
         """Refuse new work (503, /ready too) and wait up to `drain_s` for queued work to finish."""

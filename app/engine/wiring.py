@@ -7,6 +7,7 @@ module below it imports one above it (tests/unit/test_import_rules.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from app.config import Settings
@@ -20,16 +21,18 @@ def load_engine(
     *,
     warm_up: bool,
     engine_socket: Path | None = None,
+    on_fatal: Callable[[Exception], None] | None = None,
 ) -> Engine:
     """Load (and warm) every model of the repository into this process; or, given the
     engine process's socket, wait for it and load only what requests need here
-    (tokenizers, heads). Blocking."""
+    (tokenizers, heads), with `on_fatal` called if the engine process is lost for good
+    (replaced by one of another build). Blocking."""
     # Imported here, not at the top: a front-end worker never loads the in-process engine
     # (its sessions, ONNX Runtime), and the engine process never loads the link's client.
     if engine_socket is not None:
         from app.engine.transport.client import RemoteEngine
 
-        return RemoteEngine.load(settings, metrics, engine_socket)
+        return RemoteEngine.load(settings, metrics, engine_socket, on_fatal)
     from app.engine.in_process import InProcessEngine
 
     return InProcessEngine.load(settings, metrics, warm_up=warm_up)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
+import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from app.engine import errors
+from app.engine.contract import ModelDescription
 from app.engine.models.tokenization import TokenizedText
-from app.engine.transport import wire
+from app.engine.transport import control, wire
 
 
 def item(ids: list[int], type_id: int = 0) -> TokenizedText:
@@ -73,7 +77,7 @@ async def test_errors_keep_their_class_message_and_retry_after(error: errors.Eng
 
 
 async def test_an_unknown_error_class_becomes_inference_failed() -> None:
-    frame = wire.encode_json(wire.ERROR, 1, {})  # rebuilt by hand below
+    frame = wire.encode_error(1, errors.InferenceFailed(""))  # rebuilt by hand below
     payload = struct.pack("<I", 0) + b'{"type": "SystemExit", "message": "no"}'
     frame = frame[:4] + frame[4:9] + payload
     frame = struct.pack("<I", len(frame) - 4) + frame[4:]
@@ -131,3 +135,153 @@ async def test_frames_of_one_loop_iteration_leave_together_and_in_order(tmp_path
     assert sends == [6, 1]
     writer.close()
     server.close()
+
+
+# -- the frame layout, written once ------------------------------------------
+
+
+def docstring_layout() -> dict[str, tuple[int | None, str | None, int]]:
+    """The table of wire.py's docstring: part -> (kind, struct format, number of fields)."""
+    lines = (wire.__doc__ or "").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split() == TABLE_HEADER)
+    rows = {}
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            break
+        part, kind, layout, fields = line.split(maxsplit=3)
+        rows[part] = (
+            None if kind == "-" else int(kind),
+            None if layout == "-" else layout,
+            0 if fields == "-" else len(fields.split(", ")),
+        )
+    return rows
+
+
+TABLE_HEADER = ["part", "kind", "struct", "fixed", "fields"]
+
+
+def test_the_docstring_table_is_the_frame_layout_of_the_code() -> None:
+    in_code: dict[str, tuple[int | None, str | None, int]] = {}
+    for part, (kind, fixed) in wire.LAYOUT.items():
+        if fixed is None:
+            in_code[part] = (kind, None, 0)
+        else:  # one field named in the table per value the struct packs
+            in_code[part] = (kind, fixed.format, len(fixed.unpack(bytes(fixed.size))))
+    assert docstring_layout() == in_code
+    kinds = {wire.RUN, wire.CANCEL, wire.CALL, wire.RESULT, wire.ERROR, wire.REPLY, wire.HELLO}
+    assert sorted(kind for kind, _ in wire.LAYOUT.values() if kind is not None) == sorted(kinds)
+    assert (wire.LAYOUT["length"][1], wire.LAYOUT["head"][1]) == (wire._LENGTH, wire._HEAD)
+
+
+def test_the_frame_layout_test_notices_a_docstring_out_of_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    edited = (wire.__doc__ or "").replace("<dHIB", "<dHIIB")
+    monkeypatch.setattr(wire, "__doc__", edited)
+    with pytest.raises(AssertionError):
+        test_the_docstring_table_is_the_frame_layout_of_the_code()
+
+
+def test_run_and_result_frames_are_byte_for_byte_those_of_before() -> None:
+    """The data frames did not change with the typed control messages (#29)."""
+    run = wire.encode_run(7, "m", [item([101, 5, 102], type_id=1)], 1.5, low=True)
+    assert run == bytes.fromhex(
+        "28000000" "0107000000" "000000000000f83f" "0100" "01000000" "01" "6d" "03000000"
+        "65000000" "05000000" "66000000" "010101"
+    )  # fmt: skip
+    result = wire.encode_result(9, np.array([[1.0, -2.0]], dtype=np.float32), 0.25, 0.5)
+    assert result == bytes.fromhex(
+        "26000000" "0409000000" "000000000000d03f" "000000000000e03f" "02" "01000000"
+        "02000000" "0000803f" "000000c0"
+    )  # fmt: skip
+
+
+# -- control messages: typed, validated on arrival ----------------------------
+
+
+async def test_control_messages_survive_the_trip() -> None:
+    kind, request_id, payload = await read(wire.encode_call(4, control.GetStatus()))
+    assert (kind, request_id, wire.decode_call(payload)) == (wire.CALL, 4, control.GetStatus())
+    kind, _, payload = await read(wire.encode_call(5, control.Describe()))
+    assert wire.decode_call(payload) == control.Describe()
+    status = control.Status("the engine process is warming up")
+    kind, _, payload = await read(wire.encode_reply(4, status))
+    assert (kind, wire.decode_reply(payload)) == (wire.REPLY, status)
+    kind, request_id, payload = await read(wire.encode_hello(control.THIS_BUILD))
+    assert (kind, request_id) == (wire.HELLO, 0)
+    assert wire.decode_hello(payload) == control.THIS_BUILD
+
+
+def test_a_model_description_arrives_as_one() -> None:
+    description = control.Description([MODEL])
+    decoded = wire.decode_reply(memoryview(wire.encode_reply(1, description))[9:])
+    assert decoded == description and isinstance(decoded, control.Description)
+    assert isinstance(decoded.models[0], ModelDescription)
+
+
+MODEL = ModelDescription(
+    name="minilm", task="embedding", source="sentence-transformers/all-MiniLM-L6-v2",
+    labels=[], dimensions=384, max_length=512, pooling="mean", backend="onnx",
+    device="cpu", precision="fp32", instances=1, max_batch_size=64,
+    max_batch_tokens=16384, max_queue=1024, tokenization_workers=2, attention=True,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("decode", "payload", "problem"),
+    [
+        (wire.decode_call, b'{"op": "reboot"}', "malformed CALL message: Input tag 'reboot'"),
+        (wire.decode_call, b"{}", "malformed CALL message: Unable to extract tag"),
+        (wire.decode_call, b'["describe"]', "malformed CALL message: Input should be an obj"),
+        (wire.decode_call, b"describe", "malformed CALL message: Invalid JSON"),
+        (wire.decode_call, b'{"op": "status", "x": 1}', "CALL message: status.x: Unexpected"),
+        (wire.decode_reply, b'{"op": "status"}', "REPLY message: status.not_ready: Field required"),
+        (wire.decode_reply, b'{"op": "status", "not_ready": 0}', "not_ready: Input should be"),
+        (wire.decode_hello, b'{"package": "0.1.0"}', "HELLO message: protocol: Field required"),
+        (wire.decode_hello, b'{"package": "0.1.0", "protocol": "1"}', "protocol: Input should"),
+    ],
+)
+def test_a_malformed_or_unknown_control_message_is_refused_in_one_line(
+    decode: Callable[[memoryview], object], payload: bytes, problem: str
+) -> None:
+    with pytest.raises(wire.WireError) as refused:
+        decode(memoryview(payload))
+    assert problem in str(refused.value) and "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("dimensions", "384", "describe.models.0.dimensions: Input should be a valid integer"),
+        ("task", "translation", "describe.models.0.task: Input should be 'embedding'"),
+        ("attention", 1, "describe.models.0.attention: Input should be a valid boolean"),
+        ("colour", "blue", "describe.models.0.colour: Unexpected keyword argument"),
+    ],
+)
+def test_a_model_description_is_checked_field_by_field(
+    field: str, value: object, problem: str
+) -> None:
+    model = {**dataclasses.asdict(MODEL), field: value}
+    payload = json.dumps({"op": "describe", "models": [model]}).encode()
+    with pytest.raises(wire.WireError, match=re.escape(f"malformed REPLY message: {problem}")):
+        wire.decode_reply(memoryview(payload))
+
+
+async def test_an_error_whose_text_utf8_cannot_carry_still_travels() -> None:
+    _, _, payload = await read(wire.encode_error(2, errors.InferenceFailed("bad \udc80 byte")))
+    assert str(wire.decode_error(payload)) == "bad \\udc80 byte"
+
+
+def test_a_malformed_error_frame_is_refused() -> None:
+    payload = struct.pack("<I", 0) + b'{"type": "Overloaded"}'
+    with pytest.raises(wire.WireError, match="malformed ERROR message: message: Field required"):
+        wire.decode_error(memoryview(payload))
+
+
+def test_builds_that_differ_in_package_or_protocol_do_not_match() -> None:
+    this = control.THIS_BUILD
+    assert control.mismatch(this, control.Build(this.package, this.protocol)) is None
+    for other in [control.Build("0.0.1", this.protocol), control.Build(this.package, 99)]:
+        line = control.mismatch(worker=other, engine=this)
+        assert line is not None and "\n" not in line
+        assert f"HTTP worker runs {other}" in line and f"engine process {this}" in line

@@ -1,24 +1,26 @@
 """A front-end worker's engine: requests are tokenized here, their passes run in the
-engine process (app/engine/service.py), reached over a Unix socket (app/engine/wire.py).
+engine process (`server.py` beside this), reached over a Unix socket (`wire.py`).
 
 The worker loads tokenizers and heads, not sessions; each model's batch service is a
 `RemoteBatches` that sends token ids and awaits vectors. Deadlines, admission (429) and
 queueing stay in the engine process's batchers; a request cancelled here (the client
 went away) is cancelled there too. When the engine process stops, every waiting request
 fails at once with NotReady (503) and the link reconnects until a new one answers.
+Each connection opens with the handshake of `control.py`: an engine process of another
+build ends the link for good, and with it the worker (`RemoteEngine.start`
+raises, or `on_fatal` is called).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -29,7 +31,7 @@ from app.engine.models.engine import RegistryEngine, tokenization_threads
 from app.engine.models.registry import ModelRegistry
 from app.engine.models.tokenization import TokenizedText
 from app.engine.timing import current_timing
-from app.engine.transport import wire
+from app.engine.transport import control, wire
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -40,12 +42,15 @@ STATUS_EVERY_S = 0.5  # how often a worker asks the engine process whether it is
 ANSWER_GRACE_S = 5.0
 NOT_RUNNING = "the engine process is not running (it is being restarted); retry shortly"
 
+R = TypeVar("R")
+
 
 class EngineLink:
     """One worker's connection to the engine process: requests multiplexed by id."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, build: control.Build = control.THIS_BUILD) -> None:
         self.path = path
+        self.build = build  # what this worker says it runs, in each connection's HELLO
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._writer: wire.FrameWriter | None = None
@@ -59,18 +64,26 @@ class EngineLink:
         return len(self._pending)
 
     async def run(self) -> None:
-        """Connect, answer frames until the engine goes away, reconnect; until cancelled."""
+        """Connect, answer frames until the engine goes away, reconnect; until cancelled,
+        or until an engine process of another build answers (VersionMismatch)."""
         while True:
             try:
                 reader, stream = await asyncio.open_unix_connection(str(self.path))
             except OSError:
                 await asyncio.sleep(RECONNECT_S)
                 continue
-            writer = self._writer = wire.FrameWriter(stream)
-            log.info("connected to the engine process")
+            writer = wire.FrameWriter(stream)
             try:
+                await self._handshake(reader, writer)
+                self._writer = writer
+                log.info("connected to the engine process")
                 await self._read(reader)
-            except (asyncio.IncompleteReadError, ConnectionError, wire.WireError) as error:
+            except (
+                asyncio.IncompleteReadError,
+                ConnectionError,
+                TimeoutError,
+                wire.WireError,
+            ) as error:
                 log.warning("lost the engine process (%s); reconnecting", type(error).__name__)
             finally:
                 self._writer = None
@@ -79,12 +92,24 @@ class EngineLink:
                     if not future.done():
                         future.set_exception(NotReady(NOT_RUNNING))
                 self._pending.clear()
+            await asyncio.sleep(RECONNECT_S)  # an engine that closes at once: no busy loop
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: wire.FrameWriter) -> None:
+        """Exchange builds; VersionMismatch if the engine process runs another one."""
+        writer.write(wire.encode_hello(self.build))
+        async with asyncio.timeout(ANSWER_GRACE_S):
+            kind, _, payload = await wire.read_frame(reader)
+        if kind != wire.HELLO:
+            raise wire.WireError(f"the engine process answered HELLO with a frame of kind {kind}")
+        problem = control.mismatch(worker=self.build, engine=wire.decode_hello(payload))
+        if problem is not None:
+            raise control.VersionMismatch(problem)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         decoders: dict[int, Callable[[memoryview], Any]] = {
             wire.RESULT: wire.decode_result,
             wire.ERROR: wire.decode_error,
-            wire.REPLY: wire.decode_json,
+            wire.REPLY: wire.decode_reply,
         }
         while True:
             kind, request_id, payload = await wire.read_frame(reader)
@@ -138,11 +163,21 @@ class EngineLink:
         )
         return result
 
-    async def call(self, op: str, wait_s: float = ANSWER_GRACE_S) -> dict[str, Any]:
+    async def describe(self) -> list[ModelDescription]:
+        """Every model the engine process serves."""
+        reply = await self._call(control.Describe(), control.Description, ANSWER_GRACE_S)
+        return reply.models
+
+    async def status(self, wait_s: float) -> str | None:
+        """Why the engine process cannot serve now, or None when it can."""
+        reply = await self._call(control.GetStatus(), control.Status, wait_s)
+        return reply.not_ready
+
+    async def _call(self, call: control.Call, answer: type[R], wait_s: float) -> R:
         request_id = next(self._ids)
-        reply: dict[str, Any] = await self._ask(
-            wire.encode_json(wire.CALL, request_id, {"op": op}), request_id, wait_s
-        )
+        reply = await self._ask(wire.encode_call(request_id, call), request_id, wait_s)
+        if not isinstance(reply, answer):  # a reply to another call: a bug of the engine's
+            raise NotReady(f"the engine process answered {call.op!r} with {reply!r}")
         return reply
 
 
@@ -167,17 +202,32 @@ class RemoteBatches:
 
 
 class RemoteEngine(RegistryEngine):
-    """Implements `app.engine.interface.Engine` with the passes in the engine process."""
+    """Implements `app.engine.contract.Engine` with the passes in the engine process."""
 
-    def __init__(self, *args: Any, link: EngineLink) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        link: EngineLink,
+        on_fatal: Callable[[Exception], None] | None = None,
+    ) -> None:
         super().__init__(*args)
         self._link = link
+        self._on_fatal = on_fatal
         self._tasks: list[asyncio.Task[None]] = []
         self._status: str | None = NOT_RUNNING
+        self._link_error: str | None = None  # why the link ended for good
 
     @classmethod
-    def load(cls, settings: Settings, metrics: Metrics | None, path: Path) -> RemoteEngine:
-        """Tokenizers and heads (blocking); the descriptions come from the engine in `start`."""
+    def load(
+        cls,
+        settings: Settings,
+        metrics: Metrics | None,
+        path: Path,
+        on_fatal: Callable[[Exception], None] | None = None,
+    ) -> RemoteEngine:
+        """Tokenizers and heads (blocking); the descriptions come from the engine in `start`.
+        `on_fatal` is called if the link ends for good after `start` (an engine process
+        of another build took over): the worker cannot serve any more and should exit."""
         link = EngineLink(path)
         executor = ThreadPoolExecutor(tokenization_threads(), thread_name_prefix="tokenize")
         try:
@@ -190,22 +240,34 @@ class RemoteEngine(RegistryEngine):
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(registry, {}, executor, link=link)
+        return cls(registry, {}, executor, link=link, on_fatal=on_fatal)
 
     async def start(self) -> None:
-        """Connect, and wait until the engine process (loading its models) describes them."""
-        self._tasks = [asyncio.create_task(self._link.run())]
+        """Connect, and wait until the engine process (loading its models) describes them;
+        VersionMismatch if it runs another build."""
+        link = asyncio.create_task(self._link.run())
+        self._tasks = [link]
         while True:
+            if link.done():
+                link.result()  # raises why the link ended: an engine of another build
             if self._link.connected:
                 try:
-                    reply = await self._link.call("describe")
+                    models = await self._link.describe()
                     break
                 except NotReady:
                     pass
             await asyncio.sleep(RECONNECT_S)
-        self._descriptions = {model["name"]: ModelDescription(**model) for model in reply["models"]}
+        self._descriptions = {model.name: model for model in models}
         await self._refresh_status()
         self._tasks.append(asyncio.create_task(self._watch()))
+        link.add_done_callback(self._link_ended)
+
+    def _link_ended(self, link: asyncio.Task[None]) -> None:
+        error = None if link.cancelled() else link.exception()
+        if isinstance(error, Exception):
+            self._link_error = str(error)
+            if self._on_fatal is not None:
+                self._on_fatal(error)
 
     async def _watch(self) -> None:
         """Keep `not_ready` current: the engine's own answer, or why there is none."""
@@ -215,12 +277,13 @@ class RemoteEngine(RegistryEngine):
 
     async def _refresh_status(self) -> None:
         try:
-            status = await self._link.call("status", STATUS_EVERY_S * 4)
-            self._status = status["not_ready"]
+            self._status = await self._link.status(STATUS_EVERY_S * 4)
         except NotReady as error:
             self._status = str(error)
 
     def not_ready(self) -> str | None:
+        if self._link_error is not None:
+            return self._link_error
         return self._status if self._link.connected else NOT_RUNNING
 
     async def drain(self, timeout_s: float) -> bool:
@@ -235,6 +298,7 @@ class RemoteEngine(RegistryEngine):
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # The link's own error, if it ended with one, was raised by `start` or given to
+        # `on_fatal` already.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tokenize_executor.shutdown(wait=False, cancel_futures=True)

@@ -1,8 +1,9 @@
 """The engine process: every model's sessions and batchers, served to the front-end
-workers over a Unix socket (frames: app/engine/wire.py; the workers' side:
-app/engine/remote.py).
+workers over a Unix socket (frames: app/engine/transport/wire.py; the workers' side:
+app/engine/transport/client.py).
 
-Each worker holds one connection and multiplexes its requests over it by id. A request
+Each worker holds one connection and multiplexes its requests over it by id, after the
+handshake of app/engine/transport/control.py (a worker of another build is refused). A request
 runs as a task here, so deadlines, admission (429), fairness across requests and
 cancellation work exactly as in one process; a worker that disconnects takes its
 queued inputs with it.
@@ -18,10 +19,9 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
 from multiprocessing.synchronize import Event
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from app.config import Settings
 from app.engine.errors import EngineError, InferenceFailed, ModelNotFound, NotReady
 from app.engine.in_process import InProcessEngine
 from app.engine.timing import RequestTiming, current_timing
-from app.engine.transport import wire
+from app.engine.transport import control, wire
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ class EngineService:
         writer = wire.FrameWriter(stream)
         tasks = self._connections[writer] = {}
         try:
+            if not await self._handshake(reader, writer):
+                return
             while True:
                 kind, request_id, payload = await wire.read_frame(reader)
                 if kind == wire.RUN:
@@ -80,8 +82,8 @@ class EngineService:
                     if running is not None:
                         running.cancel()
                 elif kind == wire.CALL:
-                    reply = self._call(wire.decode_json(payload))
-                    writer.write(wire.encode_json(wire.REPLY, request_id, reply))
+                    reply = self._call(wire.decode_call(payload))
+                    writer.write(wire.encode_reply(request_id, reply))
                 else:
                     raise wire.WireError(f"unexpected frame kind {kind}")
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -93,6 +95,20 @@ class EngineService:
                 task.cancel()
             del self._connections[writer]
             writer.close()
+
+    @staticmethod
+    async def _handshake(reader: asyncio.StreamReader, writer: wire.FrameWriter) -> bool:
+        """Exchange builds with a new connection; False (logged) if it is to be refused."""
+        kind, _, payload = await wire.read_frame(reader)
+        if kind != wire.HELLO:  # a worker of a build from before the handshake
+            raise wire.WireError(f"the connection opened with a frame of kind {kind}, not HELLO")
+        worker = wire.decode_hello(payload)
+        writer.write(wire.encode_hello(control.THIS_BUILD))  # the worker says why, too
+        problem = control.mismatch(worker=worker, engine=control.THIS_BUILD)
+        if problem is not None:
+            log.error("refused a worker: %s", problem)
+            return False
+        return True
 
     async def _run(self, request_id: int, payload: memoryview, writer: wire.FrameWriter) -> None:
         timing = RequestTiming()
@@ -122,14 +138,15 @@ class EngineService:
             with contextlib.suppress(ConnectionError):
                 await writer.drain()  # backpressure: a worker that stops reading
 
-    def _call(self, message: dict[str, Any]) -> dict[str, Any]:
-        op = message.get("op")
-        if op == "describe":
-            return {"models": [asdict(model) for model in self._engine.models()]}
-        if op == "status":
-            reason = "draining: the server is shutting down" if self.draining else None
-            return {"not_ready": reason or self._engine.not_ready()}
-        raise wire.WireError(f"unknown call {op!r}")  # a worker of another version: a bug
+    def _call(self, call: control.Call) -> control.Reply:
+        match call:
+            case control.Describe():
+                return control.Description(self._engine.models())
+            case control.GetStatus():
+                reason = "draining: the server is shutting down" if self.draining else None
+                return control.Status(reason or self._engine.not_ready())
+            case _:
+                assert_never(call)
 
 
 async def serve_engine(

@@ -3,42 +3,73 @@
 Hand-written because it is small and hot: per request a worker sends token ids and gets
 float32 vectors back, and both travel as raw array bytes behind a fixed struct header
 (no JSON, no pickle; measured against both in `loadtest/transport.py`). Only rare control
-messages (model descriptions, status, errors) carry JSON.
+messages (app/engine/transport/control.py: the handshake, model descriptions, status, errors) carry
+JSON, encoded and decoded here.
 
-A frame is a `u32` body length, then the body: `u8` kind, `u32` request id, and a kind's
-payload, all little-endian:
+A frame is a `u32` body length, then the body: a head (`u8` kind, `u32` request id) and
+the kind's payload, all little-endian. Each part's fixed fields, as `struct` formats
+(`LAYOUT` below; tests/unit/test_wire.py checks that this table says the same):
 
-- RUN (worker → engine): `f64` timeout s, `u16` service name length, `u32` inputs, `u8`
-  priority (0 normal, 1 low), the name (UTF-8), `u32` tokens per input, `i32` token
-  ids, `u8` token type ids.
+    part    kind  struct  fixed fields
+    length  -     <I      body length
+    head    -     <BI     kind, request id
+    RUN     1     <dHIB   timeout s, name length, inputs, priority
+    CANCEL  2     -       -
+    CALL    3     -       -
+    RESULT  4     <ddB    queue s, inference s, dimensions
+    ERROR   5     <I      Retry-After s
+    REPLY   6     -       -
+    HELLO   7     -       -
+
+and what follows them:
+
+- RUN (worker → engine): the service name (UTF-8), `u32` tokens per input, `i32` token
+  ids, `u8` token type ids; priority 0 is normal, 1 low.
 - CANCEL (worker → engine): nothing; the request's inputs leave the queue.
-- CALL (worker → engine) and REPLY (engine → worker): a JSON object.
-- RESULT (engine → worker): `f64` queue s, `f64` inference s, `u8` dimensions, `u32`
-  each, then float32 values (C order).
-- ERROR (engine → worker): `u32` Retry-After s, then JSON `{"type", "message"}` naming an
+- CALL (worker → engine) and REPLY (engine → worker): a control message, a JSON object.
+- RESULT (engine → worker): `u32` per dimension, then float32 values (C order).
+- ERROR (engine → worker): a JSON object `{"type", "message"}` naming an
   `app.engine.errors` class.
+- HELLO (both ways, request id 0, the first frame each side sends on a connection): the
+  sender's build, JSON `{"package", "protocol"}`. It never changes, so two builds can
+  always tell that they differ.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 import numpy as np
+import pydantic
+import pydantic_core
 
 from app.engine import errors
 from app.engine.models.tokenization import TokenizedText
+from app.engine.transport import control
 
-RUN, CANCEL, CALL, RESULT, ERROR, REPLY = range(1, 7)
+RUN, CANCEL, CALL, RESULT, ERROR, REPLY, HELLO = range(1, 8)
 
 _LENGTH = struct.Struct("<I")
-_HEAD = struct.Struct("<BI")  # kind, request id
-_RUN = struct.Struct("<dHIB")  # timeout, name length, inputs, low priority
-_RESULT = struct.Struct("<ddB")  # queue s, inference s, dimensions
-_ERROR = struct.Struct("<I")  # retry after s
+_HEAD = struct.Struct("<BI")
+_RUN = struct.Struct("<dHIB")
+_RESULT = struct.Struct("<ddB")
+_ERROR = struct.Struct("<I")
+
+# The table of the module docstring: each part's kind and the struct of its fixed fields.
+LAYOUT: dict[str, tuple[int | None, struct.Struct | None]] = {
+    "length": (None, _LENGTH),
+    "head": (None, _HEAD),
+    "RUN": (RUN, _RUN),
+    "CANCEL": (CANCEL, None),
+    "CALL": (CALL, None),
+    "RESULT": (RESULT, _RESULT),
+    "ERROR": (ERROR, _ERROR),
+    "REPLY": (REPLY, None),
+    "HELLO": (HELLO, None),
+}
 
 # A frame larger than this is a bug or garbage on the socket, not a request: the biggest
 # real one is an attention map of 12 layers x 12 heads x 512^2 tokens (~150 MB).
@@ -184,35 +215,69 @@ def decode_result(payload: memoryview) -> RunResult:
 
 # -- errors and control -----------------------------------------------------
 
+T = TypeVar("T")
+
+_HELLO = pydantic.TypeAdapter(control.Build)
+_CALLS: pydantic.TypeAdapter[control.Call] = pydantic.TypeAdapter(control.Call)
+_REPLIES: pydantic.TypeAdapter[control.Reply] = pydantic.TypeAdapter(control.Reply)
+_RAISED = pydantic.TypeAdapter(control.RaisedError)
+
+
+def _decode(adapter: pydantic.TypeAdapter[T], data: bytes | memoryview, what: str) -> T:
+    """A control message of the adapter's type, or WireError in one line saying what is
+    wrong with it (an unknown message, a missing, unknown or mistyped field, no JSON)."""
+    try:
+        return adapter.validate_json(bytes(data))
+    except pydantic.ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        problem = f"{where}: {first['msg']}" if where else first["msg"]
+        raise WireError(f"malformed {what} message: {problem}") from None
+
 
 def encode_error(request_id: int, error: errors.EngineError) -> bytes:
     retry_after = getattr(error, "retry_after_s", 0)
-    text = json.dumps({"type": type(error).__name__, "message": str(error)}).encode()
-    return _frame(ERROR, request_id, _ERROR.pack(retry_after), text)
+    # An exception's text may hold a lone surrogate, which UTF-8 (and so JSON) cannot
+    # carry: it travels as its escape, so that the answer still goes out.
+    message = str(error).encode("utf-8", "backslashreplace").decode("utf-8")
+    raised = control.RaisedError(type(error).__name__, message)
+    return _frame(ERROR, request_id, _ERROR.pack(retry_after), pydantic_core.to_json(raised))
 
 
 def decode_error(payload: memoryview) -> errors.EngineError:
     """The engine's exception, rebuilt as the same class (InferenceFailed if unknown)."""
     (retry_after,) = _ERROR.unpack_from(payload)
-    fields = json.loads(bytes(payload[_ERROR.size :]))
-    kind = getattr(errors, fields["type"], None)
-    message = fields["message"]
+    raised = _decode(_RAISED, payload[_ERROR.size :], "ERROR")
+    kind = getattr(errors, raised.type, None)
     if kind is errors.Overloaded:
-        return errors.Overloaded(message, retry_after_s=retry_after)
+        return errors.Overloaded(raised.message, retry_after_s=retry_after)
     if isinstance(kind, type) and issubclass(kind, errors.EngineError):
-        return kind(message)
-    return errors.InferenceFailed(message)
+        return kind(raised.message)
+    return errors.InferenceFailed(raised.message)
 
 
-def encode_json(kind: int, request_id: int, value: dict[str, Any]) -> bytes:
-    return _frame(kind, request_id, json.dumps(value).encode())
+def encode_hello(build: control.Build) -> bytes:
+    return _frame(HELLO, 0, pydantic_core.to_json(build))
 
 
-def decode_json(payload: memoryview) -> dict[str, Any]:
-    value = json.loads(bytes(payload))
-    if not isinstance(value, dict):
-        raise WireError("a control message must be a JSON object")
-    return value
+def decode_hello(payload: memoryview) -> control.Build:
+    return _decode(_HELLO, payload, "HELLO")
+
+
+def encode_call(request_id: int, call: control.Call) -> bytes:
+    return _frame(CALL, request_id, pydantic_core.to_json(call))
+
+
+def decode_call(payload: memoryview) -> control.Call:
+    return _decode(_CALLS, payload, "CALL")
+
+
+def encode_reply(request_id: int, reply: control.Reply) -> bytes:
+    return _frame(REPLY, request_id, pydantic_core.to_json(reply))
+
+
+def decode_reply(payload: memoryview) -> control.Reply:
+    return _decode(_REPLIES, payload, "REPLY")
 
 
 def encode_cancel(request_id: int) -> bytes:
