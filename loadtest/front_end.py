@@ -17,7 +17,8 @@ uvloop and httptools that only parses, tokenizes and answers) alternate per roun
 clients on single-text `/encode`, `/v1/embeddings` and `/classify` (the `sentiment`
 classifier); floor.md and floor.json give each one's CPU per request and their ratio, the
 price of everything the server does around the engine beyond what Python must.
-`--floor-only` runs that comparison alone (2 rounds of 3 s per route: about a minute).
+At least 2 rounds, at most 5 s per route; `--floor-only` runs that comparison alone (2
+rounds of 3 s per route: about a minute).
 """
 
 from __future__ import annotations
@@ -221,6 +222,7 @@ FLOOR_CLIENTS = 32  # the issue's target point
 FLOOR = "floor"
 SERVER = "server"
 WARM_UP_S = 1.0
+FLOOR_SECONDS_MAX = 5.0
 
 
 @contextmanager
@@ -421,8 +423,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         points = measure(workers, clients, seconds, rounds, args.backend)
         write_report(points, workers, clients, args.out, args.backend)
     if args.backend == "benchmark-fixed":
-        floor_points = measure_floor(seconds, max(rounds, 2))
-        report = write_floor_report(floor_points, seconds, max(rounds, 2), FLOOR_CLIENTS, args.out)
+        # At least two rounds, so each goes first once; at most 5 s a route (make bench).
+        seconds, rounds = min(seconds, FLOOR_SECONDS_MAX), max(rounds, 2)
+        floor_points = measure_floor(seconds, rounds)
+        report = write_floor_report(floor_points, seconds, rounds, FLOOR_CLIENTS, args.out)
         for row in report["summary"]:
             print(
                 f"{row['route']:<15} floor {row['floor_cpu_us_per_request']:.0f} µs, server "
