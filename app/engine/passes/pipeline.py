@@ -178,10 +178,17 @@ class Pipeline:
 
     def forward_unobserved(self, items: Sequence[TokenizedText]) -> list[np.ndarray]:
         """`forward` that no metric sees: passes of the server's own (warm-up, load checks)."""
+        with self.unobserved():
+            return self.forward(items)
+
+    @contextlib.contextmanager
+    def unobserved(self) -> Iterator[None]:
+        """No metric sees the passes run inside (warm-up, load checks): neither the batch
+        metrics nor the device duty cycle."""
         observe, self._observe = self._observe, None
         busy, self._busy = self._busy, None
         try:
-            return self.forward(items)
+            yield
         finally:
             self._observe = observe
             self._busy = busy
