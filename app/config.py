@@ -105,7 +105,23 @@ class Settings(BaseSettings):
 
     # Inference engine
     # "benchmark-fixed" answers fixed vectors without running a model: benchmarks only.
-    backend: Literal["onnx", "torch", "benchmark-fixed"] = "onnx"
+    # "benchmark-sim" does too, after waiting as long as an accelerator's pass would.
+    backend: Literal["onnx", "torch", "benchmark-fixed", "benchmark-sim"] = "onnx"
+    # The simulated accelerator (ENCODER_BACKEND=benchmark-sim): a pass waits
+    # sim_pass_us + sim_token_us x padded tokens, holding no core. Calibrated from the H200
+    # report (loadtest/results/2026-11-28-h200-gpu.json, ONNX Runtime CUDA fp32, MiniLM):
+    # - sim_pass_us: a pass of one short text took ~1.07 ms with tokenization (931.8
+    #   sequences/s at batch 1; the in-process engine limit's single text p50 1.08 ms in
+    #   2026-11-28-h200-server-quick.md), host work ~0.05 ms of it: 1,000 us a pass;
+    # - sim_token_us: forward-only, batch 512 ran 54,762 sequences/s, 9.35 ms a pass; 512 of
+    #   the benchmark's texts pad to ~48 tokens (24,576 padded tokens), so
+    #   (9,350 - 1,000) / 24,576 = 0.34 us per padded token.
+    sim_pass_us: float = Field(
+        1000.0, ge=0, description="Simulated accelerator: microseconds every pass waits."
+    )
+    sim_token_us: float = Field(
+        0.34, ge=0, description="Simulated accelerator: microseconds a pass waits per padded token."
+    )
     precision: Literal["auto", "fp32", "int8", "fp16"] = Field(
         "auto", description="Graph precision; auto takes each manifest's default_precision."
     )

@@ -127,6 +127,15 @@ class Metrics:
             ["model", "instance"],
             registry=r,
         )
+        # The device duty cycle: rate() of it is the share of wall time a model had a
+        # forward pass in flight (app/engine/passes/busy.py), 1 when passes run back to back.
+        self.device_busy = Counter(
+            "encoder_device_busy_seconds",
+            "Wall time a forward pass of the model was in flight (its instances' passes "
+            "counted once when they overlap); rate() is the device duty cycle.",
+            ["model"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "encoder_model_info",
             "Loaded models (value 1).",

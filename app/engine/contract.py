@@ -141,8 +141,8 @@ class ModelDescription:
     dimensions: int
     max_length: int
     pooling: Pooling
-    backend: str  # "onnx", "torch" (or "benchmark-fixed", benchmarks only)
-    device: str  # "cpu" or "cuda"
+    backend: str  # "onnx", "torch" (or "benchmark-fixed"/"benchmark-sim", benchmarks only)
+    device: str  # "cpu" or "cuda" ("sim": benchmark-sim)
     precision: str  # "fp32", "int8", "fp16"
     instances: int  # backend sessions running batches side by side
     max_batch_size: int

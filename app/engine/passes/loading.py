@@ -21,6 +21,7 @@ from app.engine.model_checks import LONG_TEXT, refuse
 from app.engine.models.encoder import Encoder
 from app.engine.models.registry import ModelRegistry, build_encoder, served_models
 from app.engine.models.served import ServedModel
+from app.engine.passes.busy import BusyClock
 from app.engine.passes.pipeline import Pipeline, open_pipeline, resolve_precision
 from app.engine.passes.runner import ModelRunner
 from app.metrics import Metrics
@@ -59,6 +60,13 @@ def load_runner(
             metrics.batch_size.labels(manifest.name).observe(inputs)
             metrics.batch_tokens.labels(manifest.name).observe(padded_tokens)
 
+    # The device duty cycle: the union of the model's passes in time, all instances together.
+    busy = None
+    if metrics is not None:
+        busy_seconds = metrics.device_busy.labels(manifest.name)
+        busy = BusyClock(busy_seconds.inc)
+    sim_us = (settings.sim_pass_us, settings.sim_token_us)
+
     # The count for a CPU first; a model that lands on a GPU keeps one instance.
     cpu_instances = instance_count(settings.instances, manifest.batching.instances, "cpu")
 
@@ -74,6 +82,8 @@ def load_runner(
             rows_per_pass=settings.forward_batch_size,
             unsplit_rows=limits.max_batch_size,
             observe=observe,
+            busy=busy,
+            sim_us=sim_us,
         )
 
     first = open_instance()
@@ -96,6 +106,8 @@ def load_runner(
             threads=settings.intra_op_threads,
             device=settings.device,
             max_length=settings.max_attention_tokens,
+            busy=busy,
+            sim_us=sim_us,
         )
     runner = ModelRunner(
         manifest,
@@ -134,7 +146,8 @@ def check_graphs(directory: Path, runner: ModelRunner) -> None:
             )
     if runner.attention is not None:
         attention = runner.attention
-        (maps,) = attention.attention_maps(attention.tokenize([LONG_TEXT]))
+        with attention.unobserved():
+            (maps,) = attention.attention_maps(attention.tokenize([LONG_TEXT]))
         shape = (manifest.num_layers, manifest.num_heads)
         if tuple(maps.shape[:2]) != shape:
             raise refuse(
@@ -178,6 +191,14 @@ class LocalRegistry(ModelRegistry):
             log.warning(
                 "ENCODER_BACKEND=benchmark-fixed: no model runs and every answer is the same "
                 "vector; for measuring the server around the engine only"
+            )
+        elif settings.backend == "benchmark-sim":
+            log.warning(
+                "ENCODER_BACKEND=benchmark-sim: no model runs and every answer is the same "
+                "vector; each pass waits %g us + %g us per padded token (a simulated "
+                "accelerator, ENCODER_SIM_PASS_US / ENCODER_SIM_TOKEN_US); for benchmarks only",
+                settings.sim_pass_us,
+                settings.sim_token_us,
             )
         runners: dict[str, ModelRunner] = {}
 

@@ -7,6 +7,7 @@ opened through `open_pipeline`, so what a check or a benchmark measures is what 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from app.engine.errors import ModelLoadError
 from app.engine.manifest import MANIFEST_FILE, ModelManifest, Pooling
 from app.engine.models.encoder import normalize
 from app.engine.models.tokenization import REBUILD, TextTokenizer, TokenizedText, open_tokenizer
+from app.engine.passes.busy import BusyClock
 from app.engine.passes.packing import Span, packed_inputs, packed_passes, pool_spans
 
 # Measured on 2 cores with all-MiniLM-L6-v2: length-sorted passes of 8 gave 152-172
@@ -74,12 +76,15 @@ class Pipeline:
         pooling: Pooling,
         rows_per_pass: int,
         observe: PassObserver | None = None,
+        busy: BusyClock | None = None,
     ) -> None:
+        """`busy`: the model's clock of passes in flight (the device duty cycle metric)."""
         self.tokenizer = tokenizer
         self.backend = backend
         self.pooling = pooling
         self.rows_per_pass = rows_per_pass
         self._observe = observe
+        self._busy = busy
 
     def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]:
         return self.tokenizer.encode(list(texts))
@@ -163,7 +168,8 @@ class Pipeline:
         """(layers, heads, n, n) attention probabilities per input, cut to its own tokens
         (an attention graph: one padded pass, whose rows must not mix inputs)."""
         inputs = pad_batch(items)
-        maps = self.backend.run(inputs)["attentions"]  # (batch, layers, heads, T, T)
+        with self._in_flight():
+            maps = self.backend.run(inputs)["attentions"]  # (batch, layers, heads, T, T)
         return [maps[row, :, :, : item.tokens, : item.tokens] for row, item in enumerate(items)]
 
     def warm_up(self, text: str) -> None:
@@ -172,11 +178,24 @@ class Pipeline:
 
     def forward_unobserved(self, items: Sequence[TokenizedText]) -> list[np.ndarray]:
         """`forward` that no metric sees: passes of the server's own (warm-up, load checks)."""
-        observe, self._observe = self._observe, None
-        try:
+        with self.unobserved():
             return self.forward(items)
+
+    @contextlib.contextmanager
+    def unobserved(self) -> Iterator[None]:
+        """No metric sees the passes run inside (warm-up, load checks): neither the batch
+        metrics nor the device duty cycle."""
+        observe, self._observe = self._observe, None
+        busy, self._busy = self._busy, None
+        try:
+            yield
         finally:
             self._observe = observe
+            self._busy = busy
+
+    def _in_flight(self) -> contextlib.AbstractContextManager[None]:
+        """Around a `backend.run`: the device is busy for the duty cycle metric."""
+        return self._busy if self._busy is not None else contextlib.nullcontext()
 
     def _padded_passes(
         self, items: Sequence[TokenizedText]
@@ -187,7 +206,9 @@ class Pipeline:
             indices = list(range(start, min(start + self.rows_per_pass, len(items))))
             inputs = pad_batch([items[index] for index in indices])
             self._count_pass(len(indices), inputs["input_ids"].size)
-            yield indices, inputs, self.backend.run(inputs)
+            with self._in_flight():
+                outputs = self.backend.run(inputs)
+            yield indices, inputs, outputs
 
     def _packed_passes(
         self, items: Sequence[TokenizedText]
@@ -197,7 +218,8 @@ class Pipeline:
         for rows in packed_passes([item.tokens for item in items], self.rows_per_pass):
             inputs, spans = packed_inputs(items, rows)
             self._count_pass(len(spans), inputs["input_ids"].size)
-            hidden = self.backend.run(inputs)["last_hidden_state"]
+            with self._in_flight():
+                hidden = self.backend.run(inputs)["last_hidden_state"]
             yield [index for row in rows for index in row], hidden, spans
 
     def _count_pass(self, inputs: int, padded_tokens: int) -> None:
@@ -219,14 +241,17 @@ def open_backend(
     threads: int,
     device: Device = "auto",
     pack: bool = False,
+    sim_us: tuple[float, float] = (0.0, 0.0),
 ) -> Backend:
     """The backend for one graph of a model: a precision ("fp32", "int8", …) or "attention".
 
     `engine` "torch" runs the exported PyTorch weights instead of an ONNX graph, and
-    "benchmark-fixed" no model at all (app/backends/fixed.py: benchmarks only).
+    "benchmark-fixed" no model at all (app/backends/fixed.py: benchmarks only), and
+    "benchmark-sim" none either, each pass waiting `sim_us` = (per pass, per padded token)
+    microseconds like an accelerator.
     """
-    if engine == "benchmark-fixed":
-        return fixed_backend(manifest, graph)
+    if engine in ("benchmark-fixed", "benchmark-sim"):
+        return fixed_backend(manifest, graph, sim_us if engine == "benchmark-sim" else None)
     torch_engine = engine == "torch"
     key = "torch" if torch_engine else graph
     if key not in manifest.files:
@@ -255,15 +280,27 @@ def open_backend(
         raise ModelLoadError(f"model '{manifest.name}': cannot load {path}: {error}") from error
 
 
-def fixed_backend(manifest: ModelManifest, graph: str) -> Backend:
-    """The benchmark-only backend, shaped like the graph it stands in for."""
-    from app.backends.fixed import FixedBackend
+def fixed_backend(
+    manifest: ModelManifest, graph: str, sim_us: tuple[float, float] | None = None
+) -> Backend:
+    """The benchmark-only backend, shaped like the graph it stands in for; with `sim_us`
+    (microseconds per pass, per padded token) the simulated accelerator."""
+    from app.backends.fixed import FixedBackend, SimulatedBackend
 
     if graph == "attention":
-        return FixedBackend("attentions", 0, manifest.num_layers, manifest.num_heads)
-    if manifest.task == "classification":
-        return FixedBackend("logits", len(manifest.labels))
-    return FixedBackend("last_hidden_state", manifest.dimensions)
+        shape: tuple[str, int, int, int] = (
+            "attentions",
+            0,
+            manifest.num_layers,
+            manifest.num_heads,
+        )
+    elif manifest.task == "classification":
+        shape = ("logits", len(manifest.labels), 1, 1)
+    else:
+        shape = ("last_hidden_state", manifest.dimensions, 1, 1)
+    if sim_us is None:
+        return FixedBackend(*shape)
+    return SimulatedBackend(*shape, pass_us=sim_us[0], token_us=sim_us[1])
 
 
 def open_pipeline(
@@ -279,18 +316,28 @@ def open_pipeline(
     unsplit_rows: int = OFFLINE_BATCH,
     max_length: int | None = None,
     observe: PassObserver | None = None,
+    busy: BusyClock | None = None,
+    sim_us: tuple[float, float] = (0.0, 0.0),
 ) -> Pipeline:
     """The pipeline of one graph of a model directory, as the server opens it.
 
     `graph`: a precision setting ("auto", "fp32", "int8", "fp16") or "attention".
     `rows_per_pass` 0: small passes on CPU, `unsplit_rows` (a whole batch) on a GPU.
     `max_length` cuts the tokenizer shorter than the model's (the attention limit).
+    `busy` times its passes (the device duty cycle); `sim_us`: see `open_backend`.
     """
     chosen = graph if graph == "attention" else resolve_precision(manifest, graph)
     length = min(max_length or manifest.max_length, manifest.max_length)
     tokenizer = open_tokenizer(directory, manifest, length)
     backend = open_backend(
-        directory, manifest, chosen, engine=engine, threads=threads, device=device, pack=pack
+        directory,
+        manifest,
+        chosen,
+        engine=engine,
+        threads=threads,
+        device=device,
+        pack=pack,
+        sim_us=sim_us,
     )
     rows = rows_per_pass or (CPU_ROWS_PER_PASS if backend.device == "cpu" else unsplit_rows)
-    return Pipeline(tokenizer, backend, manifest.pooling, rows, observe)
+    return Pipeline(tokenizer, backend, manifest.pooling, rows, observe, busy)

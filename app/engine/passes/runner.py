@@ -100,4 +100,5 @@ class ModelRunner:
         for pipeline in self.pipelines:
             pipeline.warm_up(text)
         if self.attention is not None:
-            self.attention.attention_maps(self.attention.tokenize([text]))
+            with self.attention.unobserved():
+                self.attention.attention_maps(self.attention.tokenize([text]))
