@@ -39,11 +39,17 @@ from loadtest.client import LoadOutcome, LoadSpec, run_load
 from loadtest.floor import CLASSIFIER, EMBEDDING_MODEL, floor_command
 from loadtest.machine import describe_machine
 from loadtest.options import quick_from_env
-from loadtest.server import RunningServer, free_port, running_process, running_server
+from loadtest.server import (
+    ROOT,
+    RunningServer,
+    bench_server,
+    free_port,
+    running_process,
+    running_server,
+)
 from loadtest.texts import TextSource
 from loadtest.wrk import run_wrk, wrk_path
 
-ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = (1, 8, 32, 128)  # 128: where two workers saturate both cores
 WORKERS = (1, 2)
 TEXTS_PER_POINT = 40_000  # more than a 10 s point sends at the rates seen: each text fresh
@@ -62,17 +68,12 @@ def measure(
     for round_index in range(rounds):
         order = workers if round_index % 2 == 0 else tuple(reversed(workers))
         for count in order:
-            env = {
+            settings = {
                 "ENCODER_BACKEND": backend,
                 "ENCODER_MODELS": "minilm",
-                "ENCODER_MODELS_DIR": str(ROOT / "models"),
-                "ENCODER_LOG_LEVEL": "warning",
                 "ENCODER_WORKERS": str(count),
             }
-            with (
-                tempfile.TemporaryDirectory() as scratch,
-                running_server(env, Path(scratch) / "server.log") as server,
-            ):
+            with bench_server(settings) as server:
                 for users in clients:
                     spec = LoadSpec(
                         "127.0.0.1", server.port, source.take(TEXTS_PER_POINT), 1, seconds, users

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -127,6 +128,18 @@ def running_server(env: dict[str, str], log_path: Path) -> Iterator[RunningServe
     for name in UNAUTHENTICATED:
         full_env.pop(name, None)
     with running_process(serve_command(), full_env, ROOT, port, log_path) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def bench_server(settings: dict[str, str]) -> Iterator[RunningServer]:
+    """`running_server` on the repository's models with a quiet log kept in a scratch
+    directory: what each point of the front-end and simulated benchmarks starts."""
+    env = {"ENCODER_MODELS_DIR": str(ROOT / "models"), "ENCODER_LOG_LEVEL": "warning", **settings}
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        running_server(env, Path(scratch) / "server.log") as server,
+    ):
         yield server
 
 

@@ -20,18 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
 from loadtest.client import LoadSpec, run_load
 from loadtest.machine import describe_machine
-from loadtest.server import model_samples, running_server, scrape, wait_idle
+from loadtest.server import ROOT, bench_server, model_samples, scrape, wait_idle
 from loadtest.texts import TextSource
 from loadtest.wrk import run_wrk, wrk_path
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL = "minilm"
 CLIENTS = (32, 128, 512)
 WORKERS = (1, 2)
@@ -83,20 +81,15 @@ def measure(
     counts = token_counts(source.take(4000))
     points: list[dict[str, object]] = []
     for count in workers:
-        env = {
+        settings = {
             "ENCODER_BACKEND": "benchmark-sim",
             "ENCODER_SIM_PASS_US": str(pass_us),
             "ENCODER_SIM_TOKEN_US": str(token_us),
             "ENCODER_MAX_BATCH_SIZE": str(MAX_BATCH),
             "ENCODER_MODELS": MODEL,
-            "ENCODER_MODELS_DIR": str(ROOT / "models"),
-            "ENCODER_LOG_LEVEL": "warning",
             "ENCODER_WORKERS": str(count),
         }
-        with (
-            tempfile.TemporaryDirectory() as scratch,
-            running_server(env, Path(scratch) / "server.log") as server,
-        ):
+        with bench_server(settings) as server:
             for users in clients:
                 spec = LoadSpec(
                     "127.0.0.1", server.port, source.take(TEXTS_PER_POINT), 1, seconds, users
