@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from app.api.app import create_app
 from app.config import Settings
 from tests.conftest import LiveServer
-from tests.e2e.conftest import NetworkLog, assert_stayed_local
+from tests.e2e.conftest import NetworkLog, assert_stayed_local, is_local
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
@@ -92,7 +92,20 @@ def test_redoc_renders_offline(server: LiveServer, offline_page: tuple[Any, Netw
     headings = page.locator("[data-section-id^='operation/'] h2")
     expect(headings).to_have_count(len(expected))
     assert sorted(headings.all_inner_texts()) == sorted(summary for _, _, summary in expected)
+    # The side menu is drawn (its footer once held Redocly's logo from a CDN), and the page
+    # tried no other host at all, not even a request the policy would refuse.
+    expect(page.get_by_text("API docs by Redocly")).to_be_visible()
+    page.wait_for_load_state("networkidle")
+    assert [url for url in log.requested if not is_local(url)] == []
     assert_stayed_local(log)
+
+
+def test_redoc_script_names_no_remote_image(tmp_path: Path) -> None:
+    client = TestClient(create_app(Settings(models_dir=tmp_path)))
+    script = client.get("/static/docs/redoc.standalone.js")
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert "cdn.redoc.ly" not in script.text and "Redocly" in script.text
 
 
 def resolved(node: Any, openapi: dict[str, Any]) -> Any:
