@@ -401,6 +401,9 @@ class ModelInfo(BaseModel):
     precision: str
     pooling: str
     instances: int = Field(description="Backend sessions running batches side by side.")
+    default: bool = Field(
+        description="The default model of its task: what a request without `model` gets."
+    )
 
 
 class ModelsResponse(BaseModel):

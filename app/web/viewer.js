@@ -89,16 +89,26 @@ async function loadModels() {
   const select = $("model");
   const previous = select.value;
   select.replaceChildren(
-    ...state.models.map((model) => new Option(`${model.name} · ${model.task}`, model.name)),
+    ...state.models.map(
+      (model) =>
+        new Option(`${model.name} · ${model.task}${model.default ? " · default" : ""}`, model.name),
+    ),
   );
   if (state.models.some((model) => model.name === previous)) {
     select.value = previous;
   } else {
-    // Open on a classifier when one is served: "Classify" then works on the first click.
-    const classifier = state.models.find((model) => model.task === "classification");
+    // Open on a classifier when one is served, the default one first (as /classify picks
+    // it): "Classify" then works on the first click.
+    const classifier = preferred("classification");
     if (classifier) select.value = classifier.name;
   }
   onModelChange();
+}
+
+// The default model of a task (GET /models marks it), else the first of the task.
+function preferred(task) {
+  const ofTask = state.models.filter((model) => model.task === task);
+  return ofTask.find((model) => model.default) ?? ofTask[0] ?? null;
 }
 
 function selectedModel() {
@@ -109,7 +119,7 @@ function selectedModel() {
 function embeddingModel() {
   const model = selectedModel();
   if (model?.task === "embedding") return model;
-  return state.models.find((candidate) => candidate.task === "embedding") ?? null;
+  return preferred("embedding");
 }
 
 function onModelChange() {
