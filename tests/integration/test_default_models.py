@@ -72,3 +72,16 @@ def test_an_extra_model_takes_no_default_away(client: TestClient) -> None:
     metrics = client.get("/metrics").text
     assert metric_sum(metrics, "encoder_requests_total", 'endpoint="/predict",model="sentiment"')
     assert client.post("/classify", json={**text, "model": "myreviews"}).status_code == 200
+
+
+def test_a_re_export_keeps_the_models_marker(tmp_path: Path) -> None:
+    from app.export.exporter import export_model
+    from tests.tiny_models import build_tiny_bert
+
+    source, repo = str(build_tiny_bert(tmp_path / "tiny-source")), tmp_path / "repo"
+    repo.mkdir()
+    assert export_model(source, "tiny", repo).default is False  # a new model is not marked
+    path = repo / "tiny" / "model.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "default": True}))
+    assert export_model(source, "tiny", repo).default is True
+    assert json.loads(path.read_text())["default"] is True
