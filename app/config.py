@@ -10,6 +10,9 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# The tasks a model serves (app.engine.contract.Task; config imports nothing of the engine).
+TASKS = ("embedding", "classification")
+
 
 def _split_names(value: object) -> object:
     """Accept `a,b` from the environment as well as a real list."""
@@ -95,7 +98,10 @@ class Settings(BaseSettings):
         default_factory=list, description="Subset of models to serve; empty serves all."
     )
     default_models: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Preferred default model per task, in order."
+        default_factory=list,
+        description="The default model per task, as TASK=MODEL,... (e.g. "
+        "classification=sentiment,embedding=minilm); a bare MODEL is the default of its own "
+        'task. Wins over the models\' "default" markers.',
     )
     model_aliases: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
@@ -253,6 +259,27 @@ class Settings(BaseSettings):
     )
     _check_api_keys = field_validator("api_key", mode="before")(_api_keys)
     _parse_aliases = field_validator("model_aliases", mode="before")(_aliases)
+
+    @field_validator("default_models")
+    @classmethod
+    def _task_defaults(cls, entries: list[str]) -> list[str]:
+        """Each entry MODEL or TASK=MODEL, one entry per task (whether it is served is
+        checked once the models are read: app/engine/models/registry.py)."""
+        tasks: list[str] = []
+        normalized = []
+        for entry in entries:
+            task, equals, name = (side.strip() for side in entry.rpartition("="))
+            if equals and task not in TASKS:
+                raise ValueError(
+                    f"{entry!r}: the task must be {' or '.join(TASKS)} (as TASK=MODEL)"
+                )
+            if not name:
+                raise ValueError(f"{entry!r} names no model (TASK=MODEL)")
+            if task in tasks:
+                raise ValueError(f"{task} is given twice")
+            tasks += [task] if task else []
+            normalized.append(f"{task}={name}" if equals else name)
+        return normalized
 
     @field_validator("instances", "workers")
     @classmethod

@@ -125,6 +125,7 @@ class ModelInfo:
     device: str
     precision: str
     pooling: str
+    default: bool = False  # the default model of its task (older servers do not say)
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +337,7 @@ def _models_call() -> _Call[list[ModelInfo]]:
                 device=item["device"],
                 precision=item["precision"],
                 pooling=item["pooling"],
+                default=item.get("default", False),
             )
             for item in data["models"]
         ]

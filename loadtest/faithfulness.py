@@ -1,8 +1,10 @@
 """Faithfulness of word attributions on SST-2 dev: ERASER comprehensiveness and sufficiency.
 
-    python -m loadtest.faithfulness [--every 4] [--samples 128] [--out DIR]
+    python -m loadtest.faithfulness [--data FILE] [--every 4] [--samples 128] [--out DIR]
 
-For each sentence of a fixed subset of SST-2 dev (every `--every`-th row, in file order),
+`--data` is a tab-separated file with a header and a `content` column, as SST-2's GLUE
+split (`label`, `content`); by default the shared SST-2 dev.tsv, ../shared/data/sst2/.
+For each sentence of a fixed subset of it (every `--every`-th row, in file order),
 the default `sentiment` model's predicted label is the target; five methods rank the
 words: `occlusion` and `shap` (POST /explain's code, in-process), attention `mean` (the
 last layer's heads averaged, the [CLS] row, summed over each word's tokens), attention
@@ -53,9 +55,19 @@ class Totals:
     )
 
 
-def sentences(every: int) -> list[str]:
-    with DEV.open(newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+def sentences(data: Path, every: int) -> list[str]:
+    """Every `every`-th text of the `content` column of `data` (SystemExit saying what is
+    wrong when the file is missing or has no such column)."""
+    if not data.is_file():
+        raise SystemExit(f"no data file at {data}: give SST-2's dev.tsv (or another) with --data")
+    with data.open(newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        if "content" not in (reader.fieldnames or []):
+            raise SystemExit(
+                f"{data} has no `content` column (its header: {reader.fieldnames}); "
+                "--data takes a tab-separated file with a header, as SST-2's dev.tsv"
+            )
+        rows = list(reader)
     return [row["content"] for row in rows[::every]]
 
 
@@ -109,12 +121,11 @@ async def one(engine: Engine, text: str, index: int, samples: int, totals: Total
         totals.sufficiency[method].append(float(np.mean(full - part[1::2])))
 
 
-async def evaluate(every: int, samples: int) -> tuple[Totals, int, float, str]:
+async def evaluate(texts: list[str], samples: int) -> tuple[Totals, int, float, str]:
     settings = Settings()  # ENCODER_* as the server would read them
     engine = await asyncio.to_thread(load_engine, settings, None, warm_up=True)
     await engine.start()
     model = engine.model(MODEL, "classification")
-    texts = sentences(every)
     totals = Totals()
     started = time.monotonic()
     limit = asyncio.Semaphore(CONCURRENT)
@@ -144,18 +155,31 @@ def table(totals: Totals) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEV,
+        help=f"tab-separated file with a header and a `content` column (default: SST-2 dev, {DEV})",
+    )
     parser.add_argument("--every", type=int, default=4, help="every N-th dev sentence")
     parser.add_argument("--samples", type=int, default=128, help="shap samples per sentence")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    if not DEV.is_file():
-        raise SystemExit(f"SST-2 dev is not at {DEV}")
-    totals, count, elapsed, model = asyncio.run(evaluate(args.every, args.samples))
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    texts = sentences(args.data, args.every)
+    totals, count, elapsed, model = asyncio.run(evaluate(texts, args.samples))
+    data, title = (
+        ("", "SST-2 dev") if args.data == DEV else (f" --data {args.data}", args.data.name)
+    )
     report = (
-        f"# Faithfulness on SST-2 dev\n\n`python -m loadtest.faithfulness --every {args.every} "
-        f"--samples {args.samples}`: {count} sentences (every {args.every}-th row of dev.tsv, "
+        f"# Faithfulness on {title}\n\n`python -m loadtest.faithfulness{data} "
+        f"--every {args.every} --samples {args.samples}`: {count} sentences (every "
+        f"{args.every}-th row of {args.data.name}, "
         f"{len(totals.sufficiency['random'])} with "
         f"two words or more), model {model}, {elapsed:.0f} s.\n\n"
         "Averaged over k = 1, 5, 10, 20, 50 % of the words (ERASER AOPC).\n\n"
@@ -166,6 +190,7 @@ def main() -> None:
     (args.out / "faithfulness.json").write_text(
         json.dumps(
             {
+                "data": str(args.data),
                 "every": args.every,
                 "samples": args.samples,
                 "sentences": count,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,7 +20,26 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS_DIR = ROOT / "models"
+# The repository `make models` builds, where a user may add models of their own.
+LIVE_MODELS_DIR = ROOT / "models"
+# The models the tests are written against: the shipped ones (models/*/model.json in git).
+DEFAULT_MODEL_NAMES = ("minilm", "sentiment", "topic")
+
+
+def models_for_tests(live: Path = LIVE_MODELS_DIR) -> Path:
+    """A model repository of the default models only, as links to the live one's model
+    directories (nothing is copied): a model a user adds to models/ (`myreviews`, before
+    `sentiment` by name) changes neither the defaults nor anything else the tests see.
+    Removed when the test run ends."""
+    repository = Path(tempfile.mkdtemp(prefix="encoder-serve-test-models-"))
+    atexit.register(shutil.rmtree, repository, ignore_errors=True)
+    for name in DEFAULT_MODEL_NAMES:
+        (repository / name).symlink_to(live / name, target_is_directory=True)
+    return repository
+
+
+# Every test serves from here (start_server, `default_models`), never from models/ itself.
+MODELS_DIR = models_for_tests()
 
 
 def free_port() -> int:
@@ -117,8 +139,8 @@ def wait_until_ready(server: LiveServer, timeout: float = 120) -> None:
 
 @pytest.fixture(scope="session")
 def default_models() -> Path:
-    if not (MODELS_DIR / "minilm" / "model.onnx").is_file():
-        pytest.fail("models/minilm is not built: run `make models` (make test does it first)")
+    if not all((MODELS_DIR / name / "model.onnx").is_file() for name in DEFAULT_MODEL_NAMES):
+        pytest.fail("the default models are not built: run `make models` (make test does it first)")
     return MODELS_DIR
 
 

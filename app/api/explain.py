@@ -14,6 +14,8 @@ from app.api.bodies import StrictJSONRoute
 from app.api.handling import engine, json_response, resolve_model, server_state, unless_disconnected
 from app.api.schemas import (
     ERRORS,
+    EXAMPLE_CLASSIFIER,
+    EXAMPLE_REVIEW,
     Usage,
     _Request,
     check_input_chars,
@@ -55,11 +57,14 @@ def explanation_slot(request: Request, model: str) -> Iterator[None]:
 
 
 class ExplainRequest(_Request):
-    inputs: str = Field(description="One text (explanations are per input).")
+    inputs: str = Field(
+        description="One text (explanations are per input).", examples=[EXAMPLE_REVIEW]
+    )
     model: str | None = Field(
         None,
-        description="Model name; defaults to the first classification model, or with "
-        "candidate_labels to the first embedding model.",
+        description="Model name; defaults to the default classification model, or with "
+        "candidate_labels to the default embedding model.",
+        examples=[EXAMPLE_CLASSIFIER],
     )
     method: ExplainMethod = Field(
         "occlusion",
@@ -67,7 +72,9 @@ class ExplainRequest(_Request):
         "sampled Shapley values over words (Kernel SHAP).",
     )
     target: str | None = Field(
-        None, description="The label to explain; default: the text's top label."
+        None,
+        description="The label to explain; default: the text's top label.",
+        examples=["positive"],
     )
     samples: int = Field(
         256, ge=1, description="shap: word subsets scored (ENCODER_MAX_EXPLAIN_SAMPLES)."
@@ -75,7 +82,9 @@ class ExplainRequest(_Request):
     seed: int = Field(0, ge=0, le=2**63 - 1, description="shap: the seed of the draw.")
     truncate: bool = Field(True, description="Cut the text to the model's max length (else 422).")
     candidate_labels: Annotated[list[str], Field(fail_fast=True)] | None = Field(
-        None, description="Zero-shot: explain one of these labels with an embedding model."
+        None,
+        description="Zero-shot: explain one of these labels with an embedding model.",
+        examples=[None],
     )
     hypothesis_template: str = Field(
         DEFAULT_HYPOTHESIS_TEMPLATE,

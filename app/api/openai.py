@@ -32,6 +32,8 @@ from app.api.handling import (
     unless_disconnected,
 )
 from app.api.schemas import (
+    EXAMPLE_EMBEDDING_MODEL,
+    EXAMPLE_TEXT,
     OPENAI_ERRORS,
     check_input_chars,
     check_input_count,
@@ -58,16 +60,18 @@ class OpenAIEmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     input: str | Texts | Ids | IdLists = Field(
-        description="A text, a list of texts, or token ids (one list, or a list of lists)."
+        description="A text, a list of texts, or token ids (one list, or a list of lists).",
+        examples=[EXAMPLE_TEXT],
     )
     model: str = Field(
         description="A served embedding model's name; another name (OpenAI's, say) maps to "
-        "its ENCODER_MODEL_ALIASES entry, else to the default embedding model."
+        "its ENCODER_MODEL_ALIASES entry, else to the default embedding model.",
+        examples=[EXAMPLE_EMBEDDING_MODEL],
     )
     encoding_format: Literal["float", "base64"] = "float"
     # Strict, as OpenAI's API: 8.0, "8" and true are not dimensions (422).
-    dimensions: StrictInt | None = Field(None, ge=1)
-    user: str | None = Field(None, description="Ignored.")
+    dimensions: StrictInt | None = Field(None, ge=1, examples=[8])
+    user: str | None = Field(None, description="Ignored.", examples=[None])
 
     @field_validator("input", mode="wrap")
     @classmethod

@@ -157,6 +157,7 @@ async def list_models(request: Request) -> ModelsResponse:
                 precision=model.precision,
                 pooling=model.pooling,
                 instances=model.instances,
+                default=model.default,
             )
             for model in engine(request).models()
         ]

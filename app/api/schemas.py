@@ -36,6 +36,13 @@ from app.engine.errors import PayloadTooLarge
 MAX_REPORTED_UNKNOWN_FIELDS = 5
 # No encoder has this many layers or heads: a longer index list necessarily repeats one.
 MAX_INDICES = 1024
+# The OpenAPI document's examples, which /docs' "Try it out" sends as they are: real values
+# the default models answer with a 200 (tests/e2e/test_docs.py runs every one). A field whose
+# example is None is sent as null, its default (the field is optional).
+EXAMPLE_TEXT = "The cat sits on the mat."
+EXAMPLE_REVIEW = "Dull plot, but wonderful acting."
+EXAMPLE_EMBEDDING_MODEL = "minilm"
+EXAMPLE_CLASSIFIER = "sentiment"
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,15 +228,22 @@ Indices = Annotated[list[int], Field(max_length=MAX_INDICES, fail_fast=True)]
 
 
 class EncodeRequest(_Request):
-    inputs: str | list[str] = Field(description="A text or a non-empty list of texts.")
+    inputs: str | list[str] = Field(
+        description="A text or a non-empty list of texts.",
+        examples=[[EXAMPLE_TEXT, "A feline rests on a rug."]],
+    )
     model: str | None = Field(
-        None, description="Model name; defaults to the first embedding model."
+        None,
+        description="Model name; defaults to the default embedding model.",
+        examples=[EXAMPLE_EMBEDDING_MODEL],
     )
     normalize: bool = Field(True, description="Scale each vector to unit length.")
     truncate: bool = Field(True, description="Cut inputs to the model's max length (else 422).")
     # Strict: 8.0, "8" and true are not dimensions.
     dimensions: StrictInt | None = Field(
-        None, description="Keep the first N dimensions (Matryoshka), then normalize."
+        None,
+        description="Keep the first N dimensions (Matryoshka), then normalize.",
+        examples=[8],
     )
 
     _check_inputs = field_validator("inputs", mode="wrap")(check_texts)
@@ -243,18 +257,26 @@ class EncodeRequest(_Request):
 
 
 class ClassifyRequest(_Request):
-    inputs: str | list[str] = Field(description="A text or a non-empty list of texts.")
+    inputs: str | list[str] = Field(
+        description="A text or a non-empty list of texts.", examples=[[EXAMPLE_REVIEW]]
+    )
     model: str | None = Field(
         None,
-        description="Model name; defaults to the first classification model, or with "
-        "candidate_labels to the first embedding model.",
+        description="Model name; defaults to the default classification model, or with "
+        "candidate_labels to the default embedding model.",
+        examples=[EXAMPLE_CLASSIFIER],
     )
-    top_k: int | None = Field(None, ge=1, description="Keep the K best labels per input.")
+    top_k: int | None = Field(
+        None, ge=1, description="Keep the K best labels per input.", examples=[2]
+    )
     raw_scores: bool = Field(False, description="Logits (or cosines) instead of probabilities.")
     multi_label: bool = Field(False, description="Score each label on its own (sigmoid).")
     truncate: bool = Field(True, description="Cut inputs to the model's max length (else 422).")
     candidate_labels: Annotated[list[str], Field(fail_fast=True)] | None = Field(
-        None, description="Zero-shot: score these labels with an embedding model."
+        None,
+        description="Zero-shot: score these labels with an embedding model (e.g. "
+        '["praise", "complaint"] with "model": "minilm").',
+        examples=[None],
     )
     hypothesis_template: str = Field(
         DEFAULT_HYPOTHESIS_TEMPLATE,
@@ -268,12 +290,20 @@ class ClassifyRequest(_Request):
 
 
 class AttentionRequest(_Request):
-    inputs: str = Field(description="One text (attention maps are per input).")
-    model: str | None = Field(
-        None, description="Model name; defaults to the first embedding model."
+    inputs: str = Field(
+        description="One text (attention maps are per input).", examples=[EXAMPLE_TEXT]
     )
-    layers: Indices | None = Field(None, description="Layer indices (0-based); default all.")
-    heads: Indices | None = Field(None, description="Head indices (0-based); default all.")
+    model: str | None = Field(
+        None,
+        description="Model name; defaults to the default embedding model.",
+        examples=[EXAMPLE_EMBEDDING_MODEL],
+    )
+    layers: Indices | None = Field(
+        None, description="Layer indices (0-based); default all.", examples=[[5]]
+    )
+    heads: Indices | None = Field(
+        None, description="Head indices (0-based); default all.", examples=[None]
+    )
     aggregate: Literal["none", "mean", "rollout"] = Field(
         "mean",
         description="none: [layer][head][i][j]; mean over heads: [layer][i][j]; "
@@ -310,8 +340,14 @@ class AttentionResponse(BaseModel):
 
 
 class TokenizeRequest(_Request):
-    inputs: str | list[str] = Field(description="A text or a non-empty list of texts.")
-    model: str | None = Field(None, description="Model name; default: first embedding model.")
+    inputs: str | list[str] = Field(
+        description="A text or a non-empty list of texts.", examples=[EXAMPLE_TEXT]
+    )
+    model: str | None = Field(
+        None,
+        description="Model name; default: the default embedding model.",
+        examples=[EXAMPLE_EMBEDDING_MODEL],
+    )
 
     _check_inputs = field_validator("inputs", mode="wrap")(check_texts)
 
@@ -365,6 +401,9 @@ class ModelInfo(BaseModel):
     precision: str
     pooling: str
     instances: int = Field(description="Backend sessions running batches side by side.")
+    default: bool = Field(
+        description="The default model of its task: what a request without `model` gets."
+    )
 
 
 class ModelsResponse(BaseModel):

@@ -36,6 +36,8 @@ from app.api.handling import (
     unless_disconnected,
 )
 from app.api.schemas import (
+    EXAMPLE_REVIEW,
+    EXAMPLE_TEXT,
     TEI_ERRORS,
     as_list,
     check_input_chars,
@@ -97,15 +99,21 @@ class _TeiRequest(BaseModel):
 
 
 class TeiEmbedRequest(_TeiRequest):
-    inputs: str | list[str] = Field(description="A text or a non-empty list of texts.")
+    inputs: str | list[str] = Field(
+        description="A text or a non-empty list of texts.", examples=[EXAMPLE_TEXT]
+    )
     normalize: bool = True
-    dimensions: StrictInt | None = Field(None, ge=1, description="Keep the first N dimensions.")
+    dimensions: StrictInt | None = Field(
+        None, ge=1, description="Keep the first N dimensions.", examples=[8]
+    )
 
     _check_inputs = field_validator("inputs", mode="wrap")(_tei_texts)
 
 
 class TeiEmbedAllRequest(_TeiRequest):
-    inputs: str | list[str] = Field(description="A text or a non-empty list of texts.")
+    inputs: str | list[str] = Field(
+        description="A text or a non-empty list of texts.", examples=[EXAMPLE_TEXT]
+    )
 
     _check_inputs = field_validator("inputs", mode="wrap")(_tei_texts)
 
@@ -114,7 +122,8 @@ class TeiPredictRequest(_TeiRequest):
     inputs: str | list[str | list[str]] = Field(
         description="A text, or a list of inputs, each a text or a sentence pair "
         '[text, text_pair] (a list of one text is that text). ["a", "b"] is two inputs; '
-        'the pair is [["a", "b"]].'
+        'the pair is [["a", "b"]].',
+        examples=[EXAMPLE_REVIEW],
     )
     raw_scores: bool = False
 
@@ -157,7 +166,8 @@ class TeiDecodeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     ids: IdList | Annotated[list[IdList], Field(fail_fast=True)] = Field(
-        description="Token ids (as POST /tokenize gives them), or a list of such lists."
+        description="Token ids (as POST /tokenize gives them), or a list of such lists.",
+        examples=[[101, 1996, 4937, 7719, 2006, 1996, 13523, 1012, 102]],
     )
     skip_special_tokens: bool = True
 
@@ -206,6 +216,10 @@ class TeiInfo(BaseModel):
     tokenization_workers: int
     version: str
     served_models: list[str]
+    default_models: dict[str, str] = Field(
+        description="The default model of each task that has one (ENCODER_DEFAULT_MODELS, "
+        'else the model marked "default" in its model.json).'
+    )
 
 
 def _served_model(request: Request) -> ModelDescription:
@@ -316,4 +330,5 @@ async def info(request: Request) -> dict[str, Any]:
         "tokenization_workers": model.tokenization_workers,
         "version": __version__,
         "served_models": [m.name for m in models],
+        "default_models": {m.task: m.name for m in models if m.default},
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import fastapi_offline
@@ -11,7 +12,7 @@ from fastapi.openapi.docs import (
     get_swagger_ui_html,
     get_swagger_ui_oauth2_redirect_html,
 )
-from starlette.responses import FileResponse, HTMLResponse
+from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 
 # The page ships inside the package (pyproject's package data), so an installed wheel serves it.
@@ -28,11 +29,32 @@ DOCS_ASSETS_URL = "/static/docs"
 # validator.swagger.io for a badge whenever the host is not localhost.
 VIEWER_POLICY = "default-src 'self'; img-src 'self' data:"
 DOCS_POLICY = "default-src 'self' data: blob: 'unsafe-inline' 'unsafe-eval'"
+# ReDoc's side menu shows Redocly's logo from its CDN (Redocly/redoc#2108; no option hides it).
+# The policy would refuse the request, but the page should not even try: the script is served
+# with that address replaced by an empty data: image, which fails to decode, so ReDoc's own
+# error handler leaves the logo out (the "API docs by Redocly" link stays).
+REDOC_SCRIPT = "redoc.standalone.js"
+REDOC_LOGO_URL = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+@functools.cache
+def offline_redoc_script() -> bytes:
+    """fastapi-offline's ReDoc bundle without its one remote address (read once)."""
+    script = (DOCS_ASSETS_DIR / REDOC_SCRIPT).read_text(encoding="utf-8")
+    return script.replace(REDOC_LOGO_URL, "data:,").encode()
 
 
 def install_viewer(app: FastAPI) -> None:
     """Mount the static assets and the page itself; neither belongs in the OpenAPI document."""
-    # The docs' assets first: a mount at /static would otherwise answer their paths too.
+
+    async def redoc_script() -> Response:
+        return Response(offline_redoc_script(), media_type="text/javascript")
+
+    # Routes and mounts match in order: ReDoc's script before the mount that holds the
+    # original, and the docs' assets before /static, which would otherwise answer them too.
+    app.add_api_route(
+        f"{DOCS_ASSETS_URL}/{REDOC_SCRIPT}", redoc_script, methods=["GET"], include_in_schema=False
+    )
     app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS_DIR), name="docs-assets")
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
@@ -79,7 +101,7 @@ def install_docs(app: FastAPI) -> None:
             get_redoc_html(
                 openapi_url=f"{root}{openapi_url}",
                 title=f"{app.title} · ReDoc",
-                redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
+                redoc_js_url=f"{root}{DOCS_ASSETS_URL}/{REDOC_SCRIPT}",
                 redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
                 with_google_fonts=False,
             )

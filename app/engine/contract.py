@@ -150,6 +150,7 @@ class ModelDescription:
     max_queue: int
     tokenization_workers: int  # threads that tokenize large requests off the event loop
     attention: bool  # has an attention graph (POST /attention)
+    default: bool = False  # the default model of its task (what a request without `model` gets)
 
 
 @dataclass(frozen=True)

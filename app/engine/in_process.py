@@ -16,7 +16,7 @@ from app.metrics import Metrics
 
 
 def describe(
-    model: ServedModel, runner: ModelRunner, tokenization_workers: int
+    model: ServedModel, runner: ModelRunner, tokenization_workers: int, *, default: bool
 ) -> ModelDescription:
     manifest, backend = model.manifest, runner.pipeline.backend
     limits = runner.batcher.limits
@@ -37,6 +37,7 @@ def describe(
         max_queue=limits.max_queue,
         tokenization_workers=tokenization_workers,
         attention=runner.attention is not None,
+        default=default,
     )
 
 
@@ -55,7 +56,10 @@ class InProcessEngine(RegistryEngine[LocalRegistry]):
             executor.shutdown(wait=False)
             raise
         descriptions = {
-            model.name: describe(model, registry.runner_of(model), workers) for model in registry
+            model.name: describe(
+                model, registry.runner_of(model), workers, default=registry.is_default(model)
+            )
+            for model in registry
         }
         return cls(registry, descriptions, executor)
 

@@ -90,6 +90,10 @@ class ModelManifest(BaseModel):
 
     name: str
     task: Task
+    # The default model of its task: what a request without `model` gets, unless
+    # ENCODER_DEFAULT_MODELS says otherwise (app/engine/models/registry.py choose_defaults).
+    # Re-exporting or rebuilding a model keeps its marker (`kept_default`).
+    default: bool = False
     source: str
     pooling: Pooling
     max_length: Count
@@ -200,6 +204,17 @@ class ModelManifest(BaseModel):
         data["batching"] = self.batching.model_dump(mode="json", exclude_none=True)  # overrides
         text = json.dumps(data, indent=2) + "\n"
         (directory / MANIFEST_FILE).write_text(text)
+
+
+def kept_default(directory: Path) -> bool:
+    """The `default` marker of the manifest a rebuild or re-export is about to replace
+    (False when there is none, or it cannot be read): the operator's choice of default
+    model survives `make models` and `encoder-serve rebuild`."""
+    try:
+        data = json.loads((directory / MANIFEST_FILE).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("default") is True
 
 
 def describe_errors(error: ValidationError) -> str:

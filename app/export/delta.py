@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from app.backends.torch import TorchBackend
-from app.engine.manifest import ModelManifest, model_name_error
+from app.engine.manifest import ModelManifest, kept_default, model_name_error
 from app.engine.models.tokenization import TextTokenizer
 from app.engine.passes.pipeline import OFFLINE_BATCH, Pipeline, open_pipeline
 from app.export.exporter import MAX_LOGIT_DIFF, TOKENIZER_FILES, export_model, is_built
@@ -213,6 +213,7 @@ def rebuild(name: str, models_dir: Path, *, skip_existing: bool = False) -> Mode
             recorded=np.asarray(record["reference_logits"], dtype=np.float32),
         )
         manifest.evaluation = record["evaluation"]
+        manifest.default = kept_default(models_dir / name)
         manifest.write(work / name)
         shutil.copytree(delta, work / name / DELTA_DIR)
         replace_directory(work / name, models_dir / name)

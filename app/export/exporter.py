@@ -13,7 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from app.backends.torch import TorchBackend, model_input_names
-from app.engine.manifest import ModelManifest, Pooling, Task, model_name_error
+from app.engine.manifest import ModelManifest, Pooling, Task, kept_default, model_name_error
 from app.engine.models.tokenization import TextTokenizer
 from app.engine.passes.pipeline import OFFLINE_BATCH, Pipeline
 from app.export.messages import say
@@ -308,6 +308,7 @@ def export_model(
         model.save_pretrained(work / TORCH_DIR)
         manifest.files = files
         manifest.parity |= parities
+        manifest.default = kept_default(models_dir / name)
         manifest.write(work)
         progress(total, total, f"writing {models_dir / name}")
         target = models_dir / name

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from app.config import available_cores
-from app.engine.manifest import MANIFEST_FILE, ModelManifest, model_name_error
+from app.engine.manifest import MANIFEST_FILE, ModelManifest, kept_default, model_name_error
 from app.engine.models.heads import ClassifierHead
 from app.engine.passes.pipeline import OFFLINE_BATCH, open_pipeline
 from app.export.evaluation import classification_scores
@@ -83,6 +83,7 @@ def _write_model(directory: Path, head: ClassifierHead, manifest: ModelManifest)
     try:
         scratch.chmod(0o755)  # readable by a server running as another user
         head.save(scratch / HEAD_FILE)
+        manifest.default = kept_default(directory)  # a --force replacement keeps the marker
         manifest.write(scratch)
         if directory.exists():
             shutil.rmtree(directory)

@@ -89,16 +89,26 @@ async function loadModels() {
   const select = $("model");
   const previous = select.value;
   select.replaceChildren(
-    ...state.models.map((model) => new Option(`${model.name} · ${model.task}`, model.name)),
+    ...state.models.map(
+      (model) =>
+        new Option(`${model.name} · ${model.task}${model.default ? " · default" : ""}`, model.name),
+    ),
   );
   if (state.models.some((model) => model.name === previous)) {
     select.value = previous;
   } else {
-    // Open on a classifier when one is served: "Classify" then works on the first click.
-    const classifier = state.models.find((model) => model.task === "classification");
+    // Open on a classifier when one is served, the default one first (as /classify picks
+    // it): "Classify" then works on the first click.
+    const classifier = preferred("classification");
     if (classifier) select.value = classifier.name;
   }
   onModelChange();
+}
+
+// The default model of a task (GET /models marks it), else the first of the task.
+function preferred(task) {
+  const ofTask = state.models.filter((model) => model.task === task);
+  return ofTask.find((model) => model.default) ?? ofTask[0] ?? null;
 }
 
 function selectedModel() {
@@ -109,7 +119,7 @@ function selectedModel() {
 function embeddingModel() {
   const model = selectedModel();
   if (model?.task === "embedding") return model;
-  return state.models.find((candidate) => candidate.task === "embedding") ?? null;
+  return preferred("embedding");
 }
 
 function onModelChange() {
@@ -584,7 +594,10 @@ function renderExplanation(text, result) {
     const chip = element("span", "explain-word", text.slice(word.start, word.stop));
     chip.dataset.testid = "explain-word";
     chip.dataset.score = String(word.score);
-    chip.style.background = diverging(word.score / limit);
+    const background = diverging(word.score / limit);
+    chip.style.background = `rgb(${background.join(", ")})`;
+    // White text on the dark chips (the strongest words), as the attention strip does.
+    chip.classList.toggle("on-dark", isDark(background));
     const sign = word.score >= 0 ? "+" : "";
     chip.title = `${word.text}: ${sign}${word.score.toFixed(4)} to ${result.target}`;
     nodes.push(chip);
@@ -607,13 +620,22 @@ function renderExplanation(text, result) {
   $("explain-legend").hidden = false;
 }
 
-// -1 (lowers the score most) .. 0 .. +1 (raises it most): blue, near white, red.
+// -1 (lowers the score most) .. 0 .. +1 (raises it most): blue, near white, red, as [r, g, b].
 function diverging(fraction) {
   const t = Math.max(-1, Math.min(1, fraction));
   const end = t < 0 ? [33, 102, 172] : [178, 24, 43];
   const mix = Math.abs(t);
-  const channel = (i) => Math.round(247 + (end[i] - 247) * mix);
-  return `rgb(${channel(0)}, ${channel(1)}, ${channel(2)})`;
+  return end.map((channel) => Math.round(247 + (channel - 247) * mix));
+}
+
+// Whether white text reads better than dark text on this colour: WCAG's relative luminance
+// below 0.18, where the contrast with white overtakes the contrast with black.
+function isDark(rgb) {
+  const linear = rgb.map((channel) => {
+    const c = channel / 255;
+    return c <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+  });
+  return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2] < 0.18;
 }
 
 // ---------------------------------------------------------------- helpers

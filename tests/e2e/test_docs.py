@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from app.api.app import create_app
 from app.config import Settings
 from tests.conftest import LiveServer
-from tests.e2e.conftest import NetworkLog, assert_stayed_local
+from tests.e2e.conftest import NetworkLog, assert_stayed_local, is_local
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
@@ -92,4 +92,61 @@ def test_redoc_renders_offline(server: LiveServer, offline_page: tuple[Any, Netw
     headings = page.locator("[data-section-id^='operation/'] h2")
     expect(headings).to_have_count(len(expected))
     assert sorted(headings.all_inner_texts()) == sorted(summary for _, _, summary in expected)
+    # The side menu is drawn (its footer once held Redocly's logo from a CDN), and the page
+    # tried no other host at all, not even a request the policy would refuse.
+    expect(page.get_by_text("API docs by Redocly")).to_be_visible()
+    page.wait_for_load_state("networkidle")
+    assert [url for url in log.requested if not is_local(url)] == []
+    assert_stayed_local(log)
+
+
+def test_redoc_script_names_no_remote_image(tmp_path: Path) -> None:
+    client = TestClient(create_app(Settings(models_dir=tmp_path)))
+    script = client.get("/static/docs/redoc.standalone.js")
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert "cdn.redoc.ly" not in script.text and "Redocly" in script.text
+
+
+def resolved(node: Any, openapi: dict[str, Any]) -> Any:
+    """`node` with every `$ref` of the document replaced by what it points at."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            name = node["$ref"].removeprefix("#/components/schemas/")
+            return resolved(openapi["components"]["schemas"][name], openapi)
+        return {key: resolved(value, openapi) for key, value in node.items()}
+    if isinstance(node, list):
+        return [resolved(item, openapi) for item in node]
+    return node
+
+
+@pytest.mark.slow
+def test_every_try_it_out_example_answers_2xx(
+    server: LiveServer, offline_page: tuple[Any, NetworkLog]
+) -> None:
+    """What "Try it out" sends for each operation, built by Swagger UI's own sample
+    generator from the schemas' examples and defaults, answers with a 2xx."""
+    page, log = offline_page
+    page.goto(f"{server.url}/docs")
+    page.locator(".opblock").first.wait_for()
+    with server.client() as client:
+        openapi = client.get("/openapi.json").json()
+        answers = {}
+        for method, path, _ in operations(openapi):
+            body = openapi["paths"][path][method].get("requestBody")
+            assert not openapi["paths"][path][method].get("parameters"), (method, path)
+            if body is None:
+                answers[f"{method} {path}"] = client.request(method, path).status_code
+                continue
+            schema = resolved(body["content"]["application/json"]["schema"], openapi)
+            sample = page.evaluate(
+                "schema => ui.fn.getSampleSchema(schema, 'application/json', {})", schema
+            )
+            response = client.request(
+                method, path, content=sample, headers={"content-type": "application/json"}
+            )
+            answers[f"{method} {path} {sample}"] = response.status_code
+            assert 200 <= response.status_code < 300, (method, path, sample, response.text)
+    assert all(200 <= status < 300 for status in answers.values()), answers
+    assert any(key.startswith("post /encode") for key in answers)
     assert_stayed_local(log)

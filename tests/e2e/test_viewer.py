@@ -60,7 +60,20 @@ def open_viewer(page: Any, server: LiveServer, models: list[dict[str, Any]]) -> 
 
 
 def first_of(models: list[dict[str, Any]], task: str) -> dict[str, Any]:
-    return next(model for model in models if model["task"] == task)
+    """The default model of `task` (the one the page opens on)."""
+    return next(model for model in models if model["task"] == task and model["default"])
+
+
+def luminance(css_color: str) -> float:
+    """WCAG relative luminance of a computed `rgb(r, g, b)` colour."""
+    channels = [int(c) / 255 for c in re.findall(r"\d+", css_color)[:3]]
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(text: str, background: str) -> float:
+    light, dark = sorted((luminance(text), luminance(background)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
 
 
 def check_bars(page: Any, labels: list[str]) -> None:
@@ -367,6 +380,31 @@ def test_long_text_truncation_strip_and_special_tokens(
 
 
 @pytest.mark.slow
+def test_attention_controls_fit_one_row_at_1280_px(
+    server: LiveServer, offline_page: tuple[Any, NetworkLog]
+) -> None:
+    from playwright.sync_api import expect
+
+    page, network = offline_page
+    page.set_viewport_size({"width": 1280, "height": 800})
+    with server.client() as client:
+        models = client.get("/models").json()["models"]
+    open_viewer(page, server, models)
+    page.click("[data-testid=attention-button]")
+    expect(page.locator(STRIP_CHIPS).first).to_be_visible()
+    hide = page.locator("label:has([data-testid=hide-special])")
+    expect(hide).to_have_text(re.compile(r"^\s*Hide \[CLS\]/\[SEP\]\s*$"))
+    # One line of text, and on the same row as the other controls (not wrapped below them).
+    assert hide.evaluate("node => node.getBoundingClientRect().height") < 1.5 * 19
+    rows = page.locator(".view-controls > *").evaluate_all(
+        "nodes => nodes.map(node => { const box = node.getBoundingClientRect();"
+        " return Math.round(box.top + box.height / 2); })"
+    )
+    assert len(rows) == 5 and max(rows) - min(rows) <= 2, rows
+    assert_stayed_local(network)
+
+
+@pytest.mark.slow
 def test_explain_colours_words_for_a_chosen_label_and_method(
     server: LiveServer, offline_page: tuple[Any, NetworkLog]
 ) -> None:
@@ -387,6 +425,15 @@ def test_explain_colours_words_for_a_chosen_label_and_method(
     shown = [words.nth(i).inner_text() for i in range(words.count())]
     assert "".join(shown) == SENTENCE.replace(" ", "")
     assert all(words.nth(i).get_attribute("style") for i in range(words.count()))
+    # Readable on every chip: white text on the dark ones (the strongest words), dark text on
+    # the light ones; WCAG AA's 4.5:1 at least.
+    chips = words.evaluate_all(
+        "nodes => nodes.map(node => [Math.abs(Number(node.dataset.score)),"
+        " getComputedStyle(node).color, getComputedStyle(node).backgroundColor])"
+    )
+    assert all(contrast(text, background) >= 4.5 for _, text, background in chips), chips
+    strongest = max(chips, key=lambda chip: chip[0])
+    assert strongest[1] == "rgb(255, 255, 255)", chips
     expect(page.locator("[data-testid=explain-legend]")).to_be_visible()
     summary = page.locator("[data-testid=explain-summary]")
     expect(summary).to_contain_text("Score of")

@@ -124,8 +124,28 @@ def test_multi_label_problem_type_defaults_to_sigmoid(client: TestClient) -> Non
         assert entry["score"] == pytest.approx(1 / (1 + np.exp(-logits[entry["label"]])), abs=1e-5)
 
 
-def test_default_classification_model_is_the_first_alphabetically(client: TestClient) -> None:
-    assert classify(client, inputs="x")["model"] == "colours"
+def test_two_unmarked_classifiers_have_no_default_and_the_answer_says_how_to_choose(
+    client: TestClient,
+) -> None:
+    # Neither is marked "default" in its model.json, nor named by ENCODER_DEFAULT_MODELS:
+    # no pick by name order (`colours` would come first).
+    response = client.post("/classify", json={"inputs": "x"})
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["type"] == "model_not_found"
+    assert "(colours, tags) and none is the default" in error["message"]
+    assert "ENCODER_DEFAULT_MODELS" in error["message"]
+
+
+def test_the_default_classifier_is_the_one_the_setting_names(
+    classifier_repo: tuple[Path, Path],
+) -> None:
+    app = create_app(Settings(models_dir=classifier_repo[1], default_models=["tags"]))
+    with TestClient(app) as client:
+        wait_ready(client.get)
+        assert classify(client, inputs="x")["model"] == "tags"
+        models = client.get("/models").json()["models"]
+    assert [(m["name"], m["default"]) for m in models] == [("tags", True), ("colours", False)]
 
 
 @pytest.mark.parametrize(

@@ -131,6 +131,7 @@ async def test_models_health_and_ready(client: Client) -> None:
     minilm = models["minilm"]
     assert (minilm.task, minilm.dimensions, minilm.max_length) == ("embedding", 384, 256)
     assert minilm.backend and minilm.device and minilm.precision and minilm.pooling == "mean"
+    assert {name for name, model in models.items() if model.default} == {"minilm", "sentiment"}
     assert await done(client.health()) is True
     assert await done(client.ready()) is True
 

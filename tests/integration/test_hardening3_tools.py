@@ -16,7 +16,7 @@ import pytest
 from app.cli import build_parser
 from app.engine.manifest import ManifestError, ModelManifest
 from app.export.labelled_data import read_labelled
-from tests.conftest import ROOT
+from tests.conftest import MODELS_DIR, ROOT
 from tests.tiny_models import build_tiny_bert
 from tests.unit.test_train_head import NEGATIVE, POSITIVE
 
@@ -223,7 +223,7 @@ def test_the_served_manifest_follows_the_same_name_rule(tmp_path: Path) -> None:
         else:
             with pytest.raises(ManifestError, match="invalid model name"):
                 ModelManifest.read(directory)
-    for manifest in (ROOT / "models").glob("*/model.json"):  # the shipped names still hold
+    for manifest in MODELS_DIR.glob("*/model.json"):  # the shipped names still hold
         assert ModelManifest.read(manifest.parent).name == manifest.parent.name
 
 

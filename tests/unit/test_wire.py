@@ -217,6 +217,10 @@ def test_a_model_description_arrives_as_one() -> None:
     decoded = wire.decode_reply(memoryview(wire.encode_reply(1, description))[9:])
     assert decoded == description and isinstance(decoded, control.Description)
     assert isinstance(decoded.models[0], ModelDescription)
+    # Which model is its task's default travels too (a worker's GET /models says it).
+    marked = control.Description([dataclasses.replace(MODEL, default=True)])
+    decoded = wire.decode_reply(memoryview(wire.encode_reply(1, marked))[9:])
+    assert isinstance(decoded, control.Description) and decoded.models[0].default is True
 
 
 MODEL = ModelDescription(

@@ -7,9 +7,11 @@ this process (`app.engine.passes.loading.LocalRegistry`). Nothing here opens a s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
@@ -25,6 +27,8 @@ from app.engine.models.heads import ClassifierHead
 from app.engine.models.served import ServedModel
 from app.engine.models.tokenization import TextTokenizer, TokenizedText, open_tokenizer
 from app.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 # A model's batch service by name (the model's, `attention_service(model)` or
 # `token_service(model)`): its runner's batchers in this process, or the engine
@@ -125,14 +129,72 @@ def load_head(directory: Path, manifest: ModelManifest, base: Encoder) -> Classi
     return head
 
 
-class ModelRegistry:
-    """The loaded models by name, and the default model of each task."""
+TASKS: tuple[Task, ...] = get_args(Task)
+DEFAULT_SETTING = "set ENCODER_DEFAULT_MODELS (e.g. classification=NAME,embedding=NAME)"
+DEFAULT_FIX = f'{DEFAULT_SETTING}, or mark one model "default": true in its model.json'
 
-    def __init__(self, models: list[ServedModel], default_order: list[str]) -> None:
+
+def choose_defaults(models: list[ServedModel], setting: list[str]) -> dict[Task, str]:
+    """The default model of each task, never by name order. Per task, in precedence:
+    ENCODER_DEFAULT_MODELS (an entry `task=name`, else its first bare name of that task);
+    the one model marked `"default": true` in its model.json; the only model of the task.
+    A task with several models and none chosen has no default (a request must name its
+    model). A setting naming a model not served, or of another task, and several models of
+    one task marked default, are start-up errors (ModelLoadError)."""
+    by_name = {model.name: model for model in models}
+    chosen: dict[Task, str] = {}
+    bare: list[str] = []
+    for entry in setting:
+        task, equals, name = entry.rpartition("=")
+        if name not in by_name:
+            raise ModelLoadError(
+                f"ENCODER_DEFAULT_MODELS names {name!r}, which is not served "
+                f"(served: {', '.join(sorted(by_name)) or 'none'})"
+            )
+        if not equals:
+            bare.append(name)
+        elif by_name[name].manifest.task != task:
+            raise ModelLoadError(
+                f"ENCODER_DEFAULT_MODELS: {name!r} serves {by_name[name].manifest.task}, not {task}"
+            )
+        else:
+            chosen.setdefault(by_name[name].manifest.task, name)
+    for name in bare:
+        chosen.setdefault(by_name[name].manifest.task, name)
+    for task in TASKS:
+        if task in chosen:
+            continue
+        of_task = sorted(name for name, model in by_name.items() if model.manifest.task == task)
+        marked = [name for name in of_task if by_name[name].manifest.default]
+        if len(marked) > 1:
+            raise ModelLoadError(
+                f"several {task} models are marked default in their model.json "
+                f"({', '.join(marked)}): keep one marked, or {DEFAULT_SETTING}"
+            )
+        if marked or len(of_task) == 1:
+            chosen[task] = (marked or of_task)[0]
+    return chosen
+
+
+class ModelRegistry:
+    """The loaded models by name, and the default model of each task (`choose_defaults`)."""
+
+    def __init__(self, models: list[ServedModel], default_models: list[str]) -> None:
         self._models = {model.name: model for model in models}
-        # Defaults: the preferred names first, then the rest alphabetically.
-        preferred = [name for name in default_order if name in self._models]
-        self._order = preferred + sorted(set(self._models) - set(preferred))
+        self.defaults = choose_defaults(models, default_models)
+        # The defaults first (embedding, then classification), then the rest by name.
+        first = [self.defaults[task] for task in TASKS if task in self.defaults]
+        self._order = first + sorted(set(self._models) - set(first))
+        for task in TASKS:
+            of_task = [name for name in self._order if self._models[name].task == task]
+            if task not in self.defaults and of_task:
+                log.warning(
+                    "no default %s model among %s: requests without a model name for this "
+                    "task are refused; %s",
+                    task,
+                    ", ".join(of_task),
+                    DEFAULT_FIX,
+                )
 
     @classmethod
     def load(
@@ -154,13 +216,22 @@ class ModelRegistry:
     def __iter__(self) -> Iterator[ServedModel]:
         return (self._models[name] for name in self._order)
 
+    def is_default(self, model: ServedModel) -> bool:
+        return self.defaults.get(model.manifest.task) == model.name
+
     def get(self, name: str | None, task: Task) -> ServedModel:
         """The named model (of any task), or the default model for `task` when no name is given."""
         if name is None:
-            for candidate in self:
-                if candidate.task == task:
-                    return candidate
-            raise ModelNotFound(f"no loaded model serves the task '{task}'")
+            default = self.defaults.get(task)
+            if default is not None:
+                return self._models[default]
+            of_task = [model.name for model in self if model.task == task]
+            if not of_task:
+                raise ModelNotFound(f"no loaded model serves the task '{task}'")
+            raise ModelNotFound(
+                f"several {task} models are served ({', '.join(of_task)}) and none is the "
+                f"default: name one in the request's model field, or {DEFAULT_FIX}"
+            )
         found = self._models.get(name)
         if found is None:
             raise ModelNotFound(f"model '{name}' is not loaded (loaded: {', '.join(self._order)})")

@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
-from app.engine.manifest import ModelManifest, model_name_error
+from app.engine.manifest import ModelManifest, kept_default, model_name_error
 from app.export.delta import classifier_from_base, export_classifier, replace_directory
 from app.export.finetune.base import lora_model, resolve_base
 from app.export.finetune.config import DataFormat, FinetuneConfig
@@ -133,6 +133,7 @@ def _finetune_encoder(job: Job) -> ModelManifest:
             directory, manifest, prepared, config, record, resolved, job.command, job.eval_data
         )
         manifest.evaluation = evaluation
+        manifest.default = kept_default(job.models_dir / job.name)  # a --force replacement
         manifest.write(directory)
         if saved is not None:
             write_delta(saved, work, directory, manifest, evaluation)
