@@ -33,14 +33,20 @@ from app.api.handling import (
 )
 from app.api.schemas import (
     OPENAI_ERRORS,
+    PROMPT_DESCRIPTION,
+    PROMPT_NAME_DESCRIPTION,
+    TruncationDirection,
     check_input_chars,
     check_input_count,
+    check_prompt,
     check_token_ids,
 )
-from app.engine.contract import ModelDescription, TokenIds
+from app.engine.contract import ModelDescription, TextOptions, TokenIds
 from app.engine.errors import ModelNotFound
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=StrictJSONRoute)
+# The same embeddings without the version prefix, where TEI and infinity serve them.
+unversioned = APIRouter(tags=["openai"], route_class=StrictJSONRoute)
 
 # Fail-fast lists: one error for a bad list, not one per item and per branch of the union.
 # Token ids are strict integers: JSON's true and false are not ids 1 and 0.
@@ -60,14 +66,27 @@ class OpenAIEmbeddingRequest(BaseModel):
     input: str | Texts | Ids | IdLists = Field(
         description="A text, a list of texts, or token ids (one list, or a list of lists)."
     )
-    model: str = Field(
+    model: str | None = Field(
+        None,
         description="A served embedding model's name; another name (OpenAI's, say) maps to "
-        "its ENCODER_MODEL_ALIASES entry, else to the default embedding model."
+        "its ENCODER_MODEL_ALIASES entry, else to the default embedding model, as does none "
+        "(TEI and infinity make it optional).",
     )
     encoding_format: Literal["float", "base64"] = "float"
     # Strict, as OpenAI's API: 8.0, "8" and true are not dimensions (422).
     dimensions: StrictInt | None = Field(None, ge=1)
     user: str | None = Field(None, description="Ignored.")
+    # Not OpenAI's: TEI's embedding options, for clients that send them (`extra_body`).
+    normalize: bool = Field(True, description="Scale each vector to unit length (not OpenAI's).")
+    prompt_name: str | None = Field(None, description=PROMPT_NAME_DESCRIPTION)
+    prompt: str | None = Field(None, description=PROMPT_DESCRIPTION)
+    truncation_direction: TruncationDirection = "right"
+    # infinity's: its /embeddings serves images and audio too; this server, text only.
+    modality: Literal["text"] = Field(
+        "text", description="infinity's field; only text is served here (else 422)."
+    )
+
+    _check_prompt = field_validator("prompt")(check_prompt)
 
     @field_validator("input", mode="wrap")
     @classmethod
@@ -131,10 +150,12 @@ def _inputs(raw: str | list[str] | list[int] | list[list[int]]) -> list[str] | T
     return TokenIds([items] if all(isinstance(item, int) for item in items) else items)
 
 
-def _served_model(request: Request, name: str) -> ModelDescription:
+def _served_model(request: Request, name: str | None) -> ModelDescription:
     """The model serving a request for `name`: the served model of that name, its alias
     (ENCODER_MODEL_ALIASES), else the default embedding model."""
     served = [model.name for model in engine(request).models()]
+    if name is None:
+        return resolve_model(request, None, "embedding")
     if name in served:
         return resolve_model(request, name, "embedding")
     target = server_state(request).settings.model_aliases.get(name)
@@ -153,12 +174,16 @@ def _as_base64(vector: np.ndarray) -> str:
     return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
 
 
+@unversioned.post("/embeddings", response_model=OpenAIEmbeddingResponse, responses=OPENAI_ERRORS)
 @router.post("/embeddings", response_model=OpenAIEmbeddingResponse, responses=OPENAI_ERRORS)
 async def create_embeddings(body: OpenAIEmbeddingRequest, request: Request) -> Response:
     """Embeddings exactly as OpenAI's API returns them."""
     model = _served_model(request, body.model)
     inputs = _inputs(body.input)
-    work = engine(request).embed(model.name, inputs, dimensions=body.dimensions)
+    text = TextOptions(body.prompt_name, body.prompt, body.truncation_direction)
+    work = engine(request).embed(
+        model.name, inputs, normalize=body.normalize, dimensions=body.dimensions, text=text
+    )
     result = await unless_disconnected(request, work)
     encode = _as_base64 if body.encoding_format == "base64" else (lambda v: v)
     return json_response(

@@ -19,9 +19,13 @@ from dataclasses import dataclass, fields
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     StrictInt,
     ValidatorFunctionWrapHandler,
     field_validator,
@@ -29,7 +33,7 @@ from pydantic import (
 )
 
 from app.config import Settings
-from app.engine.contract import DEFAULT_HYPOTHESIS_TEMPLATE, template_problem
+from app.engine.contract import DEFAULT_HYPOTHESIS_TEMPLATE, TextOptions, template_problem
 from app.engine.errors import PayloadTooLarge
 
 # More unknown fields than this in one body are reported as one error, not one each.
@@ -220,6 +224,40 @@ def check_indices(value: Any) -> Any:
 Indices = Annotated[list[int], Field(max_length=MAX_INDICES, fail_fast=True)]
 
 
+def _direction(value: Any) -> Any:
+    """TEI's spellings ("Left", "Right") as the engine's ("left", "right")."""
+    return value.lower() if value in ("Left", "Right") else value
+
+
+TruncationDirection = Annotated[
+    Literal["left", "right"],
+    BeforeValidator(_direction),
+    Field(
+        description='Which end truncation cuts: "right" keeps the start of an over-long '
+        'input, "left" its end (TEI\'s "Left" and "Right" are accepted too).'
+    ),
+]
+PROMPT_NAME_DESCRIPTION = (
+    "The name of one of the model's prompts (GET /models lists them; recorded from its "
+    "config_sentence_transformers.json at export), prepended to every input; a name the "
+    "model has no prompt of is a 422 naming those it has."
+)
+PROMPT_DESCRIPTION = (
+    "A prefix prepended to every input (instead of prompt_name), at most "
+    "ENCODER_MAX_TEMPLATE_CHARS characters."
+)
+
+
+def check_prompt(prompt: str | None) -> str | None:
+    """A prompt is copied before every input: as long as a template at most."""
+    limit = request_limits().max_template_chars
+    if prompt is not None and len(prompt) > limit:
+        raise ValueError(
+            f"has {len(prompt)} characters; the limit is {limit} (ENCODER_MAX_TEMPLATE_CHARS)"
+        )
+    return prompt
+
+
 class EncodeRequest(_Request):
     inputs: str | list[str] = Field(description="A text or a non-empty list of texts.")
     model: str | None = Field(
@@ -231,8 +269,15 @@ class EncodeRequest(_Request):
     dimensions: StrictInt | None = Field(
         None, description="Keep the first N dimensions (Matryoshka), then normalize."
     )
+    prompt_name: str | None = Field(None, description=PROMPT_NAME_DESCRIPTION)
+    prompt: str | None = Field(None, description=PROMPT_DESCRIPTION)
+    truncation_direction: TruncationDirection = "right"
 
     _check_inputs = field_validator("inputs", mode="wrap")(check_texts)
+    _check_prompt = field_validator("prompt")(check_prompt)
+
+    def text_options(self) -> TextOptions:
+        return TextOptions(self.prompt_name, self.prompt, self.truncation_direction)
 
     @field_validator("dimensions")
     @classmethod
@@ -243,7 +288,12 @@ class EncodeRequest(_Request):
 
 
 class ClassifyRequest(_Request):
-    inputs: str | list[str] = Field(description="A text or a non-empty list of texts.")
+    inputs: str | list[str] = Field(
+        description="A text or a non-empty list of texts. Sent as `input` (infinity's name), "
+        "the answer takes infinity's shape: {object, data, model, usage: {prompt_tokens, "
+        "total_tokens}}.",
+        validation_alias=AliasChoices("inputs", "input"),
+    )
     model: str | None = Field(
         None,
         description="Model name; defaults to the first classification model, or with "
@@ -253,6 +303,7 @@ class ClassifyRequest(_Request):
     raw_scores: bool = Field(False, description="Logits (or cosines) instead of probabilities.")
     multi_label: bool = Field(False, description="Score each label on its own (sigmoid).")
     truncate: bool = Field(True, description="Cut inputs to the model's max length (else 422).")
+    truncation_direction: TruncationDirection = "right"
     candidate_labels: Annotated[list[str], Field(fail_fast=True)] | None = Field(
         None, description="Zero-shot: score these labels with an embedding model."
     )
@@ -262,9 +313,23 @@ class ClassifyRequest(_Request):
         "replaced by the label (no other brace; not a format string).",
     )
 
+    # Whether the texts came as infinity's `input`: the answer is then infinity's shape.
+    _infinity: bool = PrivateAttr(False)
+
     _check_inputs = field_validator("inputs", mode="wrap")(check_texts)
     _check_labels = field_validator("candidate_labels", mode="wrap")(check_labels)
     _check_template = field_validator("hypothesis_template")(check_template)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _infinity_shape(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        request = handler(data)
+        request._infinity = isinstance(data, dict) and "input" in data
+        return request
+
+    @property
+    def infinity_shape(self) -> bool:
+        return self._infinity
 
 
 class AttentionRequest(_Request):
@@ -312,8 +377,33 @@ class AttentionResponse(BaseModel):
 class TokenizeRequest(_Request):
     inputs: str | list[str] = Field(description="A text or a non-empty list of texts.")
     model: str | None = Field(None, description="Model name; default: first embedding model.")
+    # TEI's fields: either one sent makes the answer TEI's shape (a list of token lists).
+    add_special_tokens: bool | None = Field(
+        None,
+        description="TEI's field (default true): include the special tokens; sent, the "
+        "answer is TEI's shape, a list of lists of {id, text, special, start, stop}.",
+    )
+    prompt_name: str | None = Field(
+        None,
+        description=PROMPT_NAME_DESCRIPTION + " TEI's field: sent, the answer is TEI's shape.",
+    )
 
     _check_inputs = field_validator("inputs", mode="wrap")(check_texts)
+
+    @property
+    def tei_shape(self) -> bool:
+        return self.add_special_tokens is not None or self.prompt_name is not None
+
+
+class TeiTokenOut(BaseModel):
+    """TEI's token: `text` is the input's own characters (the token itself for a special
+    token, which has no span); `start` and `stop` are UTF-8 byte offsets, as TEI's."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
 
 
 class TokenOut(BaseModel):
@@ -365,6 +455,21 @@ class ModelInfo(BaseModel):
     precision: str
     pooling: str
     instances: int = Field(description="Backend sessions running batches side by side.")
+    prompts: dict[str, str] = Field(
+        description="Its prompts by name (from config_sentence_transformers.json): what "
+        "prompt_name may name."
+    )
+
+
+class InfinityClassifyResponse(BaseModel):
+    """infinity's /classify answer, when the texts came as its `input`."""
+
+    object: Literal["classify"] = "classify"
+    data: list[list[LabelScoreOut]]
+    model: str
+    usage: dict[str, int] = Field(description="prompt_tokens and total_tokens")
+    id: str
+    created: int
 
 
 class ModelsResponse(BaseModel):

@@ -37,6 +37,7 @@ def describe(
         max_queue=limits.max_queue,
         tokenization_workers=tokenization_workers,
         attention=runner.attention is not None,
+        prompts=dict(manifest.prompts),
     )
 
 

@@ -111,6 +111,9 @@ class ModelManifest(BaseModel):
     base: str | None = None
     head: str | None = None
     evaluation: dict[str, Any] = Field(default_factory=dict)  # e.g. dev accuracy, command
+    # sentence-transformers prompts by name ({"query": "query: "}), from the source's
+    # config_sentence_transformers.json: what a request's `prompt_name` may name.
+    prompts: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
