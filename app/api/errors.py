@@ -59,7 +59,9 @@ OPENAI_PREFIX = "/v1/"
 OPENAI_PATHS = frozenset({"/embeddings"})
 # The routes of app/api/tei.py and tei_root.py: TEI's error shape,
 # {"error": "...", "error_type": "..."}. "/" is TEI's POST / (the viewer page is GET /).
-TEI_PATHS = frozenset({"/", "/embed", "/embed_all", "/predict", "/decode", "/info", "/similarity"})
+TEI_PATHS = frozenset(
+    {"/", "/invocations", "/embed", "/embed_all", "/predict", "/decode", "/info", "/similarity"}
+)
 # TEI's status for engine errors where it differs from the contract's (TEI's router maps
 # its ErrorType so: an over-long input is a `validation` error, 413; a route the served
 # model cannot answer and a failed inference are `backend` errors, 424).

@@ -86,16 +86,20 @@ class _Request(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _few_unknown_fields(cls, data: Any) -> Any:
-        """Many unknown fields are one error (pydantic would build one per field)."""
-        if isinstance(data, dict) and len(data) > len(cls.model_fields):
-            unknown = [key for key in data if key not in cls.model_fields]
-            if len(unknown) > MAX_REPORTED_UNKNOWN_FIELDS:
-                shown = ", ".join(repr(str(key)[:64]) for key in unknown[:3])
-                raise ValueError(
-                    f"{len(unknown)} unknown fields ({shown}, …); "
-                    f"accepted: {', '.join(cls.model_fields)}"
-                )
-        return data
+        return few_unknown_fields(cls, data)
+
+
+def few_unknown_fields(model: type[BaseModel], data: Any) -> Any:
+    """Many unknown fields are one error (pydantic would build one per field)."""
+    if isinstance(data, dict) and len(data) > len(model.model_fields):
+        unknown = [key for key in data if key not in model.model_fields]
+        if len(unknown) > MAX_REPORTED_UNKNOWN_FIELDS:
+            shown = ", ".join(repr(str(key)[:64]) for key in unknown[:3])
+            raise ValueError(
+                f"{len(unknown)} unknown fields ({shown}, …); "
+                f"accepted: {', '.join(model.model_fields)}"
+            )
+    return data
 
 
 def quoted(items: list[str], limit: int = 5) -> str:

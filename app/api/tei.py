@@ -46,6 +46,7 @@ from app.api.schemas import (
     check_prompt,
     check_texts,
     check_token_ids,
+    few_unknown_fields,
 )
 from app.engine.contract import ClassifyOptions, ModelDescription, TextInput, TextOptions
 from app.engine.errors import InputTooLong, InvalidInput
@@ -92,11 +93,11 @@ class _TeiRequest(BaseModel):
         """Options in `parameters` (Hugging Face's clients put them there) count as if sent
         at the top level (which wins); one this route does not know is refused."""
         if not isinstance(data, dict) or "parameters" not in data:
-            return data
+            return few_unknown_fields(cls, data)
         data = dict(data)
         parameters = data.pop("parameters")
         if parameters is None:
-            return data
+            return few_unknown_fields(cls, data)
         if not isinstance(parameters, dict):
             raise ValueError("parameters must be an object of this route's options")
         unknown = [key for key in parameters if key not in cls.model_fields or key == "inputs"]
@@ -106,7 +107,7 @@ class _TeiRequest(BaseModel):
             raise ValueError(
                 f"parameters holds {shown}, not an option of this route (its options: {options})"
             )
-        return {**parameters, **data}
+        return few_unknown_fields(cls, {**parameters, **data})
 
 
 class TeiEmbedAllRequest(_TeiRequest):

@@ -1,6 +1,7 @@
-"""TEI's task routes: `POST /`, which answers what the served model does (TEI's router
-mounts /embed there for an embedding model, /predict for a classifier; Hugging Face's
-`InferenceClient("http://host:port")` posts there), and `POST /similarity`.
+"""TEI's task routes: `POST /` (and SageMaker's `POST /invocations`), which answer what
+the served model does (TEI's router mounts /embed there for an embedding model, /predict
+for a classifier; Hugging Face's `InferenceClient("http://host:port")` posts there), and
+`POST /similarity`.
 
 Here several models are served: `POST /` answers as the model `GET /info` describes (the
 default embedding model, else the first). A body whose `inputs` is an object
@@ -129,6 +130,15 @@ ROOT_BODY = {
 }
 
 
+@router.post(
+    "/invocations",
+    response_model=list[list[float]]
+    | list[tei.TeiLabelScore]
+    | list[list[tei.TeiLabelScore]]
+    | list[float],
+    responses=TEI_ERRORS,
+    openapi_extra={"requestBody": ROOT_BODY},
+)
 @router.post(
     "/",
     response_model=list[list[float]]

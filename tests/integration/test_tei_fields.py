@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -112,7 +113,9 @@ def test_prompt_name_prepends_the_models_prompt_on_every_embedding_route(
 def test_an_unknown_prompt_name_is_a_422_naming_the_models_prompts(client: TestClient) -> None:
     message = refused(client, "/encode", {"inputs": TEXT, "model": "e5", "prompt_name": "qury"})
     assert "'qury'" in message and "'query', 'passage'" in message
-    message = refused(client, "/encode", {"inputs": TEXT, "model": "minilm", "prompt_name": "query"})
+    message = refused(
+        client, "/encode", {"inputs": TEXT, "model": "minilm", "prompt_name": "query"}
+    )
     assert "has none" in message
     # TEI's route, TEI's shape; and a prompt both named and given is ambiguous.
     assert "'query', 'passage'" in refused(client, "/embed", {"inputs": TEXT, "prompt_name": "x"})
@@ -259,10 +262,14 @@ def test_tei_routes_refuse_fields_and_parameters_they_do_not_know(client: TestCl
 
 @pytest.fixture(scope="module")
 def live(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = start_server(
-        tmp_path_factory.mktemp("tei-live"),
-        {"ENCODER_MODELS_DIR": str(repo), "ENCODER_DEFAULT_MODELS": "e5,sentiment"},
-    )
+    """Two front-end workers: the fields are applied where texts are tokenized (the
+    workers), the prompts reach them in the engine process's model descriptions."""
+    env = {
+        "ENCODER_MODELS_DIR": str(repo),
+        "ENCODER_DEFAULT_MODELS": "e5,sentiment",
+        "ENCODER_WORKERS": "2",
+    }
+    server = start_server(tmp_path_factory.mktemp("tei-live"), env)
     yield server
     server.stop()
 
@@ -277,6 +284,8 @@ def test_inference_client_at_the_base_url(live: LiveServer, client: TestClient) 
     np.testing.assert_allclose(raw, vectors(client, TEXT, normalize=False), atol=1e-5)
     similar = hub.sentence_similarity("The cat sits.", other_sentences=["A cat sits.", "Taxes."])
     assert len(similar) == 2 and similar[0] > similar[1]
+    models = httpx.get(f"{live.url}/models", timeout=10).json()["models"]
+    assert {m["name"]: m["prompts"] for m in models}["e5"] == PROMPTS
 
 
 def test_inference_client_classifies_at_the_base_url_of_a_classifier(
