@@ -155,7 +155,12 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
         return error_response(
             400, "malformed_json", "the request body is not valid JSON", path=request.url.path
         )
-    if any(problem.get("type") == "model_attributes_type" for problem in problems):
+    if any(
+        problem.get("type") == "model_attributes_type"
+        # A route whose body is any object (TEI's POST /), given something else.
+        or (problem.get("type") == "dict_type" and tuple(problem.get("loc", ())) == ("body",))
+        for problem in problems
+    ):
         return error_response(
             400, "bad_request", "the request body must be a JSON object", path=request.url.path
         )

@@ -100,7 +100,7 @@ class _TeiRequest(BaseModel):
             return few_unknown_fields(cls, data)
         if not isinstance(parameters, dict):
             raise ValueError("parameters must be an object of this route's options")
-        unknown = [key for key in parameters if key not in cls.model_fields or key == "inputs"]
+        unknown = [key for key in parameters if key not in cls.model_fields]
         if unknown:
             shown = ", ".join(repr(str(key)[:64]) for key in unknown[:5])
             options = ", ".join(key for key in cls.model_fields if key != "inputs")

@@ -72,7 +72,7 @@ def ok(client: TestClient, path: str, body: dict[str, Any]) -> Any:
     return response.json()
 
 
-def refused(client: TestClient, path: str, body: dict[str, Any], status: int = 422) -> str:
+def refused(client: TestClient, path: str, body: Any, status: int = 422) -> str:
     response = client.post(path, json=body)
     assert response.status_code == status, response.text
     return error_message(response.json(), path)
@@ -207,6 +207,7 @@ def test_post_root_embeds_with_the_served_embedding_model(client: TestClient) ->
     np.testing.assert_allclose(root, vectors(client, f"query: {TEXT}"), atol=1e-6)
     assert "tokenizer" not in refused(client, "/", {"inputs": []}, 400)  # TEI's `empty`
     assert client.post("/", json={"inputs": []}).json()["error_type"] == "empty"
+    assert "JSON object" in refused(client, "/", [TEXT], 400)
     assert client.get("/").headers["content-type"].startswith("text/html")  # the viewer stays
 
 
