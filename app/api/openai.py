@@ -20,6 +20,7 @@ from pydantic import (
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
+    model_validator,
 )
 from starlette.responses import Response
 
@@ -40,6 +41,7 @@ from app.api.schemas import (
     check_input_count,
     check_prompt,
     check_token_ids,
+    few_unknown_fields,
 )
 from app.engine.contract import ModelDescription, TextOptions, TokenIds
 from app.engine.errors import ModelNotFound
@@ -60,8 +62,9 @@ INPUT_SHAPE = (
 
 
 class OpenAIEmbeddingRequest(BaseModel):
-    # OpenAI's clients may send fields this server does not use; accept and ignore them.
-    model_config = ConfigDict(extra="ignore")
+    # OpenAI's API refuses a parameter it does not know, and so does this route: a field
+    # ignored would answer 200 with vectors the client did not ask for (`input_type`, say).
+    model_config = ConfigDict(extra="forbid")
 
     input: str | Texts | Ids | IdLists = Field(
         description="A text, a list of texts, or token ids (one list, or a list of lists)."
@@ -87,6 +90,11 @@ class OpenAIEmbeddingRequest(BaseModel):
     )
 
     _check_prompt = field_validator("prompt")(check_prompt)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _few_unknown_fields(cls, data: Any) -> Any:
+        return few_unknown_fields(cls, data)
 
     @field_validator("input", mode="wrap")
     @classmethod

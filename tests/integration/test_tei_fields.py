@@ -256,6 +256,9 @@ def test_tei_routes_refuse_fields_and_parameters_they_do_not_know(client: TestCl
     np.testing.assert_allclose(prompted, vectors(client, f"query: {TEXT}"), atol=1e-6)
     top = ok(client, "/predict", {"inputs": "Great.", "parameters": {"top_k": 1}})
     assert len(top) == 1
+    # OpenAI's route refuses what OpenAI's API refuses: a parameter it does not know.
+    message = refused(client, "/v1/embeddings", {"input": TEXT, "input_type": "query"})
+    assert "input_type is not a field" in message
 
 
 # -- Hugging Face's InferenceClient at the base URL (real HTTP) ----------------------------
