@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -56,17 +57,23 @@ class TextTokenizer:
         self._tokenizer = Tokenizer.from_file(str(path))
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length)
-        # Truncation from the left (TEI's `truncation_direction: "Left"`) keeps the end of a
-        # text: a second instance, since truncation is the tokenizer's state and threads
-        # share these.
-        self._left = Tokenizer.from_file(str(path))
-        self._left.no_padding()
-        self._left.enable_truncation(max_length, direction="left")
+        self._path = path
         # The same tokenizer without truncation or special tokens, to find where to cut.
         self._measure = Tokenizer.from_file(str(path))
         self._measure.no_padding()
         self._measure.no_truncation()
         self.encodes_pairs = encodes_pairs(json.loads(path.read_text()).get("post_processor"))
+
+    @functools.cached_property
+    def _left(self) -> Tokenizer:
+        """The tokenizer truncating from the left (TEI's `truncation_direction: "Left"`),
+        which keeps the end of a text: another instance, since truncation is a tokenizer's
+        state and threads share them; built on first use, as it costs memory (6.6 MiB for
+        minilm's) that most deployments never need."""
+        left = Tokenizer.from_file(str(self._path))
+        left.no_padding()
+        left.enable_truncation(self.max_length, direction="left")
+        return left
 
     @property
     def vocab_size(self) -> int:
