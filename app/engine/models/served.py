@@ -124,7 +124,9 @@ class ServedModel:
                 else "it has none (its config_sentence_transformers.json named no prompts "
                 "when it was exported); send the prefix itself as prompt"
             )
-            raise InvalidInput(f"prompt_name {name[:64]!r} is not a prompt of model '{self.name}': {known}")
+            raise InvalidInput(
+                f"prompt_name {name[:64]!r} is not a prompt of model '{self.name}': {known}"
+            )
         return prompts[name]
 
     def _prompted(self, texts: Sequence[str], options: TextOptions) -> Sequence[str]:
