@@ -201,6 +201,8 @@ class ModelManifest(BaseModel):
     def write(self, directory: Path) -> None:
         data = self.model_dump(mode="json")
         data["batching"] = self.batching.model_dump(mode="json", exclude_none=True)  # overrides
+        if not self.prompts:
+            del data["prompts"]  # most models have none: their manifests stay as they were
         text = json.dumps(data, indent=2) + "\n"
         (directory / MANIFEST_FILE).write_text(text)
 
