@@ -291,6 +291,10 @@ class EncodeRequest(_Request):
         return value
 
 
+# What infinity's clients send as `model` when none was chosen.
+INFINITY_NO_MODEL = "default/not-specified"
+
+
 class ClassifyRequest(_Request):
     inputs: str | list[str] = Field(
         description="A text or a non-empty list of texts. Sent as `input` (infinity's name), "
@@ -329,6 +333,8 @@ class ClassifyRequest(_Request):
     def _infinity_shape(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
         request = handler(data)
         request._infinity = isinstance(data, dict) and "input" in data
+        if request._infinity and request.model == INFINITY_NO_MODEL:
+            request.model = None  # infinity's clients send its default: this server's default
         return request
 
     @property

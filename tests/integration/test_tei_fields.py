@@ -240,6 +240,8 @@ def test_infinity_embeddings_and_classify_input(client: TestClient) -> None:
     assert answer["usage"]["prompt_tokens"] == answer["usage"]["total_tokens"] > 0
     ours = ok(client, "/classify", {"inputs": ["I loved it.", "Awful."], "model": "sentiment"})
     assert answer["data"] == ours["results"]
+    unnamed = {"input": ["I loved it."], "model": "default/not-specified"}  # infinity's default
+    assert ok(client, "/classify", unnamed)["model"] == "sentiment"
     both = {"input": ["a"], "inputs": ["a"]}
     assert "input" in refused(client, "/classify", both)
 
