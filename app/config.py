@@ -218,7 +218,9 @@ class Settings(BaseSettings):
     # about the default model's whole max length, so a longer one could never leave room
     # for the label. It also bounds the template stored in each label-cache key.
     max_template_chars: int = Field(
-        1024, ge=2, description="Characters of a zero-shot hypothesis_template before 422."
+        1024,
+        ge=2,
+        description="Characters of a zero-shot hypothesis_template, or a prompt, before 422.",
     )
     # Per embedding model. At 384 dimensions an entry (the template and label strings plus
     # a 1.5 KB float32 vector) takes ~2 KB, so 32 MiB keeps ~16,000 (template, label)

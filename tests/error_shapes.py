@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.api.errors import OPENAI_PREFIX, TEI_PATHS
+from app.api.errors import OPENAI_PATHS, OPENAI_PREFIX, TEI_PATHS
 
 CONTRACT_ERROR = {"type", "message"}
 OPENAI_ERROR = {"message", "type", "param", "code"}
@@ -21,7 +21,8 @@ def error_message(body: Any, path: str) -> str:
         message = body["error"]
     else:
         assert set(body) == {"error"}, body
-        shape = OPENAI_ERROR if path.startswith(OPENAI_PREFIX) else CONTRACT_ERROR
+        openai = path.startswith(OPENAI_PREFIX) or path in OPENAI_PATHS
+        shape = OPENAI_ERROR if openai else CONTRACT_ERROR
         assert set(body["error"]) == shape, body
         message = body["error"]["message"]
     assert isinstance(message, str) and message, body

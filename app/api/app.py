@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
-from app.api import explain, openai, routes, tei
+from app.api import explain, openai, routes, tei, tei_root
 from app.api.errors import install_error_handlers
 from app.api.guard import RequestGuardMiddleware
 from app.api.lifecycle import ServerState
@@ -83,7 +83,9 @@ def create_app(
     app.include_router(routes.router)
     app.include_router(explain.router)
     app.include_router(openai.router)
+    app.include_router(openai.unversioned)
     app.include_router(tei.router)
+    app.include_router(tei_root.router)
     install_viewer(app)
     install_docs(app)
     return app

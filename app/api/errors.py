@@ -55,8 +55,13 @@ class RequestRejected(HTTPException):
 
 
 OPENAI_PREFIX = "/v1/"
-# The routes of app/api/tei.py: TEI's error shape, {"error": "...", "error_type": "..."}.
-TEI_PATHS = frozenset({"/embed", "/embed_all", "/predict", "/decode", "/info"})
+# OpenAI's embeddings without the version prefix (TEI's and infinity's path): its shape too.
+OPENAI_PATHS = frozenset({"/embeddings"})
+# The routes of app/api/tei.py and tei_root.py: TEI's error shape,
+# {"error": "...", "error_type": "..."}. "/" is TEI's POST / (the viewer page is GET /).
+TEI_PATHS = frozenset(
+    {"/", "/invocations", "/embed", "/embed_all", "/predict", "/decode", "/info", "/similarity"}
+)
 # TEI's status for engine errors where it differs from the contract's (TEI's router maps
 # its ErrorType so: an over-long input is a `validation` error, 413; a route the served
 # model cannot answer and a failed inference are `backend` errors, 424).
@@ -96,7 +101,7 @@ def _writable(text: str) -> str:
 def error_body(status: int, kind: str, message: str, path: str = "") -> bytes:
     # Messages may quote what a client sent; whatever it was, the answer must be writable.
     message = _writable(message)
-    if path.startswith(OPENAI_PREFIX):
+    if path.startswith(OPENAI_PREFIX) or path in OPENAI_PATHS:
         error = {"message": message, "type": _openai_type(status), "param": None, "code": kind}
         return orjson.dumps({"error": error})
     if path in TEI_PATHS:
@@ -150,7 +155,12 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
         return error_response(
             400, "malformed_json", "the request body is not valid JSON", path=request.url.path
         )
-    if any(problem.get("type") == "model_attributes_type" for problem in problems):
+    if any(
+        problem.get("type") == "model_attributes_type"
+        # A route whose body is any object (TEI's POST /), given something else.
+        or (problem.get("type") == "dict_type" and tuple(problem.get("loc", ())) == ("body",))
+        for problem in problems
+    ):
         return error_response(
             400, "bad_request", "the request body must be a JSON object", path=request.url.path
         )

@@ -20,6 +20,7 @@ from pydantic import (
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
+    model_validator,
 )
 from starlette.responses import Response
 
@@ -35,14 +36,21 @@ from app.api.schemas import (
     EXAMPLE_EMBEDDING_MODEL,
     EXAMPLE_TEXT,
     OPENAI_ERRORS,
+    PROMPT_DESCRIPTION,
+    PROMPT_NAME_DESCRIPTION,
+    TruncationDirection,
     check_input_chars,
     check_input_count,
+    check_prompt,
     check_token_ids,
+    few_unknown_fields,
 )
-from app.engine.contract import ModelDescription, TokenIds
+from app.engine.contract import ModelDescription, TextOptions, TokenIds
 from app.engine.errors import ModelNotFound
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=StrictJSONRoute)
+# The same embeddings without the version prefix, where TEI and infinity serve them.
+unversioned = APIRouter(tags=["openai"], route_class=StrictJSONRoute)
 
 # Fail-fast lists: one error for a bad list, not one per item and per branch of the union.
 # Token ids are strict integers: JSON's true and false are not ids 1 and 0.
@@ -56,22 +64,41 @@ INPUT_SHAPE = (
 
 
 class OpenAIEmbeddingRequest(BaseModel):
-    # OpenAI's clients may send fields this server does not use; accept and ignore them.
-    model_config = ConfigDict(extra="ignore")
+    # OpenAI's API refuses a parameter it does not know, and so does this route: a field
+    # ignored would answer 200 with vectors the client did not ask for (`input_type`, say).
+    model_config = ConfigDict(extra="forbid")
 
     input: str | Texts | Ids | IdLists = Field(
         description="A text, a list of texts, or token ids (one list, or a list of lists).",
         examples=[EXAMPLE_TEXT],
     )
-    model: str = Field(
+    model: str | None = Field(
+        None,
         description="A served embedding model's name; another name (OpenAI's, say) maps to "
-        "its ENCODER_MODEL_ALIASES entry, else to the default embedding model.",
+        "its ENCODER_MODEL_ALIASES entry, else to the default embedding model, as does none "
+        "(TEI and infinity make it optional).",
         examples=[EXAMPLE_EMBEDDING_MODEL],
     )
     encoding_format: Literal["float", "base64"] = "float"
     # Strict, as OpenAI's API: 8.0, "8" and true are not dimensions (422).
     dimensions: StrictInt | None = Field(None, ge=1, examples=[8])
     user: str | None = Field(None, description="Ignored.", examples=[None])
+    # Not OpenAI's: TEI's embedding options, for clients that send them (`extra_body`).
+    normalize: bool = Field(True, description="Scale each vector to unit length (not OpenAI's).")
+    prompt_name: str | None = Field(None, description=PROMPT_NAME_DESCRIPTION, examples=[None])
+    prompt: str | None = Field(None, description=PROMPT_DESCRIPTION, examples=[None])
+    truncation_direction: TruncationDirection = "right"
+    # infinity's: its /embeddings serves images and audio too; this server, text only.
+    modality: Literal["text"] = Field(
+        "text", description="infinity's field; only text is served here (else 422)."
+    )
+
+    _check_prompt = field_validator("prompt")(check_prompt)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _few_unknown_fields(cls, data: Any) -> Any:
+        return few_unknown_fields(cls, data)
 
     @field_validator("input", mode="wrap")
     @classmethod
@@ -135,10 +162,12 @@ def _inputs(raw: str | list[str] | list[int] | list[list[int]]) -> list[str] | T
     return TokenIds([items] if all(isinstance(item, int) for item in items) else items)
 
 
-def _served_model(request: Request, name: str) -> ModelDescription:
+def _served_model(request: Request, name: str | None) -> ModelDescription:
     """The model serving a request for `name`: the served model of that name, its alias
     (ENCODER_MODEL_ALIASES), else the default embedding model."""
     served = [model.name for model in engine(request).models()]
+    if name is None:
+        return resolve_model(request, None, "embedding")
     if name in served:
         return resolve_model(request, name, "embedding")
     target = server_state(request).settings.model_aliases.get(name)
@@ -157,12 +186,16 @@ def _as_base64(vector: np.ndarray) -> str:
     return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
 
 
+@unversioned.post("/embeddings", response_model=OpenAIEmbeddingResponse, responses=OPENAI_ERRORS)
 @router.post("/embeddings", response_model=OpenAIEmbeddingResponse, responses=OPENAI_ERRORS)
 async def create_embeddings(body: OpenAIEmbeddingRequest, request: Request) -> Response:
     """Embeddings exactly as OpenAI's API returns them."""
     model = _served_model(request, body.model)
     inputs = _inputs(body.input)
-    work = engine(request).embed(model.name, inputs, dimensions=body.dimensions)
+    text = TextOptions(body.prompt_name, body.prompt, body.truncation_direction)
+    work = engine(request).embed(
+        model.name, inputs, normalize=body.normalize, dimensions=body.dimensions, text=text
+    )
     result = await unless_disconnected(request, work)
     encode = _as_base64 if body.encoding_format == "base64" else (lambda v: v)
     return json_response(

@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from app.api.bodies import StrictJSONRoute
+from app.api.compat_answers import infinity_classification, tei_tokens
 from app.api.errors import error_response
 from app.api.handling import (
     engine,
@@ -24,9 +25,11 @@ from app.api.schemas import (
     EncodeRequest,
     EncodeResponse,
     ErrorResponse,
+    InfinityClassifyResponse,
     ModelInfo,
     ModelsResponse,
     StatusResponse,
+    TeiTokenOut,
     TokenizeRequest,
     TokenizeResponse,
     as_list,
@@ -47,6 +50,7 @@ async def encode(body: EncodeRequest, request: Request) -> Response:
         normalize=body.normalize,
         truncate=body.truncate,
         dimensions=body.dimensions,
+        text=body.text_options(),
     )
     result = await unless_disconnected(request, work)
     return json_response(
@@ -59,12 +63,19 @@ async def encode(body: EncodeRequest, request: Request) -> Response:
     )
 
 
-@router.post("/classify", response_model=ClassifyResponse, responses=ERRORS, tags=["inference"])
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse | InfinityClassifyResponse,
+    responses=ERRORS,
+    tags=["inference"],
+)
 async def classify(body: ClassifyRequest, request: Request) -> Response:
     """Label scores per input, highest first: a classifier's labels, or zero-shot candidates."""
     texts = as_list(body.inputs)
     labels = body.candidate_labels
-    options = ClassifyOptions(body.truncate, body.top_k, body.raw_scores, body.multi_label)
+    options = ClassifyOptions(
+        body.truncate, body.top_k, body.raw_scores, body.multi_label, body.truncation_direction
+    )
     if labels is None:
         model = resolve_model(request, body.model, "classification")
         work = engine(request).classify(model.name, texts, options)
@@ -74,14 +85,11 @@ async def classify(body: ClassifyRequest, request: Request) -> Response:
         template = body.hypothesis_template
         work = engine(request).zero_shot(model.name, texts, labels, template, options)
     result = await unless_disconnected(request, work)
+    results = [[{"label": s.label, "score": s.score} for s in scores] for scores in result.results]
+    if body.infinity_shape:
+        return json_response(infinity_classification(model.name, results, result.tokens))
     return json_response(
-        {
-            "model": model.name,
-            "results": [
-                [{"label": s.label, "score": s.score} for s in scores] for scores in result.results
-            ],
-            "usage": {"tokens": result.tokens},
-        }
+        {"model": model.name, "results": results, "usage": {"tokens": result.tokens}}
     )
 
 
@@ -114,12 +122,27 @@ async def attention(body: AttentionRequest, request: Request) -> Response:
     )
 
 
-@router.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS, tags=["inference"])
+@router.post(
+    "/tokenize",
+    response_model=TokenizeResponse | list[list[TeiTokenOut]],
+    responses=ERRORS,
+    tags=["inference"],
+)
 async def tokenize(body: TokenizeRequest, request: Request) -> Response:
-    """The model's tokens of each input, with character spans; special tokens marked."""
+    """The model's tokens of each input, with character spans; special tokens marked. With
+    TEI's fields (`add_special_tokens`, `prompt_name`), TEI's answer: a list of token lists."""
     texts = as_list(body.inputs)
     model = resolve_model(request, body.model, "embedding")
-    result = await unless_disconnected(request, engine(request).tokenize(model.name, texts))
+    work = engine(request).tokenize(
+        model.name,
+        texts,
+        prompt_name=body.prompt_name,
+        add_special_tokens=body.add_special_tokens is not False,
+    )
+    result = await unless_disconnected(request, work)
+    if body.tei_shape:
+        prompt = "" if body.prompt_name is None else model.prompts[body.prompt_name]
+        return json_response(tei_tokens(texts, prompt, result.tokens))
     return json_response(
         {
             "model": model.name,
@@ -158,6 +181,7 @@ async def list_models(request: Request) -> ModelsResponse:
                 pooling=model.pooling,
                 instances=model.instances,
                 default=model.default,
+                prompts=model.prompts,
             )
             for model in engine(request).models()
         ]

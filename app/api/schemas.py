@@ -19,9 +19,13 @@ from dataclasses import dataclass, fields
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     StrictInt,
     ValidatorFunctionWrapHandler,
     field_validator,
@@ -29,7 +33,7 @@ from pydantic import (
 )
 
 from app.config import Settings
-from app.engine.contract import DEFAULT_HYPOTHESIS_TEMPLATE, template_problem
+from app.engine.contract import DEFAULT_HYPOTHESIS_TEMPLATE, TextOptions, template_problem
 from app.engine.errors import PayloadTooLarge
 
 # More unknown fields than this in one body are reported as one error, not one each.
@@ -89,16 +93,20 @@ class _Request(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _few_unknown_fields(cls, data: Any) -> Any:
-        """Many unknown fields are one error (pydantic would build one per field)."""
-        if isinstance(data, dict) and len(data) > len(cls.model_fields):
-            unknown = [key for key in data if key not in cls.model_fields]
-            if len(unknown) > MAX_REPORTED_UNKNOWN_FIELDS:
-                shown = ", ".join(repr(str(key)[:64]) for key in unknown[:3])
-                raise ValueError(
-                    f"{len(unknown)} unknown fields ({shown}, …); "
-                    f"accepted: {', '.join(cls.model_fields)}"
-                )
-        return data
+        return few_unknown_fields(cls, data)
+
+
+def few_unknown_fields(model: type[BaseModel], data: Any) -> Any:
+    """Many unknown fields are one error (pydantic would build one per field)."""
+    if isinstance(data, dict) and len(data) > len(model.model_fields):
+        unknown = [key for key in data if key not in model.model_fields]
+        if len(unknown) > MAX_REPORTED_UNKNOWN_FIELDS:
+            shown = ", ".join(repr(str(key)[:64]) for key in unknown[:3])
+            raise ValueError(
+                f"{len(unknown)} unknown fields ({shown}, …); "
+                f"accepted: {', '.join(model.model_fields)}"
+            )
+    return data
 
 
 def quoted(items: list[str], limit: int = 5) -> str:
@@ -227,6 +235,40 @@ def check_indices(value: Any) -> Any:
 Indices = Annotated[list[int], Field(max_length=MAX_INDICES, fail_fast=True)]
 
 
+def _direction(value: Any) -> Any:
+    """TEI's spellings ("Left", "Right") as the engine's ("left", "right")."""
+    return value.lower() if value in ("Left", "Right") else value
+
+
+TruncationDirection = Annotated[
+    Literal["left", "right"],
+    BeforeValidator(_direction),
+    Field(
+        description='Which end truncation cuts: "right" keeps the start of an over-long '
+        'input, "left" its end (TEI\'s "Left" and "Right" are accepted too).'
+    ),
+]
+PROMPT_NAME_DESCRIPTION = (
+    "The name of one of the model's prompts (GET /models lists them; recorded from its "
+    "config_sentence_transformers.json at export), prepended to every input; a name the "
+    "model has no prompt of is a 422 naming those it has."
+)
+PROMPT_DESCRIPTION = (
+    "A prefix prepended to every input (instead of prompt_name), at most "
+    "ENCODER_MAX_TEMPLATE_CHARS characters."
+)
+
+
+def check_prompt(prompt: str | None) -> str | None:
+    """A prompt is copied before every input: as long as a template at most."""
+    limit = request_limits().max_template_chars
+    if prompt is not None and len(prompt) > limit:
+        raise ValueError(
+            f"has {len(prompt)} characters; the limit is {limit} (ENCODER_MAX_TEMPLATE_CHARS)"
+        )
+    return prompt
+
+
 class EncodeRequest(_Request):
     inputs: str | list[str] = Field(
         description="A text or a non-empty list of texts.",
@@ -245,8 +287,15 @@ class EncodeRequest(_Request):
         description="Keep the first N dimensions (Matryoshka), then normalize.",
         examples=[8],
     )
+    prompt_name: str | None = Field(None, description=PROMPT_NAME_DESCRIPTION)
+    prompt: str | None = Field(None, description=PROMPT_DESCRIPTION)
+    truncation_direction: TruncationDirection = "right"
 
     _check_inputs = field_validator("inputs", mode="wrap")(check_texts)
+    _check_prompt = field_validator("prompt")(check_prompt)
+
+    def text_options(self) -> TextOptions:
+        return TextOptions(self.prompt_name, self.prompt, self.truncation_direction)
 
     @field_validator("dimensions")
     @classmethod
@@ -256,9 +305,17 @@ class EncodeRequest(_Request):
         return value
 
 
+# What infinity's clients send as `model` when none was chosen.
+INFINITY_NO_MODEL = "default/not-specified"
+
+
 class ClassifyRequest(_Request):
     inputs: str | list[str] = Field(
-        description="A text or a non-empty list of texts.", examples=[[EXAMPLE_REVIEW]]
+        description="A text or a non-empty list of texts. Sent as `input` (infinity's name), "
+        "the answer takes infinity's shape: {object, data, model, usage: {prompt_tokens, "
+        "total_tokens}}.",
+        validation_alias=AliasChoices("inputs", "input"),
+        examples=[[EXAMPLE_REVIEW]],
     )
     model: str | None = Field(
         None,
@@ -272,6 +329,7 @@ class ClassifyRequest(_Request):
     raw_scores: bool = Field(False, description="Logits (or cosines) instead of probabilities.")
     multi_label: bool = Field(False, description="Score each label on its own (sigmoid).")
     truncate: bool = Field(True, description="Cut inputs to the model's max length (else 422).")
+    truncation_direction: TruncationDirection = "right"
     candidate_labels: Annotated[list[str], Field(fail_fast=True)] | None = Field(
         None,
         description="Zero-shot: score these labels with an embedding model (e.g. "
@@ -284,9 +342,25 @@ class ClassifyRequest(_Request):
         "replaced by the label (no other brace; not a format string).",
     )
 
+    # Whether the texts came as infinity's `input`: the answer is then infinity's shape.
+    _infinity: bool = PrivateAttr(False)
+
     _check_inputs = field_validator("inputs", mode="wrap")(check_texts)
     _check_labels = field_validator("candidate_labels", mode="wrap")(check_labels)
     _check_template = field_validator("hypothesis_template")(check_template)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _infinity_shape(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        request = handler(data)
+        request._infinity = isinstance(data, dict) and "input" in data
+        if request._infinity and request.model == INFINITY_NO_MODEL:
+            request.model = None  # infinity's clients send its default: this server's default
+        return request
+
+    @property
+    def infinity_shape(self) -> bool:
+        return self._infinity
 
 
 class AttentionRequest(_Request):
@@ -348,8 +422,35 @@ class TokenizeRequest(_Request):
         description="Model name; default: the default embedding model.",
         examples=[EXAMPLE_EMBEDDING_MODEL],
     )
+    # TEI's fields: either one sent makes the answer TEI's shape (a list of token lists).
+    add_special_tokens: bool | None = Field(
+        None,
+        description="TEI's field (default true): include the special tokens; sent, the "
+        "answer is TEI's shape, a list of lists of {id, text, special, start, stop}.",
+        examples=[None],
+    )
+    prompt_name: str | None = Field(
+        None,
+        description=PROMPT_NAME_DESCRIPTION + " TEI's field: sent, the answer is TEI's shape.",
+        examples=[None],
+    )
 
     _check_inputs = field_validator("inputs", mode="wrap")(check_texts)
+
+    @property
+    def tei_shape(self) -> bool:
+        return self.add_special_tokens is not None or self.prompt_name is not None
+
+
+class TeiTokenOut(BaseModel):
+    """TEI's token: `text` is the input's own characters (the token itself for a special
+    token, which has no span); `start` and `stop` are UTF-8 byte offsets, as TEI's."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
 
 
 class TokenOut(BaseModel):
@@ -404,6 +505,21 @@ class ModelInfo(BaseModel):
     default: bool = Field(
         description="The default model of its task: what a request without `model` gets."
     )
+    prompts: dict[str, str] = Field(
+        description="Its prompts by name (from config_sentence_transformers.json): what "
+        "prompt_name may name."
+    )
+
+
+class InfinityClassifyResponse(BaseModel):
+    """infinity's /classify answer, when the texts came as its `input`."""
+
+    object: Literal["classify"] = "classify"
+    data: list[list[LabelScoreOut]]
+    model: str
+    usage: dict[str, int] = Field(description="prompt_tokens and total_tokens")
+    id: str
+    created: int
 
 
 class ModelsResponse(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Request
 from pydantic import (
@@ -38,14 +38,19 @@ from app.api.handling import (
 from app.api.schemas import (
     EXAMPLE_REVIEW,
     EXAMPLE_TEXT,
+    PROMPT_DESCRIPTION,
+    PROMPT_NAME_DESCRIPTION,
     TEI_ERRORS,
+    TruncationDirection,
     as_list,
     check_input_chars,
     check_input_count,
+    check_prompt,
     check_texts,
     check_token_ids,
+    few_unknown_fields,
 )
-from app.engine.contract import ClassifyOptions, ModelDescription, TextInput
+from app.engine.contract import ClassifyOptions, ModelDescription, TextInput, TextOptions
 from app.engine.errors import InputTooLong, InvalidInput
 
 router = APIRouter(tags=["tei"], route_class=StrictJSONRoute)
@@ -73,49 +78,65 @@ def _tei_texts(value: Any, handler: ValidatorFunctionWrapHandler) -> str | list[
 
 
 class _TeiRequest(BaseModel):
-    # TEI clients send fields this server has no use for (truncation_direction, prompt_name).
-    model_config = ConfigDict(extra="ignore")
+    # Every field TEI defines on these routes is honoured, so anything else is a mistake
+    # (a typo must not answer 200 with an unchanged vector).
+    model_config = ConfigDict(extra="forbid")
 
     truncate: bool | None = Field(
         None,
         description="Cut inputs to the model's max length; TEI's default (null, false) "
         "refuses an over-long input with 413.",
     )
+    truncation_direction: TruncationDirection = "right"
 
     @model_validator(mode="before")
     @classmethod
     def _parameters(cls, data: Any) -> Any:
-        """Options in `parameters` (Hugging Face's clients put them there) that this route
-        knows, unless also sent at the top level."""
-        parameters = data.get("parameters") if isinstance(data, dict) else None
+        """Options in `parameters` (Hugging Face's clients put them there) count as if sent
+        at the top level (which wins); one this route does not know is refused."""
+        if not isinstance(data, dict) or "parameters" not in data:
+            return few_unknown_fields(cls, data)
+        data = dict(data)
+        parameters = data.pop("parameters")
+        if parameters is None:
+            return few_unknown_fields(cls, data)
         if not isinstance(parameters, dict):
-            return data
-        known = {
-            key: value
-            for key, value in parameters.items()
-            if key in cls.model_fields and key != "inputs" and key not in data
-        }
-        return {**data, **known}
-
-
-class TeiEmbedRequest(_TeiRequest):
-    inputs: str | list[str] = Field(
-        description="A text or a non-empty list of texts.", examples=[EXAMPLE_TEXT]
-    )
-    normalize: bool = True
-    dimensions: StrictInt | None = Field(
-        None, ge=1, description="Keep the first N dimensions.", examples=[8]
-    )
-
-    _check_inputs = field_validator("inputs", mode="wrap")(_tei_texts)
+            raise ValueError("parameters must be an object of this route's options")
+        unknown = [key for key in parameters if key not in cls.model_fields]
+        if unknown:
+            shown = ", ".join(repr(str(key)[:64]) for key in unknown[:5])
+            options = ", ".join(key for key in cls.model_fields if key != "inputs")
+            raise ValueError(
+                f"parameters holds {shown}, not an option of this route (its options: {options})"
+            )
+        return few_unknown_fields(cls, {**parameters, **data})
 
 
 class TeiEmbedAllRequest(_TeiRequest):
     inputs: str | list[str] = Field(
         description="A text or a non-empty list of texts.", examples=[EXAMPLE_TEXT]
     )
+    prompt_name: str | None = Field(None, description=PROMPT_NAME_DESCRIPTION, examples=[None])
 
     _check_inputs = field_validator("inputs", mode="wrap")(_tei_texts)
+
+    def text_options(self) -> TextOptions:
+        return TextOptions(self.prompt_name, None, self.truncation_direction)
+
+
+class TeiEmbedRequest(TeiEmbedAllRequest):
+    normalize: bool = True
+    dimensions: StrictInt | None = Field(
+        None, ge=1, description="Keep the first N dimensions.", examples=[8]
+    )
+    prompt: str | None = Field(
+        None, description=PROMPT_DESCRIPTION + " Not TEI's.", examples=[None]
+    )
+
+    _check_prompt = field_validator("prompt")(check_prompt)
+
+    def text_options(self) -> TextOptions:
+        return TextOptions(self.prompt_name, self.prompt, self.truncation_direction)
 
 
 class TeiPredictRequest(_TeiRequest):
@@ -126,6 +147,13 @@ class TeiPredictRequest(_TeiRequest):
         examples=[EXAMPLE_REVIEW],
     )
     raw_scores: bool = False
+    # Hugging Face's InferenceClient.text_classification sends these in `parameters`.
+    top_k: StrictInt | None = Field(None, ge=1, description="Keep the K best labels.")
+    function_to_apply: Literal["softmax", "sigmoid", "none"] | None = Field(
+        None,
+        description="softmax (the default), sigmoid (each label on its own) or none (raw "
+        "scores, as raw_scores).",
+    )
 
     @field_validator("inputs", mode="wrap")
     @classmethod
@@ -160,6 +188,16 @@ class TeiPredictRequest(_TeiRequest):
             item if isinstance(item, str) else item[0] if len(item) == 1 else (item[0], item[1])
             for item in items
         ]
+
+    def options(self) -> ClassifyOptions:
+        function = self.function_to_apply
+        return ClassifyOptions(
+            truncate=bool(self.truncate),
+            top_k=self.top_k,
+            raw_scores=self.raw_scores or function == "none",
+            multi_label=function == "sigmoid",
+            truncation_direction=self.truncation_direction,
+        )
 
 
 class TeiDecodeRequest(BaseModel):
@@ -222,7 +260,7 @@ class TeiInfo(BaseModel):
     )
 
 
-def _served_model(request: Request) -> ModelDescription:
+def served_model(request: Request) -> ModelDescription:
     """The model TEI's model-agnostic routes describe: the default embedding model, else
     the first."""
     models = engine(request).models()
@@ -254,6 +292,7 @@ async def embed(body: TeiEmbedRequest, request: Request) -> Response:
         normalize=body.normalize,
         truncate=bool(body.truncate),
         dimensions=body.dimensions,
+        text=body.text_options(),
     )
     result = await unless_disconnected(request, work)
     return json_response(result.vectors)
@@ -265,7 +304,7 @@ async def embed_all(body: TeiEmbedAllRequest, request: Request) -> Response:
     and unnormalized, from the default embedding model."""
     model = resolve_model(request, None, "embedding")
     work = engine(request).embed_tokens(
-        model.name, as_list(body.inputs), truncate=bool(body.truncate)
+        model.name, as_list(body.inputs), truncate=bool(body.truncate), text=body.text_options()
     )
     result = await unless_disconnected(request, work)
     return json_response(result.states)
@@ -280,10 +319,9 @@ async def predict(body: TeiPredictRequest, request: Request) -> Response:
     """Label scores from the default classification model, highest first: a list for one
     input (a text), else a list of lists. An input may be a sentence pair."""
     model = resolve_model(request, None, "classification")
-    options = ClassifyOptions(truncate=bool(body.truncate), raw_scores=body.raw_scores)
     with _tokenizer_errors():
         result = await unless_disconnected(
-            request, engine(request).classify(model.name, body.texts(), options)
+            request, engine(request).classify(model.name, body.texts(), body.options())
         )
     answers = [[{"label": s.label, "score": s.score} for s in scores] for scores in result.results]
     return json_response(answers[0] if isinstance(body.inputs, str) else answers)
@@ -293,7 +331,7 @@ async def predict(body: TeiPredictRequest, request: Request) -> Response:
 async def decode(body: TeiDecodeRequest, request: Request) -> Response:
     """The text of each list of token ids, by the served model's tokenizer (a list of
     texts, one per list of ids)."""
-    model = _served_model(request)
+    model = served_model(request)
     with _tokenizer_errors():
         texts = await engine(request).decode(
             model.name, body.id_lists(), skip_special_tokens=body.skip_special_tokens
@@ -304,7 +342,7 @@ async def decode(body: TeiDecodeRequest, request: Request) -> Response:
 @router.get("/info", response_model=TeiInfo, responses=TEI_ERRORS)
 async def info(request: Request) -> dict[str, Any]:
     """TEI's description of the served model (the default embedding model, else the first)."""
-    model = _served_model(request)
+    model = served_model(request)
     models = engine(request).models()
     if model.task == "classification":
         labels = dict(enumerate(model.labels))

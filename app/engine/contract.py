@@ -15,7 +15,7 @@ Per-request accounting: each call adds its queue and inference time to the calle
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
@@ -24,6 +24,7 @@ from app.engine.timing import RequestTiming, current_timing
 
 __all__ = [
     "DEFAULT_HYPOTHESIS_TEMPLATE",
+    "DEFAULT_TEXT_OPTIONS",
     "Aggregate",
     "AttentionMap",
     "Classification",
@@ -39,10 +40,12 @@ __all__ = [
     "RequestTiming",
     "Task",
     "TextInput",
+    "TextOptions",
     "Token",
     "TokenEmbeddings",
     "TokenIds",
     "Tokenization",
+    "TruncationDirection",
     "WordScore",
     "current_timing",
     "template_problem",
@@ -55,6 +58,8 @@ TextInput = str | tuple[str, str]
 # How attention maps are reduced: per layer and head, averaged, or rolled out.
 Aggregate = Literal["none", "mean", "rollout"]
 ExplainMethod = Literal["occlusion", "shap"]
+# Which end of an over-long input truncation cuts: "right" keeps its start, "left" its end.
+TruncationDirection = Literal["right", "left"]
 
 DEFAULT_HYPOTHESIS_TEMPLATE = "This text is about {}."
 PLACEHOLDER = "{}"
@@ -151,6 +156,8 @@ class ModelDescription:
     tokenization_workers: int  # threads that tokenize large requests off the event loop
     attention: bool  # has an attention graph (POST /attention)
     default: bool = False  # the default model of its task (what a request without `model` gets)
+    # sentence-transformers prompts by name, what `TextOptions.prompt_name` may name
+    prompts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,26 @@ class TokenIds:
     """Inputs given as token ids rather than text (special tokens included)."""
 
     ids: list[list[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class TextOptions:
+    """How a request's texts become token ids; each field changes the answer.
+
+    A prompt is prepended to every text before it is tokenized (sentence-transformers'
+    rule, and TEI's): `prompt_name` names one of the model's prompts (model.json `prompts`,
+    recorded at export from `config_sentence_transformers.json`; an unknown name is
+    InvalidInput naming the model's), `prompt` is the prefix itself; at most one of them.
+    Truncation then cuts the prompted text at `truncation_direction`'s end (from the left,
+    a prompt goes first, as in TEI).
+    """
+
+    prompt_name: str | None = None
+    prompt: str | None = None
+    truncation_direction: TruncationDirection = "right"
+
+
+DEFAULT_TEXT_OPTIONS = TextOptions()
 
 
 @dataclass(frozen=True)
@@ -180,6 +207,7 @@ class ClassifyOptions:
     top_k: int | None = None  # keep the K best labels per input
     raw_scores: bool = False  # logits (or cosines) instead of probabilities
     multi_label: bool = False  # each label on its own (sigmoid) instead of a softmax
+    truncation_direction: TruncationDirection = "right"  # the end truncation cuts
 
 
 @dataclass(frozen=True)
@@ -213,10 +241,18 @@ class Engine(Protocol):
         normalize: bool = True,
         truncate: bool = True,
         dimensions: int | None = None,
-    ) -> Embeddings: ...
+        text: TextOptions = DEFAULT_TEXT_OPTIONS,
+    ) -> Embeddings:
+        """Sentence embeddings; `text` applies to texts, not to token ids (InvalidInput)."""
+        ...
 
     async def embed_tokens(
-        self, model: str, inputs: Sequence[str], *, truncate: bool = True
+        self,
+        model: str,
+        inputs: Sequence[str],
+        *,
+        truncate: bool = True,
+        text: TextOptions = DEFAULT_TEXT_OPTIONS,
     ) -> TokenEmbeddings:
         """Every token's last hidden state, unpooled (an embedding model's)."""
         ...
@@ -259,7 +295,16 @@ class Engine(Protocol):
         `labels` a zero-shot label of an embedding model. Its inputs run at low priority."""
         ...
 
-    async def tokenize(self, model: str, texts: Sequence[str]) -> Tokenization: ...
+    async def tokenize(
+        self,
+        model: str,
+        texts: Sequence[str],
+        *,
+        prompt_name: str | None = None,
+        add_special_tokens: bool = True,
+    ) -> Tokenization:
+        """Tokens of each text (after the named prompt, whose tokens are included)."""
+        ...
 
     async def decode(
         self, model: str, ids: list[list[int]], *, skip_special_tokens: bool = True

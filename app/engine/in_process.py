@@ -38,6 +38,7 @@ def describe(
         tokenization_workers=tokenization_workers,
         attention=runner.attention is not None,
         default=default,
+        prompts=dict(manifest.prompts),
     )
 
 

@@ -115,6 +115,9 @@ class ModelManifest(BaseModel):
     base: str | None = None
     head: str | None = None
     evaluation: dict[str, Any] = Field(default_factory=dict)  # e.g. dev accuracy, command
+    # sentence-transformers prompts by name ({"query": "query: "}), from the source's
+    # config_sentence_transformers.json: what a request's `prompt_name` may name.
+    prompts: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -202,6 +205,8 @@ class ModelManifest(BaseModel):
     def write(self, directory: Path) -> None:
         data = self.model_dump(mode="json")
         data["batching"] = self.batching.model_dump(mode="json", exclude_none=True)  # overrides
+        if not self.prompts:
+            del data["prompts"]  # most models have none: their manifests stay as they were
         text = json.dumps(data, indent=2) + "\n"
         (directory / MANIFEST_FILE).write_text(text)
 

@@ -282,6 +282,7 @@ def export_model(
             num_heads=int(config.num_attention_heads),
             labels=class_labels(config) if classifier else [],
             problem_type=getattr(config, "problem_type", None) if classifier else None,
+            prompts=st_config.prompts,
             files={},
             parity={
                 "fp32": {

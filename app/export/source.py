@@ -8,7 +8,7 @@ import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,9 @@ class SentenceTransformerConfig:
 
     pooling: str | None  # "mean" / "cls", None when the directory has no pooling module
     max_length: int | None
+    # config_sentence_transformers.json's prompts by name ({"query": "query: "}): what a
+    # request's prompt_name may name (TEI reads the same file).
+    prompts: dict[str, str] = field(default_factory=dict)
 
 
 def _read_json(path: Path) -> Any:
@@ -157,4 +160,16 @@ def read_sentence_transformer_config(directory: Path) -> SentenceTransformerConf
                     f"unsupported sentence-transformers pooling {modes} in {directory}"
                 )
     max_length = (_read_json(directory / "sentence_bert_config.json") or {}).get("max_seq_length")
-    return SentenceTransformerConfig(pooling, max_length)
+    return SentenceTransformerConfig(pooling, max_length, read_prompts(directory))
+
+
+def read_prompts(directory: Path) -> dict[str, str]:
+    """The prompts of `config_sentence_transformers.json` (none when it has none); a
+    `prompts` that is not an object of strings is a ValueError naming the file."""
+    path = directory / "config_sentence_transformers.json"
+    prompts = (_read_json(path) or {}).get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in prompts.items()
+    ):
+        raise ValueError(f"{path}: prompts must be an object of names to prompt texts")
+    return dict(prompts)

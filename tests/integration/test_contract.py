@@ -63,6 +63,15 @@ SUCCESSES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/embed_all", {"inputs": [TEXT, "short"]}),
     ("POST", "/decode", {"ids": [[101, 7592, 102], [101, 102]], "skip_special_tokens": False}),
     ("GET", "/info", None),
+    # TEI's request fields, TEI's task routes, infinity's shapes (#31).
+    ("POST", "/encode", {"inputs": TEXT, "prompt": "query: ", "truncation_direction": "left"}),
+    ("POST", "/tokenize", {"inputs": [TEXT, "Héllo"], "add_special_tokens": True}),
+    ("POST", "/classify", {"input": [TEXT], "model": "sentiment"}),
+    ("POST", "/", {"inputs": TEXT, "truncation_direction": "Left"}),
+    ("POST", "/invocations", {"inputs": [TEXT]}),
+    ("POST", "/", {"inputs": {"source_sentence": TEXT, "sentences": ["Maps.", "Taxes."]}}),
+    ("POST", "/similarity", {"inputs": {"source_sentence": TEXT, "sentences": ["Maps."]}}),
+    ("POST", "/embeddings", {"input": [TEXT], "modality": "text"}),
 ]
 
 

@@ -65,7 +65,9 @@ class YieldingEncoder:
             await asyncio.sleep(0)
             self.check()
 
-    async def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[FakeTokens]:
+    async def tokenize(
+        self, texts: Sequence[str], *, truncate: bool, direction: str = "right"
+    ) -> list[FakeTokens]:
         await self._yield(texts)
         return [FakeTokens(text, len(text) > MAX_LENGTH) for text in texts]
 

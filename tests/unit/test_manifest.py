@@ -55,11 +55,28 @@ def test_valid_manifest_round_trips(tmp_path: Path) -> None:
     manifest.write(out)
     text = (out / MANIFEST_FILE).read_text()
     assert text.endswith("}\n")
-    # Only the batching overrides that are set are written (an override of None is none).
-    assert json.loads(text) == manifest.model_dump(mode="json", exclude_none=False) | {
+    # Only the batching overrides that are set are written (an override of None is none),
+    # and prompts only where the model has some.
+    expected = manifest.model_dump(mode="json", exclude_none=False) | {
         "batching": manifest.batching.model_dump(exclude_none=True)
     }
+    del expected["prompts"]
+    assert json.loads(text) == expected
     assert ModelManifest.read(out) == manifest
+
+
+def test_prompts_are_written_where_the_model_has_some(tmp_path: Path) -> None:
+    prompts = {"query": "query: ", "passage": "passage: "}
+    write_json(tmp_path, {**valid(), "prompts": prompts})
+    manifest = ModelManifest.read(tmp_path)
+    assert manifest.prompts == prompts
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest.write(out)
+    assert json.loads((out / MANIFEST_FILE).read_text())["prompts"] == prompts
+    write_json(tmp_path, {**valid(), "prompts": {"query": 1}})
+    with pytest.raises(ManifestError, match="prompts"):
+        ModelManifest.read(tmp_path)
 
 
 def test_keyword_construction_and_defaults(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from app.engine.models.served import ServedModel
 
 
 class FixedEncoder:
-    async def run(self, texts, *, truncate: bool = True) -> EncoderOutput:
+    async def run(self, texts, *, truncate: bool = True, direction: str = "right") -> EncoderOutput:
         return EncoderOutput(np.full((len(texts), 1), 2.5, dtype=np.float32), 3 * len(texts))
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.engine.contract import TruncationDirection
 from app.engine.models.attention import AttentionEncoder
 from app.engine.errors import InputTooLong, InvalidInput
 from app.engine.models.batches import BatchService, settle
@@ -71,14 +72,24 @@ class Encoder:
     def name(self) -> str:
         return self.manifest.name
 
-    async def tokenize(self, texts: Sequence[TextInput], *, truncate: bool) -> list[TokenizedText]:
+    async def tokenize(
+        self,
+        texts: Sequence[TextInput],
+        *,
+        truncate: bool,
+        direction: TruncationDirection = "right",
+    ) -> list[TokenizedText]:
+        """Token ids of each input, truncated at `direction`'s end (InputTooLong instead
+        when not `truncate`)."""
         if not self.tokenizer.encodes_pairs and any(not isinstance(t, str) for t in texts):
             raise InvalidInput(
                 f"model '{self.name}' cannot take sentence pairs: its tokenizer has no pair "
                 "template (no [SEP] between the texts); send single texts"
             )
         encoded = await tokenize_without_stalling(
-            list(texts), self.tokenizer.encode, self._tokenize_executor
+            list(texts),
+            lambda items: self.tokenizer.encode(items, direction),
+            self._tokenize_executor,
         )
         if not truncate:
             for index, item in enumerate(encoded):
@@ -89,10 +100,14 @@ class Encoder:
                     )
         return encoded
 
-    async def token_spans(self, texts: Sequence[str]) -> list[tuple[list[Token], bool]]:
+    async def token_spans(
+        self, texts: Sequence[str], *, add_special_tokens: bool = True
+    ) -> list[tuple[list[Token], bool]]:
         """Each text's tokens with character spans, and whether it was truncated."""
         return await tokenize_without_stalling(
-            list(texts), self.tokenizer.token_lists, self._tokenize_executor
+            list(texts),
+            lambda items: self.tokenizer.token_lists(items, add_special_tokens),
+            self._tokenize_executor,
         )
 
     async def decode(self, ids: list[list[int]], *, skip_special_tokens: bool) -> list[str]:
@@ -105,7 +120,7 @@ class Encoder:
         )
 
     async def token_states(
-        self, texts: Sequence[str], *, truncate: bool
+        self, texts: Sequence[str], *, truncate: bool, direction: TruncationDirection = "right"
     ) -> tuple[list[np.ndarray], int]:
         """Each text's (tokens, hidden) last hidden states, special tokens included, and
         the tokens counted.
@@ -119,7 +134,7 @@ class Encoder:
                 "from an embedding model"
             )
         started = time.monotonic()
-        encoded = await self.tokenize(texts, truncate=truncate)
+        encoded = await self.tokenize(texts, truncate=truncate, direction=direction)
         remaining = self.request_timeout_s - (time.monotonic() - started)
         batches = self.token_batches
         tasks: list[asyncio.Future[list[np.ndarray]]] = [
@@ -132,10 +147,16 @@ class Encoder:
             settle(tasks)  # the first failure fails the request: drop the rest
         return [states for (states,) in answers], sum(item.tokens for item in encoded)
 
-    async def run(self, texts: Sequence[TextInput], *, truncate: bool = True) -> EncoderOutput:
+    async def run(
+        self,
+        texts: Sequence[TextInput],
+        *,
+        truncate: bool = True,
+        direction: TruncationDirection = "right",
+    ) -> EncoderOutput:
         """Vectors of `texts`, in input order, through the batcher, within the request timeout."""
         started = time.monotonic()
-        encoded = await self.tokenize(texts, truncate=truncate)
+        encoded = await self.tokenize(texts, truncate=truncate, direction=direction)
         return await self.run_tokenized(encoded, started)
 
     async def run_tokenized(

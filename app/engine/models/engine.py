@@ -13,6 +13,7 @@ from typing import Generic, TypeVar
 from app.config import available_cores
 from app.engine.contract import (
     DEFAULT_HYPOTHESIS_TEMPLATE,
+    DEFAULT_TEXT_OPTIONS,
     Aggregate,
     AttentionMap,
     Classification,
@@ -23,6 +24,7 @@ from app.engine.contract import (
     ModelDescription,
     Task,
     TextInput,
+    TextOptions,
     TokenEmbeddings,
     TokenIds,
     Tokenization,
@@ -66,16 +68,23 @@ class RegistryEngine(Generic[RegistryT]):
         normalize: bool = True,
         truncate: bool = True,
         dimensions: int | None = None,
+        text: TextOptions = DEFAULT_TEXT_OPTIONS,
     ) -> Embeddings:
         served = self._registry.get(model, "embedding")
         return await served.embed(
-            inputs, normalize=normalize, truncate=truncate, dimensions=dimensions
+            inputs, normalize=normalize, truncate=truncate, dimensions=dimensions, text=text
         )
 
     async def embed_tokens(
-        self, model: str, inputs: Sequence[str], *, truncate: bool = True
+        self,
+        model: str,
+        inputs: Sequence[str],
+        *,
+        truncate: bool = True,
+        text: TextOptions = DEFAULT_TEXT_OPTIONS,
     ) -> TokenEmbeddings:
-        return await self._registry.get(model, "embedding").embed_tokens(inputs, truncate=truncate)
+        served = self._registry.get(model, "embedding")
+        return await served.embed_tokens(inputs, truncate=truncate, text=text)
 
     async def classify(
         self, model: str, inputs: Sequence[TextInput], options: ClassifyOptions
@@ -117,8 +126,18 @@ class RegistryEngine(Generic[RegistryT]):
         served = self._registry.get(model, "classification" if labels is None else "embedding")
         return await served.explain(text, options, labels, template)
 
-    async def tokenize(self, model: str, texts: Sequence[str]) -> Tokenization:
-        return await self._registry.get(model, "embedding").tokenize(texts)
+    async def tokenize(
+        self,
+        model: str,
+        texts: Sequence[str],
+        *,
+        prompt_name: str | None = None,
+        add_special_tokens: bool = True,
+    ) -> Tokenization:
+        served = self._registry.get(model, "embedding")
+        return await served.tokenize(
+            texts, prompt_name=prompt_name, add_special_tokens=add_special_tokens
+        )
 
     async def decode(
         self, model: str, ids: list[list[int]], *, skip_special_tokens: bool = True

@@ -16,12 +16,14 @@ from app.engine.errors import InputTooLong, InvalidInput
 from app.engine.models.heads import ClassifierHead
 from app.engine.contract import (
     DEFAULT_HYPOTHESIS_TEMPLATE,
+    DEFAULT_TEXT_OPTIONS,
     Aggregate,
     AttentionMap,
     Classification,
     ClassifyOptions,
     Embeddings,
     TextInput,
+    TextOptions,
     TokenEmbeddings,
     TokenIds,
     Tokenization,
@@ -107,6 +109,30 @@ class ServedModel:
     def task(self) -> str:
         return self.manifest.task
 
+    def prompt(self, name: str | None, prompt: str | None = None) -> str | None:
+        """The prefix a request asks for: the model's prompt called `name`, or `prompt`
+        itself; InvalidInput for both, or for a name the model has no prompt of."""
+        if name is None:
+            return prompt
+        if prompt is not None:
+            raise InvalidInput("give prompt_name or prompt, not both")
+        prompts = self.manifest.prompts
+        if name not in prompts:
+            known = (
+                f"its prompts are {', '.join(repr(key) for key in prompts)}"
+                if prompts
+                else "it has none (its config_sentence_transformers.json named no prompts "
+                "when it was exported); send the prefix itself as prompt"
+            )
+            raise InvalidInput(
+                f"prompt_name {name[:64]!r} is not a prompt of model '{self.name}': {known}"
+            )
+        return prompts[name]
+
+    def _prompted(self, texts: Sequence[str], options: TextOptions) -> Sequence[str]:
+        prefix = self.prompt(options.prompt_name, options.prompt)
+        return texts if not prefix else [prefix + text for text in texts]
+
     def _count_tokens(self, tokens: int) -> None:
         if self._metrics is not None:
             self._metrics.tokens.labels(self.name).inc(tokens)
@@ -118,6 +144,7 @@ class ServedModel:
         normalize: bool = True,
         truncate: bool = True,
         dimensions: int | None = None,
+        text: TextOptions = DEFAULT_TEXT_OPTIONS,
     ) -> Embeddings:
         """Sentence embeddings, optionally cut to `dimensions` (Matryoshka) and normalized."""
         if self.task != "embedding":
@@ -128,9 +155,18 @@ class ServedModel:
                 f"'{self.name}', got {dimensions}"
             )
         if isinstance(texts, TokenIds):
+            if text != DEFAULT_TEXT_OPTIONS:
+                raise InvalidInput(
+                    "prompt_name, prompt and truncation_direction apply to texts, not to token "
+                    "ids (which are never truncated)"
+                )
             output = await self.encoder.run_tokenized(self.encoder.tokenizer.from_ids(texts.ids))
         else:
-            output = await self.encoder.run(texts, truncate=truncate)
+            output = await self.encoder.run(
+                self._prompted(texts, text),
+                truncate=truncate,
+                direction=text.truncation_direction,
+            )
         self._count_tokens(output.tokens)
         vectors = output.vectors
         if dimensions is not None:
@@ -140,14 +176,22 @@ class ServedModel:
         # A Matryoshka cut is a strided view; serializers need the rows contiguous.
         return Embeddings(np.ascontiguousarray(vectors, dtype=np.float32), output.tokens)
 
-    async def embed_tokens(self, texts: Sequence[str], *, truncate: bool = True) -> TokenEmbeddings:
+    async def embed_tokens(
+        self,
+        texts: Sequence[str],
+        *,
+        truncate: bool = True,
+        text: TextOptions = DEFAULT_TEXT_OPTIONS,
+    ) -> TokenEmbeddings:
         """The last hidden state of every token, special tokens included, unpooled."""
         if self.task != "embedding":
             raise InvalidInput(
                 f"model '{self.name}' is a {self.task} model: token embeddings come from an "
                 "embedding model"
             )
-        states, tokens = await self.encoder.token_states(texts, truncate=truncate)
+        states, tokens = await self.encoder.token_states(
+            self._prompted(texts, text), truncate=truncate, direction=text.truncation_direction
+        )
         self._count_tokens(tokens)
         return TokenEmbeddings(states, tokens)
 
@@ -165,7 +209,9 @@ class ServedModel:
                 f"model '{self.name}' is an embedding model: give candidate_labels for "
                 "zero-shot classification, or choose a classification model"
             )
-        output = await self.encoder.run(texts, truncate=options.truncate)
+        output = await self.encoder.run(
+            texts, truncate=options.truncate, direction=options.truncation_direction
+        )
         self._count_tokens(output.tokens)
         scores = self._classifier_scores(output.vectors, options)
         ranked = classification.ranked(scores, self.manifest.labels, options.top_k)
@@ -193,7 +239,9 @@ class ServedModel:
         started = time.monotonic()  # one deadline for both passes
         # Labels first: a label the template cannot hold fails before the texts cost a pass.
         label_vectors = await self._zero_shot_labels(template, labels, started)
-        encoded = await self.encoder.tokenize(texts, truncate=options.truncate)
+        encoded = await self.encoder.tokenize(
+            texts, truncate=options.truncate, direction=options.truncation_direction
+        )
         text_vectors = await self.encoder.run_tokenized(encoded, started)
         self._count_tokens(text_vectors.tokens)
         similarities = normalize_rows(text_vectors.vectors) @ label_vectors.T
@@ -275,9 +323,17 @@ class ServedModel:
         self._count_tokens(len(result.tokens))
         return result
 
-    async def tokenize(self, texts: Sequence[str]) -> Tokenization:
-        """The model's tokens of each text with character spans, and which were truncated."""
-        spans = await self.encoder.token_spans(texts)
+    async def tokenize(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt_name: str | None = None,
+        add_special_tokens: bool = True,
+    ) -> Tokenization:
+        """The model's tokens of each text with character spans (in the prompted text, with
+        `prompt_name`), and which were truncated."""
+        prompted = self._prompted(texts, TextOptions(prompt_name=prompt_name))
+        spans = await self.encoder.token_spans(prompted, add_special_tokens=add_special_tokens)
         return Tokenization([tokens for tokens, _ in spans], [cut for _, cut in spans])
 
     async def _zero_shot_labels(

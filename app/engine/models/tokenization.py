@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -13,7 +14,7 @@ from typing import TypeVar, cast
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from app.engine.contract import TextInput, Token
+from app.engine.contract import TextInput, Token, TruncationDirection
 from app.engine.errors import InputTooLong, InvalidInput, ModelLoadError
 from app.engine.manifest import ModelManifest
 
@@ -56,11 +57,23 @@ class TextTokenizer:
         self._tokenizer = Tokenizer.from_file(str(path))
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length)
+        self._path = path
         # The same tokenizer without truncation or special tokens, to find where to cut.
         self._measure = Tokenizer.from_file(str(path))
         self._measure.no_padding()
         self._measure.no_truncation()
         self.encodes_pairs = encodes_pairs(json.loads(path.read_text()).get("post_processor"))
+
+    @functools.cached_property
+    def _left(self) -> Tokenizer:
+        """The tokenizer truncating from the left (TEI's `truncation_direction: "Left"`),
+        which keeps the end of a text: another instance, since truncation is a tokenizer's
+        state and threads share them; built on first use, as it costs memory (6.6 MiB for
+        minilm's) that most deployments never need."""
+        left = Tokenizer.from_file(str(self._path))
+        left.no_padding()
+        left.enable_truncation(self.max_length, direction="left")
+        return left
 
     @property
     def vocab_size(self) -> int:
@@ -100,9 +113,13 @@ class TextTokenizer:
             self._tokenizer.decode_batch(ids_lists, skip_special_tokens=skip_special_tokens)
         )
 
-    def encode(self, texts: Sequence[TextInput]) -> list[TokenizedText]:
-        """Texts, or sentence pairs (the second text's tokens get segment id 1)."""
-        encodings = self._tokenizer.encode_batch(self.cut(texts))
+    def encode(
+        self, texts: Sequence[TextInput], direction: TruncationDirection = "right"
+    ) -> list[TokenizedText]:
+        """Texts, or sentence pairs (the second text's tokens get segment id 1), truncated
+        at `direction`'s end."""
+        tokenizer = self._left if direction == "left" else self._tokenizer
+        encodings = tokenizer.encode_batch(self.cut(texts, direction))
         return [
             TokenizedText(
                 ids=np.asarray(encoding.ids, dtype=np.int64),
@@ -117,8 +134,11 @@ class TextTokenizer:
         """The tokens of one text with their character spans, and whether it was truncated."""
         return self.token_lists([text])[0]
 
-    def token_lists(self, texts: list[str]) -> list[tuple[list[Token], bool]]:
-        """`tokens` of each text, tokenized as one batch."""
+    def token_lists(
+        self, texts: list[str], add_special_tokens: bool = True
+    ) -> list[tuple[list[Token], bool]]:
+        """`tokens` of each text, tokenized as one batch (without the special tokens when
+        not `add_special_tokens`: TEI's /tokenize field)."""
         return [
             (
                 [
@@ -133,18 +153,22 @@ class TextTokenizer:
                 ],
                 bool(encoding.overflowing),
             )
-            for encoding in self._tokenizer.encode_batch(self.cut(texts))
+            for encoding in self._tokenizer.encode_batch(
+                self.cut(texts), add_special_tokens=add_special_tokens
+            )
         ]
 
-    def cut(self, texts: Sequence[Item]) -> list[Item]:
-        """The texts (each text of a pair on its own) cut where truncation cannot reach.
+    def cut(self, texts: Sequence[Item], direction: TruncationDirection = "right") -> list[Item]:
+        """The texts (each text of a pair on its own) cut where truncation cannot reach:
+        their end, or with `direction` "left" their start.
 
         The tokenizer's own truncation tokenizes a text whole first, and for a sentence
         pair builds every combination of the two texts' overflowing windows: time and
         memory grow with the square of the pair's length (two 20,000-character texts cost
         200 MB, two of 100,000 several GB). A text cut two words past its first
         max_length + 1 tokens is tokenized and truncated exactly as the whole text (its
-        kept tokens, their spans, `truncated`), so each text costs at most about that.
+        kept tokens, their spans — from the left, counted from the cut —, `truncated`), so
+        each text costs at most about that.
         One difference: when both texts of a pair are cut, which of them keeps the odd
         token of an odd budget follows the cut lengths, not the whole texts' lengths.
         """
@@ -152,17 +176,17 @@ class TextTokenizer:
         if all(isinstance(item, str) and len(item) <= short for item in texts):
             return list(texts)  # the common case: nothing to cut, no per-text work
         sides = [text for item in texts for text in ((item,) if isinstance(item, str) else item)]
-        cut = iter(self._cut_texts(sides))
+        cut = iter(self._cut_texts(sides, left=direction == "left"))
         return [
             cast(Item, next(cut) if isinstance(item, str) else (next(cut), next(cut)))
             for item in texts
         ]
 
-    def _cut_texts(self, texts: list[str]) -> list[str]:
+    def _cut_texts(self, texts: list[str], *, left: bool) -> list[str]:
         """`cut` for single texts: each text longer than the first prefix measured on a
-        prefix that doubles until it holds the cut point (or is the whole text), so a text
-        costs at most about twice tokenizing the part kept, or the whole text when it has
-        too few tokens."""
+        prefix (a suffix, `left`) that doubles until it holds the cut point (or is the whole
+        text), so a text costs at most about twice tokenizing the part kept, or the whole
+        text when it has too few tokens."""
         needed = self.max_length + 1
         result = list(texts)
         size = needed * CHARS_PER_TOKEN_GUESS
@@ -170,14 +194,20 @@ class TextTokenizer:
         # tokens, whose truncation stays cheap. Most texts are such: no second pass.
         pending = [index for index, text in enumerate(texts) if len(text) > size]
         while pending:
-            prefixes = [texts[index][:size] for index in pending]
-            measured = self._measure.encode_batch(prefixes, add_special_tokens=False)
+            parts = [texts[index][-size:] if left else texts[index][:size] for index in pending]
+            measured = self._measure.encode_batch(parts, add_special_tokens=False)
             waiting = []
-            for index, prefix, encoding in zip(pending, prefixes, measured, strict=True):
-                stop = _cut_point(encoding, needed)
-                if stop is not None:
-                    result[index] = texts[index][:stop]
-                elif len(prefix) < len(texts[index]):
+            for index, part, encoding in zip(pending, parts, measured, strict=True):
+                text = texts[index]
+                if left:
+                    start = _cut_point_left(encoding, needed)
+                    if start is not None:
+                        result[index] = text[len(text) - len(part) + start :]
+                else:
+                    start = _cut_point(encoding, needed)
+                    if start is not None:
+                        result[index] = text[:start]
+                if start is None and len(part) < len(text):
                     waiting.append(index)
             pending, size = waiting, size * 2
         return result
@@ -194,6 +224,22 @@ def _cut_point(encoding: Encoding, needed: int) -> int | None:
     if word is None:  # a token of no word: no safe cut point
         return None
     span = encoding.word_to_chars(word + 2)
+    return None if span is None else int(span[0])
+
+
+def _cut_point_left(encoding: Encoding, needed: int) -> int | None:
+    """`_cut_point` from the other end: where a text must start so that it keeps the last
+    `needed` tokens of the suffix `encoding` measured, exactly. The start of the second
+    word before the one holding the first of them (the word right before may tokenize
+    differently at the start of a text, as byte-level BPE does without its space); never
+    the suffix's first word, which the suffix may have cut in the middle. None when the
+    encoding holds no such point."""
+    if len(encoding) < needed:
+        return None
+    word = encoding.token_to_word(len(encoding) - needed)
+    if word is None or word < 3:  # a token of no word, or too close to the suffix's start
+        return None
+    span = encoding.word_to_chars(word - 2)
     return None if span is None else int(span[0])
 
 

@@ -23,7 +23,7 @@ from app import __version__
 from app.engine.contract import ModelDescription
 
 # Raise it with any change to a frame or a control message (HELLO itself never changes).
-PROTOCOL = 2  # 2: ModelDescription.default
+PROTOCOL = 2  # 2: ModelDescription.default and ModelDescription.prompts
 
 # What arrives is checked as it is, never converted ("384" is no number); nested types
 # (a ModelDescription) follow the same rules.
