@@ -287,8 +287,8 @@ class EncodeRequest(_Request):
         description="Keep the first N dimensions (Matryoshka), then normalize.",
         examples=[8],
     )
-    prompt_name: str | None = Field(None, description=PROMPT_NAME_DESCRIPTION)
-    prompt: str | None = Field(None, description=PROMPT_DESCRIPTION)
+    prompt_name: str | None = Field(None, description=PROMPT_NAME_DESCRIPTION, examples=[None])
+    prompt: str | None = Field(None, description=PROMPT_DESCRIPTION, examples=[None])
     truncation_direction: TruncationDirection = "right"
 
     _check_inputs = field_validator("inputs", mode="wrap")(check_texts)

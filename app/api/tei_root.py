@@ -25,6 +25,7 @@ from app.api.bodies import StrictJSONRoute
 from app.api.errors import RequestRejected
 from app.api.handling import engine, json_response, resolve_model, unless_disconnected
 from app.api.schemas import (
+    EXAMPLE_TEXT,
     PROMPT_NAME_DESCRIPTION,
     TEI_ERRORS,
     TruncationDirection,
@@ -39,9 +40,12 @@ router = APIRouter(tags=["tei"], route_class=StrictJSONRoute)
 class SimilarityInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source_sentence: str = Field(description="The text the others are compared with.")
+    source_sentence: str = Field(
+        description="The text the others are compared with.", examples=[EXAMPLE_TEXT]
+    )
     sentences: Annotated[list[str], Field(fail_fast=True)] = Field(
-        description="The texts compared with source_sentence (at least one)."
+        description="The texts compared with source_sentence (at least one).",
+        examples=[["A feline rests on a rug.", "Stocks fell sharply today."]],
     )
 
     @field_validator("source_sentence")
@@ -79,7 +83,7 @@ class SimilarityParameters(BaseModel):
         None, description="Cut inputs to the model's max length (TEI's default: 413)."
     )
     truncation_direction: TruncationDirection = "right"
-    prompt_name: str | None = Field(None, description=PROMPT_NAME_DESCRIPTION)
+    prompt_name: str | None = Field(None, description=PROMPT_NAME_DESCRIPTION, examples=[None])
 
 
 class SimilarityRequest(BaseModel):
@@ -121,7 +125,10 @@ ROOT_BODY = {
                     {"$ref": "#/components/schemas/TeiEmbedRequest"},
                     {"$ref": "#/components/schemas/TeiPredictRequest"},
                     {"$ref": "#/components/schemas/SimilarityRequest"},
-                ]
+                ],
+                # Over FastAPI's `dict` schema for the parameter: no field beyond those of
+                # the three shapes (Swagger UI's sample would add one, which is a 422).
+                "additionalProperties": False,
             },
             "example": {"inputs": "What is Deep Learning?"},
         }
