@@ -223,6 +223,17 @@ class Settings(BaseSettings):
         description="Bytes of zero-shot label embeddings (vectors and their keys) cached "
         "per embedding model; 0 turns the cache off.",
     )
+    # The result cache, one per engine process (app/engine/batching/result_cache.py). An
+    # entry of the default model (a 384-float answer of 1.6 KB, a key of ~20 token ids and
+    # segment ids, the containers' share) takes ~2.4 KB, so 64 MiB keeps ~28,000 answers:
+    # far more than the distinct queries or titles a service repeats within minutes, and a
+    # few percent of the engine process's resident memory (~0.6 GiB with the defaults).
+    cache_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Bytes of model answers (with their keys) the engine process keeps to "
+        "answer a repeated input without a pass, all models together; 0 turns it off.",
+    )
     max_attention_tokens: int = Field(128, ge=2, description="Tokens of an /attention input.")
     # An explanation costs one forward input per word (occlusion) or per sample (shap):
     # 128 words covers a long review; 2048 samples is ~10-15 s of one core's passes.
