@@ -224,10 +224,10 @@ class Settings(BaseSettings):
         "per embedding model; 0 turns the cache off.",
     )
     # The result cache, one per engine process (app/engine/batching/result_cache.py). An
-    # entry of the default model (a 384-float answer of 1.6 KB, a key of ~20 token ids and
-    # segment ids, the containers' share) takes ~2.4 KB, so 64 MiB keeps ~28,000 answers:
-    # far more than the distinct queries or titles a service repeats within minutes, and a
-    # few percent of the engine process's resident memory (~0.6 GiB with the defaults).
+    # entry of the default model (a 384-float answer of 1.6 KB, a key of ~22 token ids and
+    # segment ids, the containers' share) takes ~2.8 KB, so 64 MiB keeps ~24,000 answers:
+    # far more than the distinct queries or titles a service repeats within minutes, for a
+    # small share of the engine process's resident memory.
     cache_bytes: int = Field(
         64 * 1024 * 1024,
         ge=0,

@@ -112,8 +112,8 @@ class ResultCache:
 
 class CachedBatches:
     """A model's batch service with the result cache in front: hits answer at once, the
-    misses (each distinct input once) go to the batcher as one request, and their answers
-    are kept. Hits and misses are counted per input under the model's name."""
+    misses go to the batcher as one request, and their answers are kept. Hits and misses
+    are counted per input under the model's name."""
 
     def __init__(
         self,
@@ -145,22 +145,17 @@ class CachedBatches:
             return await self._batches.process(payloads, timeout_s, low=True)
         keys = [(self._generation, *input_key(item)) for item, _ in payloads]
         answers: list[np.ndarray | None] = [self._cache.get(key) for key in keys]
-        # The misses, each distinct input once (a request may repeat a text).
-        missing: dict[Key, int] = {}
-        for index, (key, answer) in enumerate(zip(keys, answers, strict=True)):
-            if answer is None:
-                missing.setdefault(key, index)
+        # The misses go to the batcher as they are, a text repeated within the request
+        # included: the pass is then the one a server without the cache runs for the same
+        # request, and its answers the same bytes (an input's output moves in the last bits
+        # with the rest of its pass, packed or padded; see README "Result cache").
+        missing = [index for index, answer in enumerate(answers) if answer is None]
         if self._hits is not None and self._misses is not None:
-            # A miss is an input sent to the batcher; a repeat within the request is a hit.
             self._hits.inc(len(keys) - len(missing))
             self._misses.inc(len(missing))
         if missing:
-            run = list(missing.values())
-            results = await self._batches.process([payloads[i] for i in run], timeout_s)
-            computed = dict(zip(missing, results, strict=True))
-            for key, result in computed.items():
-                self._cache.put(key, result)
-            for index, key in enumerate(keys):
-                if answers[index] is None:
-                    answers[index] = computed[key]
+            results = await self._batches.process([payloads[i] for i in missing], timeout_s)
+            for index, result in zip(missing, results, strict=True):
+                self._cache.put(keys[index], result)
+                answers[index] = result
         return cast(list[np.ndarray], answers)
