@@ -24,6 +24,7 @@ import argparse
 import json
 import random
 import statistics
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -145,6 +146,7 @@ def write_report(
     clients: int,
     generator: str,
     out: Path,
+    command: str = "python -m loadtest.cache",
 ) -> None:
     summary = {load: ratios(points, load) for load in LOADS}
     report = {
@@ -178,7 +180,7 @@ def write_report(
     machine = report["machine"]
     (out / "cache.md").write_text(
         f"# The result cache under load ({report['date']})\n\n"
-        f"`python -m loadtest.cache{' --quick' if rounds < 3 else ''}`: `{MODEL}` on the CPU, "
+        f"`{command}`: `{MODEL}` on the CPU, "
         "default settings (one worker), two servers started once — the cache at its default "
         "size, and `ENCODER_CACHE_BYTES=0` — loaded one at a time, alternating which goes "
         f"first; single-text `/encode`, {clients} closed-loop clients by {generator}, "
@@ -213,7 +215,10 @@ def main() -> None:
     if generator == "auto":
         generator = "wrk" if wrk_path() else "asyncio"
     points = measure(rounds, seconds, args.clients, generator)
-    write_report(points, rounds, seconds, args.clients, generator, args.out)
+    command = " ".join(["python -m loadtest.cache", *sys.argv[1:]])
+    if args.quick and "--quick" not in sys.argv:
+        command = f"BENCH_QUICK=1 {command}"
+    write_report(points, rounds, seconds, args.clients, generator, args.out, command)
     print(f"wrote {args.out / 'cache.md'}")
 
 

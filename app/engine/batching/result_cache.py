@@ -12,8 +12,8 @@ What the key is: the model's whole input, every field of `TokenizedText` (token 
 segment ids, ...), the generation of the model's load, and nothing else. Whatever a request
 option changes before the pass (truncation, a sentence pair, a prompt or a truncation
 direction a route may add) changes the ids and so the key, by construction: no list of
-options to keep in step. Whatever it changes after the pass (normalize, dimensions,
-pooling's head, softmax or sigmoid, top_k, raw_scores) is applied to the cached raw output
+options to keep in step. Whatever it changes after the pass (normalize, dimensions, a
+head model's head, softmax or sigmoid, top_k, raw_scores) is applied to the cached raw output
 by the request side, as to a fresh one. The answer cached is the pass's output row
 (pooled vector or logits), byte for byte what the batcher returned the first time.
 
@@ -49,29 +49,30 @@ Key = tuple[Hashable, ...]
 _generations = itertools.count(1)
 
 
+# The fields of a model input, read once: a field added to `TokenizedText` is part of the
+# key without a change here.
+_INPUT_FIELDS = tuple(field.name for field in fields(TokenizedText))
+
+
 def input_key(item: TokenizedText) -> tuple[Hashable, ...]:
-    """Every field of the model input, arrays as (dtype, shape, bytes): a field added to
-    `TokenizedText` is part of the key without a change here."""
+    """Every field of the model input; an array as one bytes object of its dtype, shape and
+    data (flat, so an entry's cost is quick to count)."""
     parts: list[Hashable] = []
-    for field in fields(item):
-        value = getattr(item, field.name)
+    for name in _INPUT_FIELDS:
+        value = getattr(item, name)
         if isinstance(value, np.ndarray):
-            parts.append((value.dtype.str, value.shape, value.tobytes()))
+            parts.append(f"{value.dtype.str}{value.shape}".encode() + value.tobytes())
         else:
             parts.append(value)
     return tuple(parts)
 
 
 def entry_cost(key: Key, answer: np.ndarray) -> int:
-    """Bytes an entry holds: the key's objects, the answer array (header and data) and the
-    containers' share."""
+    """Bytes an entry holds: the key tuple and its parts, the answer array (header and
+    data) and the containers' share."""
     size = sys.getsizeof(key) + sys.getsizeof(answer) + ENTRY_OVERHEAD
-    stack: list[object] = list(key)
-    while stack:
-        part = stack.pop()
+    for part in key:
         size += sys.getsizeof(part)
-        if isinstance(part, tuple):
-            stack.extend(part)
     return size
 
 
