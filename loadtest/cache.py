@@ -71,14 +71,18 @@ def pool_of(load: str, source: TextSource, hot: list[str], rng: random.Random) -
 
 def run_point(
     server: RunningServer, texts: list[str], clients: int, seconds: float, generator: str
-) -> tuple[LoadOutcome, float | None]:
+) -> tuple[LoadOutcome, float, float | None]:
+    """The load's outcome, the server's CPU seconds over it (the tail it answered after
+    the window included) and the cache's hit ratio."""
     spec = LoadSpec("127.0.0.1", server.port, texts, 1, seconds, clients)
     hits_before, misses_before = counts(server)
+    cpu_before = server.cpu_seconds()
     outcome = run_wrk(spec) if generator == "wrk" else run_load(spec)
     wait_idle(server, MODEL)
+    cpu_s = server.cpu_seconds() - cpu_before
     hits, misses = counts(server)
     looked_up = (hits - hits_before) + (misses - misses_before)
-    return outcome, ((hits - hits_before) / looked_up if looked_up else None)
+    return outcome, cpu_s, ((hits - hits_before) / looked_up if looked_up else None)
 
 
 def measure(rounds: int, seconds: float, clients: int, generator: str) -> list[dict[str, object]]:
@@ -101,8 +105,11 @@ def measure(rounds: int, seconds: float, clients: int, generator: str) -> list[d
                 # Both servers get the same texts in a point, so neither has easier ones.
                 texts = pool_of(load, source, hot, rng)
                 for cache, server in order:
-                    outcome, hit_ratio = run_point(server, texts, clients, seconds, generator)
+                    outcome, cpu_s, hit_ratio = run_point(
+                        server, texts, clients, seconds, generator
+                    )
                     rate = outcome.answered / outcome.window_s
+                    cpu_ms = 1000 * cpu_s / max(outcome.answered, 1)
                     points.append(
                         {
                             "round": round_index + 1,
@@ -111,32 +118,36 @@ def measure(rounds: int, seconds: float, clients: int, generator: str) -> list[d
                             "sequences_per_s": round(rate, 1),
                             "p50_ms": round(outcome.p50_ms, 1),
                             "p99_ms": round(outcome.p99_ms, 1),
+                            "cpu_ms_per_request": round(cpu_ms, 2),
                             "hit_ratio": None if hit_ratio is None else round(hit_ratio, 3),
                             "errors": outcome.errors,
                         }
                     )
                     print(
                         f"round {round_index + 1}, {load:>7}, cache {cache:>3}: {rate:7.1f}/s, "
-                        f"p50 {outcome.p50_ms:.1f} ms, hits {hit_ratio}",
+                        f"p50 {outcome.p50_ms:.1f} ms, {cpu_ms:.2f} ms CPU a request, "
+                        f"hits {hit_ratio}",
                         flush=True,
                     )
                     time.sleep(1)  # let the cores settle between servers
     return points
 
 
-def ratios(points: list[dict[str, object]], load: str) -> list[float]:
-    """on ÷ off per round."""
+def ratios(
+    points: list[dict[str, object]], load: str, field: str = "sequences_per_s"
+) -> list[float]:
+    """Per round, `field` with the cache ÷ without (sequences/s); for CPU per request,
+    without ÷ with, so above 1 is the cache's gain either way."""
     by_round: dict[object, dict[object, float]] = {}
     for point in points:
         if point["load"] == load:
             by_round.setdefault(point["round"], {})[point["cache"]] = float(
-                point["sequences_per_s"]  # type: ignore[arg-type]
+                point[field]  # type: ignore[arg-type]
             )
-    return [
-        round(pair["on"] / pair["off"], 2)
-        for pair in by_round.values()
-        if pair.get("off") and "on" in pair
-    ]
+    found = [pair for pair in by_round.values() if pair.get("on") and pair.get("off")]
+    if field == "sequences_per_s":
+        return [round(pair["on"] / pair["off"], 2) for pair in found]
+    return [round(pair["off"] / pair["on"], 2) for pair in found]
 
 
 def write_report(
@@ -149,6 +160,7 @@ def write_report(
     command: str = "python -m loadtest.cache",
 ) -> None:
     summary = {load: ratios(points, load) for load in LOADS}
+    cpu_summary = {load: ratios(points, load, "cpu_ms_per_request") for load in LOADS}
     report = {
         "date": date.today().isoformat(),
         "model": MODEL,
@@ -160,18 +172,19 @@ def write_report(
         "repeat_share": REPEAT_SHARE,
         "machine": describe_machine(),
         "on_over_off": summary,
+        "cpu_per_request_off_over_on": cpu_summary,
         "points": points,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "cache.json").write_text(json.dumps(report, indent=2) + "\n")
     rows = "\n".join(
         f"| {p['round']} | {p['load']} | {p['cache']} | {p['sequences_per_s']} | {p['p50_ms']} | "
-        f"{p['p99_ms']} | {'—' if p['hit_ratio'] is None else p['hit_ratio']} | {p['errors']} |"
+        f"{p['p99_ms']} | {p['cpu_ms_per_request']} | "
+        f"{'—' if p['hit_ratio'] is None else p['hit_ratio']} | {p['errors']} |"
         for p in points
     )
 
-    def line(load: str) -> str:
-        values = summary[load]
+    def line(values: list[float]) -> str:
         if not values:
             return "no complete round"
         median = statistics.median(values)
@@ -189,13 +202,18 @@ def write_report(
         "start).\n\n"
         f"- **repeats**: half the requests repeat one of {HOT_TEXTS:,} texts (sent to both "
         "servers once before the rounds, so the cache holds them), half are new texts. "
-        f"Throughput with the cache ÷ without: {line('repeats')}; target ≥ 1.7.\n"
-        f"- **unique**: every text new. With ÷ without: {line('unique')}; target: within "
-        "noise of 1.\n\n"
+        f"Throughput with the cache ÷ without: {line(summary['repeats'])}; target ≥ 1.7. "
+        "The server's CPU per request without ÷ with (what the same cores can serve, less "
+        f"sensitive to other load on the machine): {line(cpu_summary['repeats'])}.\n"
+        f"- **unique**: every text new. Throughput with ÷ without: "
+        f"{line(summary['unique'])}; target: within noise of 1. CPU per request without ÷ "
+        f"with: {line(cpu_summary['unique'])}.\n\n"
         "The hit ratio is the server's own (`encoder_cache_hits_total` ÷ hits and misses "
-        "over the point).\n\n"
-        "| round | load | cache | sequences/s | p50 ms | p99 ms | hit ratio | errors |\n"
-        "|---:|---|---|---:|---:|---:|---:|---:|\n"
+        "over the point); CPU per request is the server's CPU seconds over the point (the "
+        "requests still in flight when the load stopped included) ÷ requests answered.\n\n"
+        "| round | load | cache | sequences/s | p50 ms | p99 ms | CPU ms a request | "
+        "hit ratio | errors |\n"
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|\n"
         f"{rows}\n"
     )
 
