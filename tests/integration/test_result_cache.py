@@ -139,9 +139,14 @@ def test_keyed_by_model_and_by_what_the_model_sees(servers: tuple[LiveServer, Li
     text = f"A text no other test sends ({time.time_ns()})."
     with cached.client() as client:
         before = scrape(cached)
-        raw = client.post("/encode", json={"inputs": text, "normalize": False}).json()
-        unit = client.post("/encode", json={"inputs": text}).json()
+        first = client.post("/encode", json={"inputs": text, "normalize": False})
+        hit = client.post("/encode", json={"inputs": text})
+        raw, unit = first.json(), hit.json()
         middle = scrape(cached)
+        # A request answered wholly from the cache spent no time in a queue or a pass.
+        assert float(first.headers["x-inference-time"]) > 0
+        assert float(hit.headers["x-inference-time"]) == 0
+        assert float(hit.headers["x-queue-time"]) == 0
         # normalize is applied after the cache: one pass, then a hit, different answers.
         assert (misses(middle, "minilm") - misses(before, "minilm")) == 1
         assert (hits(middle, "minilm") - hits(before, "minilm")) == 1
