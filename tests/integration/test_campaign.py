@@ -56,9 +56,12 @@ TEXT_ROUTES: list[tuple[str, Any]] = [
 
 @pytest.fixture(scope="module")
 def live(default_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    # A small label cache, so the campaign's labels evict each other all the time.
+    # A small label cache and result cache, so the campaign's labels and texts evict each
+    # other all the time.
+    small = str(256 * 1024)
     server = start_server(
-        tmp_path_factory.mktemp("campaign"), {"ENCODER_LABEL_CACHE_BYTES": str(256 * 1024)}
+        tmp_path_factory.mktemp("campaign"),
+        {"ENCODER_LABEL_CACHE_BYTES": small, "ENCODER_CACHE_BYTES": small},
     )
     yield server
     server.stop()
