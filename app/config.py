@@ -225,11 +225,12 @@ class Settings(BaseSettings):
     )
     # The result cache, one per engine process (app/engine/batching/result_cache.py). An
     # entry of the default model (a 384-float answer of 1.6 KB, a key of ~22 token ids and
-    # segment ids, the containers' share) takes ~2.8 KB, so 64 MiB keeps ~24,000 answers:
-    # far more than the distinct queries or titles a service repeats within minutes, for a
-    # small share of the engine process's resident memory.
+    # segment ids, the containers' share) takes ~2.8 KB, so 32 MiB keeps ~12,000 answers:
+    # more than the distinct queries or titles a service repeats within minutes, for ~4 %
+    # more resident memory than the ~0.9 GiB the default models take (the process grows by
+    # about 1.2 x what the cache counts: allocator overhead).
     cache_bytes: int = Field(
-        64 * 1024 * 1024,
+        32 * 1024 * 1024,
         ge=0,
         description="Bytes of model answers (with their keys) the engine process keeps to "
         "answer a repeated input without a pass, all models together; 0 turns it off.",
