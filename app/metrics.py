@@ -136,6 +136,26 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        # The result cache (app/engine/batching/result_cache.py), counted per input in the
+        # process that runs the passes, so hits count once however many workers there are.
+        self.cache_hits = Counter(
+            "encoder_cache_hits",
+            "Inputs answered from the result cache (no forward pass).",
+            ["model"],
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            "encoder_cache_misses",
+            "Inputs the result cache did not hold, sent to the batcher.",
+            ["model"],
+            registry=r,
+        )
+        self.cache_bytes = Gauge(
+            "encoder_cache_bytes",
+            "Bytes the result cache holds (keys, answers and their containers), all models.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.model_info = Gauge(
             "encoder_model_info",
             "Loaded models (value 1).",

@@ -139,12 +139,14 @@ def prometheus(
     live.stop()
 
 
-async def send_burst(url: str, burst: int) -> list[int]:
+async def send_burst(url: str, burst: int, number: int) -> list[int]:
+    # Texts of their own per burst: a repeat would be answered by the result cache, and
+    # the batches of each input are what the tests count.
     limits = httpx.Limits(max_connections=burst)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         responses = await asyncio.gather(
             *(
-                client.post("/encode", json={"inputs": f"Request {i} of a concurrent burst."})
+                client.post("/encode", json={"inputs": f"Request {i} of burst {number}."})
                 for i in range(burst)
             )
         )
@@ -172,8 +174,8 @@ def traffic(prometheus: LivePrometheus, encoder_server: LiveServer) -> str:
         for i in range(SEQUENTIAL):
             response = client.post("/encode", json={"inputs": [f"Sequential request {i}."]})
             assert response.status_code == 200, response.text
-    for _ in range(BURSTS):
-        codes = asyncio.run(send_burst(encoder_server.url, BURST))
+    for number in range(BURSTS):
+        codes = asyncio.run(send_burst(encoder_server.url, BURST, number))
         assert codes == [200] * BURST
     # The middleware counts a request right after its response is sent: wait for the last.
     poll(

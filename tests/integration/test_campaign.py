@@ -56,9 +56,12 @@ TEXT_ROUTES: list[tuple[str, Any]] = [
 
 @pytest.fixture(scope="module")
 def live(default_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    # A small label cache, so the campaign's labels evict each other all the time.
+    # A small label cache and result cache, so the campaign's labels and texts evict each
+    # other all the time.
+    small = str(256 * 1024)
     server = start_server(
-        tmp_path_factory.mktemp("campaign"), {"ENCODER_LABEL_CACHE_BYTES": str(256 * 1024)}
+        tmp_path_factory.mktemp("campaign"),
+        {"ENCODER_LABEL_CACHE_BYTES": small, "ENCODER_CACHE_BYTES": small},
     )
     yield server
     server.stop()
@@ -218,7 +221,10 @@ def test_memory_stays_bounded_over_unique_maximal_zero_shot_requests(
 ) -> None:
     """2,000 requests, each with the most labels of the longest length the defaults
     allow, none repeated: the label cache must stay within its byte bound."""
-    server = start_server(tmp_path)  # the default cache bound
+    # The default label cache bound. The result cache (whose own bound
+    # tests/integration/test_result_cache.py holds) is off: every label here is new, so
+    # it would only add its full size to the label cache's that this measures.
+    server = start_server(tmp_path, {"ENCODER_CACHE_BYTES": "0"})
     try:
         with server.client() as client:
             limits = client.get("/info").json()  # the server's own limits, not guesses

@@ -238,6 +238,9 @@ def one_slot_server(
             "ENCODER_MAX_BATCH_SIZE": "1",
             # One core for inference leaves the other to the event loop and the load.
             "ENCODER_INTRA_OP_THREADS": "1",
+            # The load repeats its texts, and the probe repeats TEXT: cached answers never
+            # queue, so neither would ever meet the full queue these tests are about.
+            "ENCODER_CACHE_BYTES": "0",
         },
     )
     yield live

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from app.config import Settings
 from app.engine.batching.batcher import BatchLimits, DynamicBatcher
 from app.engine.batching.instances import instance_count, threads_per_instance
+from app.engine.batching.result_cache import ResultCache
 from app.engine.errors import ModelLoadError
 from app.engine.manifest import ManifestError, ModelManifest
 from app.engine.model_checks import LONG_TEXT, refuse
@@ -50,7 +51,11 @@ def batch_limits(settings: Settings, manifest: ModelManifest) -> BatchLimits:
 
 
 def load_runner(
-    directory: Path, manifest: ModelManifest, settings: Settings, metrics: Metrics | None = None
+    directory: Path,
+    manifest: ModelManifest,
+    settings: Settings,
+    metrics: Metrics | None = None,
+    cache: ResultCache | None = None,
 ) -> ModelRunner:
     """Open the sessions of one model directory; failures name the model and file."""
     limits = batch_limits(settings, manifest)
@@ -116,6 +121,7 @@ def load_runner(
         precision=resolve_precision(manifest, settings.precision),
         attention=attention,
         metrics=metrics,
+        cache=cache,
     )
     checked_graphs(directory, runner)  # the manifest against what the graphs answer
     return runner
@@ -166,6 +172,14 @@ def checked_graphs(directory: Path, runner: ModelRunner) -> None:
         raise ModelLoadError(f"model '{runner.manifest.name}': {error}") from error
 
 
+def result_cache(settings: Settings, metrics: Metrics | None) -> ResultCache | None:
+    """The process's result cache, shared by every model (None when ENCODER_CACHE_BYTES=0)."""
+    if settings.cache_bytes == 0:
+        return None
+    on_size = metrics.cache_bytes.set if metrics is not None else (lambda _: None)
+    return ResultCache(settings.cache_bytes, on_size)
+
+
 class LocalRegistry(ModelRegistry):
     """The registry of the process that runs the passes: every model, and each base
     model's `ModelRunner` (sessions and batchers)."""
@@ -201,9 +215,12 @@ class LocalRegistry(ModelRegistry):
                 settings.sim_token_us,
             )
         runners: dict[str, ModelRunner] = {}
+        cache = result_cache(settings, metrics)
 
         def encoder_of(directory: Path, manifest: ModelManifest) -> Encoder:
-            runner = runners[manifest.name] = load_runner(directory, manifest, settings, metrics)
+            runner = runners[manifest.name] = load_runner(
+                directory, manifest, settings, metrics, cache
+            )
             attention = runner.attention.tokenizer if runner.attention is not None else None
             return build_encoder(
                 manifest,

@@ -11,8 +11,9 @@ import numpy as np
 
 from app.engine.batching.batcher import BatchLimits, DynamicBatcher
 from app.engine.batching.pass_gate import PassGate
+from app.engine.batching.result_cache import CachedBatches, ResultCache
 from app.engine.manifest import ModelManifest
-from app.engine.models.batches import attention_service, token_service
+from app.engine.models.batches import BatchService, attention_service, token_service
 from app.engine.models.tokenization import TokenizedText
 from app.engine.passes.pipeline import Pipeline
 from app.metrics import Metrics
@@ -35,6 +36,7 @@ class ModelRunner:
         precision: str,
         attention: Pipeline | None = None,  # the attention graph, when exported
         metrics: Metrics | None = None,
+        cache: ResultCache | None = None,  # the process's result cache; None: off
     ) -> None:
         self.manifest = manifest
         self.pipelines = pipelines
@@ -52,6 +54,10 @@ class ModelRunner:
             metrics,
             self.gate.primary,
         )
+        # What requests of the main graph go through: the result cache, then the batcher.
+        self.cached: CachedBatches | None = None
+        if cache is not None:
+            self.cached = CachedBatches(manifest.name, self.batcher, cache, metrics)
         # Per-token states (TEI's /embed_all) of an embedding graph: a rare request, so its
         # passes take the secondary path through the gate, as attention's do.
         self.token_batcher: DynamicBatcher[TokenizedText, np.ndarray] | None = None
@@ -84,11 +90,11 @@ class ModelRunner:
                 found.append(batcher)
         return found
 
-    def service(self, name: str) -> DynamicBatcher[TokenizedText, np.ndarray]:
-        """The batcher served as `name`: the model's, `attention_service(model)` or
-        `token_service(model)`."""
+    def service(self, name: str) -> BatchService[TokenizedText, np.ndarray]:
+        """The batch service served as `name`: the model's (behind the result cache when
+        on), `attention_service(model)` or `token_service(model)`."""
         if name == self.name:
-            return self.batcher
+            return self.batcher if self.cached is None else self.cached
         if name == attention_service(self.name) and self.attention_batcher is not None:
             return self.attention_batcher
         if name == token_service(self.name) and self.token_batcher is not None:

@@ -46,9 +46,13 @@ class EngineService:
 
     def __init__(self, engine: InProcessEngine) -> None:
         self._engine = engine
+        # By name: a model's (behind the result cache when on), `<model>-attention` and
+        # `<model>-tokens`.
         self._services = {
-            batcher.name: batcher for batcher in engine.registry.batchers
-        }  # a model's name, and `<model>-attention`
+            batcher.name: runner.service(batcher.name)
+            for runner in engine.registry.runners.values()
+            for batcher in runner.batchers
+        }
         self.draining = False
         # Each worker connection, with its requests' tasks by request id.
         self._connections: dict[wire.FrameWriter, dict[int, asyncio.Task[None]]] = {}
