@@ -124,12 +124,12 @@ def _cpu_quota(directory: Path) -> tuple[float, Path] | None:
     if quota_text is None or period_text is None:
         return None
     try:
-        quota, period = int(quota_text), int(period_text)
+        quota_us, period_us = int(quota_text), int(period_text)
     except ValueError:
         return None
-    if quota <= 0 or period <= 0:
+    if quota_us <= 0 or period_us <= 0:
         return None
-    return quota / period, directory / "cpu.cfs_quota_us"
+    return quota_us / period_us, directory / "cpu.cfs_quota_us"
 
 
 def _memory_limit(directory: Path) -> tuple[int, Path] | None:

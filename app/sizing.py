@@ -5,10 +5,11 @@ from __future__ import annotations
 from app.config import Settings
 from app.container_limits import limits
 
-# Memory each HTTP worker is budgeted (its RSS serving, measured in the image: README
-# "Run with Docker Compose"); `auto` keeps the workers within half a memory limit, the
-# other half being the engine's, whose models dominate (issue #32: 8 workers and the three
-# default models held 2.03 GiB, at a 2 GiB pod's limit).
+# Memory each HTTP worker is budgeted: measured 157 MiB RSS per worker beside an engine of
+# 867 MiB with the three default models (ENCODER_WORKERS=3, after a few requests). `auto`
+# keeps the workers within half a memory limit, the other half being the engine's (issue
+# #32: 8 workers and the three default models held 2.03 GiB, at a 2 GiB pod's limit;
+# under 2 GiB `auto` now allows at most 6: 867 + 6 x 157 = 1.8 GiB).
 WORKER_MEMORY_BYTES = 160 * 2**20
 
 

@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -125,13 +124,23 @@ def stack(cpu_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             "project": project,
         }
     finally:
-        subprocess.run([*base, "down", "--volumes", "--timeout", "40"], env={**os.environ, **env}, capture_output=True, timeout=180)
+        subprocess.run(
+            [*base, "down", "--volumes", "--timeout", "40"],
+            env={**os.environ, **env},
+            capture_output=True,
+            timeout=180,
+        )
 
 
 def _container(project: str, service: str) -> str:
     return docker_cli(
-        "ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={project}",
-        "--filter", f"label=com.docker.compose.service={service}",
+        "ps",
+        "--all",
+        "--quiet",
+        "--filter",
+        f"label=com.docker.compose.project={project}",
+        "--filter",
+        f"label=com.docker.compose.service={service}",
     ).stdout.strip()
 
 
@@ -182,7 +191,9 @@ def test_compose_serves_prometheus_scrapes_and_down_is_clean(stack: dict) -> Non
         "Prometheus reports up == 1 for encoder-serve",
         SCRAPE_TIMEOUT_S,
         lambda: [
-            r for r in _query(stack["prometheus"], 'up{job="encoder-serve"}') if r["value"][1] == "1"
+            r
+            for r in _query(stack["prometheus"], 'up{job="encoder-serve"}')
+            if r["value"][1] == "1"
         ],
     )
     assert up

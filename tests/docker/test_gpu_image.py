@@ -32,7 +32,14 @@ def test_the_gpu_image_builds_without_torch() -> None:
     build("Dockerfile.gpu", GPU_IMAGE)
     FACTS["GPU image size"] = f"{image_size(GPU_IMAGE) / 1e9:.2f} GB ({GPU_IMAGE})"
     probe = docker(
-        "run", "--rm", "--network", "none", "--entrypoint", "python", GPU_IMAGE, "-c",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "python",
+        GPU_IMAGE,
+        "-c",
         "import importlib.util as u; print(u.find_spec('torch') is None, "
         "u.find_spec('onnxruntime') is not None)",
     )

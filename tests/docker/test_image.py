@@ -33,8 +33,17 @@ def own_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = build_tiny_bert(tmp_path_factory.mktemp("tiny-source"))
     repo = tmp_path_factory.mktemp("own-models")
     result = subprocess.run(
-        [sys.executable, "-m", "app", "export", str(source), "--name", "mine"]
-        + ["--models-dir", str(repo)],
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "export",
+            str(source),
+            "--name",
+            "mine",
+            "--models-dir",
+            str(repo),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -87,7 +96,7 @@ def test_the_image_serves_encode_classify_and_metrics(container: Container) -> N
         }
         metrics = client.get("/metrics")
         assert metrics.status_code == 200
-        assert 'encoder_requests_total{' in metrics.text
+        assert "encoder_requests_total{" in metrics.text
 
 
 def test_a_mounted_model_is_served_beside_the_image_s_own(container: Container) -> None:
@@ -124,6 +133,37 @@ def test_sizing_follows_the_container_s_limits(container: Container) -> None:
     assert "memory limit 2048 MiB" in line
     assert "1 HTTP worker(s) (ENCODER_WORKERS=auto)" in line
     assert "2 intra-op thread(s) per model" in line
+
+
+def test_a_model_baked_into_a_derived_image_is_served(cpu_image: str, own_model: Path) -> None:
+    """README's way to bake one's models in: deploy/docker/own-models.Dockerfile."""
+    tag = f"{cpu_image}-own-models"
+    docker(
+        "build",
+        "--network",
+        "host",
+        "--build-arg",
+        f"BASE={cpu_image}",
+        "-t",
+        tag,
+        "-f",
+        str(ROOT / "deploy" / "docker" / "own-models.Dockerfile"),
+        str(own_model.parent),
+        timeout=600,
+    )
+    baked = Container.start(tag, "--cpus=2", "--memory=2g")
+    try:
+        baked.wait_ready()
+        with httpx.Client(base_url=baked.url, timeout=30) as client:
+            models = {m["name"] for m in client.get("/models").json()["models"]}
+            assert {"minilm", "sentiment", "topic", "mine"} <= models
+            mine = client.post("/encode", json={"inputs": ["baked in"], "model": "mine"})
+            assert mine.status_code == 200, mine.text
+        write = baked.exec("touch", f"{MODELS}/mine/new-file", check=False)
+        assert write.returncode != 0
+    finally:
+        baked.remove()
+        docker("rmi", tag, check=False)
 
 
 def _load(url: str, stop: threading.Event, outcomes: Counter, deadline: float) -> None:
