@@ -142,7 +142,7 @@ def test_resources_are_requested_and_limited(container: dict[str, Any]) -> None:
     resources = container["resources"]
     for kind in ("cpu", "memory"):
         assert resources["requests"][kind] and resources["limits"][kind], kind
-    # ONNX Runtime sizes its pool from CPU affinity, which a CPU limit does not shrink.
+    # The threads the pod says it uses match its CPU limit (what auto sizing reads as well).
     threads = int(environment(container)["ENCODER_INTRA_OP_THREADS"])
     assert threads == int(resources["limits"]["cpu"])
 
