@@ -122,11 +122,24 @@ def local_torch_wheels() -> Path | None:
     return None
 
 
+# The build argument's value is part of the build cache's key: a port that changed from
+# one run to the next would rebuild every layer after it, torch's included. So a fixed
+# port, and the next ones where it is taken.
+WHEELS_PORTS = (18765, 18766, 18767, 18768)
+
+
 @contextmanager
 def served_directory(directory: Path) -> Iterator[str]:
     """`directory` over HTTP on loopback (pip's --find-links reads its listing)."""
     handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    for port in WHEELS_PORTS:
+        try:
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+            break
+        except OSError:
+            continue
+    else:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
