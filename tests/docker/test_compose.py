@@ -8,8 +8,9 @@ made from Debian's `prometheus` where prom/prometheus cannot be pulled.
 
 Compose: the v2 plugin (`docker compose`) where it is installed; else Debian 12's
 `docker-compose` 1.29, which knows everything in the file but the top-level `name` (newer
-than 1.29): it gets a copy without that key and the same name as `-p`.
-tests/docker/compose.loopback.yml holds the test's only other changes; the models
+than 1.29): it gets the file without that key and the same name as `-p`. Either way the
+file goes without its `ports` (on the host's network they publish nothing, and the engine
+refuses both at once); tests/docker/compose.loopback.yml holds the test's other changes; the models
 volume is deploy/docker/compose.models.yml, mounting ./models as a user's models would be.
 """
 
@@ -63,12 +64,15 @@ def stack(cpu_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     scratch = tmp_path_factory.mktemp("compose")
     scratch.chmod(0o755)
     project = f"encoder-serve-test-{free_port()}"
-    compose_file = COMPOSE_FILE
+    # The copy's changes: no `ports` (the host's network publishes nothing: the engine
+    # refuses both at once), and for compose v1 no top-level `name` (given as -p instead).
+    document = yaml.safe_load(COMPOSE_FILE.read_text())
+    for service in document["services"].values():
+        service.pop("ports", None)
     if command == ["docker-compose"]:
-        document = yaml.safe_load(COMPOSE_FILE.read_text())
         assert document.pop("name") == "encoder-serve"
-        compose_file = scratch / "docker-compose.yml"
-        compose_file.write_text(yaml.safe_dump(document, sort_keys=False))
+    compose_file = scratch / "docker-compose.yml"
+    compose_file.write_text(yaml.safe_dump(document, sort_keys=False))
     port, prometheus_port = free_port(), free_port()
     prometheus_dir = scratch / "prometheus"
     shutil.copytree(PROMETHEUS_DIR, prometheus_dir)

@@ -74,7 +74,11 @@ def container(cpu_image: str, own_model: Path) -> Iterator[Container]:
 def test_the_image_serves_encode_classify_and_metrics(container: Container) -> None:
     with httpx.Client(base_url=container.url, timeout=30) as client:
         assert client.get("/ready").status_code == 200
-        encoded = client.post("/encode", json={"inputs": ["The cat sits on the mat."]})
+        # Named: with a mounted model, the default embedding model is the first by name
+        # unless ENCODER_DEFAULT_MODELS says otherwise (README, your own models).
+        encoded = client.post(
+            "/encode", json={"inputs": ["The cat sits on the mat."], "model": "minilm"}
+        )
         assert encoded.status_code == 200, encoded.text
         assert encoded.json()["model"] == "minilm"
         assert len(encoded.json()["embeddings"][0]) == 384
@@ -166,7 +170,9 @@ def test_a_model_baked_into_a_derived_image_is_served(cpu_image: str, own_model:
         docker("rmi", tag, check=False)
 
 
-def _load(url: str, stop: threading.Event, outcomes: Counter, deadline: float) -> None:
+def _load(
+    url: str, stop: threading.Event, outcomes: Counter, deadline: float, lost_at: list[float]
+) -> None:
     """Requests back to back on a kept-alive connection until told to stop, sorted by fate."""
     with httpx.Client(base_url=url, timeout=60) as client:
         sent = 0
@@ -179,7 +185,8 @@ def _load(url: str, stop: threading.Event, outcomes: Counter, deadline: float) -
                 time.sleep(0.05)
                 continue
             except httpx.HTTPError as error:
-                outcomes[f"lost: {type(error).__name__}"] += 1
+                outcomes[f"lost: {type(error).__name__}: {error}"] += 1
+                lost_at.append(time.monotonic())
                 continue
             outcomes[str(answer.status_code)] += 1
 
@@ -187,9 +194,10 @@ def _load(url: str, stop: threading.Event, outcomes: Counter, deadline: float) -
 def test_docker_stop_under_load_loses_no_accepted_request(container: Container) -> None:
     stop = threading.Event()
     outcomes: Counter = Counter()
+    lost_at: list[float] = []
     deadline = time.monotonic() + 150
     threads = [
-        threading.Thread(target=_load, args=(container.url, stop, outcomes, deadline))
+        threading.Thread(target=_load, args=(container.url, stop, outcomes, deadline, lost_at))
         for _ in range(8)
     ]
     for thread in threads:
@@ -206,8 +214,10 @@ def test_docker_stop_under_load_loses_no_accepted_request(container: Container) 
         for thread in threads:
             thread.join(timeout=90)
     state = container.inspect()["State"]
-    FACTS["docker stop under load"] = f"{stopped_s:.1f} s, exit code {state['ExitCode']}: " + (
-        ", ".join(f"{key} {value}" for key, value in sorted(outcomes.items()))
+    FACTS["docker stop under load"] = (
+        f"{stopped_s:.1f} s, exit code {state['ExitCode']}: "
+        + (", ".join(f"{key} {value}" for key, value in sorted(outcomes.items())))
+        + "".join(f"; a loss {at - started:.2f} s after `docker stop`" for at in lost_at)
     )
     lost = {key: value for key, value in outcomes.items() if key.startswith("lost")}
     assert not lost, outcomes
