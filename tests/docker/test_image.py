@@ -66,6 +66,7 @@ def container(cpu_image: str, own_model: Path) -> Iterator[Container]:
     )
     try:
         FACTS["healthy after"] = f"{started.wait_healthy():.0f} s (Docker's health check)"
+        started.wait_ready()  # the image's HEALTHCHECK is liveness (/health); traffic waits
         yield started
     finally:
         started.remove()
