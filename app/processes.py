@@ -43,7 +43,7 @@ from types import FrameType
 
 import psutil
 
-from app.config import Settings, available_cores
+from app.config import Settings
 from app.runtime_files import ENGINE_DOWN_FILE, ENGINE_ERROR_FILE, write_atomically
 
 log = logging.getLogger(__name__)
@@ -62,16 +62,6 @@ HEALTHY_S = 10.0
 MAX_QUICK_EXITS = 5
 RUNTIME_PREFIX = "encoder-serve-"
 OWNER_FILE = "supervisor.pid"  # `pid create_time` of the supervisor owning a runtime dir
-
-
-def worker_count(setting: int | str, cores: int | None = None) -> int:
-    """ENCODER_WORKERS: a number, or `auto` — one HTTP process per 4 cores the server
-    may use, at least one (so 1 on the 2-core machine, where the passes need both cores:
-    see README "Workers and instances" for the figures), at most 8."""
-    if setting != "auto":
-        return int(setting)
-    cores = cores or available_cores()
-    return max(1, min(8, cores // 4))
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -27,7 +27,11 @@ CUSTOM_METRICS = K8S_DIR / "custom-metrics"
 KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 # Not Kubernetes resources: kustomize's own file and the prometheus-adapter Helm values.
 NOT_RESOURCES = {K8S_DIR / "kustomization.yaml", CUSTOM_METRICS / "prometheus-adapter-values.yaml"}
-MANIFESTS = sorted(set(K8S_DIR.rglob("*.yaml")) - NOT_RESOURCES)
+# The own-models overlay: a kustomization and a patch (a partial Deployment), checked below.
+OWN_MODELS = K8S_DIR / "own-models"
+MANIFESTS = sorted(
+    path for path in set(K8S_DIR.rglob("*.yaml")) - NOT_RESOURCES if OWN_MODELS not in path.parents
+)
 
 
 def resources_of(kind: str, *, optional: bool = False) -> list[dict[str, Any]]:
@@ -138,7 +142,7 @@ def test_resources_are_requested_and_limited(container: dict[str, Any]) -> None:
     resources = container["resources"]
     for kind in ("cpu", "memory"):
         assert resources["requests"][kind] and resources["limits"][kind], kind
-    # ONNX Runtime sizes its pool from CPU affinity, which a CPU limit does not shrink.
+    # The threads the pod says it uses match its CPU limit (what auto sizing reads as well).
     threads = int(environment(container)["ENCODER_INTRA_OP_THREADS"])
     assert threads == int(resources["limits"]["cpu"])
 
@@ -202,3 +206,29 @@ def test_environment_is_accepted_by_settings(
     settings = Settings()
     assert settings.port == container["ports"][0]["containerPort"]
     assert settings.intra_op_threads == int(container["resources"]["limits"]["cpu"])
+
+
+def test_own_models_overlay_mounts_a_claim_read_only_over_the_models(
+    deployment: dict[str, Any],
+) -> None:
+    """deploy/k8s/own-models: the base plus a read-only models volume from a claim, merged
+    here as kustomize's strategic merge does (lists of named items merge by name)."""
+    overlay = load_yaml(OWN_MODELS / "kustomization.yaml")
+    assert overlay["resources"] == ["../"]
+    (patch_entry,) = overlay["patches"]
+    patch = load_yaml(OWN_MODELS / patch_entry["path"])
+    assert patch["metadata"]["name"] == deployment["metadata"]["name"]
+    merged = copy.deepcopy(deployment)
+    spec, patch_spec = merged["spec"]["template"]["spec"], patch["spec"]["template"]["spec"]
+    spec["volumes"] += patch_spec["volumes"]
+    (patch_container,) = patch_spec["containers"]
+    (target,) = [c for c in spec["containers"] if c["name"] == patch_container["name"]]
+    target["volumeMounts"] += patch_container["volumeMounts"]
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(merged, version, strict=True)
+    (mount,) = [m for m in target["volumeMounts"] if m["name"] == "models"]
+    # The image's ENCODER_MODELS_DIR, read from the Dockerfile.
+    (image_models,) = re.findall(r"ENCODER_MODELS_DIR=(\S+)", (ROOT / "Dockerfile").read_text())
+    assert mount == {"name": "models", "mountPath": image_models, "readOnly": True}
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "models"]
+    assert volume["persistentVolumeClaim"]["readOnly"] is True
