@@ -59,6 +59,9 @@ STOP_GRACE_S = 10.0  # beyond the drain time, before a process that will not sto
 # a row, every worker alike, stop the server rather than restart forever. Deaths by a
 # signal (an OOM killer, an operator's kill) never stop it: they say nothing of the build.
 HEALTHY_S = 10.0
+# The exit status when the engine cannot start: its models cannot be served (app/cli.py's
+# EXIT_MODELS, README "Exit statuses").
+ENGINE_START_FAILED = 4
 MAX_QUICK_EXITS = 5
 RUNTIME_PREFIX = "encoder-serve-"
 OWNER_FILE = "supervisor.pid"  # `pid create_time` of the supervisor owning a runtime dir
@@ -74,7 +77,9 @@ def worker_count(setting: int | str, cores: int | None = None) -> int:
     return max(1, min(8, cores // 4))
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The server's listening socket (inheritable: the workers share it); OSError when the
+    port is taken or not ours to bind. Bound before any model loads (app/cli.py)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
     listener.set_inheritable(True)
@@ -189,9 +194,12 @@ class _Slot:
 class Supervisor:
     """Starts the engine and `workers` HTTP processes, restarts them, stops them in order."""
 
-    def __init__(self, settings: Settings, workers: int) -> None:
+    def __init__(
+        self, settings: Settings, workers: int, listener: socket.socket | None = None
+    ) -> None:
         self.settings = settings
         self.workers = workers
+        self._listener = listener  # bound already by the command line, before anything loads
         self._context = multiprocessing.get_context("spawn")  # no forked threads or sessions
         remove_stale_runtime_dirs(Path(tempfile.gettempdir()))
         self._runtime = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))
@@ -204,12 +212,12 @@ class Supervisor:
         self._engine_started_once = False
 
     def run(self) -> int:
-        """Serve until SIGTERM or SIGINT; 1 when the engine process cannot start, or when
+        """Serve until SIGTERM or SIGINT; 4 when the engine process cannot start, 1 when
         every HTTP worker keeps crashing at its start."""
         # Read by prometheus_client when each child imports it: every process writes there.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         try:
-            listener = _bind(self.settings.host, self.settings.port)
+            listener = self._listener or bind_listener(self.settings.host, self.settings.port)
         except OSError as error:  # the port is taken, or not ours to bind
             log.error("cannot listen on %s:%d: %s", self.settings.host, self.settings.port, error)
             shutil.rmtree(self._runtime, ignore_errors=True)
@@ -237,7 +245,7 @@ class Supervisor:
                 if self._stopping:
                     break
                 if not self._tend_engine(engine, listener):
-                    status = 1
+                    status = ENGINE_START_FAILED
                     break
                 for worker in workers:
                     self._tend_worker(worker, listener)
@@ -281,6 +289,8 @@ class Supervisor:
         crashed = process.exitcode is not None and process.exitcode > 0
         if crashed and not self._engine_started_once:
             log.error("the engine process failed to start: it %s", why)
+            # The one plain line of a start-up failure (app/cli.py), beside the log's.
+            print(f"encoder-serve: the engine process failed to start: it {why}", file=sys.stderr)
             return False
         delay = self._bury(slot, now, why)
         reason = (

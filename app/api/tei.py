@@ -229,6 +229,13 @@ def _tokenizer_errors() -> Iterator[None]:
         raise RequestRejected(422, "tokenizer", str(error)) from None
 
 
+def _truncate(body: _TeiRequest, request: Request) -> bool:
+    """The request's `truncate`, else ENCODER_AUTO_TRUNCATE (TEI's --auto-truncate)."""
+    if body.truncate is not None:
+        return body.truncate
+    return server_state(request).settings.auto_truncate
+
+
 @router.post("/embed", response_model=list[list[float]], responses=TEI_ERRORS)
 async def embed(body: TeiEmbedRequest, request: Request) -> Response:
     """A bare list of vectors from the default embedding model."""
@@ -238,7 +245,7 @@ async def embed(body: TeiEmbedRequest, request: Request) -> Response:
         model.name,
         texts,
         normalize=body.normalize,
-        truncate=bool(body.truncate),
+        truncate=_truncate(body, request),
         dimensions=body.dimensions,
     )
     result = await unless_disconnected(request, work)
@@ -251,7 +258,7 @@ async def embed_all(body: TeiEmbedAllRequest, request: Request) -> Response:
     and unnormalized, from the default embedding model."""
     model = resolve_model(request, None, "embedding")
     work = engine(request).embed_tokens(
-        model.name, as_list(body.inputs), truncate=bool(body.truncate)
+        model.name, as_list(body.inputs), truncate=_truncate(body, request)
     )
     result = await unless_disconnected(request, work)
     return json_response(result.states)
@@ -266,7 +273,7 @@ async def predict(body: TeiPredictRequest, request: Request) -> Response:
     """Label scores from the default classification model, highest first: a list for one
     input (a text), else a list of lists. An input may be a sentence pair."""
     model = resolve_model(request, None, "classification")
-    options = ClassifyOptions(truncate=bool(body.truncate), raw_scores=body.raw_scores)
+    options = ClassifyOptions(truncate=_truncate(body, request), raw_scores=body.raw_scores)
     with _tokenizer_errors():
         result = await unless_disconnected(
             request, engine(request).classify(model.name, body.texts(), options)
@@ -312,7 +319,7 @@ async def info(request: Request) -> dict[str, Any]:
         "max_batch_tokens": model.max_batch_tokens,
         "max_batch_requests": model.max_batch_size,
         "max_client_batch_size": server_state(request).settings.max_inputs_per_request,
-        "auto_truncate": False,
+        "auto_truncate": server_state(request).settings.auto_truncate,
         "tokenization_workers": model.tokenization_workers,
         "version": __version__,
         "served_models": [m.name for m in models],
