@@ -94,7 +94,7 @@ def serve_once(home: Path, cache: Path, *args: str) -> tuple[int, str, dict[str,
 
 def test_a_repository_onnx_export_is_served_then_reused(hub_home: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    status, said, body = serve_once(hub_home, cache, "--model-id", "acme/tiny-onnx")
+    _, said, body = serve_once(hub_home, cache, "--model-id", "acme/tiny-onnx")
     assert body, said
     assert body["model"] == "acme--tiny-onnx" and body["dimensions"] == 32
     assert "serving the repository's own ONNX export" in said
@@ -106,7 +106,7 @@ def test_a_repository_onnx_export_is_served_then_reused(hub_home: Path, tmp_path
     assert json.loads((prepared / STAMP_FILE).read_text())["commit"] == COMMIT
     graph = (prepared / "model.onnx").stat()
 
-    again, said, body = serve_once(hub_home, cache, "--model-id", "acme/tiny-onnx")
+    _, said, body = serve_once(hub_home, cache, "--model-id", "acme/tiny-onnx")
     assert body["model"] == "acme--tiny-onnx", said
     assert "reusing" in said and "serving the repository's own" not in said
     reused = (prepared / "model.onnx").stat()
@@ -115,7 +115,7 @@ def test_a_repository_onnx_export_is_served_then_reused(hub_home: Path, tmp_path
 
 def test_a_repository_without_onnx_is_exported_once(hub_home: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    status, said, body = serve_once(hub_home, cache, "--model-id", "acme/tiny-plain")
+    _, said, body = serve_once(hub_home, cache, "--model-id", "acme/tiny-plain")
     assert body, said
     assert body["model"] == "acme--tiny-plain" and body["dimensions"] == 32
     assert "exporting it once" in said
@@ -125,9 +125,7 @@ def test_a_repository_without_onnx_is_exported_once(hub_home: Path, tmp_path: Pa
 
     # The TEI variable, with a pooling of its own: prepared again (the stamp differs), and
     # the second start with the same pooling reuses that.
-    env_start, said, body = serve_once(
-        hub_home, cache, "--model-id", "acme/tiny-plain", "--pooling", "cls"
-    )
+    _, said, body = serve_once(hub_home, cache, "--model-id", "acme/tiny-plain", "--pooling", "cls")
     assert body["model"] == "acme--tiny-plain", said
     assert ModelManifest.read(prepared).pooling == "cls"
     _, said, body = serve_once(hub_home, cache, "--model-id", "acme/tiny-plain", "--pooling", "cls")
