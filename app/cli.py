@@ -160,6 +160,29 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def quiet_unless_verbose(
+    handler: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """`handler` with the libraries' expected warnings hidden unless `--verbose`."""
+
+    def run(args: argparse.Namespace) -> int:
+        from app.export.library_noise import expected_noise_hidden
+
+        with expected_noise_hidden(args.verbose):
+            return handler(args)
+
+    return run
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print the libraries' expected warnings (tracer warnings, transformers' "
+        "load reports, ONNX Runtime's quantization advice), hidden by default",
+    )
+
+
 def _export(args: argparse.Namespace) -> int:
     from app.export.exporter import export_model, is_built
 
@@ -390,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="export a classifier whose head the source does not hold (initialised at "
         "random), e.g. to fine-tune it afterwards",
     )
-    export.set_defaults(handler=offline_tool("export", _export))
+    add_verbose_flag(export)
+    export.set_defaults(handler=offline_tool("export", quiet_unless_verbose(_export)))
 
     train = commands.add_parser(
         "train-head", help="train a classification head on a base model's embeddings"
@@ -451,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument(
         "--skip-existing", action="store_true", help="do nothing for models already built"
     )
-    rebuild.set_defaults(handler=offline_tool("rebuild", _rebuild))
+    add_verbose_flag(rebuild)
+    rebuild.set_defaults(handler=offline_tool("rebuild", quiet_unless_verbose(_rebuild)))
     return parser
 
 
