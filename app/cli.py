@@ -11,14 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app import __version__
-from app.engine.manifest import ManifestError
+from app.serve_command import EXIT_USAGE, serve_command
 from app.settings_cli import (
     SettingsError,
     add_setting_flags,
-    given_settings,
     load_settings,
-    tei_names,
-    unknown_variables,
 )
 
 if TYPE_CHECKING:
@@ -69,95 +66,6 @@ def replaced_without_force(command: str, target: Path, force: bool) -> bool:
         return False
     tool_error(command, f"{target} already exists; pass --force to replace it")
     return True
-
-
-# `serve`'s exit statuses, one per kind of start-up failure (README "Exit statuses"); each
-# failure is one plain line on stderr, `encoder-serve: ...`.
-EXIT_FAILURE = 1  # stopped by a failure while serving (every worker crashing, the engine)
-EXIT_USAGE = 2  # an invalid flag or setting value (argparse's own status too)
-EXIT_PORT = 3  # cannot listen on the host and port (in use, or not ours to bind)
-EXIT_MODELS = 4  # the models cannot be served: no repository, a model that fails to load
-
-
-def startup_error(status: int, message: object) -> int:
-    """A start-up failure: one plain line on stderr, and its exit status."""
-    print(f"encoder-serve: {' '.join(str(message).split())}", file=sys.stderr)
-    return status
-
-
-def models_dir_error(models_dir: Path) -> str | None:
-    """Why the model repository cannot be served from, before anything else starts; the
-    fix for the default repository is `make models`, for another exporting into it."""
-    from app.config import Settings
-
-    default = models_dir == Settings.model_fields["models_dir"].default
-    build = (
-        "run `make models` to build the default models"
-        if default
-        else f"export a model into it: encoder-serve export SOURCE --name NAME --models-dir "
-        f"{models_dir}"
-    )
-    where = (
-        str(models_dir) if models_dir.is_absolute() else f"{models_dir} ({models_dir.resolve()})"
-    )
-    if not models_dir.is_dir():
-        what = "does not exist" if not models_dir.exists() else "is not a directory"
-        return f"the model repository {where} {what} (ENCODER_MODELS_DIR); {build}"
-    if not any(models_dir.glob("*/model.json")):
-        return f"the model repository {where} holds no model (no */model.json); {build}"
-    return None
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from app.engine.errors import ModelLoadError
-    from app.hub_models import HubModelError, prepare_hub_models
-    from app.logs import configure_logging
-    from app.processes import Supervisor, bind_listener, worker_count
-
-    tei = tei_names(args)
-    for warning in [*unknown_variables(), *tei.warnings]:
-        print(f"encoder-serve: warning: {warning}", file=sys.stderr)
-    for note in tei.notes:
-        print(f"encoder-serve: {note}", file=sys.stderr)
-    settings = load_settings(given_settings(args), tei)
-    if settings.pooling is not None and not settings.model_id:
-        print(
-            "encoder-serve: warning: ENCODER_POOLING applies to ENCODER_MODEL_ID models only "
-            "and is ignored (a repository model's pooling is in its model.json)",
-            file=sys.stderr,
-        )
-    if not settings.model_id and (problem := models_dir_error(settings.models_dir)):
-        return startup_error(EXIT_MODELS, problem)
-    configure_logging(settings.log_level, settings.log_format)
-    try:  # before any model loads: a busy port is said at once
-        listener = bind_listener(settings.host, settings.port)
-    except OSError as error:
-        why = error.strerror or error
-        return startup_error(
-            EXIT_PORT,
-            f"cannot listen on {settings.host}:{settings.port}: {why}; stop what uses it or "
-            "choose another port (--port, ENCODER_PORT)",
-        )
-    if settings.model_id:
-        try:
-            settings = prepare_hub_models(settings, lambda line: print(line, file=sys.stderr))
-        except (HubModelError, ManifestError) as error:
-            listener.close()
-            return startup_error(EXIT_MODELS, error)
-    workers = worker_count(settings.workers)
-    if workers > 1:
-        return Supervisor(settings, workers, listener).run()
-    from app.api.app import create_app
-    from app.api.server import serve
-
-    app = create_app(settings)
-    state = app.state.server
-    serve(state, app, sockets=[listener])
-    fatal = state.fatal_error
-    if fatal is not None:
-        status = EXIT_MODELS if isinstance(fatal, ModelLoadError) else EXIT_FAILURE
-        return startup_error(status, fatal)
-    return 0
 
 
 def quiet_unless_verbose(
@@ -382,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve the models of the repository over HTTP")
     add_setting_flags(serve)
-    serve.set_defaults(handler=_serve)
+    serve.set_defaults(handler=serve_command)
 
     export = commands.add_parser("export", help="export an encoder into the model repository")
     export.add_argument(

@@ -5,9 +5,9 @@ a check that follows (the parity gates, the untrained-head refusal, the delta's 
 logits): the TorchScript tracer's ("Converting a tensor to a Python boolean", "Exporting
 aten::index"), torch's notes on its legacy exporter, transformers' load reports (a
 classifier head "newly initialized" or MISSING before a delta brings it, the base's unused
-pooler UNEXPECTED) and its weight-loading progress bar, and ONNX Runtime's advice to
-pre-process a graph before quantizing it. A newcomer reads them as failures, so they are
-hidden by default; every other warning and log line still shows.
+pooler UNEXPECTED), its weight-loading progress bar and its deprecation notes to peft, and
+ONNX Runtime's advice to pre-process a graph before quantizing it. A newcomer reads them as
+failures, so they are hidden by default; every other warning and log line still shows.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ EXPECTED_WARNINGS = (
     "You are using the legacy TorchScript-based ONNX export",
     "The feature will be removed",
     "Constant folding",
+    # transformers' note to peft (merging a tuned model's adapter), not to the user.
+    "`is_gradient_checkpointing` is deprecated",
 )
 # Log records, from transformers' loading (its load report and "newly initialized" note)
 # and ONNX Runtime's quantizer (which logs on the root logger).

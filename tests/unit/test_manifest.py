@@ -8,7 +8,13 @@ from typing import Any
 
 import pytest
 
-from app.engine.manifest import MANIFEST_FILE, BatchingOverrides, ManifestError, ModelManifest
+from app.engine.manifest import (
+    MANIFEST_FILE,
+    PARITY_FILE,
+    BatchingOverrides,
+    ManifestError,
+    ModelManifest,
+)
 from app.engine.model_checks import check_directory
 
 
@@ -55,11 +61,31 @@ def test_valid_manifest_round_trips(tmp_path: Path) -> None:
     manifest.write(out)
     text = (out / MANIFEST_FILE).read_text()
     assert text.endswith("}\n")
-    # Only the batching overrides that are set are written (an override of None is none).
-    assert json.loads(text) == manifest.model_dump(mode="json", exclude_none=False) | {
-        "batching": manifest.batching.model_dump(exclude_none=True)
-    }
+    # Only the batching overrides that are set are written (an override of None is none);
+    # the parity figures go beside it, in parity.json.
+    assert json.loads(text) == manifest.model_dump(
+        mode="json", exclude_none=False, exclude={"parity"}
+    ) | {"batching": manifest.batching.model_dump(exclude_none=True)}
+    assert json.loads((out / PARITY_FILE).read_text()) == manifest.parity
     assert ModelManifest.read(out) == manifest
+
+
+def test_parity_figures_live_beside_the_committed_manifest(tmp_path: Path) -> None:
+    """A rebuild must leave model.json byte-identical: the figures it measures (which vary
+    in their last digits between machines) go to parity.json, which git ignores."""
+    write_json(tmp_path, valid())
+    manifest = ModelManifest.read(tmp_path)  # an older manifest, figures inside: still read
+    manifest.write(tmp_path)
+    committed = (tmp_path / MANIFEST_FILE).read_bytes()
+    manifest.parity = {"fp32": {"texts": 32, "min_cosine": 0.9999997}}  # another machine
+    manifest.write(tmp_path)
+    assert (tmp_path / MANIFEST_FILE).read_bytes() == committed
+    assert ModelManifest.read(tmp_path).parity["fp32"]["min_cosine"] == 0.9999997
+    manifest.parity = {}
+    manifest.write(tmp_path)
+    assert not (tmp_path / PARITY_FILE).exists()
+    (tmp_path / PARITY_FILE).write_text("[not figures")  # unreadable: a record, not needed
+    assert ModelManifest.read(tmp_path).parity == {}
 
 
 def test_keyword_construction_and_defaults(tmp_path: Path) -> None:
