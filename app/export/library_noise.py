@@ -56,6 +56,7 @@ def expected_noise_hidden(verbose: bool = False) -> Iterator[None]:
         stack.enter_context(warnings.catch_warnings())
         for start in EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=re.escape(start))
+        _configure_transformers_logging()  # its handler exists before the filters go on
         hidden = _ExpectedLines()
         # The root logger's own records (ONNX Runtime logs there), and every handler that
         # prints records propagated from libraries' loggers (transformers has its own).
@@ -67,6 +68,15 @@ def expected_noise_hidden(verbose: bool = False) -> Iterator[None]:
                 stack.callback(target.removeFilter, hidden)
         stack.enter_context(_transformers_progress_bars_off())
         yield
+
+
+def _configure_transformers_logging() -> None:
+    """transformers adds its handler on first use of its logging: make that now."""
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:  # not installed: nothing of it to hide
+        return
+    transformers_logging.get_logger("transformers")
 
 
 @contextmanager
