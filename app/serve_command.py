@@ -84,7 +84,7 @@ def serve_command(args: argparse.Namespace) -> int:
     if settings.model_id:
         try:
             settings = prepare_hub_models(settings, lambda line: print(line, file=sys.stderr))
-        except (HubModelError, ManifestError) as error:
+        except (HubModelError, ManifestError, OSError) as error:  # OSError: the cache's disk
             listener.close()
             return startup_error(EXIT_MODELS, error)
     workers = worker_count(settings.workers)

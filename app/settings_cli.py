@@ -80,16 +80,26 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for name, info in Settings.model_fields.items():
         about = (info.description or "").rstrip(".")
         details = f"{variable(name)}, default {_default(info)}"
-        # A boolean flag alone means true (`--auto-truncate`, as TEI's).
-        bare = {"nargs": "?", "const": "true"} if info.annotation is bool else {}
+        # A boolean flag alone means true (`--auto-truncate`, as TEI's); a list's flag may
+        # be repeated (`--model-id a --model-id b`), as well as hold `a,b`.
+        bare: dict[str, Any] = {"nargs": "?", "const": "true"} if info.annotation is bool else {}
+        if typing.get_origin(_unannotated(info.annotation)) is list:
+            bare = {"action": "append"}
         group.add_argument(
             flag(name),
             dest=f"setting_{name}",
             metavar=_metavar(name, info),
             help=f"{about} ({details})" if about else details,
-            **bare,  # type: ignore[arg-type]
+            **bare,
         )
     _add_tei_flags(parser)
+
+
+def _unannotated(annotation: Any) -> Any:
+    """`list[str]` of `Annotated[list[str], NoDecode]`."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return typing.get_args(annotation)[0]
+    return annotation
 
 
 def _add_tei_flags(parser: argparse.ArgumentParser) -> None:
@@ -136,11 +146,13 @@ def tei_names(args: argparse.Namespace, environ: Mapping[str, str] | None = None
 
 def given_settings(args: argparse.Namespace) -> dict[str, str]:
     """The settings given as flags, by field name (values as typed)."""
-    return {
+    given = {
         name: value
         for name in Settings.model_fields
         if (value := getattr(args, f"setting_{name}", None)) is not None
     }
+    # A repeated list flag: its values as the variable would hold them.
+    return {name: ",".join(v) if isinstance(v, list) else v for name, v in given.items()}
 
 
 def load_settings(flags: Mapping[str, Any] | None = None, tei: TeiNames | None = None) -> Settings:

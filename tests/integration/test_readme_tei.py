@@ -106,5 +106,10 @@ def test_the_tei_command_and_client_run_as_written(default_models: Path, tmp_pat
         assert "serving the repository's own ONNX export" in said
         info = httpx.get(url + "/info", timeout=10).json()
         assert info["auto_truncate"] is True  # --auto-truncate
+        # TEI's /embed refuses an over-long input unless told: --auto-truncate tells it.
+        long = httpx.post(url + "/embed", json={"inputs": "word " * 600}, timeout=60)
+        assert long.status_code == 200 and len(long.json()[0]) == 384
+        refused = {"inputs": "word " * 600, "truncate": False}
+        assert httpx.post(url + "/embed", json=refused, timeout=60).status_code == 413
     finally:
         stop_process(process)

@@ -190,3 +190,28 @@ def test_cache_names_are_model_names() -> None:
     assert cache_name("acme/x", "refs/pr/2") == "acme--x--refs-pr-2"
     long = cache_name("an-organisation-with-a-long-name/" + "m" * 60, "v1")
     assert len(long) == 64 and model_name_error(long) is None
+
+
+def test_ids_and_revisions_each_get_a_model_of_their_own(
+    hub_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.cli import build_parser
+    from app.hub_models import prepare_hub_models
+    from app.settings_cli import given_settings
+
+    settings_for(hub_home, tmp_path / "cache", monkeypatch)
+    monkeypatch.setattr("app.hub_models.export_extra_installed", lambda: False)
+    args = build_parser().parse_args(
+        ["serve", "--model-id", "acme/tiny-onnx", "--model-id", "acme/tiny-onnx@main",
+         "--model-cache-dir", str(tmp_path / "cache")]
+    )  # fmt: skip
+    settings = prepare_hub_models(Settings(**given_settings(args)), print)
+    assert settings.models == ["acme--tiny-onnx", "acme--tiny-onnx--main"]
+    assert settings.models_dir == tmp_path / "cache"
+    stamp = json.loads((tmp_path / "cache" / "acme--tiny-onnx--main" / STAMP_FILE).read_text())
+    assert (stamp["revision"], stamp["commit"]) == ("main", COMMIT)
+    # --revision applies to the ids without one of their own.
+    pinned = Settings(
+        model_id=["acme/tiny-onnx"], revision="main", model_cache_dir=tmp_path / "cache"
+    )
+    assert prepare_hub_models(pinned, print).models == ["acme--tiny-onnx--main"]
