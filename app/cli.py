@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app import __version__
-from app.serve_command import EXIT_USAGE, serve_command
+from app.exit_statuses import EXIT_USAGE
+from app.serve_command import serve_command
 from app.settings_cli import (
     SettingsError,
     add_setting_flags,

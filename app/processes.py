@@ -44,6 +44,7 @@ from types import FrameType
 import psutil
 
 from app.config import Settings, available_cores
+from app.exit_statuses import EXIT_MODELS, EXIT_PORT
 from app.runtime_files import ENGINE_DOWN_FILE, ENGINE_ERROR_FILE, write_atomically
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,6 @@ STOP_GRACE_S = 10.0  # beyond the drain time, before a process that will not sto
 # a row, every worker alike, stop the server rather than restart forever. Deaths by a
 # signal (an OOM killer, an operator's kill) never stop it: they say nothing of the build.
 HEALTHY_S = 10.0
-# The exit status when the engine cannot start: its models cannot be served (app/cli.py's
-# EXIT_MODELS, README "Exit statuses").
-ENGINE_START_FAILED = 4
 MAX_QUICK_EXITS = 5
 RUNTIME_PREFIX = "encoder-serve-"
 OWNER_FILE = "supervisor.pid"  # `pid create_time` of the supervisor owning a runtime dir
@@ -79,7 +77,7 @@ def worker_count(setting: int | str, cores: int | None = None) -> int:
 
 def bind_listener(host: str, port: int) -> socket.socket:
     """The server's listening socket (inheritable: the workers share it); OSError when the
-    port is taken or not ours to bind. Bound before any model loads (app/cli.py)."""
+    port is taken or not ours to bind. Bound before any model loads (app/serve_command.py)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
     listener.set_inheritable(True)
@@ -221,7 +219,7 @@ class Supervisor:
         except OSError as error:  # the port is taken, or not ours to bind
             log.error("cannot listen on %s:%d: %s", self.settings.host, self.settings.port, error)
             shutil.rmtree(self._runtime, ignore_errors=True)
-            return 1
+            return EXIT_PORT
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         log.info(
@@ -245,7 +243,7 @@ class Supervisor:
                 if self._stopping:
                     break
                 if not self._tend_engine(engine, listener):
-                    status = ENGINE_START_FAILED
+                    status = EXIT_MODELS  # the engine could not load them
                     break
                 for worker in workers:
                     self._tend_worker(worker, listener)
@@ -289,7 +287,7 @@ class Supervisor:
         crashed = process.exitcode is not None and process.exitcode > 0
         if crashed and not self._engine_started_once:
             log.error("the engine process failed to start: it %s", why)
-            # The one plain line of a start-up failure (app/cli.py), beside the log's.
+            # The one plain line of a start-up failure (app/serve_command.py), beside the log's.
             print(f"encoder-serve: the engine process failed to start: it {why}", file=sys.stderr)
             return False
         delay = self._bury(slot, now, why)

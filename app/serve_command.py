@@ -12,14 +12,8 @@ import sys
 from pathlib import Path
 
 from app.engine.manifest import ManifestError
+from app.exit_statuses import EXIT_FAILURE, EXIT_MODELS, EXIT_PORT
 from app.settings_cli import given_settings, load_settings, tei_names, unknown_variables
-
-# `serve`'s exit statuses, one per kind of start-up failure (README "Exit statuses"); each
-# failure is one plain line on stderr, `encoder-serve: ...`.
-EXIT_FAILURE = 1  # stopped by a failure while serving (every worker crashing, the engine)
-EXIT_USAGE = 2  # an invalid flag or setting value (argparse's own status too)
-EXIT_PORT = 3  # cannot listen on the host and port (in use, or not ours to bind)
-EXIT_MODELS = 4  # the models cannot be served: no repository, a model that fails to load
 
 
 def startup_error(status: int, message: object) -> int:
