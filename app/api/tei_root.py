@@ -110,7 +110,11 @@ async def similarity(body: SimilarityRequest, request: Request) -> Response:
     texts = [body.inputs.source_sentence, *body.inputs.sentences]
     options = TextOptions(parameters.prompt_name, None, parameters.truncation_direction)
     work = engine(request).embed(
-        model.name, texts, normalize=True, truncate=bool(parameters.truncate), text=options
+        model.name,
+        texts,
+        normalize=True,
+        truncate=tei.truncation(parameters.truncate, request),
+        text=options,
     )
     vectors = (await unless_disconnected(request, work)).vectors
     cosines = vectors[1:] @ vectors[0]  # unit vectors: the dot product is the cosine

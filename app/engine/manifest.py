@@ -26,6 +26,10 @@ from app.engine.contract import Pooling, Task
 
 ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
 MANIFEST_FILE = "model.json"
+# Parity figures are measured at each build and differ in their last digits between machines
+# and library versions: they are kept beside the manifest, in a file git ignores, so that
+# `make models` leaves the committed model.json files as they are. `read` merges them back.
+PARITY_FILE = "parity.json"
 
 # Keys the format no longer has but older manifests carry: accepted and dropped.
 # `normalize` was written by the exporter and never honoured: the request decides.
@@ -197,18 +201,35 @@ class ModelManifest(BaseModel):
             raise ManifestError(f"{path}: not valid JSON: {error}") from error
         if not isinstance(data, dict):
             raise ManifestError(f"{path}: not a JSON object (got a JSON {_json_type(data)})")
+        if "parity" not in data:  # a manifest written with its figures beside it
+            data["parity"] = _read_parity(directory / PARITY_FILE)
         try:
             return cls.model_validate(data)
         except ValidationError as error:
             raise ManifestError(f"{path}: {describe_errors(error)}") from error
 
     def write(self, directory: Path) -> None:
-        data = self.model_dump(mode="json")
+        """`model.json`, and the parity figures in `parity.json` beside it (PARITY_FILE)."""
+        data = self.model_dump(mode="json", exclude={"parity"})
         data["batching"] = self.batching.model_dump(mode="json", exclude_none=True)  # overrides
         if not self.prompts:
             del data["prompts"]  # most models have none: their manifests stay as they were
-        text = json.dumps(data, indent=2) + "\n"
-        (directory / MANIFEST_FILE).write_text(text)
+        (directory / MANIFEST_FILE).write_text(json.dumps(data, indent=2) + "\n")
+        parity = directory / PARITY_FILE
+        if self.parity:
+            parity.write_text(json.dumps(self.parity, indent=2) + "\n")
+        else:
+            parity.unlink(missing_ok=True)
+
+
+def _read_parity(path: Path) -> Any:
+    """The parity figures beside a manifest; none when the file is absent or unreadable
+    (they are a record of the build, never needed to serve)."""
+    try:
+        figures = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return figures if isinstance(figures, dict) else {}
 
 
 def kept_default(directory: Path) -> bool:

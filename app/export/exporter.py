@@ -13,7 +13,14 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from app.backends.torch import TorchBackend, model_input_names
-from app.engine.manifest import ModelManifest, Pooling, Task, kept_default, model_name_error
+from app.engine.manifest import (
+    PARITY_FILE,
+    ModelManifest,
+    Pooling,
+    Task,
+    kept_default,
+    model_name_error,
+)
 from app.engine.models.tokenization import TextTokenizer
 from app.engine.passes.pipeline import OFFLINE_BATCH, Pipeline
 from app.export.messages import say
@@ -333,13 +340,15 @@ def class_labels(config: Any) -> list[str]:
 
 
 def is_built(models_dir: Path, name: str, precisions: Sequence[str] = ("fp32",)) -> bool:
-    """A model directory with its manifest, the precisions asked for, every file it lists."""
+    """A model directory with its manifest, the precisions asked for, every file it lists,
+    and its parity figures (a directory built before they moved to parity.json is built
+    again once, which records them there)."""
     directory = models_dir / name
     try:
         manifest = ModelManifest.read(directory)
     except ValueError:  # ManifestError: missing, unreadable or invalid
         return False
-    files = [*manifest.files.values(), manifest.tokenizer]
+    files = [*manifest.files.values(), manifest.tokenizer, PARITY_FILE]
     if not all(precision in manifest.files for precision in precisions):
         return False
     return all((directory / f).exists() for f in files)

@@ -79,7 +79,13 @@ def _package_model(source: str) -> Path | None:
     raise SourceError(f"package '{source}' ({package_dir}) holds no model directory")
 
 
-def _hub_model(repo_id: str, revision: str | None) -> Path:
+def hub_snapshot(repo_id: str, revision: str | None, also: tuple[str, ...] = ()) -> Path:
+    """A Hub repository's snapshot directory in the Hugging Face cache (fetched there
+    unless offline): what an export reads, and the files matching `also`."""
+    return _hub_model(repo_id, revision, also)
+
+
+def _hub_model(repo_id: str, revision: str | None, also: tuple[str, ...] = ()) -> Path:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -90,7 +96,9 @@ def _hub_model(repo_id: str, revision: str | None) -> Path:
 
     at = f"'{repo_id}'" + (f" at revision '{revision}'" if revision else "")
     try:
-        directory = Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILES))
+        directory = Path(
+            snapshot_download(repo_id, revision=revision, allow_patterns=[*HUB_FILES, *also])
+        )
     except GatedRepoError:
         raise SourceError(
             f"{at} is gated on the Hugging Face Hub: accept its terms on its page, then "

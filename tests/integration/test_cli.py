@@ -109,7 +109,7 @@ def test_a_model_that_fails_to_load_stops_startup_naming_model_and_file(
     (broken / "tiny" / "model.onnx").write_bytes(b"this is not an onnx graph")
     live = start_server(tmp_path, {"ENCODER_MODELS_DIR": str(broken)}, wait_ready=False)
     code = live.process.wait(120)
-    assert code == 1
+    assert code == 4  # the models cannot be served (README "Start-up errors and exit statuses")
     log = live.log()
     assert "model 'tiny'" in log and str(broken / "tiny" / "model.onnx") in log
 

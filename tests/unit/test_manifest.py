@@ -8,7 +8,13 @@ from typing import Any
 
 import pytest
 
-from app.engine.manifest import MANIFEST_FILE, BatchingOverrides, ManifestError, ModelManifest
+from app.engine.manifest import (
+    MANIFEST_FILE,
+    PARITY_FILE,
+    BatchingOverrides,
+    ManifestError,
+    ModelManifest,
+)
 from app.engine.model_checks import check_directory
 
 
@@ -56,12 +62,13 @@ def test_valid_manifest_round_trips(tmp_path: Path) -> None:
     text = (out / MANIFEST_FILE).read_text()
     assert text.endswith("}\n")
     # Only the batching overrides that are set are written (an override of None is none),
-    # and prompts only where the model has some.
-    expected = manifest.model_dump(mode="json", exclude_none=False) | {
+    # prompts only where the model has some; the parity figures go beside it, in parity.json.
+    expected = manifest.model_dump(mode="json", exclude_none=False, exclude={"parity"}) | {
         "batching": manifest.batching.model_dump(exclude_none=True)
     }
     del expected["prompts"]
     assert json.loads(text) == expected
+    assert json.loads((out / PARITY_FILE).read_text()) == manifest.parity
     assert ModelManifest.read(out) == manifest
 
 
@@ -77,6 +84,24 @@ def test_prompts_are_written_where_the_model_has_some(tmp_path: Path) -> None:
     write_json(tmp_path, {**valid(), "prompts": {"query": 1}})
     with pytest.raises(ManifestError, match="prompts"):
         ModelManifest.read(tmp_path)
+
+
+def test_parity_figures_live_beside_the_committed_manifest(tmp_path: Path) -> None:
+    """A rebuild must leave model.json byte-identical: the figures it measures (which vary
+    in their last digits between machines) go to parity.json, which git ignores."""
+    write_json(tmp_path, valid())
+    manifest = ModelManifest.read(tmp_path)  # an older manifest, figures inside: still read
+    manifest.write(tmp_path)
+    committed = (tmp_path / MANIFEST_FILE).read_bytes()
+    manifest.parity = {"fp32": {"texts": 32, "min_cosine": 0.9999997}}  # another machine
+    manifest.write(tmp_path)
+    assert (tmp_path / MANIFEST_FILE).read_bytes() == committed
+    assert ModelManifest.read(tmp_path).parity["fp32"]["min_cosine"] == 0.9999997
+    manifest.parity = {}
+    manifest.write(tmp_path)
+    assert not (tmp_path / PARITY_FILE).exists()
+    (tmp_path / PARITY_FILE).write_text("[not figures")  # unreadable: a record, not needed
+    assert ModelManifest.read(tmp_path).parity == {}
 
 
 def test_keyword_construction_and_defaults(tmp_path: Path) -> None:
