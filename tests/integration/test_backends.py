@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from app.engine.manifest import ModelManifest
+from app.exit_statuses import EXIT_MODELS
 from tests.conftest import LiveServer, start_server
 
 TEXTS = [
@@ -99,5 +100,5 @@ def test_a_precision_the_model_lacks_stops_startup(tmp_path: Path) -> None:
     live = start_server(
         tmp_path, {"ENCODER_PRECISION": "fp16", "ENCODER_MODELS": "minilm"}, wait_ready=False
     )
-    assert live.process.wait(120) == 1
+    assert live.process.wait(120) == EXIT_MODELS
     assert "has no fp16 build" in live.log()

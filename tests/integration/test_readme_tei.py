@@ -24,9 +24,11 @@ COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 
 
 def section() -> str:
+    """"Coming from TEI" up to its routes and fields (whose examples the README-examples
+    test runs)."""
     text = README.read_text()
     start = text.index("\n## Coming from TEI\n")
-    return text[start : text.index("\n## ", start + 1)]
+    return text[start : text.index("\n### TEI routes and request fields\n", start)]
 
 
 def blocks(language: str) -> list[str]:
@@ -37,7 +39,8 @@ def test_the_table_names_every_tei_flag_and_variable() -> None:
     text = section()
     for name in [*TEI_VARIABLES, *HUB_VARIABLES]:
         assert f"`{name}`" in text or f", {name}`" in text or f"`{name}," in text, name
-    assert text.rstrip().endswith("Routes and request fields: see below.")
+    ending = "TEI's routes and request fields, and what answers them here, follow."
+    assert text.rstrip().endswith(ending)
 
 
 def lay_out_minilm(home: Path, repo_id: str, graph: Path) -> None:
