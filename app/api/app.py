@@ -14,6 +14,7 @@ from app import __version__
 from app.api import explain, openai, routes, tei
 from app.api.errors import install_error_handlers
 from app.api.guard import RequestGuardMiddleware
+from app.api.hot_path import HotPathMiddleware, hot_routes
 from app.api.lifecycle import ServerState
 from app.api.observability import RequestObservabilityMiddleware
 from app.api.web import install_docs, install_viewer
@@ -29,10 +30,12 @@ def create_app(
     *,
     engine_socket: Path | None = None,
     metrics_dir: Path | None = None,
+    hot_path: bool = True,
 ) -> FastAPI:
     """The app of one HTTP process. In a front-end worker (ENCODER_WORKERS > 1, see
     app/processes.py) the passes run in the engine process behind `engine_socket`, and
-    `/metrics` merges every process's samples from `metrics_dir`."""
+    `/metrics` merges every process's samples from `metrics_dir`. `hot_path=False` answers
+    every request through FastAPI alone (app/api/hot_path.py; the tests compare both)."""
     settings = settings or Settings()
     state = ServerState(settings, Metrics(multiprocess_dir=metrics_dir), engine_socket)
 
@@ -64,6 +67,14 @@ def create_app(
     )
     app.state.server = state
     install_error_handlers(app)
+    # Innermost: valid requests to the busiest routes skip FastAPI's route machinery; the
+    # guard, CORS and observability below wrap it as they wrap every route.
+    if hot_path:
+        app.add_middleware(
+            HotPathMiddleware,
+            routes=hot_routes([*routes.router.routes, *openai.router.routes, *tei.router.routes]),
+            state=state,
+        )
     # Outermost last: observability sees every answer, the guard's 401 and 413 included.
     app.add_middleware(
         RequestGuardMiddleware,

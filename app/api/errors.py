@@ -158,8 +158,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return error_response(422, "validation_error", message, path=request.url.path)
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
+def http_error_response(request: Request, exc: HTTPException) -> Response:
     if isinstance(exc, RequestRejected):
         kind = exc.kind
     else:
@@ -167,7 +166,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, kind, str(exc.detail), exc.headers, request.url.path)
 
 
-async def _engine_error(request: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return http_error_response(request, exc)
+
+
+def engine_error_response(request: Request, exc: errors.EngineError) -> Response:
+    """The answer to an engine error: its status and type from the table above."""
     for error_type, status, kind in _STATUS:
         if isinstance(exc, error_type):
             headers = None
@@ -178,7 +183,13 @@ async def _engine_error(request: Request, exc: Exception) -> Response:
             if request.url.path in TEI_PATHS:
                 status = _TEI_STATUS.get(kind, status)
             return error_response(status, kind, str(exc), headers, request.url.path)
-    return await _unexpected_error(request, exc)
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return internal_error_response(request.url.path)
+
+
+async def _engine_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.EngineError)
+    return engine_error_response(request, exc)
 
 
 def internal_error_response(path: str) -> Response:
