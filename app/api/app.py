@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.api import explain, openai, routes, tei
@@ -23,6 +25,19 @@ from app.metrics import Metrics
 
 # How long a front-end worker may wait to be ready before it accepts connections.
 WORKER_READY_WAIT_S = 5.0
+
+
+class EncoderServeApp(FastAPI):
+    """FastAPI, entered through this server's edge: observability, CORS and the guard wrap
+    the app from outside FastAPI's own middleware stack, so that the hot path (valid
+    requests to the busiest routes) runs inside them without FastAPI's layers, and every
+    other request goes on to FastAPI as before. Set up by `create_app`."""
+
+    edge: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self  # as Starlette sets it: a Request's `.app` for the hot path too
+        await self.edge(scope, receive, send)
 
 
 def create_app(
@@ -56,7 +71,7 @@ def create_app(
             await loading
         await state.close()
 
-    app = FastAPI(
+    app = EncoderServeApp(
         title="encoder-serve",
         version=__version__,
         description="High-throughput inference server for Transformer encoders.",
@@ -67,34 +82,31 @@ def create_app(
     )
     app.state.server = state
     install_error_handlers(app)
-    # Innermost: valid requests to the busiest routes skip FastAPI's route machinery; the
-    # guard, CORS and observability below wrap it as they wrap every route.
-    if hot_path:
-        app.add_middleware(
-            HotPathMiddleware,
-            routes=hot_routes([*routes.router.routes, *openai.router.routes, *tei.router.routes]),
-            state=state,
-        )
-    # Outermost last: observability sees every answer, the guard's 401 and 413 included.
-    app.add_middleware(
-        RequestGuardMiddleware,
-        keys=[key.get_secret_value() for key in settings.api_key],
-        metrics_require_key=settings.metrics_require_key,
-        max_body_bytes=settings.max_body_bytes,
-    )
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["authorization", "content-type", "x-request-id"],
-            expose_headers=["x-request-id", "x-queue-time", "x-inference-time", "x-total-time"],
-        )
-    app.add_middleware(RequestObservabilityMiddleware, metrics=state.metrics)
     app.include_router(routes.router)
     app.include_router(explain.router)
     app.include_router(openai.router)
     app.include_router(tei.router)
     install_viewer(app)
     install_docs(app)
+    framework: ASGIApp = functools.partial(FastAPI.__call__, app)
+    if hot_path:
+        # Valid requests to the busiest routes skip FastAPI's machinery (app/api/hot_path.py).
+        hot = hot_routes([*routes.router.routes, *openai.router.routes, *tei.router.routes])
+        framework = HotPathMiddleware(framework, hot, state)
+    # Outermost last: observability sees every answer, the guard's 401 and 413 included.
+    edge: ASGIApp = RequestGuardMiddleware(
+        framework,
+        keys=[key.get_secret_value() for key in settings.api_key],
+        metrics_require_key=settings.metrics_require_key,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    if settings.cors_origins:
+        edge = CORSMiddleware(
+            edge,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-request-id"],
+            expose_headers=["x-request-id", "x-queue-time", "x-inference-time", "x-total-time"],
+        )
+    app.edge = RequestObservabilityMiddleware(edge, metrics=state.metrics)
     return app

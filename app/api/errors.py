@@ -198,7 +198,8 @@ def internal_error_response(path: str) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    # Not logged here: Starlette raises the exception again once this answer is out, and
+    # RequestObservabilityMiddleware, around the whole app, logs it with the request id.
     return internal_error_response(request.url.path)
 
 
@@ -206,7 +207,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(errors.EngineError, _engine_error)
-    # Unexpected exceptions in routes are answered by RequestObservabilityMiddleware (inside
-    # its reach: request id and timing headers, metrics, keep-alive) with
-    # internal_error_response. This handler is Starlette's last resort outside it.
+    # Unexpected exceptions in routes are answered by Starlette's ServerErrorMiddleware with
+    # this handler (internal_error_response), inside RequestObservabilityMiddleware (app/api/
+    # app.py: request id and timing headers, metrics, the log line, keep-alive); on the hot
+    # path the middleware answers them itself, with the same response.
     app.add_exception_handler(Exception, _unexpected_error)

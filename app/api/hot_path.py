@@ -99,25 +99,23 @@ class HotPathMiddleware:
             await self.app(scope, receive, send)
             return
         messages = await _read_body(receive)
-        try:
-            body = _whole_body(messages)
-            with limits_for_request(self.state.request_limits):
-                value = hot.model.model_validate(parse_json(body))
-        except Exception:  # noqa: BLE001 - every refusal is the framework's to word
-            await self.app(scope, _replay(messages, receive), send)
-            return
-        # What Starlette's router sets on a match: the route (the metrics' endpoint label).
-        scope["route"] = hot.route
-        request = Request(scope, receive)
-        try:
-            with limits_for_request(self.state.request_limits):
-                response = await hot.endpoint(
-                    **{hot.body_name: value, hot.request_name: request}
-                )
-        except EngineError as error:
-            response = engine_error_response(request, error)
-        except HTTPException as error:
-            response = http_error_response(request, error)
+        # The app's limits hold for the validators and for the endpoint (as the framework's
+        # route sets them: app/api/bodies.py); a request handed over sets them again.
+        with limits_for_request(self.state.request_limits):
+            try:
+                value = hot.model.model_validate(parse_json(_whole_body(messages)))
+            except Exception:
+                await self.app(scope, _replay(messages, receive), send)
+                return
+            # What Starlette's router sets on a match: the route (the metrics' endpoint label).
+            scope["route"] = hot.route
+            request = Request(scope, receive)
+            try:
+                response = await hot.endpoint(**{hot.body_name: value, hot.request_name: request})
+            except EngineError as error:
+                response = engine_error_response(request, error)
+            except HTTPException as error:
+                response = http_error_response(request, error)
         await response(scope, receive, send)
 
 
