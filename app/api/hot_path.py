@@ -12,10 +12,11 @@ observability run as for every route), does only what that route needs:
 - the route's own endpoint function called with that body and a Starlette `Request`;
 - engine errors it raises answered by the app's own error handlers (app/api/errors.py).
 
-Anything else — another content type, a body that is not JSON, that fails validation or
-hits a limit (413) — goes to the framework as if this middleware were not there (the body
-is handed over again), so every error a client can cause is answered by the one error
-mapping, word for word. A failed request costs a second parse: errors are not the hot path.
+Anything else — another content type, a body that is not JSON or fails validation — goes
+to the framework as if this middleware were not there (the body is handed over again), so
+every error a client can cause is answered by the one error mapping, word for word. Such a
+request costs a second parse (errors are not the hot path), except one past a count or
+size limit (413), answered here by the same handler before any per-item work.
 The routes themselves are unchanged, and so is the OpenAPI document built from them
 (tests/integration/test_hot_path.py compares both).
 """
@@ -37,7 +38,7 @@ from app.api.bodies import is_json, parse_json
 from app.api.errors import engine_error_response, http_error_response
 from app.api.lifecycle import ServerState
 from app.api.schemas import limits_for_request
-from app.engine.errors import EngineError
+from app.engine.errors import EngineError, PayloadTooLarge
 
 # The routes single texts are sent to one by one at high rates. Another POST route whose
 # endpoint takes one JSON body model and the `Request` can be added here as it is.
@@ -99,16 +100,23 @@ class HotPathMiddleware:
             await self.app(scope, receive, send)
             return
         messages = await _read_body(receive)
+        # What Starlette's router sets on a match: the route (the metrics' endpoint label).
+        scope["route"] = hot.route
         # The app's limits hold for the validators and for the endpoint (as the framework's
         # route sets them: app/api/bodies.py); a request handed over sets them again.
         with limits_for_request(self.state.request_limits):
             try:
                 value = hot.model.model_validate(parse_json(_whole_body(messages)))
+            except PayloadTooLarge as error:
+                # A count or size limit, checked before any per-item work (app/api/
+                # schemas.py), which pydantic lets through: answered as the framework's
+                # handler would, without a second pass over a body at the limit.
+                response = engine_error_response(Request(scope, receive), error)
+                await response(scope, receive, send)
+                return
             except Exception:
                 await self.app(scope, _replay(messages, receive), send)
                 return
-            # What Starlette's router sets on a match: the route (the metrics' endpoint label).
-            scope["route"] = hot.route
             request = Request(scope, receive)
             try:
                 response = await hot.endpoint(**{hot.body_name: value, hot.request_name: request})

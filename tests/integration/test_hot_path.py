@@ -207,7 +207,9 @@ def test_request_ids_metrics_and_the_model_label(
     echoed = hot.post("/encode", json={"inputs": "x"}, headers={"x-request-id": "abc-123"})
     assert echoed.headers["x-request-id"] == "abc-123"
     hot.post("/classify", json={"inputs": "x", "model": "sentiment"})
+    assert hot.post("/v1/embeddings", json={"input": ["x"] * 9, "model": "m"}).status_code == 413
     exposition = hot.get("/metrics").text
+    assert 'encoder_requests_total{code="413",endpoint="/v1/embeddings",model=""}' in exposition
     assert 'encoder_requests_total{code="200",endpoint="/encode",model="minilm"}' in exposition
     assert 'encoder_requests_total{code="200",endpoint="/classify",model="sentiment"}' in exposition
 
