@@ -31,7 +31,9 @@ class EncoderServeApp(FastAPI):
     """FastAPI, entered through this server's edge: observability, CORS and the guard wrap
     the app from outside FastAPI's own middleware stack, so that the hot path (valid
     requests to the busiest routes) runs inside them without FastAPI's layers, and every
-    other request goes on to FastAPI as before. Set up by `create_app`."""
+    other request goes on to FastAPI as before. Set up by `create_app`. A middleware meant
+    for every request belongs in that edge: `add_middleware` puts it inside FastAPI's
+    stack, which hot requests skip."""
 
     edge: ASGIApp
 
