@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.api import explain, openai, routes, tei, tei_root
 from app.api.errors import install_error_handlers
 from app.api.guard import RequestGuardMiddleware
+from app.api.hot_path import HotPathMiddleware, hot_routes
 from app.api.lifecycle import ServerState
 from app.api.observability import RequestObservabilityMiddleware
 from app.api.web import install_docs, install_viewer
@@ -24,15 +27,32 @@ from app.metrics import Metrics
 WORKER_READY_WAIT_S = 5.0
 
 
+class EncoderServeApp(FastAPI):
+    """FastAPI, entered through this server's edge: observability, CORS and the guard wrap
+    the app from outside FastAPI's own middleware stack, so that the hot path (valid
+    requests to the busiest routes) runs inside them without FastAPI's layers, and every
+    other request goes on to FastAPI as before. Set up by `create_app`. A middleware meant
+    for every request belongs in that edge: `add_middleware` puts it inside FastAPI's
+    stack, which hot requests skip."""
+
+    edge: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self  # as Starlette sets it: a Request's `.app` for the hot path too
+        await self.edge(scope, receive, send)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
     engine_socket: Path | None = None,
     metrics_dir: Path | None = None,
+    hot_path: bool = True,
 ) -> FastAPI:
     """The app of one HTTP process. In a front-end worker (ENCODER_WORKERS > 1, see
     app/processes.py) the passes run in the engine process behind `engine_socket`, and
-    `/metrics` merges every process's samples from `metrics_dir`."""
+    `/metrics` merges every process's samples from `metrics_dir`. `hot_path=False` answers
+    every request through FastAPI alone (app/api/hot_path.py; the tests compare both)."""
     settings = settings or Settings()
     state = ServerState(settings, Metrics(multiprocess_dir=metrics_dir), engine_socket)
 
@@ -53,7 +73,7 @@ def create_app(
             await loading
         await state.close()
 
-    app = FastAPI(
+    app = EncoderServeApp(
         title="encoder-serve",
         version=__version__,
         description="High-throughput inference server for Transformer encoders.",
@@ -64,22 +84,6 @@ def create_app(
     )
     app.state.server = state
     install_error_handlers(app)
-    # Outermost last: observability sees every answer, the guard's 401 and 413 included.
-    app.add_middleware(
-        RequestGuardMiddleware,
-        keys=[key.get_secret_value() for key in settings.api_key],
-        metrics_require_key=settings.metrics_require_key,
-        max_body_bytes=settings.max_body_bytes,
-    )
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["authorization", "content-type", "x-request-id"],
-            expose_headers=["x-request-id", "x-queue-time", "x-inference-time", "x-total-time"],
-        )
-    app.add_middleware(RequestObservabilityMiddleware, metrics=state.metrics)
     app.include_router(routes.router)
     app.include_router(explain.router)
     app.include_router(openai.router)
@@ -88,4 +92,25 @@ def create_app(
     app.include_router(tei_root.router)
     install_viewer(app)
     install_docs(app)
+    framework: ASGIApp = functools.partial(FastAPI.__call__, app)
+    if hot_path:
+        # Valid requests to the busiest routes skip FastAPI's machinery (app/api/hot_path.py).
+        hot = hot_routes([*routes.router.routes, *openai.router.routes, *tei.router.routes])
+        framework = HotPathMiddleware(framework, hot, state)
+    # Outermost last: observability sees every answer, the guard's 401 and 413 included.
+    edge: ASGIApp = RequestGuardMiddleware(
+        framework,
+        keys=[key.get_secret_value() for key in settings.api_key],
+        metrics_require_key=settings.metrics_require_key,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    if settings.cors_origins:
+        edge = CORSMiddleware(
+            edge,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-request-id"],
+            expose_headers=["x-request-id", "x-queue-time", "x-inference-time", "x-total-time"],
+        )
+    app.edge = RequestObservabilityMiddleware(edge, metrics=state.metrics)
     return app

@@ -168,8 +168,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return error_response(422, "validation_error", message, path=request.url.path)
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
+def http_error_response(request: Request, exc: HTTPException) -> Response:
     if isinstance(exc, RequestRejected):
         kind = exc.kind
     else:
@@ -177,7 +176,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, kind, str(exc.detail), exc.headers, request.url.path)
 
 
-async def _engine_error(request: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return http_error_response(request, exc)
+
+
+def engine_error_response(request: Request, exc: errors.EngineError) -> Response:
+    """The answer to an engine error: its status and type from the table above."""
     for error_type, status, kind in _STATUS:
         if isinstance(exc, error_type):
             headers = None
@@ -188,7 +193,13 @@ async def _engine_error(request: Request, exc: Exception) -> Response:
             if request.url.path in TEI_PATHS:
                 status = _TEI_STATUS.get(kind, status)
             return error_response(status, kind, str(exc), headers, request.url.path)
-    return await _unexpected_error(request, exc)
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return internal_error_response(request.url.path)
+
+
+async def _engine_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.EngineError)
+    return engine_error_response(request, exc)
 
 
 def internal_error_response(path: str) -> Response:
@@ -197,7 +208,8 @@ def internal_error_response(path: str) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    # Not logged here: Starlette raises the exception again once this answer is out, and
+    # RequestObservabilityMiddleware, around the whole app, logs it with the request id.
     return internal_error_response(request.url.path)
 
 
@@ -205,7 +217,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(errors.EngineError, _engine_error)
-    # Unexpected exceptions in routes are answered by RequestObservabilityMiddleware (inside
-    # its reach: request id and timing headers, metrics, keep-alive) with
-    # internal_error_response. This handler is Starlette's last resort outside it.
+    # Unexpected exceptions in routes are answered by Starlette's ServerErrorMiddleware with
+    # this handler (internal_error_response), inside RequestObservabilityMiddleware (app/api/
+    # app.py: request id and timing headers, metrics, the log line, keep-alive); on the hot
+    # path the middleware answers them itself, with the same response.
     app.add_exception_handler(Exception, _unexpected_error)

@@ -7,6 +7,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from fastapi import Request
+from starlette.types import Message
 
 from app.api.answers import json_response
 from app.api.lifecycle import ServerState
@@ -37,19 +38,32 @@ def resolve_model(request: Request, name: str | None, task: Task) -> ModelDescri
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await engine work; if the client hangs up first, cancel it so its queued inputs are
-    dropped before they cost a forward pass."""
-    task = asyncio.ensure_future(work)
+    dropped before they cost a forward pass.
+
+    The work runs in the request's own task (one task per request, not two): the watcher
+    of the connection cancels that task when the client hangs up, and the cancellation is
+    told from any other (the server shutting down) by who asked for it."""
+    current = asyncio.current_task()
+    assert current is not None  # an ASGI app runs in a task
+    hung_up = False
+
+    def on_message(watcher: asyncio.Future[Message]) -> None:
+        nonlocal hung_up
+        if watcher.cancelled() or watcher.exception() is not None:
+            return
+        if watcher.result().get("type") == "http.disconnect":
+            hung_up = True
+            current.cancel()
+
     # After the body is read, the next ASGI message is the client's disconnect.
-    watcher = asyncio.ensure_future(request.receive())
+    watcher: asyncio.Future[Message] = asyncio.ensure_future(request.receive())
+    watcher.add_done_callback(on_message)
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        task.cancel()
+        if hung_up and current.uncancel() == 0:
+            raise ClientDisconnected("the client closed the connection before the answer") from None
         raise
     finally:
+        watcher.remove_done_callback(on_message)
         watcher.cancel()
-    hung_up = not task.done() and watcher.done() and not watcher.cancelled()
-    if hung_up and watcher.result().get("type") == "http.disconnect":
-        task.cancel()
-        raise ClientDisconnected("the client closed the connection before the answer")
-    return await task

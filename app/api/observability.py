@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import random
 import re
 import time
-import uuid
+from typing import Any
 
-from starlette.datastructures import MutableHeaders
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,6 +22,9 @@ log = logging.getLogger("encoder_serve.requests")
 UNOBSERVED_PATHS = frozenset({"/metrics", "/health", "/ready"})
 # A client's request id is echoed only when it is short and printable (it lands in logs).
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_ids = random.Random()
+# A forked worker process must not repeat its parent's (or a sibling's) ids.
+os.register_at_fork(after_in_child=_ids.seed)
 
 
 class RequestObservabilityMiddleware:
@@ -29,6 +33,10 @@ class RequestObservabilityMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # Each (endpoint, model, status)'s metric children, looked up once: `labels()`
+        # takes a lock and builds its key on every call. Bounded as the labels are (route
+        # templates, served models, statuses).
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,11 +54,15 @@ class RequestObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 started_response = True
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                headers["x-request-id"] = request_id
-                headers["x-queue-time"] = _ms(timing.queue_s)
-                headers["x-inference-time"] = _ms(timing.inference_s)
-                headers["x-total-time"] = _ms(time.monotonic() - started)
+                # Appended as raw pairs (no answer of this app sets these names itself):
+                # a MutableHeaders would search the list once per name.
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"x-request-id", request_id.encode("latin-1")),
+                    (b"x-queue-time", _ms(timing.queue_s)),
+                    (b"x-inference-time", _ms(timing.inference_s)),
+                    (b"x-total-time", _ms(time.monotonic() - started)),
+                ]
             await send(message)
 
         try:
@@ -80,8 +92,17 @@ class RequestObservabilityMiddleware:
     ) -> None:
         endpoint = _endpoint(scope)
         model = scope.get("state", {}).get("model", "")
-        self.metrics.requests.labels(endpoint, model, str(status)).inc()
-        self.metrics.request_duration.labels(endpoint, model).observe(total_s)
+        key = (endpoint, model, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.metrics.requests.labels(endpoint, model, str(status)),
+                self.metrics.request_duration.labels(endpoint, model),
+            )
+        children[0].inc()
+        children[1].observe(total_s)
+        if not log.isEnabledFor(logging.INFO):
+            return  # the line's fields are not even built
         log.info(
             "%s %s %d",
             scope["method"],
@@ -107,11 +128,14 @@ def _request_id(scope: Scope) -> str:
             candidate = value.decode("latin-1")
             if _CLIENT_ID.match(candidate):
                 return candidate
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, as a uuid4's hex: from Python's generator (seeded
+    # from the OS at start) rather than uuid4's per-request os.urandom system call. An id
+    # names a request in logs; it is no secret.
+    return f"{_ids.getrandbits(128):032x}"
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.3f}"
+def _ms(seconds: float) -> bytes:
+    return b"%.3f" % (seconds * 1000)
 
 
 def _endpoint(scope: Scope) -> str:
