@@ -45,6 +45,7 @@ import psutil
 
 from app.config import Settings, available_cores
 from app.runtime_files import ENGINE_DOWN_FILE, ENGINE_ERROR_FILE, write_atomically
+from app.worker_board import STOPPED, WorkerBoard
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,11 @@ def _engine_main(settings: Settings, path: Path, ready: Event) -> None:
 
 
 def _worker_main(
-    settings: Settings, path: Path, metrics_dir: Path, listener: socket.socket
+    settings: Settings,
+    path: Path,
+    metrics_dir: Path,
+    listener: socket.socket,
+    board: WorkerBoard,
 ) -> None:
     from app.api.app import create_app
     from app.api.server import serve
@@ -162,7 +167,7 @@ def _worker_main(
     parent = _follow_parent()
     try:
         configure_logging(settings.log_level, settings.log_format)
-        app = create_app(settings, engine_socket=path, metrics_dir=metrics_dir)
+        app = create_app(settings, engine_socket=path, metrics_dir=metrics_dir, board=board)
         serve(app.state.server, app, sockets=[listener])
     finally:
         _cleanup_if_orphaned(path.parent, parent)
@@ -175,6 +180,7 @@ class _Slot:
     """One child's place: its process, and its deaths in a row soon after a start."""
 
     role: str  # "HTTP worker" or "engine"
+    index: int = -1  # an HTTP worker's byte on the WorkerBoard
     process: SpawnProcess | None = None
     started_at: float = 0.0
     failures: int = 0  # deaths in a row within HEALTHY_S of a start, by any cause
@@ -202,6 +208,8 @@ class Supervisor:
         self._stopping = False
         self._engine_ready = self._context.Event()
         self._engine_started_once = False
+        # Each worker's state, which every worker's /ready reads (app/worker_board.py).
+        self.board = WorkerBoard.create(self._context, workers)
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; 1 when the engine process cannot start, or when
@@ -224,7 +232,7 @@ class Supervisor:
         )
         engine = _Slot("engine")
         self._start(engine, listener)
-        workers = [_Slot("HTTP worker") for _ in range(self.workers)]
+        workers = [_Slot("HTTP worker", index=i) for i in range(self.workers)]
         for worker in workers:
             self._start(worker, listener)
         status = 0
@@ -335,6 +343,8 @@ class Supervisor:
 
             fold_dead_process(self.metrics_dir, process.pid)
         process.close()
+        if slot.role != "engine":
+            self.board.mark(STOPPED, slot.index)  # it accepts no more: it holds no one back
         slot.process = None
         slot.ready = False
         slot.restart_at = now + delay
@@ -354,9 +364,16 @@ class Supervisor:
                 name="encoder-serve-engine",
             )
         else:
+            self.board.mark(STOPPED, slot.index)
             process = self._context.Process(
                 target=_worker_main,
-                args=(self.settings, self.socket_path, self.metrics_dir, listener),
+                args=(
+                    self.settings,
+                    self.socket_path,
+                    self.metrics_dir,
+                    listener,
+                    self.board.of_worker(slot.index),
+                ),
                 name="encoder-serve-worker",
             )
         process.start()
