@@ -12,7 +12,9 @@ The workers share one listening socket (the kernel hands each connection to one 
 them). Every process writes its metrics to files in a private directory that any
 worker's `/metrics` merges. A worker or engine process that dies is started again,
 after a pause that grows while it keeps dying soon after its start (`_Slot`, `_delay`);
-while the engine is down, workers answer 503 and `/ready` says why. On SIGTERM (or
+while the engine is down, workers answer 503 and `/ready` says why. Each worker's
+`/ready` speaks for all of them: a byte per worker in shared memory says which would
+answer (app/worker_board.py); the supervisor clears the byte of one that died. On SIGTERM (or
 Ctrl-C) the workers drain first — each finishes what it accepted, the engine still
 running — then the engine stops. One worker keeps everything in one process.
 
