@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app import __version__
+from app.export.method_advice import FINETUNE_COMMAND, METHOD_ARGUMENT
 from app.settings_cli import (
     SettingsError,
     add_setting_flags,
@@ -227,17 +228,6 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-# Which `finetune` method to try first, by labelled rows: `finetune --help` and README
-# "Fine-tune a classifier" (measured on SST-2 subsets, scored on its 872 dev sentences).
-METHOD_ADVICE = (
-    "Which method first, by labelled rows (SST-2 dev accuracy, each method's defaults): "
-    "up to a few thousand rows try --method head first (300 rows: head 0.732, lora "
-    "0.564; 3,000 rows: head 0.789, and on held-out rows head 0.837 against lora's 0.827 "
-    "after the first of its 3 epochs). With tens of thousands of rows use lora, the "
-    "default: head levels off near 0.80 (30,000 rows: 0.805) where lora reached 0.874 "
-    "on the whole set. Figures and commands: README 'Fine-tune a classifier'."
-)
-
 # Training flags of `finetune` (None: FinetuneConfig's default for the method).
 FINETUNE_FLAGS = {
     "epochs": (int, "passes over the training data (lora/full 3, head 4)"),
@@ -351,22 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(handler=offline_tool("train-head", _train_head))
 
-    tune = commands.add_parser(
-        "finetune",
-        help="tune an encoder for classification on a labelled file",
-        description="Tune an encoder for classification on a labelled file. " + METHOD_ADVICE,
-    )
+    tune = commands.add_parser("finetune", **FINETUNE_COMMAND)
     tune.add_argument("--data", type=Path, required=True, help="labelled CSV, TSV or JSON Lines")
     tune.add_argument("--name", required=True, help="model name (its directory under models/)")
     tune.add_argument("--labels", required=True, help="comma-separated label names, in logit order")
-    tune.add_argument(
-        "--method",
-        default="lora",
-        choices=["lora", "full", "head"],
-        help="lora (default): adapters on the encoder; full: every weight; head: a head on "
-        "a repository model's frozen embeddings. Up to a few thousand rows try head first, "
-        "with tens of thousands lora (figures above)",
-    )
+    tune.add_argument("--method", **METHOD_ARGUMENT)
     tune.add_argument(
         "--base",
         default="minilm",

@@ -294,3 +294,11 @@ def test_cli_reports_bad_input_without_a_traceback(
         assert args.handler(args) == 2
         assert message in capsys.readouterr().err
     assert not (minilm_repository / "x").exists()
+
+
+def test_finetune_help_says_which_method_to_try_first(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["finetune", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "up to a few thousand rows try --method head first" in shown
+    assert "With tens of thousands of rows use lora" in shown
