@@ -300,5 +300,5 @@ def test_finetune_help_says_which_method_to_try_first(capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit):
         build_parser().parse_args(["finetune", "--help"])
     shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    assert "up to a few thousand rows try --method head first" in shown
-    assert "With tens of thousands of rows use lora" in shown
+    assert "with a few hundred rows try --method head first" in shown
+    assert "from a few thousand rows use lora" in shown
