@@ -270,7 +270,13 @@ def test_train_head_separates_a_small_labelled_set(
     )
     scores = manifest.evaluation
     assert scores["train_examples"] + scores["validation"]["examples"] == len(rows)
-    assert scores["test"]["accuracy"] >= 0.95  # the eval file here is the training file itself
+    # The eval file here is the training file itself. The weights kept are those of the
+    # first epoch with the best accuracy on the 4 held-out rows, an early one, not the
+    # last epoch's (which memorized the training rows: 0.95 and more before that rule).
+    assert scores["test"]["accuracy"] >= 0.85
+    (history,) = scores["training"]["held_out_accuracy_by_epoch"]
+    (kept,) = scores["training"]["kept_epochs"]
+    assert history[kept - 1] == max(history) == scores["validation"]["accuracy"]
     assert scores["command"].startswith("encoder-serve train-head --base minilm --data ")
     assert "--hidden 64" in scores["command"]
 
@@ -278,7 +284,7 @@ def test_train_head_separates_a_small_labelled_set(
     extractor = FeatureExtractor(minilm_repository / "minilm", threads=1)
     texts = [text for _, text in rows]
     labels = np.asarray([LABELS.index(label) for label, _ in rows])
-    assert accuracy(head, extractor.embed(texts), labels) >= 0.95
+    assert accuracy(head, extractor.embed(texts), labels) >= 0.85
     unseen = ["A wonderful, joyful and lovely show.", "A horrible, boring and awful show."]
     assert head.logits(extractor.embed(unseen)).argmax(axis=1).tolist() == [1, 0]
 
