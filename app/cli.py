@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from app import __version__
 from app.exit_statuses import EXIT_USAGE
+from app.export.method_advice import FINETUNE_COMMAND, METHOD_ARGUMENT
 from app.serve_command import serve_command
 from app.settings_cli import (
     SettingsError,
@@ -341,13 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(handler=offline_tool("train-head", _train_head))
 
-    tune = commands.add_parser(
-        "finetune", help="tune an encoder for classification on a labelled file"
-    )
+    tune = commands.add_parser("finetune", **FINETUNE_COMMAND)
     tune.add_argument("--data", type=Path, required=True, help="labelled CSV, TSV or JSON Lines")
     tune.add_argument("--name", required=True, help="model name (its directory under models/)")
     tune.add_argument("--labels", required=True, help="comma-separated label names, in logit order")
-    tune.add_argument("--method", default="lora", choices=["lora", "full", "head"])
+    tune.add_argument("--method", **METHOD_ARGUMENT)
     tune.add_argument(
         "--base",
         default="minilm",

@@ -12,7 +12,9 @@ The workers share one listening socket (the kernel hands each connection to one 
 them). Every process writes its metrics to files in a private directory that any
 worker's `/metrics` merges. A worker or engine process that dies is started again,
 after a pause that grows while it keeps dying soon after its start (`_Slot`, `_delay`);
-while the engine is down, workers answer 503 and `/ready` says why. On SIGTERM (or
+while the engine is down, workers answer 503 and `/ready` says why. Each worker's
+`/ready` speaks for all of them: a byte per worker in shared memory says which would
+answer (app/worker_board.py); the supervisor clears the byte of one that died. On SIGTERM (or
 Ctrl-C) the workers drain first — each finishes what it accepted, the engine still
 running — then the engine stops. One worker keeps everything in one process.
 
@@ -46,6 +48,7 @@ import psutil
 from app.config import Settings
 from app.exit_statuses import EXIT_MODELS, EXIT_PORT
 from app.runtime_files import ENGINE_DOWN_FILE, ENGINE_ERROR_FILE, write_atomically
+from app.worker_board import STOPPED, WorkerBoard
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +149,11 @@ def _engine_main(settings: Settings, path: Path, ready: Event) -> None:
 
 
 def _worker_main(
-    settings: Settings, path: Path, metrics_dir: Path, listener: socket.socket
+    settings: Settings,
+    path: Path,
+    metrics_dir: Path,
+    listener: socket.socket,
+    board: WorkerBoard,
 ) -> None:
     from app.api.app import create_app
     from app.api.server import serve
@@ -155,7 +162,7 @@ def _worker_main(
     parent = _follow_parent()
     try:
         configure_logging(settings.log_level, settings.log_format)
-        app = create_app(settings, engine_socket=path, metrics_dir=metrics_dir)
+        app = create_app(settings, engine_socket=path, metrics_dir=metrics_dir, board=board)
         serve(app.state.server, app, sockets=[listener])
     finally:
         _cleanup_if_orphaned(path.parent, parent)
@@ -168,6 +175,7 @@ class _Slot:
     """One child's place: its process, and its deaths in a row soon after a start."""
 
     role: str  # "HTTP worker" or "engine"
+    index: int = -1  # an HTTP worker's byte on the WorkerBoard
     process: SpawnProcess | None = None
     started_at: float = 0.0
     failures: int = 0  # deaths in a row within HEALTHY_S of a start, by any cause
@@ -198,6 +206,8 @@ class Supervisor:
         self._stopping = False
         self._engine_ready = self._context.Event()
         self._engine_started_once = False
+        # Each worker's state, which every worker's /ready reads (app/worker_board.py).
+        self.board = WorkerBoard.create(self._context, workers)
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; 4 when the engine process cannot start, 1 when
@@ -220,7 +230,7 @@ class Supervisor:
         )
         engine = _Slot("engine")
         self._start(engine, listener)
-        workers = [_Slot("HTTP worker") for _ in range(self.workers)]
+        workers = [_Slot("HTTP worker", index=i) for i in range(self.workers)]
         for worker in workers:
             self._start(worker, listener)
         status = 0
@@ -333,6 +343,8 @@ class Supervisor:
 
             fold_dead_process(self.metrics_dir, process.pid)
         process.close()
+        if slot.role != "engine":
+            self.board.mark(STOPPED, slot.index)  # it accepts no more: it holds no one back
         slot.process = None
         slot.ready = False
         slot.restart_at = now + delay
@@ -352,9 +364,16 @@ class Supervisor:
                 name="encoder-serve-engine",
             )
         else:
+            self.board.mark(STOPPED, slot.index)
             process = self._context.Process(
                 target=_worker_main,
-                args=(self.settings, self.socket_path, self.metrics_dir, listener),
+                args=(
+                    self.settings,
+                    self.socket_path,
+                    self.metrics_dir,
+                    listener,
+                    self.board.of_worker(slot.index),
+                ),
                 name="encoder-serve-worker",
             )
         process.start()

@@ -22,6 +22,7 @@ from app.api.observability import RequestObservabilityMiddleware
 from app.api.web import install_docs, install_viewer
 from app.config import Settings
 from app.metrics import Metrics
+from app.worker_board import WorkerBoard
 
 # How long a front-end worker may wait to be ready before it accepts connections.
 WORKER_READY_WAIT_S = 5.0
@@ -48,13 +49,16 @@ def create_app(
     engine_socket: Path | None = None,
     metrics_dir: Path | None = None,
     hot_path: bool = True,
+    board: WorkerBoard | None = None,
 ) -> FastAPI:
     """The app of one HTTP process. In a front-end worker (ENCODER_WORKERS > 1, see
-    app/processes.py) the passes run in the engine process behind `engine_socket`, and
-    `/metrics` merges every process's samples from `metrics_dir`. `hot_path=False` answers
-    every request through FastAPI alone (app/api/hot_path.py; the tests compare both)."""
+    app/processes.py) the passes run in the engine process behind `engine_socket`,
+    `/metrics` merges every process's samples from `metrics_dir`, and `/ready` reads every
+    worker's state on `board`. `hot_path=False` answers every request through FastAPI
+    alone (app/api/hot_path.py; the tests compare both)."""
     settings = settings or Settings()
-    state = ServerState(settings, Metrics(multiprocess_dir=metrics_dir), engine_socket)
+    metrics = Metrics(multiprocess_dir=metrics_dir)
+    state = ServerState(settings, metrics, engine_socket, board)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -67,6 +71,7 @@ def create_app(
             # under a second; past the bound (the engine process still loading its
             # models, as at start-up) it accepts anyway, so /health answers.
             await asyncio.wait({loading}, timeout=WORKER_READY_WAIT_S)
+            state.accepting()
         yield
         loading.cancel()
         with contextlib.suppress(asyncio.CancelledError):

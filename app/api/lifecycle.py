@@ -14,6 +14,7 @@ from app.engine.contract import Engine
 from app.engine.errors import NotReady
 from app.engine.wiring import load_engine
 from app.metrics import Metrics
+from app.worker_board import SERVING, WAITING, WorkerBoard
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +23,17 @@ class ServerState:
     """What the routes need to know about the server: its engine and whether it is ready."""
 
     def __init__(
-        self, settings: Settings, metrics: Metrics, engine_socket: Path | None = None
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        engine_socket: Path | None = None,
+        board: WorkerBoard | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.engine_socket = engine_socket  # set in a front-end worker: the engine process
+        # Set in a front-end worker: what its siblings would answer (app/worker_board.py).
+        self.board = board
         # What the request validators enforce: derived from the settings once, not per request.
         self.request_limits = RequestLimits.of(settings)
         self._engine: Engine | None = None
@@ -37,10 +44,18 @@ class ServerState:
 
     @property
     def ready(self) -> bool:
+        """This process would answer, and so would every sibling worker that accepts
+        connections: the next request may reach any of them."""
         engine = self._engine
-        if engine is None or self.draining:
+        if engine is None or self.draining or engine.not_ready() is not None:
             return False
-        return engine.not_ready() is None
+        return self.board is None or not self.board.waiting()
+
+    def accepting(self) -> None:
+        """Called as a front-end worker starts accepting connections: one that cannot
+        serve yet (the engine process still loading) holds its siblings' /ready back."""
+        if self.board is not None and (self._engine is None or self.draining):
+            self.board.mark(WAITING)
 
     @property
     def engine(self) -> Engine:
@@ -56,7 +71,8 @@ class ServerState:
             return "draining: the server is shutting down"
         reason = "models are still loading" if self._engine is None else self._engine.not_ready()
         if reason is None:
-            return "ready"
+            waiting = None if self.board is None else self.board.describe_waiting()
+            return waiting or "ready"
         if self.engine_socket is not None:  # why the engine process is down, if it failed
             from app.runtime_files import engine_down_reason
 
@@ -95,6 +111,8 @@ class ServerState:
             self.fail(error)
             return
         self._engine = engine
+        if self.board is not None and not self.draining:
+            self.board.mark(SERVING)
         log.info("ready: serving %s", ", ".join(model.name for model in engine.models()))
 
     def fail(self, error: Exception) -> None:
@@ -108,6 +126,8 @@ class ServerState:
     async def drain(self) -> None:
         """Refuse new work (503, /ready too) and wait up to `drain_s` for queued work to finish."""
         self.draining = True
+        if self.board is not None:
+            self.board.mark(WAITING)  # the siblings' /ready say 503 from now on too
         log.info("draining: waiting up to %g s for queued work", self.settings.drain_s)
         if self._engine is not None and not await self._engine.drain(self.settings.drain_s):
             log.warning("drain: work still queued after %g s; it fails now", self.settings.drain_s)

@@ -38,7 +38,8 @@ class HeadConfig:
         if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.input_dropout < 1.0):
             raise ValueError("dropout rates must be in [0, 1)")
 
-    def describe(self) -> str:
+    def describe(self, epochs: int | None = None) -> str:
+        """The head and its training; `epochs`: those run, when more than configured."""
         shape = f"MLP {self.hidden} ReLU" if self.hidden else "linear"
         if self.members > 1:
             shape = f"average of {self.members} x {shape} (merged into one layer)"
@@ -46,7 +47,7 @@ class HeadConfig:
             f"{shape} on standardized features (folded into the first layer); input dropout "
             f"{self.input_dropout}, dropout {self.dropout}, AdamW lr {self.learning_rate} "
             f"cosine to 0, weight decay {self.weight_decay}, batch {self.batch_size}, "
-            f"{self.epochs} epochs, seed {self.seed} (PyTorch)"
+            f"{epochs or self.epochs} epochs, seed {self.seed} (PyTorch)"
         )
 
 
@@ -110,17 +111,32 @@ def adamw(
     )
 
 
+@dataclass(frozen=True)
+class HeadFit:
+    """A trained head, and what its training did."""
+
+    head: ClassifierHead
+    epochs: int  # epochs run (per member): config.epochs, or more for small data (MIN_STEPS)
+    # Per member: the epoch (from 1) whose weights were kept, the best on validation
+    # (the first of equals), and its accuracy; the last epoch and None without validation.
+    kept_epochs: tuple[int, ...]
+    kept_accuracies: tuple[float | None, ...]
+
+
 def fit_head(
     features: np.ndarray,
     labels: np.ndarray,
     classes: int,
     config: HeadConfig,
-    report: Callable[[int, int, int, ClassifierHead], None] | None = None,
-) -> ClassifierHead:
-    """Train for a fixed budget (cosine to zero) and return the final weights.
+    report: Callable[[int, int, int, float | None], None] | None = None,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+) -> HeadFit:
+    """Train each member for a fixed budget (cosine to zero) and keep, of its epochs, the
+    weights with the best accuracy on `validation` (features, labels), or the last ones
+    without it (or when it is empty).
 
-    `report(member, epoch, epochs, head)` is called after each epoch (e.g. to show held-out
-    accuracy); small data sets get more than `config.epochs` epochs, see MIN_STEPS.
+    `report(member, epoch, epochs, validation accuracy or None)` is called after each
+    epoch; small data sets get more than `config.epochs` epochs, see MIN_STEPS.
     """
     mean = features.mean(axis=0).astype(np.float64)
     scale = features.std(axis=0).astype(np.float64) + 1e-6
@@ -128,7 +144,11 @@ def fit_head(
     targets = torch.from_numpy(labels.astype(np.int64))
     steps_per_epoch = math.ceil(len(labels) / config.batch_size)
     epochs = max(config.epochs, math.ceil(MIN_STEPS / steps_per_epoch))
-    heads = []
+    if validation is not None and len(validation[1]) == 0:
+        validation = None
+    heads: list[ClassifierHead] = []
+    kept_epochs: list[int] = []
+    kept_accuracies: list[float | None] = []
     for member in range(config.members):
         generator = torch.Generator().manual_seed(config.seed * 1000 + member)
         torch.manual_seed(config.seed * 1000 + member)  # initial weights and dropout masks
@@ -136,6 +156,8 @@ def fit_head(
         optimizer = adamw(network.parameters(), config.learning_rate, config.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
         loss_function = torch.nn.CrossEntropyLoss()
+        kept: ClassifierHead | None = None
+        kept_epoch, kept_score = 0, -math.inf
         for epoch in range(epochs):
             network.train()
             order = torch.randperm(len(labels), generator=generator)
@@ -145,7 +167,18 @@ def fit_head(
                 optimizer.step()
                 schedule.step()
             network.eval()
+            head = _as_head(network, mean, scale)
+            score = None
+            if validation is None:
+                kept, kept_epoch = head, epoch + 1
+            else:
+                score = float(np.mean(head.logits(validation[0]).argmax(axis=1) == validation[1]))
+                if score > kept_score:  # strictly: of equal scores the earliest is kept
+                    kept, kept_epoch, kept_score = head, epoch + 1, score
             if report is not None:
-                report(member, epoch, epochs, _as_head(network, mean, scale))
-        heads.append(_as_head(network, mean, scale))
-    return _merge(heads)
+                report(member, epoch, epochs, score)
+        assert kept is not None  # epochs >= 1
+        heads.append(kept)
+        kept_epochs.append(kept_epoch)
+        kept_accuracies.append(None if validation is None else kept_score)
+    return HeadFit(_merge(heads), epochs, tuple(kept_epochs), tuple(kept_accuracies))

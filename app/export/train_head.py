@@ -20,7 +20,7 @@ from app.engine.manifest import MANIFEST_FILE, ModelManifest, kept_default, mode
 from app.engine.models.heads import ClassifierHead
 from app.engine.passes.pipeline import OFFLINE_BATCH, open_pipeline
 from app.export.evaluation import classification_scores
-from app.export.head_fit import MIN_STEPS, HeadConfig, fit_head
+from app.export.head_fit import MIN_STEPS, HeadConfig, HeadFit, fit_head
 from app.export.labelled_data import (
     LabelledTexts,
     clip_texts,
@@ -142,7 +142,11 @@ def train_head(
         held_features = extractor.embed(validation_set.texts, stage="validation")
         held_labels = validation_set.labels
 
-    def report(member: int, epoch: int, epochs: int, head: ClassifierHead) -> None:
+    by_epoch: list[list[float]] = [[] for _ in range(config.members)]
+
+    def report(member: int, epoch: int, epochs: int, score: float | None) -> None:
+        if score is not None:
+            by_epoch[member].append(round(score, 4))
         if member == 0 and epoch == 0 and epochs > config.epochs:
             progress(
                 "train",
@@ -151,15 +155,21 @@ def train_head(
             )
         if epochs > 20 and (epoch + 1) % (epochs // 10) != 0:
             return  # small data sets run hundreds of short epochs: show about ten
-        score = accuracy(head, held_features, held_labels)
+        shown = "no held-out rows" if score is None else f"held-out accuracy {score:.4f}"
         progress(
-            "train",
-            f"head {member + 1}/{config.members}, epoch {epoch + 1}/{epochs}: "
-            f"held-out accuracy {score:.4f}",
+            "train", f"head {member + 1}/{config.members}, epoch {epoch + 1}/{epochs}: {shown}"
         )
 
     start = time.perf_counter()
-    head = fit_head(features[train_rows], train_set.labels[train_rows], len(labels), config, report)
+    fit = fit_head(
+        features[train_rows],
+        train_set.labels[train_rows],
+        len(labels),
+        config,
+        report,
+        validation=(held_features, held_labels),
+    )
+    head = fit.head
     seconds = round(time.perf_counter() - start, 1)
     # The shape of `finetune`'s evaluation: scores on the validation data, and on the
     # evaluation file as "test".
@@ -171,7 +181,12 @@ def train_head(
         ),
     }
     validation_accuracy = evaluation["validation"]["accuracy"]
-    progress("train", f"{config.describe()}: held-out accuracy {validation_accuracy:.4f}")
+    progress(
+        "train",
+        f"{config.describe(fit.epochs)}: kept the weights of epoch "
+        f"{_kept(fit.kept_epochs)} ({_why_kept(fit)}); held-out accuracy "
+        f"{validation_accuracy:.4f}",
+    )
     if evaluation_set is not None:
         eval_features = extractor.embed(evaluation_set.texts, stage="eval")
         evaluation["test"] = classification_scores(
@@ -181,14 +196,29 @@ def train_head(
         progress("eval", f"accuracy {test_accuracy:.4f} on {len(evaluation_set.texts)} examples")
     evaluation |= {
         "features": f"{base}: {extractor.manifest.pooling} pooling, L2-normalized",
-        "head": config.describe(),
-        "training": {"seconds": seconds},
+        "head": config.describe(fit.epochs),
+        "training": {
+            "seconds": seconds,
+            "epochs": fit.epochs,
+            "kept_epochs": list(fit.kept_epochs),
+            "held_out_accuracy_by_epoch": by_epoch,  # per member
+        },
         "seed": config.seed,
         "command": command,
     }
     manifest = _head_manifest(name, base, extractor.manifest, labels, evaluation)
     _write_model(models_dir / name, head, manifest)
     return manifest
+
+
+def _kept(epochs: tuple[int, ...]) -> str:
+    return ", ".join(str(epoch) for epoch in epochs)
+
+
+def _why_kept(fit: HeadFit) -> str:
+    if fit.kept_accuracies[0] is None:
+        return "the last: no held-out rows to choose by"
+    return "the best held-out accuracy" + (" of each member" if len(fit.kept_epochs) > 1 else "")
 
 
 def _head_manifest(

@@ -198,6 +198,16 @@ def test_head_method_trains_on_a_served_base(workspace: dict[str, Path]) -> None
     evaluation = manifest.evaluation
     assert evaluation["method"] == "head" and evaluation["validation"]["examples"] == 8
     assert evaluation["command"].startswith("encoder-serve finetune --method head --base tiny")
+    # 6 epochs of 4 updates are fewer than MIN_STEPS (300): it ran 75, and says so.
+    training = evaluation["training"]
+    assert training["epochs"] == 75 and "75 epochs" in evaluation["head"]
+    # The weights kept are those of the first epoch with the best held-out accuracy.
+    (history,) = training["held_out_accuracy_by_epoch"]
+    (kept,) = training["kept_epochs"]
+    assert len(history) == 75 and history[kept - 1] == max(history) > max(
+        history[: kept - 1] or [-1]
+    )
+    assert evaluation["validation"]["accuracy"] == pytest.approx(max(history), abs=1e-4)
     check_serves(models)
 
 

@@ -24,7 +24,7 @@ COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 
 
 def section() -> str:
-    """"Coming from TEI" up to its routes and fields (whose examples the README-examples
+    """ "Coming from TEI" up to its routes and fields (whose examples the README-examples
     test runs)."""
     text = README.read_text()
     start = text.index("\n## Coming from TEI\n")
