@@ -11,7 +11,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # The tasks a model serves (app.engine.contract.Task; config imports nothing of the engine).
-TASKS = ("embedding", "classification")
+TASKS = ("embedding", "classification", "rerank")
 
 
 def _split_names(value: object) -> object:
@@ -230,6 +230,15 @@ class Settings(BaseSettings):
         "per embedding model; 0 turns the cache off.",
     )
     max_attention_tokens: int = Field(128, ge=2, description="Tokens of an /attention input.")
+    # Reranking scores every document with the query in one forward input each: 1000 is
+    # what Cohere's rerank accepts; 20,000 characters (~4,000 words) is far past what any
+    # cross-encoder reads (512 tokens at most), whose end truncation would drop anyway.
+    max_rerank_documents: int = Field(
+        1000, ge=1, description="Documents of one /rerank or /v1/rerank request before 413."
+    )
+    max_document_chars: int = Field(
+        20_000, ge=1, description="Characters of one document to rerank before 413."
+    )
     # An explanation costs one forward input per word (occlusion) or per sample (shap):
     # 128 words covers a long review; 2048 samples is ~10-15 s of one core's passes.
     max_explain_words: int = Field(128, ge=1, description="Words of an /explain input before 413.")

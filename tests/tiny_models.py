@@ -63,3 +63,23 @@ def build_tiny_classifier(target: Path, labels: list[str], problem_type: str | N
     BertForSequenceClassification(config).save_pretrained(target)
     copy_tokenizer(target)
     return target
+
+
+def build_tiny_cross_encoder(target: Path, *, marked: bool = True) -> Path:
+    """A random 2-layer BertForSequenceClassification with one output: a cross-encoder as
+    sentence-transformers saves one (`marked`: its `sentence_transformers` key in config.json)."""
+    import json
+
+    import torch
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(2)
+    target.mkdir(parents=True, exist_ok=True)
+    BertForSequenceClassification(tiny_bert_config(num_labels=1)).save_pretrained(target)
+    if marked:
+        path = target / "config.json"
+        config = json.loads(path.read_text())
+        config["sentence_transformers"] = {"activation_fn": "torch.nn.modules.activation.Sigmoid"}
+        path.write_text(json.dumps(config, indent=2))
+    copy_tokenizer(target)
+    return target

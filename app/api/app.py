@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
-from app.api import explain, openai, routes, tei
+from app.api import explain, openai, rerank, routes, tei
 from app.api.errors import install_error_handlers
 from app.api.guard import RequestGuardMiddleware
 from app.api.lifecycle import ServerState
@@ -77,13 +77,20 @@ def create_app(
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["authorization", "content-type", "x-request-id"],
-            expose_headers=["x-request-id", "x-queue-time", "x-inference-time", "x-total-time"],
+            expose_headers=[
+                "x-request-id",
+                "x-queue-time",
+                "x-inference-time",
+                "x-total-time",
+                "x-truncated-documents",
+            ],
         )
     app.add_middleware(RequestObservabilityMiddleware, metrics=state.metrics)
     app.include_router(routes.router)
     app.include_router(explain.router)
     app.include_router(openai.router)
     app.include_router(tei.router)
+    app.include_router(rerank.router)
     install_viewer(app)
     install_docs(app)
     return app

@@ -56,7 +56,7 @@ class RequestRejected(HTTPException):
 
 OPENAI_PREFIX = "/v1/"
 # The routes of app/api/tei.py: TEI's error shape, {"error": "...", "error_type": "..."}.
-TEI_PATHS = frozenset({"/embed", "/embed_all", "/predict", "/decode", "/info"})
+TEI_PATHS = frozenset({"/embed", "/embed_all", "/predict", "/decode", "/info", "/rerank"})
 # TEI's status for engine errors where it differs from the contract's (TEI's router maps
 # its ErrorType so: an over-long input is a `validation` error, 413; a route the served
 # model cannot answer and a failed inference are `backend` errors, 424).
