@@ -249,3 +249,26 @@ async def test_concurrent_reranks_are_batched_and_each_answered_once(server: Liv
         before, "encoder_requests_total", requests
     )
     assert answered == 24
+
+
+async def test_the_client_reranks_sync_and_async(server: LiveServer) -> None:
+    from encoder_serve_client import AsyncEncoderClient, EncoderClient, EncoderServeError
+
+    with server.client() as raw:
+        expected = raw.post("/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS}).json()
+    with EncoderClient(server.url) as client:
+        sync = client.rerank(QUERY, DOCUMENTS, top_n=2, return_documents=True)
+        with pytest.raises(EncoderServeError) as refused:
+            client.rerank(QUERY, DOCUMENTS, model="nope")
+    async with AsyncEncoderClient(server.url) as client:
+        concurrent = await client.rerank(QUERY, DOCUMENTS)
+    assert sync.model == concurrent.model == "tinyrank"
+    assert [r.index for r in sync.results] == [r["index"] for r in expected["results"][:2]]
+    assert [r.document for r in sync.results] == [DOCUMENTS[r.index] for r in sync.results]
+    assert [(r.index, r.document) for r in concurrent.results] == [
+        (r["index"], None) for r in expected["results"]
+    ]
+    assert concurrent.results[0].score == pytest.approx(expected["results"][0]["relevance_score"])
+    assert concurrent.tokens == expected["usage"]["total_tokens"]
+    assert concurrent.warnings == []
+    assert (refused.value.status, refused.value.type) == (404, "model_not_found")
