@@ -272,3 +272,49 @@ async def test_the_client_reranks_sync_and_async(server: LiveServer) -> None:
     assert concurrent.tokens == expected["usage"]["total_tokens"]
     assert concurrent.warnings == []
     assert (refused.value.status, refused.value.type) == (404, "model_not_found")
+
+
+def test_a_hub_cross_encoder_exports_as_rerank_and_serves_both_routes(
+    rerank_repo: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """As a user brings a public cross-encoder (an MS MARCO one, say): a Hub id through the
+    Hugging Face cache, offline, with no --task."""
+    from tests.integration.test_export_sources import lay_out_hub_cache, offline, run_cli
+
+    home, repo = tmp_path / "hf", tmp_path / "models"
+    lay_out_hub_cache(home, "acme/tiny-ms-marco", rerank_repo[0], ["main"])
+    result = run_cli(
+        "export", "acme/tiny-ms-marco", "--name", "marco", "--models-dir", str(repo),
+        env=offline(home),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with TestClient(create_app(Settings(models_dir=repo, warmup=False))) as client:
+        wait_ready(client.get)
+        tei = client.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS})
+        cohere = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS})
+    assert tei.status_code == cohere.status_code == 200
+    assert [r["index"] for r in tei.json()] == [r["index"] for r in cohere.json()["results"]]
+    assert cohere.json()["model"] == "marco"
+
+
+def test_the_task_follows_the_config(tmp_path: Path) -> None:
+    """One output without a regression problem type is a cross-encoder, also when asked for
+    classification (a softmax over one output is always 1); a regression head stays a
+    classifier; a bare encoder is an embedding model."""
+    from transformers import AutoConfig
+
+    from app.export.exporter import served_task
+    from tests.tiny_models import build_tiny_bert, build_tiny_classifier, build_tiny_cross_encoder
+
+    unmarked = AutoConfig.from_pretrained(build_tiny_cross_encoder(tmp_path / "ce", marked=False))
+    regression = AutoConfig.from_pretrained(
+        build_tiny_classifier(tmp_path / "sts", ["similarity"], "regression")
+    )
+    pair = AutoConfig.from_pretrained(build_tiny_classifier(tmp_path / "cls", ["no", "yes"]))
+    bare = AutoConfig.from_pretrained(build_tiny_bert(tmp_path / "bert"))
+    assert served_task(unmarked, None) == served_task(unmarked, "classification") == "rerank"
+    assert served_task(regression, None) == served_task(regression, "classification")
+    assert served_task(regression, None) == "classification"
+    assert served_task(pair, None) == "classification"
+    assert served_task(bare, None) == "embedding"
+    assert served_task(unmarked, "embedding") == "embedding"  # asked for: the encoder body
