@@ -151,7 +151,8 @@ class RerankRequest(BaseModel):
     )
     query: str = Field(examples=[EXAMPLE_QUERY])
     documents: list[str] = Field(
-        description="The documents to score against the query (a non-empty list of texts).",
+        description="The documents to score against the query: a non-empty list of texts "
+        '(or of {"text": ...} objects, as Cohere\'s clients may send them).',
         examples=[EXAMPLE_DOCUMENTS],
     )
     top_n: StrictInt | None = Field(
@@ -164,6 +165,17 @@ class RerankRequest(BaseModel):
     )
 
     _check_query = field_validator("query")(check_query)
+
+    @field_validator("documents", mode="before")
+    @classmethod
+    def _texts_of_objects(cls, value: Any) -> Any:
+        """Cohere's document objects ({"text": ...}) as their text."""
+        if isinstance(value, list):
+            return [
+                item["text"] if isinstance(item, dict) and set(item) == {"text"} else item
+                for item in value
+            ]
+        return value
 
     @field_validator("documents")
     @classmethod

@@ -318,3 +318,23 @@ def test_the_task_follows_the_config(tmp_path: Path) -> None:
     assert served_task(pair, None) == "classification"
     assert served_task(bare, None) == "embedding"
     assert served_task(unmarked, "embedding") == "embedding"  # asked for: the encoder body
+
+
+def test_cohere_s_official_client_reads_v1_rerank(server: LiveServer) -> None:
+    import cohere
+
+    client = cohere.Client(base_url=server.url, api_key="unused")
+    documents = [*DOCUMENTS[:2], {"text": DOCUMENTS[2]}]  # Cohere's documents may be objects
+    answer = client.rerank(
+        model="tinyrank", query=QUERY, documents=documents, top_n=2, return_documents=True
+    )
+    with httpx.Client(base_url=server.url) as raw:
+        alone = raw.post("/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS[:3]}).json()
+    assert [r.index for r in answer.results] == [r["index"] for r in alone["results"][:2]]
+    for result, expected in zip(answer.results, alone["results"], strict=False):
+        assert result.relevance_score == pytest.approx(expected["relevance_score"])
+        assert result.document is not None
+        assert result.document.text == DOCUMENTS[result.index]
+    with pytest.raises(cohere.core.ApiError) as refused:
+        client.rerank(model="nope", query=QUERY, documents=["a"])
+    assert refused.value.status_code == 404
