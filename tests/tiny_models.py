@@ -83,3 +83,17 @@ def build_tiny_cross_encoder(target: Path, *, marked: bool = True) -> Path:
         path.write_text(json.dumps(config, indent=2))
     copy_tokenizer(target)
     return target
+
+
+def export_tiny_reranker(root: Path, extra: Path | None = None) -> tuple[Path, Path]:
+    """(a tiny cross-encoder's source directory, a model repository holding it exported as
+    `tinyrank`, and `extra` linked beside it when given)."""
+    from app.export.exporter import export_model
+
+    source = build_tiny_cross_encoder(root / "source")
+    repo = root / "repo"
+    repo.mkdir()
+    export_model(str(source), "tinyrank", repo, task=None)
+    if extra is not None:
+        (repo / extra.name).symlink_to(extra, target_is_directory=True)
+    return source, repo

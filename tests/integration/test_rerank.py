@@ -31,16 +31,9 @@ LONG_DOCUMENT = " ".join(["the cat sat on the mat and looked out of the window"]
 @pytest.fixture(scope="module")
 def rerank_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the cross-encoder's source directory, a repository of it as `tinyrank` and minilm)."""
-    from app.export.exporter import export_model
-    from tests.tiny_models import build_tiny_cross_encoder
+    from tests.tiny_models import export_tiny_reranker
 
-    root = tmp_path_factory.mktemp("rerank")
-    source = build_tiny_cross_encoder(root / "source")
-    repo = root / "repo"
-    repo.mkdir()
-    export_model(str(source), "tinyrank", repo, task=None)
-    (repo / "minilm").symlink_to(MODELS_DIR / "minilm", target_is_directory=True)
-    return source, repo
+    return export_tiny_reranker(tmp_path_factory.mktemp("rerank"), MODELS_DIR / "minilm")
 
 
 @pytest.fixture(scope="module")
