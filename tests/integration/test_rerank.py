@@ -181,6 +181,13 @@ def test_bad_input(client: TestClient, path: str, body: dict, status: int, needl
     assert needle in answer.text
 
 
+def test_a_rerank_model_elsewhere_says_where_it_serves(client: TestClient) -> None:
+    answer = client.post("/classify", json={"inputs": "a", "model": "tinyrank"})
+    assert answer.status_code == 422
+    assert "is a rerank model: use POST /rerank or /v1/rerank" in answer.json()["error"]["message"]
+    assert client.post("/encode", json={"inputs": "a", "model": "tinyrank"}).status_code == 422
+
+
 def test_document_limits_are_settings(rerank_repo: tuple[Path, Path]) -> None:
     settings = Settings(
         models_dir=rerank_repo[1], warmup=False, max_rerank_documents=3, max_document_chars=40

@@ -161,6 +161,10 @@ class ServedModel:
     ) -> Classification:
         """Scores of a classification model's labels (softmax; sigmoid when multi-label).
         An input may be a sentence pair, where the model's tokenizer lays pairs out."""
+        if self.task == "rerank":
+            raise InvalidInput(
+                f"model '{self.name}' is a rerank model: use POST /rerank or /v1/rerank"
+            )
         if self.task != "classification":
             raise InvalidInput(
                 f"model '{self.name}' is an embedding model: give candidate_labels for "
