@@ -292,6 +292,10 @@ def test_a_hub_cross_encoder_exports_as_rerank_and_serves_both_routes(
         wait_ready(client.get)
         tei = client.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS})
         cohere = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS})
+        info = client.get("/info").json()  # TEI describes its one model, a reranker
+    assert info["model_type"] == {
+        "reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
+    }
     assert tei.status_code == cohere.status_code == 200
     assert [r["index"] for r in tei.json()] == [r["index"] for r in cohere.json()["results"]]
     assert cohere.json()["model"] == "marco"
