@@ -146,8 +146,11 @@ class RerankRequest(BaseModel):
     # max_chunks_per_doc): accepted and ignored, as on /v1/embeddings.
     model_config = ConfigDict(extra="ignore")
 
+    # Example null (sent as its default): /docs' "Try it out" asks for the default reranker.
     model: str | None = Field(
-        None, description="A rerank model; defaults to the default rerank model."
+        None,
+        description="A rerank model; defaults to the default rerank model.",
+        examples=[None],
     )
     query: str = Field(examples=[EXAMPLE_QUERY])
     documents: list[str] = Field(
