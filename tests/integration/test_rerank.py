@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -342,3 +343,25 @@ def test_cohere_s_official_client_reads_v1_rerank(server: LiveServer) -> None:
     with pytest.raises(cohere.core.ApiError) as refused:
         client.rerank(model="nope", query=QUERY, documents=["a"])
     assert refused.value.status_code == 404
+
+
+# A valid request per rerank operation, checked against the OpenAPI document here (the
+# contract tests' default models hold no reranker; test_contract.py counts these).
+RERANK_SUCCESSES: list[tuple[str, str, dict[str, Any]]] = [
+    ("POST", "/rerank", {"query": QUERY, "texts": DOCUMENTS, "return_text": True}),
+    ("POST", "/rerank", {"query": QUERY, "texts": [LONG_DOCUMENT], "truncate": True}),
+    ("POST", "/v1/rerank", {"query": QUERY, "documents": DOCUMENTS, "top_n": 2}),
+    ("POST", "/v1/rerank", {"query": QUERY, "documents": DOCUMENTS, "return_documents": True}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), RERANK_SUCCESSES)
+def test_success_bodies_match_the_openapi_document(
+    server: LiveServer, method: str, path: str, body: dict[str, Any]
+) -> None:
+    from tests.integration.test_contract import CHECKS, SCHEMA
+
+    case = SCHEMA[path][method].Case(body=body, media_type="application/json")
+    response = case.call(base_url=server.url, timeout=60)
+    assert response.status_code == 200, response.text[:500]
+    case.validate_response(response, checks=CHECKS)
