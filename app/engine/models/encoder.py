@@ -102,9 +102,7 @@ class Encoder:
         def encode(texts: list[str]) -> list[TokenizedText]:
             return self.tokenizer.encode_query_pairs(query, texts)
 
-        encoded = await tokenize_without_stalling(
-            list(documents), encode, self._tokenize_executor
-        )
+        encoded = await tokenize_without_stalling(list(documents), encode, self._tokenize_executor)
         if not truncate:
             for index, item in enumerate(encoded):
                 if item.truncated:
