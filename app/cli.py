@@ -302,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--revision", help="Hub branch, tag or commit (default: main)")
     export.add_argument("--name", required=True, help="model name (its directory under models/)")
-    export.add_argument("--task", default="embedding", choices=["embedding", "classification"])
+    tasks = ["embedding", "classification", "rerank"]
+    detected = "default: from its config (one output over pairs: rerank)"
+    export.add_argument("--task", choices=tasks, help=f"what it serves ({detected})")
     export.add_argument("--max-length", type=int, help="max tokens per input (default: model's)")
     export.add_argument(
         "--precision",

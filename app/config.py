@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from app.container_limits import limits
 
 # The tasks a model serves (app.engine.contract.Task; config imports nothing of the engine).
-TASKS = ("embedding", "classification")
+TASKS = ("embedding", "classification", "rerank")
 # ENCODER_MODEL_ID entries: `org/name`, optionally `@revision` (a branch, tag or commit).
 HUB_MODEL_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
 
@@ -281,6 +281,15 @@ class Settings(BaseSettings):
         "answer a repeated input without a pass, all models together; 0 turns it off.",
     )
     max_attention_tokens: int = Field(128, ge=2, description="Tokens of an /attention input.")
+    # Reranking scores every document with the query in one forward input each: 1000 is
+    # what Cohere's rerank accepts; 20,000 characters (~4,000 words) is far past what any
+    # cross-encoder reads (512 tokens at most), whose end truncation would drop anyway.
+    max_rerank_documents: int = Field(
+        1000, ge=1, description="Documents of one /rerank or /v1/rerank request before 413."
+    )
+    max_document_chars: int = Field(
+        20_000, ge=1, description="Characters of one document to rerank before 413."
+    )
     # An explanation costs one forward input per word (occlusion) or per sample (shap):
     # 128 words covers a long review; 2048 samples is ~10-15 s of one core's passes.
     max_explain_words: int = Field(128, ge=1, description="Words of an /explain input before 413.")

@@ -29,6 +29,8 @@ __all__ = [
     "Explanation",
     "LabelScore",
     "ModelInfo",
+    "Rank",
+    "Reranking",
     "RetryEvent",
     "WordScore",
     "backoff_delay",
@@ -67,6 +69,23 @@ class Classification:
     model: str
     results: list[list[LabelScore]]
     tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rank:
+    index: int  # the document's position in the request
+    score: float  # relevance to the query (sigmoid of the cross-encoder's logit, or the logit)
+    document: str | None  # its text, with return_documents
+
+
+@dataclass(frozen=True, slots=True)
+class Reranking:
+    """`POST /v1/rerank`: the documents best first, cut to top_n."""
+
+    model: str
+    results: list[Rank]
+    tokens: int
+    warnings: list[str]  # e.g. which documents were truncated to the model's max length
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +274,37 @@ def _classify_call(
     return _Call("POST", "/classify", body, parse)
 
 
+def _rerank_call(
+    query: str,
+    documents: list[str],
+    *,
+    model: str | None,
+    top_n: int | None,
+    return_documents: bool,
+    raw_scores: bool,
+    truncate: bool,
+) -> _Call[Reranking]:
+    body = _present(
+        query=query,
+        documents=documents,
+        model=model,
+        top_n=top_n,
+        return_documents=return_documents,
+        raw_scores=raw_scores,
+        truncate=truncate,
+    )
+
+    def parse(data: Any) -> Reranking:
+        results = [
+            Rank(item["index"], item["relevance_score"], (item.get("document") or {}).get("text"))
+            for item in data["results"]
+        ]
+        warnings = list(data.get("meta", {}).get("warnings", []))
+        return Reranking(data["model"], results, data["usage"]["total_tokens"], warnings)
+
+    return _Call("POST", "/v1/rerank", body, parse)
+
+
 def _attention_call(
     text: str,
     model: str | None,
@@ -349,7 +399,8 @@ def _error_from(response: httpx.Response) -> EncoderServeError:
     kind, message = "http_error", response.reason_phrase or f"HTTP {response.status_code}"
     try:
         detail = response.json()["error"]
-        kind, message = str(detail["type"]), str(detail["message"])
+        # The OpenAI shape of /v1/ routes (/v1/rerank) carries the server's kind in `code`.
+        kind, message = str(detail.get("code") or detail["type"]), str(detail["message"])
     except (ValueError, KeyError, TypeError):
         # Not the server's error shape (a proxy's page, say): keep the start of the body.
         message = response.text[:200] or message
@@ -479,6 +530,30 @@ class EncoderClient(_ClientBase):
                 multi_label=multi_label,
                 candidate_labels=candidate_labels,
                 hypothesis_template=hypothesis_template,
+                truncate=truncate,
+            )
+        )
+
+    def rerank(
+        self,
+        query: str,
+        documents: list[str],
+        *,
+        model: str | None = None,
+        top_n: int | None = None,
+        return_documents: bool = False,
+        raw_scores: bool = False,
+        truncate: bool = True,
+    ) -> Reranking:
+        """The documents by relevance to the query (a rerank model), best first."""
+        return self._run(
+            _rerank_call(
+                query,
+                documents,
+                model=model,
+                top_n=top_n,
+                return_documents=return_documents,
+                raw_scores=raw_scores,
                 truncate=truncate,
             )
         )
@@ -622,6 +697,30 @@ class AsyncEncoderClient(_ClientBase):
                 multi_label=multi_label,
                 candidate_labels=candidate_labels,
                 hypothesis_template=hypothesis_template,
+                truncate=truncate,
+            )
+        )
+
+    async def rerank(
+        self,
+        query: str,
+        documents: list[str],
+        *,
+        model: str | None = None,
+        top_n: int | None = None,
+        return_documents: bool = False,
+        raw_scores: bool = False,
+        truncate: bool = True,
+    ) -> Reranking:
+        """The documents by relevance to the query (a rerank model), best first."""
+        return await self._run(
+            _rerank_call(
+                query,
+                documents,
+                model=model,
+                top_n=top_n,
+                return_documents=return_documents,
+                raw_scores=raw_scores,
                 truncate=truncate,
             )
         )

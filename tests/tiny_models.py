@@ -63,3 +63,37 @@ def build_tiny_classifier(target: Path, labels: list[str], problem_type: str | N
     BertForSequenceClassification(config).save_pretrained(target)
     copy_tokenizer(target)
     return target
+
+
+def build_tiny_cross_encoder(target: Path, *, marked: bool = True) -> Path:
+    """A random 2-layer BertForSequenceClassification with one output: a cross-encoder as
+    sentence-transformers saves one (`marked`: its `sentence_transformers` key in config.json)."""
+    import json
+
+    import torch
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(2)
+    target.mkdir(parents=True, exist_ok=True)
+    BertForSequenceClassification(tiny_bert_config(num_labels=1)).save_pretrained(target)
+    if marked:
+        path = target / "config.json"
+        config = json.loads(path.read_text())
+        config["sentence_transformers"] = {"activation_fn": "torch.nn.modules.activation.Sigmoid"}
+        path.write_text(json.dumps(config, indent=2))
+    copy_tokenizer(target)
+    return target
+
+
+def export_tiny_reranker(root: Path, extra: Path | None = None) -> tuple[Path, Path]:
+    """(a tiny cross-encoder's source directory, a model repository holding it exported as
+    `tinyrank`, and `extra` linked beside it when given)."""
+    from app.export.exporter import export_model
+
+    source = build_tiny_cross_encoder(root / "source")
+    repo = root / "repo"
+    repo.mkdir()
+    export_model(str(source), "tinyrank", repo, task=None)
+    if extra is not None:
+        (repo / extra.name).symlink_to(extra, target_is_directory=True)
+    return source, repo

@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
-from app.api import explain, openai, routes, tei, tei_root
+from app.api import explain, openai, rerank, routes, tei, tei_root
 from app.api.errors import install_error_handlers
 from app.api.guard import RequestGuardMiddleware
 from app.api.hot_path import HotPathMiddleware, hot_routes
@@ -95,6 +95,7 @@ def create_app(
     app.include_router(openai.unversioned)
     app.include_router(tei.router)
     app.include_router(tei_root.router)
+    app.include_router(rerank.router)
     install_viewer(app)
     install_docs(app)
     framework: ASGIApp = functools.partial(FastAPI.__call__, app)
@@ -115,7 +116,13 @@ def create_app(
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["authorization", "content-type", "x-request-id"],
-            expose_headers=["x-request-id", "x-queue-time", "x-inference-time", "x-total-time"],
+            expose_headers=[
+                "x-request-id",
+                "x-queue-time",
+                "x-inference-time",
+                "x-total-time",
+                "x-truncated-documents",
+            ],
         )
     app.edge = RequestObservabilityMiddleware(edge, metrics=state.metrics)
     return app

@@ -57,10 +57,21 @@ class RequestRejected(HTTPException):
 OPENAI_PREFIX = "/v1/"
 # OpenAI's embeddings without the version prefix (TEI's and infinity's path): its shape too.
 OPENAI_PATHS = frozenset({"/embeddings"})
-# The routes of app/api/tei.py and tei_root.py: TEI's error shape,
-# {"error": "...", "error_type": "..."}. "/" is TEI's POST / (the viewer page is GET /).
+# The routes of app/api/tei.py and tei_root.py, and TEI's /rerank (app/api/rerank.py): TEI's
+# error shape, {"error": "...", "error_type": "..."}. "/" is TEI's POST / (the viewer page
+# is GET /).
 TEI_PATHS = frozenset(
-    {"/", "/invocations", "/embed", "/embed_all", "/predict", "/decode", "/info", "/similarity"}
+    {
+        "/",
+        "/invocations",
+        "/embed",
+        "/embed_all",
+        "/predict",
+        "/decode",
+        "/info",
+        "/similarity",
+        "/rerank",
+    }
 )
 # TEI's status for engine errors where it differs from the contract's (TEI's router maps
 # its ErrorType so: an over-long input is a `validation` error, 413; a route the served

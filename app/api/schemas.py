@@ -59,6 +59,8 @@ class RequestLimits:
     max_label_chars: int
     max_template_chars: int
     max_explain_samples: int = Settings.model_fields["max_explain_samples"].default
+    max_rerank_documents: int = Settings.model_fields["max_rerank_documents"].default
+    max_document_chars: int = Settings.model_fields["max_document_chars"].default
 
     @classmethod
     def of(cls, settings: Settings) -> RequestLimits:

@@ -358,10 +358,11 @@ async def info(request: Request) -> dict[str, Any]:
     """TEI's description of the served model (the default embedding model, else the first)."""
     model = served_model(request)
     models = engine(request).models()
-    if model.task == "classification":
+    if model.task in ("classification", "rerank"):
         labels = dict(enumerate(model.labels))
+        kind = "classifier" if model.task == "classification" else "reranker"
         model_type: dict[str, Any] = {
-            "classifier": {
+            kind: {
                 "id2label": {str(i): label for i, label in labels.items()},
                 "label2id": {label: i for i, label in labels.items()},
             }

@@ -38,6 +38,7 @@ __all__ = [
     "ModelDescription",
     "Pooling",
     "RequestTiming",
+    "Reranking",
     "Task",
     "TextInput",
     "TextOptions",
@@ -51,7 +52,7 @@ __all__ = [
     "template_problem",
 ]
 
-Task = Literal["embedding", "classification"]
+Task = Literal["embedding", "classification", "rerank"]
 Pooling = Literal["mean", "cls"]
 # One input: a text, or a sentence pair (text, text_pair) for a classifier (TEI's /predict).
 TextInput = str | tuple[str, str]
@@ -217,6 +218,15 @@ class Classification:
 
 
 @dataclass(frozen=True)
+class Reranking:
+    """A cross-encoder's score of each document for one query, in document order."""
+
+    scores: list[float]  # sigmoid of the logit (raw_scores: the logit itself)
+    truncated: list[bool]  # per document: its end was cut to fit the model's max length
+    tokens: int
+
+
+@dataclass(frozen=True)
 class Tokenization:
     tokens: list[list[Token]]  # per input, special tokens included
     truncated: list[bool]  # per input: it had more tokens than the model's max length
@@ -271,6 +281,19 @@ class Engine(Protocol):
         template: str,
         options: ClassifyOptions,
     ) -> Classification: ...
+
+    async def rerank(
+        self,
+        model: str,
+        query: str,
+        documents: Sequence[str],
+        *,
+        truncate: bool = True,
+        raw_scores: bool = False,
+    ) -> Reranking:
+        """A cross-encoder's score of each (query, document) pair; truncation cuts the
+        document, never the query."""
+        ...
 
     async def attention(
         self,

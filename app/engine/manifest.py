@@ -30,6 +30,9 @@ MANIFEST_FILE = "model.json"
 # and library versions: they are kept beside the manifest, in a file git ignores, so that
 # `make models` leaves the committed model.json files as they are. `read` merges them back.
 PARITY_FILE = "parity.json"
+# Tasks whose graph answers logits (a sequence-classification model), not token states: a
+# classifier, and a cross-encoder (`rerank`: one logit over a (query, document) pair).
+LOGIT_TASKS = ("classification", "rerank")
 
 # Keys the format no longer has but older manifests carry: accepted and dropped.
 # `normalize` was written by the exporter and never honoured: the request decides.
@@ -143,6 +146,8 @@ class ModelManifest(BaseModel):
     @field_validator("labels")
     @classmethod
     def _classifier_labels(cls, labels: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("task") == "rerank" and len(labels) != 1:
+            raise _invalid("a rerank model (a cross-encoder) has exactly one label: its score")
         if info.data.get("task") == "classification":
             # A regression "classifier" has one output, so one label.
             least = 1 if info.data.get("problem_type") == "regression" else 2

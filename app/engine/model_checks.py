@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from app.engine.manifest import MANIFEST_FILE, ManifestError, ModelManifest
+from app.engine.manifest import LOGIT_TASKS, MANIFEST_FILE, ManifestError, ModelManifest
 
 CONFIG_FILE = "config.json"
 # RoBERTa-style position ids start after the padding index: the table holds that many more.
@@ -75,7 +75,7 @@ def check_config(directory: Path, manifest: ModelManifest, config: dict[str, Any
         ("num_heads", manifest.num_heads, "num_attention_heads"),
         ("dimensions", manifest.dimensions, "hidden_size"),
     ]
-    if manifest.task == "classification" and manifest.base is None and "id2label" in config:
+    if manifest.task in LOGIT_TASKS and manifest.base is None and "id2label" in config:
         pairs.append(("labels", len(manifest.labels), "id2label"))
     for field, claimed, key in pairs:
         actual = config.get(key)

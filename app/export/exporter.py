@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from app.backends.torch import TorchBackend, model_input_names
 from app.engine.manifest import (
+    LOGIT_TASKS,
     PARITY_FILE,
     ModelManifest,
     Pooling,
@@ -55,7 +56,11 @@ def progress(step: int, total: int, message: str) -> None:
 
 
 # What the graph returns, by task: token states to pool, or a classifier's logits.
-OUTPUT_OF_TASK = {"embedding": "last_hidden_state", "classification": "logits"}
+OUTPUT_OF_TASK = {
+    "embedding": "last_hidden_state",
+    "classification": "logits",
+    "rerank": "logits",
+}
 
 
 class _KeywordEncoder(torch.nn.Module):
@@ -181,7 +186,7 @@ def export_model(
     name: str,
     models_dir: Path,
     *,
-    task: Task = "embedding",
+    task: Task | None = "embedding",
     max_length: int | None = None,
     precisions: Sequence[Precision] = ("fp32",),
     revision: str | None = None,
@@ -196,8 +201,6 @@ def export_model(
     """
     if (invalid := model_name_error(name)) is not None:
         raise ValueError(invalid)
-    output = OUTPUT_OF_TASK[task]
-    classifier = task == "classification"
     extra = [p for p in dict.fromkeys(precisions) if p != "fp32"]
     total = 7 + len(extra)
     progress(1, total, f"resolving {source}")
@@ -205,8 +208,11 @@ def export_model(
     with loading(source):
         st_config = read_sentence_transformer_config(directory)
         config = AutoConfig.from_pretrained(directory)
+    task = served_task(config, task)
+    output = OUTPUT_OF_TASK[task]
+    classifier = task in LOGIT_TASKS
     # Classifiers pool inside the graph (BERT's pooler reads the first token).
-    pooling: Pooling = "cls" if task == "classification" or st_config.pooling == "cls" else "mean"
+    pooling: Pooling = "cls" if classifier or st_config.pooling == "cls" else "mean"
     with loading(source):
         hf_tokenizer = AutoTokenizer.from_pretrained(directory)
     length = (
@@ -216,7 +222,7 @@ def export_model(
     )
 
     progress(2, total, f"loading {config.model_type} weights from {directory}")
-    auto = AutoModelForSequenceClassification if task == "classification" else AutoModel
+    auto = AutoModelForSequenceClassification if classifier else AutoModel
     with loading(source):
         model, loaded = auto.from_pretrained(
             directory, attn_implementation="eager", output_loading_info=True
@@ -288,7 +294,9 @@ def export_model(
             num_layers=int(config.num_hidden_layers),
             num_heads=int(config.num_attention_heads),
             labels=class_labels(config) if classifier else [],
-            problem_type=getattr(config, "problem_type", None) if classifier else None,
+            problem_type=getattr(config, "problem_type", None)
+            if task == "classification"
+            else None,
             prompts=st_config.prompts,
             files={},
             parity={
@@ -331,6 +339,34 @@ def export_model(
 def load_encoder_body(directory: Path) -> torch.nn.Module:
     body: torch.nn.Module = AutoModel.from_pretrained(directory, attn_implementation="eager")
     return body.eval()
+
+
+def is_cross_encoder(config: Any) -> bool:
+    """A sequence-classification model with one output that is not a regression head: a
+    cross-encoder scoring (query, document) pairs (sentence-transformers' CrossEncoder,
+    the MS MARCO rerankers). sentence-transformers marks its own in config.json."""
+    architectures = getattr(config, "architectures", None) or []
+    sequence = any(str(a).endswith("ForSequenceClassification") for a in architectures)
+    marked = isinstance(getattr(config, "sentence_transformers", None), dict)
+    one_output = int(getattr(config, "num_labels", 0)) == 1
+    regression = getattr(config, "problem_type", None) == "regression"
+    return one_output and (marked or (sequence and not regression))
+
+
+def served_task(config: Any, requested: Task | None) -> Task:
+    """The task a source is exported as: a cross-encoder is `rerank` (also when asked for
+    `classification`: a softmax over its one output would always be 1); with no task
+    asked, a sequence classifier is `classification`, anything else `embedding`."""
+    if requested in (None, "classification") and is_cross_encoder(config):
+        if requested == "classification":
+            say("      a cross-encoder (one output over sentence pairs): exported as rerank")
+        return "rerank"
+    if requested is not None:
+        return requested
+    architectures = getattr(config, "architectures", None) or []
+    if any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        return "classification"
+    return "embedding"
 
 
 def class_labels(config: Any) -> list[str]:

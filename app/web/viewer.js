@@ -15,7 +15,7 @@ const state = {
 
 // Each result panel's generation: clearing a panel starts a new one, so an answer that arrives
 // for an older text, model or request is dropped instead of drawn under the current ones.
-const generations = { classification: 0, similarity: 0, attention: 0, explanation: 0 };
+const generations = { classification: 0, similarity: 0, attention: 0, explanation: 0, rerank: 0 };
 // The newest attention render: an older one still loading draws nothing.
 let latestRender = 0;
 
@@ -126,6 +126,9 @@ function onModelChange() {
   const model = selectedModel();
   clearClassification();
   clearAttention();
+  clearRerank();
+  // The rerank view shows only when a reranker is served.
+  $("rerank-card").hidden = !preferred("rerank");
   fillTargets();
   if (state.similarityModel !== (embeddingModel()?.name ?? null)) clearSimilarity();
   $("labels-row").hidden = model?.task !== "embedding";
@@ -182,6 +185,56 @@ function renderBars(scores) {
     return row;
   });
   $("bars").replaceChildren(...rows);
+}
+
+// ---------------------------------------------------------------- rerank
+
+// The selected model when it is a reranker, else the default reranker.
+function rerankModel() {
+  const model = selectedModel();
+  if (model?.task === "rerank") return model;
+  return preferred("rerank");
+}
+
+function clearRerank() {
+  generations.rerank += 1;
+  $("rerank-model").textContent = "";
+  $("rerank-truncated").hidden = true;
+  $("rerank-bars").replaceChildren(
+    element("p", "placeholder", "Relevance scores appear here, best first."),
+  );
+}
+
+async function rerank() {
+  clearRerank();
+  const generation = generations.rerank;
+  const model = rerankModel();
+  if (!model) throw new ApiError("no rerank model is loaded");
+  const documents = $("documents").value.split("\n").map((line) => line.trim()).filter(Boolean);
+  if (documents.length === 0) throw new ApiError("enter at least one document, one per line");
+  const result = await api("/v1/rerank", {
+    model: model.name, query: inputText(), documents, return_documents: true,
+  });
+  if (generation !== generations.rerank) return;
+  $("rerank-model").textContent = `· ${result.model}`;
+  const warnings = result.meta?.warnings ?? [];
+  $("rerank-truncated").textContent = warnings.join("; ");
+  $("rerank-truncated").hidden = warnings.length === 0;
+  const rows = result.results.map((item, rank) => {
+    const row = element("div", "bar" + (rank === 0 ? " top" : ""));
+    row.dataset.testid = "rerank-bar";
+    row.dataset.index = String(item.index);
+    row.dataset.score = String(item.relevance_score);
+    const fill = element("span", "bar-fill");
+    fill.style.width = `${Math.max(0, Math.min(1, item.relevance_score)) * 100}%`;
+    const track = element("span", "bar-track");
+    track.append(fill);
+    const label = element("span", "bar-label", item.document.text);
+    label.title = item.document.text;
+    row.append(label, track, element("span", "bar-value", item.relevance_score.toFixed(3)));
+    return row;
+  });
+  $("rerank-bars").replaceChildren(...rows);
 }
 
 // ---------------------------------------------------------------- similarity
@@ -688,11 +741,16 @@ function init() {
     clearExplanation();
     clearAttention();
     clearSimilarity();
+    clearRerank();
   });
   $("labels").addEventListener("input", () => {
     clearError();
     clearClassification();
     fillTargets();
+  });
+  $("documents").addEventListener("input", () => {
+    clearError();
+    clearRerank();
   });
   $("text-b").addEventListener("input", () => {
     clearError();
@@ -704,6 +762,7 @@ function init() {
   $("classify").addEventListener("click", (event) => run(event.currentTarget, classify));
   $("attend").addEventListener("click", (event) => run(event.currentTarget, showAttention));
   $("compare").addEventListener("click", (event) => run(event.currentTarget, compare));
+  $("rerank").addEventListener("click", (event) => run(event.currentTarget, rerank));
   $("explain").addEventListener("click", (event) => run(event.currentTarget, explain));
   for (const control of [$("explain-method"), $("explain-target")]) {
     control.addEventListener("change", clearExplanation);

@@ -120,6 +120,9 @@ def resolved(node: Any, openapi: dict[str, Any]) -> Any:
     return node
 
 
+RERANK_PATHS = ("/rerank", "/v1/rerank")
+
+
 @pytest.mark.slow
 def test_every_try_it_out_example_answers_2xx(
     server: LiveServer, offline_page: tuple[Any, NetworkLog]
@@ -131,6 +134,7 @@ def test_every_try_it_out_example_answers_2xx(
     page.locator(".opblock").first.wait_for()
     with server.client() as client:
         openapi = client.get("/openapi.json").json()
+        tasks = {model["task"] for model in client.get("/models").json()["models"]}
         answers = {}
         for method, path, _ in operations(openapi):
             body = openapi["paths"][path][method].get("requestBody")
@@ -145,6 +149,12 @@ def test_every_try_it_out_example_answers_2xx(
             response = client.request(
                 method, path, content=sample, headers={"content-type": "application/json"}
             )
+            if path in RERANK_PATHS and "rerank" not in tasks:
+                # No rerank model among the defaults: the example is well formed, and the
+                # answer says no model serves the task (TEI's 424, the contract's 404).
+                assert response.status_code in (404, 424), (path, sample, response.text)
+                assert "no loaded model serves the task 'rerank'" in response.text
+                continue
             answers[f"{method} {path} {sample}"] = response.status_code
             assert 200 <= response.status_code < 300, (method, path, sample, response.text)
     assert all(200 <= status < 300 for status in answers.values()), answers

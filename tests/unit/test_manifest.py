@@ -144,7 +144,7 @@ def without(*keys: str) -> dict[str, Any]:
 INVALID = [
     pytest.param(
         with_(task="ranking"),
-        "task: Input should be 'embedding' or 'classification'",
+        "task: Input should be 'embedding', 'classification' or 'rerank'",
         id="bad-task",
     ),
     pytest.param(
@@ -258,7 +258,7 @@ def test_every_invalid_field_is_listed(tmp_path: Path) -> None:
     with pytest.raises(ManifestError) as caught:
         ModelManifest.read(tmp_path)
     assert str(caught.value) == (
-        f"{path}: task: Input should be 'embedding' or 'classification'; "
+        f"{path}: task: Input should be 'embedding', 'classification' or 'rerank'; "
         "max_length: Input should be greater than or equal to 1; "
         "batching.max_queue: Input should be greater than or equal to 1"
     )

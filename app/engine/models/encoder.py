@@ -100,6 +100,30 @@ class Encoder:
                     )
         return encoded
 
+    async def tokenize_query_pairs(
+        self, query: str, documents: Sequence[str], *, truncate: bool
+    ) -> list[TokenizedText]:
+        """Rerank pairs: the query tokenized once, each document cut at its end to fit."""
+        if not self.tokenizer.encodes_pairs:
+            raise InvalidInput(
+                f"model '{self.name}' cannot take (query, document) pairs: its tokenizer has "
+                "no pair template (no [SEP] between the texts)"
+            )
+
+        def encode(texts: list[str]) -> list[TokenizedText]:
+            return self.tokenizer.encode_query_pairs(query, texts)
+
+        encoded = await tokenize_without_stalling(list(documents), encode, self._tokenize_executor)
+        if not truncate:
+            for index, item in enumerate(encoded):
+                if item.truncated:
+                    raise InputTooLong(
+                        f"documents[{index}] with the query is longer than the model's max "
+                        f"length of {self.manifest.max_length} tokens; shorten it or set "
+                        "truncate to true"
+                    )
+        return encoded
+
     async def token_spans(
         self, texts: Sequence[str], *, add_special_tokens: bool = True
     ) -> list[tuple[list[Token], bool]]:

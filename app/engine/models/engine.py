@@ -22,6 +22,7 @@ from app.engine.contract import (
     ExplainOptions,
     Explanation,
     ModelDescription,
+    Reranking,
     Task,
     TextInput,
     TextOptions,
@@ -101,6 +102,18 @@ class RegistryEngine(Generic[RegistryT]):
     ) -> Classification:
         served = self._registry.get(model, "embedding")
         return await served.zero_shot(inputs, labels, template, options)
+
+    async def rerank(
+        self,
+        model: str,
+        query: str,
+        documents: Sequence[str],
+        *,
+        truncate: bool = True,
+        raw_scores: bool = False,
+    ) -> Reranking:
+        served = self._registry.get(model, "rerank")
+        return await served.rerank(query, documents, truncate=truncate, raw_scores=raw_scores)
 
     async def attention(
         self,

@@ -22,6 +22,7 @@ from app.engine.contract import (
     Classification,
     ClassifyOptions,
     Embeddings,
+    Reranking,
     TextInput,
     TextOptions,
     TokenEmbeddings,
@@ -204,6 +205,10 @@ class ServedModel:
     ) -> Classification:
         """Scores of a classification model's labels (softmax; sigmoid when multi-label).
         An input may be a sentence pair, where the model's tokenizer lays pairs out."""
+        if self.task == "rerank":
+            raise InvalidInput(
+                f"model '{self.name}' is a rerank model: use POST /rerank or /v1/rerank"
+            )
         if self.task != "classification":
             raise InvalidInput(
                 f"model '{self.name}' is an embedding model: give candidate_labels for "
@@ -216,6 +221,27 @@ class ServedModel:
         scores = self._classifier_scores(output.vectors, options)
         ranked = classification.ranked(scores, self.manifest.labels, options.top_k)
         return Classification(ranked, output.tokens)
+
+    async def rerank(
+        self, query: str, documents: Sequence[str], *, truncate: bool, raw_scores: bool
+    ) -> Reranking:
+        """A cross-encoder's score of each (query, document) pair, in document order: the
+        sigmoid of its one logit (as sentence-transformers' CrossEncoder), or the logit.
+        The pairs go through the model's batcher like any other inputs."""
+        if self.task != "rerank":
+            raise InvalidInput(
+                f"model '{self.name}' is a {self.task} model; reranking needs a rerank model "
+                "(a cross-encoder)"
+            )
+        started = time.monotonic()
+        encoded = await self.encoder.tokenize_query_pairs(query, documents, truncate=truncate)
+        output = await self.encoder.run_tokenized(encoded, started)
+        self._count_tokens(output.tokens)
+        logits = output.vectors[:, 0]
+        scores = logits if raw_scores else classification.sigmoid(logits)
+        return Reranking(
+            [float(score) for score in scores], [item.truncated for item in encoded], output.tokens
+        )
 
     def _classifier_scores(self, vectors: np.ndarray, options: ClassifyOptions) -> np.ndarray:
         """Label scores of a classifier's graph outputs (or its head's, on pooled vectors)."""

@@ -63,6 +63,11 @@ class TextTokenizer:
         self._measure.no_padding()
         self._measure.no_truncation()
         self.encodes_pairs = encodes_pairs(json.loads(path.read_text()).get("post_processor"))
+        # Rerank pairs: the query is laid out whole and the document's end is cut, where
+        # the pair truncation above (longest first) would shorten the query too.
+        self._documents_cut = Tokenizer.from_file(str(path))
+        self._documents_cut.no_padding()
+        self._documents_cut.enable_truncation(max_length, strategy="only_second")
 
     @functools.cached_property
     def _left(self) -> Tokenizer:
@@ -128,6 +133,29 @@ class TextTokenizer:
                 truncated=bool(encoding.overflowing),
             )
             for encoding in encodings
+        ]
+
+    def encode_query_pairs(self, query: str, documents: Sequence[str]) -> list[TokenizedText]:
+        """(query, document) pairs for a cross-encoder: the query is tokenized once, each
+        document cut at its end so that the pair fits the max length (`truncated` says
+        so). A query leaving no room for a document token is InputTooLong."""
+        (query_text,) = self.cut([query])
+        encoded_query = self._measure.encode(query_text, add_special_tokens=False)
+        room = self.max_length - self._documents_cut.num_special_tokens_to_add(True)
+        if len(encoded_query) >= room:
+            raise InputTooLong(
+                f"the query has {len(encoded_query)} tokens; with a document it must fit the "
+                f"model's max length of {self.max_length} tokens (shorten the query)"
+            )
+        encoded = self._measure.encode_batch(self.cut(documents), add_special_tokens=False)
+        pairs = [self._documents_cut.post_process(encoded_query, doc) for doc in encoded]
+        return [
+            TokenizedText(
+                ids=np.asarray(pair.ids, dtype=np.int64),
+                type_ids=np.asarray(pair.type_ids, dtype=np.int64),
+                truncated=bool(pair.overflowing),
+            )
+            for pair in pairs
         ]
 
     def tokens(self, text: str) -> tuple[list[Token], bool]:

@@ -17,7 +17,7 @@ from app.engine.batching.batcher import BatchLimits, DynamicBatcher
 from app.engine.batching.instances import instance_count, threads_per_instance
 from app.engine.batching.result_cache import ResultCache
 from app.engine.errors import ModelLoadError
-from app.engine.manifest import ManifestError, ModelManifest
+from app.engine.manifest import LOGIT_TASKS, ManifestError, ModelManifest
 from app.engine.model_checks import LONG_TEXT, refuse
 from app.engine.models.encoder import Encoder
 from app.engine.models.registry import ModelRegistry, build_encoder, served_models
@@ -130,7 +130,7 @@ def load_runner(
 def check_graphs(directory: Path, runner: ModelRunner) -> None:
     """One pass of `max_length` tokens per graph; its outputs' widths against the manifest."""
     manifest = runner.manifest
-    if manifest.task == "classification":
+    if manifest.task in LOGIT_TASKS:
         field, width = "labels", len(manifest.labels)
     else:
         field, width = "dimensions", manifest.dimensions

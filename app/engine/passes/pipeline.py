@@ -16,7 +16,7 @@ import numpy as np
 from app.backends.base import Backend
 from app.backends.onnx import Device, OnnxBackend
 from app.engine.errors import ModelLoadError
-from app.engine.manifest import MANIFEST_FILE, ModelManifest, Pooling
+from app.engine.manifest import LOGIT_TASKS, MANIFEST_FILE, ModelManifest, Pooling
 from app.engine.models.encoder import normalize
 from app.engine.models.tokenization import REBUILD, TextTokenizer, TokenizedText, open_tokenizer
 from app.engine.passes.busy import BusyClock
@@ -268,7 +268,7 @@ def open_backend(
 
             return TorchBackend.load(
                 path,
-                classifier=manifest.task == "classification",
+                classifier=manifest.task in LOGIT_TASKS,
                 threads=threads,
                 device=device,
                 half=graph == "fp16",
@@ -294,7 +294,7 @@ def fixed_backend(
             manifest.num_layers,
             manifest.num_heads,
         )
-    elif manifest.task == "classification":
+    elif manifest.task in LOGIT_TASKS:
         shape = ("logits", len(manifest.labels), 1, 1)
     else:
         shape = ("last_hidden_state", manifest.dimensions, 1, 1)
