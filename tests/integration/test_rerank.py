@@ -211,7 +211,13 @@ def test_document_limits_are_settings(rerank_repo: tuple[Path, Path]) -> None:
 def server(
     rerank_repo: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    env = {"ENCODER_MODELS_DIR": str(rerank_repo[1]), "ENCODER_MAX_WAIT_MS": "20"}
+    # No result cache: the batching test sends each query alone first, then all at once,
+    # and counts the passes the second round takes.
+    env = {
+        "ENCODER_MODELS_DIR": str(rerank_repo[1]),
+        "ENCODER_MAX_WAIT_MS": "20",
+        "ENCODER_CACHE_BYTES": "0",
+    }
     live = start_server(tmp_path_factory.mktemp("rerank-server"), env)
     yield live
     live.stop()
