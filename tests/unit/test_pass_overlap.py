@@ -15,6 +15,7 @@ import pytest
 
 from app.engine.batching.batcher import BatchLimits, DynamicBatcher
 from app.engine.batching.core import Stages
+from app.engine.batching.scheduling import REGROUP_MIN_INPUTS, REGROUP_PASS_SHARE
 from app.engine.errors import DeadlineExceeded, InferenceFailed, NotReady
 
 
@@ -29,6 +30,8 @@ class StagedFake:
     calls: list[tuple[str, str, list[int], float]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     jitter_s: float = 0.0
+    run_s: float = 0.0  # how long each pass takes
+    finish_s: float = 0.0  # and each batch's finishing
 
     def _record(self, stage: str, payloads: list[int]) -> None:
         with self.lock:
@@ -48,16 +51,14 @@ class StagedFake:
         self._record("run", prepared)
         if self.hold_run is not None and self._first("run"):
             assert self.hold_run.wait(10), "test never released the pass"
-        if self.jitter_s:
-            time.sleep(random.uniform(0, self.jitter_s))
+        time.sleep(self.run_s + random.uniform(0, self.jitter_s))
         return [payload * 10 for payload in prepared]
 
     def finish(self, prepared: list[int], raw: list[int]) -> list[int]:
         self._record("finish", prepared)
         if self.hold_finish is not None and self._first("finish"):
             assert self.hold_finish.wait(10), "test never released the finishing"
-        if self.jitter_s:
-            time.sleep(random.uniform(0, self.jitter_s))
+        time.sleep(self.finish_s + random.uniform(0, self.jitter_s))
         return raw
 
     def stages(self) -> Stages[int, int]:
@@ -136,6 +137,36 @@ async def test_a_batch_that_is_not_full_waits_for_the_running_pass_and_its_calle
     released.set()
     assert await asyncio.wait_for(asyncio.gather(*first, *later), 5) == [10, 20, 30]
     assert [batch for _, batch, _ in fake.of("run")] == [[1], [2, 3]]
+    await batcher.stop()
+
+
+async def test_callers_answered_after_a_long_finish_still_join_the_next_batch() -> None:
+    """The wait for the callers a pass answered counts from their answers, not from the
+    pass's end: finishing on the host thread takes longer than that wait here, and the
+    callers still ride together (see test_batcher's test of the rule)."""
+    group = 4
+    assert group >= REGROUP_MIN_INPUTS
+    released = threading.Event()
+    fake = StagedFake(hold_run=released, run_s=0.3, finish_s=0.1)
+    batcher = make(fake, max_wait_s=0.05, max_batch_size=2 * group)
+    assert REGROUP_PASS_SHARE * fake.run_s < fake.finish_s  # from the pass end: missed
+    rounds = 3
+
+    async def caller(first: asyncio.Future[int], payload: int, more: int) -> None:
+        await first
+        for _ in range(more):
+            (answer,) = submit(batcher, payload)
+            assert await answer == payload * 10
+
+    first_group = submit(batcher, *range(group))
+    await wait_for(lambda: len(fake.of("run")) == 1)
+    second_group = submit(batcher, *range(group, 2 * group))
+    callers = [caller(f, p, rounds) for p, f in enumerate(first_group)]
+    callers += [caller(f, p, rounds - 1) for p, f in enumerate(second_group, start=group)]
+    released.set()
+    await asyncio.wait_for(asyncio.gather(*callers), 20.0)
+    sizes = [len(batch) for _, batch, _ in fake.of("run")]
+    assert sizes == [group] + [2 * group] * rounds
     await batcher.stop()
 
 

@@ -177,7 +177,7 @@ class DynamicBatcher(Scheduling[Payload, Result]):
                 await self._arrived.wait()
                 continue
             if not on_device and not idle:
-                await self._wait_to_fill(instance.regroup_until)
+                await self._wait_to_fill(lambda: self._regroup_until(instance.last_ended))
                 self._drop_dead()
             hold_s = self._low_priority_hold()
             if hold_s > 0:  # low-priority work has had its share: wait for either kind
@@ -326,7 +326,8 @@ class DynamicBatcher(Scheduling[Payload, Result]):
         self._low_running -= len(batch) if flight.low else 0
         self._set_busy(instance, instance.on_device > 0)
         self._record_pass(finished, seconds, flight.tokens, flight.low)
-        instance.regroup_until = self._regroup_until(len(batch), seconds)
+        flight.seconds = seconds
+        instance.last_ended = flight
         for item in batch:
             item.started_at, item.finished_at = started, finished
         metrics = self._metrics
@@ -357,4 +358,8 @@ class DynamicBatcher(Scheduling[Payload, Result]):
                 item.future.set_exception(outcome)
             else:
                 item.future.set_result(outcome)
+        # Its callers have their answers only now: the next batch's wait for them (the
+        # regrouping rule) counts from here.
+        flight.answered_at = time.monotonic()
         self._update_idle()
+        self._arrived.set()

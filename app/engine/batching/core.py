@@ -96,6 +96,8 @@ class Flight(Generic[Payload, Result]):
     tokens: int
     low: bool
     ended: bool = False  # its forward passes are over (it is being finished and answered)
+    seconds: float = 0.0  # and took this long
+    answered_at: float | None = None  # its inputs were answered then
 
 
 @dataclass(eq=False)
@@ -112,8 +114,8 @@ class Instance(Generic[Payload, Result]):
     restart: asyncio.TimerHandle | None = None  # a crashed worker's pending restart
     busy: bool = False
     flights: list[Flight[Payload, Result]] = field(default_factory=list)  # not answered yet
-    # Until when the next batch may wait for the callers the last pass answered.
-    regroup_until: float = -math.inf
+    # The batch whose passes ended last (the next batch may wait for its callers).
+    last_ended: Flight[Payload, Result] | None = None
 
     @property
     def on_device(self) -> int:
