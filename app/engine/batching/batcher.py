@@ -171,11 +171,17 @@ class DynamicBatcher(Scheduling[Payload, Result]):
         while True:
             self._drop_dead()
             on_device = instance.on_device
-            if not self._queue or on_device > LOOKAHEAD or (on_device and not self._select()[1]):
+            if not self._queue or on_device > LOOKAHEAD:
                 idle = idle or not (self._queue or on_device)
                 self._arrived.clear()  # arrivals and ended passes both set it
                 await self._arrived.wait()
                 continue
+            if on_device:
+                if not await self._filled_while_running(instance):
+                    continue  # the pass ended first: the usual rules, below, next time round
+                self._drop_dead()
+                if not self._select()[1]:
+                    continue  # callers left meanwhile: not full any more
             if not on_device and not idle:
                 await self._wait_to_fill(lambda: self._regroup_until(instance.last_ended))
                 self._drop_dead()
@@ -202,6 +208,16 @@ class DynamicBatcher(Scheduling[Payload, Result]):
                     # Only here, with the batch counted as running: `_take_batch` may empty
                     # the queue before `_execute` counts it.
                     self._update_idle()
+
+    async def _filled_while_running(self, instance: Instance[Payload, Result]) -> bool:
+        """Wait until the next batch is full (True) or `instance`'s passes have ended
+        (False), whichever comes first."""
+        while instance.on_device and self._queue:
+            if self._select()[1]:
+                return True
+            self._arrived.clear()  # arrivals and ended passes both set it
+            await self._arrived.wait()
+        return False
 
     async def _execute(
         self, batch: list[QueuedInput[Payload, Result]], instance: Instance[Payload, Result]
