@@ -27,7 +27,7 @@ from datetime import date
 from pathlib import Path
 
 from loadtest.client import LoadSpec, run_load
-from loadtest.machine import describe_machine
+from loadtest.machine import busy_notes, describe_machine, load_average
 from loadtest.server import ROOT, bench_server, model_samples, scrape, wait_idle
 from loadtest.texts import TextSource
 from loadtest.wrk import run_wrk, wrk_path
@@ -141,9 +141,16 @@ def measure(
 
 
 def write_report(
-    points: list[dict[str, object]], seconds: float, pass_us: float, token_us: float, out: Path
+    points: list[dict[str, object]],
+    seconds: float,
+    pass_us: float,
+    token_us: float,
+    out: Path,
+    load_at_start: str,
 ) -> None:
     generator = "wrk" if wrk_path() else "asyncio client"
+    machine = {**describe_machine(), "load_average_at_start": load_at_start}
+    machine["load_average_at_end"] = load_average()
     report = {
         "date": date.today().isoformat(),
         "pass_us": pass_us,
@@ -154,11 +161,12 @@ def write_report(
         ),
         "seconds_per_point": seconds,
         "generator": generator,
-        "machine": describe_machine(),
+        "machine": machine,
         "points": points,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "simulated.json").write_text(json.dumps(report, indent=2) + "\n")
+    notes = "".join(f"{note}\n\n" for note in busy_notes(float(load_at_start.split()[0])))
     rows = "\n".join(
         f"| {p['workers']} | {p['clients']} | {p['sequences_per_s']} | {p['of_limit']} | "
         f"{p['ceiling_at_clients']} | {p['of_ceiling']} | {p['duty_cycle']} | "
@@ -172,7 +180,7 @@ def write_report(
         f"`python -m loadtest.simulated --seconds {seconds:g}`: ENCODER_BACKEND=benchmark-sim, "
         f"each pass waits {pass_us:g} µs + {token_us:g} µs per padded token (a sleep: no "
         f"core held), ENCODER_MAX_BATCH_SIZE={MAX_BATCH}, single-text `/encode`, closed loop "
-        f"by {generator} on the same machine ({report['machine']['cores_usable']} cores), one "
+        f"by {generator} on the same machine ({machine['cores_usable']} cores), one "
         "server per worker count, one point after the other.\n\n"
         f"Simulated engine limit (full passes of {MAX_BATCH} of these texts back to back): "
         f"**{limit}/s**. The ceiling at a client count is the same with passes of at most "
@@ -180,7 +188,9 @@ def write_report(
         "over the point (the share of wall time a pass was in flight; the generator's "
         "start and end are in the window, so it reads a little low). One pass of a lone "
         f"median text: **{report['one_pass_ms']} ms**; at 1 client, p50 − one pass is what "
-        "the server adds to it (issue #30's target: at most 1 ms).\n\n"
+        "the server adds to it (issue #30's target: at most 1 ms). Load average at the "
+        f"start {load_at_start}, at the end {machine['load_average_at_end']}.\n\n"
+        f"{notes}"
         "| workers | clients | sequences/s | ÷ limit | ceiling at clients | ÷ ceiling | "
         "duty cycle | mean pass (texts) | p50 ms | p50 − one pass ms | p99 ms | errors |\n"
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
@@ -198,8 +208,9 @@ def main() -> None:
     parser.add_argument("--token-us", type=float, default=TOKEN_US)
     args = parser.parse_args()
     workers, clients = tuple(args.workers), tuple(args.clients)
+    load_at_start = load_average()
     points = measure(workers, clients, args.seconds, args.pass_us, args.token_us)
-    write_report(points, args.seconds, args.pass_us, args.token_us, args.out)
+    write_report(points, args.seconds, args.pass_us, args.token_us, args.out, load_at_start)
 
 
 if __name__ == "__main__":

@@ -301,7 +301,7 @@ class DynamicBatcher(Scheduling[Payload, Result]):
     ) -> list[Result | InferenceFailed]:
         """Run a batch; if it fails, retry each input alone so one bad input fails only itself."""
         try:
-            outcomes = list(run_batch(payloads))
+            outcomes: list[Result | InferenceFailed] = list(run_batch(payloads))
             if len(outcomes) != len(payloads):
                 raise ValueError(f"{len(outcomes)} results for {len(payloads)} inputs")
             return outcomes
