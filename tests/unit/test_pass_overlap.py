@@ -22,8 +22,8 @@ from app.engine.errors import DeadlineExceeded, InferenceFailed, NotReady
 @dataclass
 class StagedFake:
     """Answers payload n with n * 10 in three stages, recording which thread ran each
-    stage of which batch, and when. `hold_run` / `hold_finish`: the first batch's pass /
-    finishing waits for that event."""
+    stage of which batch, and when. `hold_run`: the first batch's pass waits for that
+    event; `hold_finish`: the finishing of the batch of payload 1."""
 
     hold_run: threading.Event | None = None
     hold_finish: threading.Event | None = None
@@ -56,7 +56,7 @@ class StagedFake:
 
     def finish(self, prepared: list[int], raw: list[int]) -> list[int]:
         self._record("finish", prepared)
-        if self.hold_finish is not None and self._first("finish"):
+        if self.hold_finish is not None and 1 in prepared:
             assert self.hold_finish.wait(10), "test never released the finishing"
         time.sleep(self.finish_s + random.uniform(0, self.jitter_s))
         return raw
@@ -107,19 +107,36 @@ async def test_a_full_next_batch_is_prepared_on_the_host_while_the_pass_runs() -
 
 
 async def test_the_device_runs_the_next_pass_while_the_last_batch_is_finished() -> None:
-    """Pooling and answering are off the device thread: with the first batch's finishing
-    held, the next pass still runs; answers then come in order, each once."""
-    finishing = threading.Event()
-    fake = StagedFake(hold_finish=finishing)
+    """Pooling and answering are off the device thread while a batch waits behind: with
+    the first batch's finishing held on the host thread, the next pass still runs;
+    answers then come in order, each once."""
+    running, finishing = threading.Event(), threading.Event()
+    fake = StagedFake(hold_run=running, hold_finish=finishing)
     batcher = make(fake, max_wait_s=0.0, max_batch_size=2)
     first = submit(batcher, 1)
-    await wait_for(lambda: len(fake.of("finish")) == 1)  # the first batch is being finished
-    second = submit(batcher, 2, 3)
+    await wait_for(lambda: len(fake.of("run")) == 1)
+    second = submit(batcher, 2, 3)  # full: handed over behind the running pass
+    await wait_for(lambda: len(fake.of("prepare")) == 2)
+    running.set()
     await wait_for(lambda: [batch for _, batch, _ in fake.of("run")] == [[1], [2, 3]])
+    await wait_for(lambda: len(fake.of("finish")) >= 1)
+    name, batch, _ = fake.of("finish")[0]
+    assert name.startswith("host-") and batch == [1]
     assert not any(future.done() for future in (*first, *second))  # finishing still held
     finishing.set()
     assert await asyncio.wait_for(asyncio.gather(*first, *second), 5) == [10, 20, 30]
-    assert all(name.startswith("host-") for name, _, _ in fake.of("finish"))
+    await batcher.stop()
+
+
+async def test_a_lone_batch_is_finished_by_the_device_thread_itself() -> None:
+    """With nothing handed over behind it, the device thread finishes a batch itself: it
+    has nothing else to do, and the answer takes one thread hop less."""
+    fake = StagedFake()
+    batcher = make(fake, max_wait_s=0.0)
+    assert await asyncio.wait_for(asyncio.gather(*submit(batcher, 1)), 5) == [10]
+    stages = [(kind, name) for kind, name, _, _ in fake.calls]
+    assert [kind for kind, _ in stages] == ["prepare", "run", "finish"]
+    assert all(name.startswith("infer-") for _, name in stages)
     await batcher.stop()
 
 

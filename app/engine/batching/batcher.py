@@ -9,7 +9,9 @@ Each instance has two threads. The device thread runs forward passes only, one b
 after the other in the order handed over; the host thread prepares a batch (pads or
 packs its passes) while the device runs the one before it, and finishes each batch
 (pooling, one result per input) while the device runs the next. Answers go back to
-the callers through the event loop from the host thread. So when the next batch is
+the callers through the event loop from the host thread. (A batch with no other
+unanswered batch around it is prepared and finished in the device thread itself: there
+is nothing to overlap, and a lone request's answer takes fewer thread hops.) So when the next batch is
 ready (full) before the running pass ends, the device starts it at once: the device
 never waits for pooling, answering, or a turn of the event loop (issue #30, item 4;
 README, "How batching works").
@@ -252,7 +254,9 @@ class DynamicBatcher(Scheduling[Payload, Result]):
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         """Run a batch's passes, then hand it to the host thread to finish and answer: the
-        device thread goes straight on to the next batch handed over."""
+        device thread goes straight on to the next batch handed over. With no other
+        batch handed over and not answered, the device thread finishes the batch itself
+        (a lone request's answer then takes one thread hop less)."""
         stages = instance.stages
         ready: Any = None
         raw: Any = None
@@ -265,11 +269,19 @@ class DynamicBatcher(Scheduling[Payload, Result]):
             except Exception as error:  # each input alone, through every stage
                 outcomes = self._retry_alone(stages, payloads, error)
             finished = time.monotonic()
+        # Any other batch not answered yet: one behind (the device goes on to it) or one
+        # before, still being finished (answers keep the order batches ran in). Read
+        # here, off the loop that keeps the list: a batch handed over just after the
+        # look waits for this finishing (short: nothing was queued behind).
+        behind = any(other is not flight for other in instance.flights)
         with contextlib.suppress(RuntimeError):  # the loop or the host closed: stopped
             loop.call_soon_threadsafe(self._pass_ended, instance, flight, started, finished)
-            instance.host.submit(
-                self._finish, instance, flight, payloads, ready, raw, outcomes, loop
-            )
+            if behind:
+                instance.host.submit(
+                    self._finish, instance, flight, payloads, ready, raw, outcomes, loop
+                )
+            else:
+                self._finish(instance, flight, payloads, ready, raw, outcomes, loop)
 
     # -- in the host thread ------------------------------------------------
 
