@@ -9,12 +9,12 @@ Each instance has two threads. The device thread runs forward passes only, one b
 after the other in the order handed over; the host thread prepares a batch (pads or
 packs its passes) while the device runs the one before it, and finishes each batch
 (pooling, one result per input) while the device runs the next. Answers go back to
-the callers through the event loop from the host thread. (A batch with no other
-unanswered batch around it is prepared and finished in the device thread itself: there
-is nothing to overlap, and a lone request's answer takes fewer thread hops.) So when the next batch is
+the callers through the event loop from the host thread. So when the next batch is
 ready (full) before the running pass ends, the device starts it at once: the device
 never waits for pooling, answering, or a turn of the event loop (issue #30, item 4;
-README, "How batching works").
+README, "How batching works"). A batch with no other unanswered batch around it is
+prepared and finished in the device thread itself: there is nothing to overlap, and a
+lone request's answer takes fewer thread hops.
 
 This module holds the workers: their loop, start, restart after a crash, and stop, and
 each batch run guarded (a failing batch is retried input by input, so one bad input
