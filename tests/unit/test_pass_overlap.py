@@ -16,7 +16,7 @@ import pytest
 from app.engine.batching.batcher import BatchLimits, DynamicBatcher
 from app.engine.batching.core import Stages
 from app.engine.batching.scheduling import REGROUP_MIN_INPUTS, REGROUP_PASS_SHARE
-from app.engine.errors import DeadlineExceeded, InferenceFailed, NotReady
+from app.engine.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 
 
 @dataclass
@@ -300,3 +300,21 @@ async def test_stop_answers_the_running_and_the_waiting_batch_not_ready() -> Non
     for future in (running, waiting, queued):
         with pytest.raises(NotReady):
             await future
+
+
+async def test_a_batch_handed_over_behind_the_pass_counts_against_the_queue_limit() -> None:
+    """Out of the queue but still waiting for a pass: admission counts it, so the limit on
+    waiting inputs holds as before."""
+    released = threading.Event()
+    fake = StagedFake(hold_run=released)
+    batcher = make(fake, max_wait_s=0.0, max_batch_size=1, max_queue=1)
+    first = submit(batcher, 1)
+    await wait_for(lambda: len(fake.of("run")) == 1)
+    waiting = submit(batcher, 2)  # full: handed over behind the running pass
+    await wait_for(lambda: len(fake.of("prepare")) == 2)
+    assert batcher.queued == 0
+    with pytest.raises(Overloaded):
+        submit(batcher, 3)
+    released.set()
+    assert await asyncio.wait_for(asyncio.gather(*first, *waiting), 5) == [10, 20]
+    await batcher.stop()

@@ -240,6 +240,17 @@ class BatcherCore(Generic[Payload, Result]):
         """Inputs waiting for a forward pass."""
         return len(self._queue)
 
+    def _handed_over(self) -> tuple[int, int]:
+        """Inputs (and their tokens) of batches handed to a device thread behind the pass
+        running there: out of the queue, still waiting for a pass (admission counts them
+        against the queue's limits)."""
+        inputs = tokens = 0
+        for instance in self._instances:
+            waiting = [flight for flight in instance.flights if not flight.ended][1:]
+            inputs += sum(len(flight.batch) for flight in waiting)
+            tokens += sum(flight.tokens for flight in waiting)
+        return inputs, tokens
+
     @property
     def pending(self) -> int:
         """Inputs queued or in the forward pass."""
