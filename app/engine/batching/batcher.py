@@ -238,6 +238,7 @@ class DynamicBatcher(Scheduling[Payload, Result]):
         behind = instance.on_device > 0
         instance.flights.append(flight)
         self._set_busy(instance, True)
+        self._set_depth()  # out of the queue, but behind a running pass it still waits
         payloads = [item.payload for item in batch]
         prepared = instance.host.submit(instance.stages.prepare, payloads) if behind else None
         loop = asyncio.get_running_loop()
@@ -353,6 +354,7 @@ class DynamicBatcher(Scheduling[Payload, Result]):
         self._running_tokens -= flight.tokens
         self._low_running -= len(batch) if flight.low else 0
         self._set_busy(instance, instance.on_device > 0)
+        self._set_depth()  # the batch behind it (if any) runs now
         self._record_pass(finished, seconds, flight.tokens, flight.low)
         flight.seconds = seconds
         instance.last_ended = flight

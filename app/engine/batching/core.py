@@ -237,8 +237,9 @@ class BatcherCore(Generic[Payload, Result]):
 
     @property
     def queued(self) -> int:
-        """Inputs waiting for a forward pass."""
-        return len(self._queue)
+        """Inputs waiting for a forward pass: queued, or in a batch handed over behind a
+        running pass."""
+        return len(self._queue) + self._handed_over()[0]
 
     def _handed_over(self) -> tuple[int, int]:
         """Inputs (and their tokens) of batches handed to a device thread behind the pass
@@ -272,8 +273,10 @@ class BatcherCore(Generic[Payload, Result]):
             self._metrics.instances_busy.labels(self.name).set(count)
 
     def _set_depth(self) -> None:
+        """The queue depth metric: inputs waiting for a pass, a batch handed over behind
+        a running one included (as admission counts them)."""
         if self._metrics is not None:
-            self._metrics.queue_depth.labels(self.name).set(len(self._queue))
+            self._metrics.queue_depth.labels(self.name).set(self.queued)
 
     def _count_rejected(self, reason: str, count: int = 1) -> None:
         if self._metrics is not None:
