@@ -182,7 +182,7 @@ class DynamicBatcher(Scheduling[Payload, Result]):
                 if not await self._filled_while_running(instance):
                     continue  # the pass ended first: the usual rules, below, next time round
                 self._drop_dead()
-                if not self._select()[1]:
+                if not self._ahead_ready():
                     continue  # callers left meanwhile: not full any more
             if not on_device and not idle:
                 await self._wait_to_fill(lambda: self._regroup_until(instance.last_ended))
@@ -212,24 +212,27 @@ class DynamicBatcher(Scheduling[Payload, Result]):
                     self._update_idle()
 
     async def _filled_while_running(self, instance: Instance[Payload, Result]) -> bool:
-        """Wait until the next batch is full (True) or `instance`'s passes have ended
-        (False), whichever comes first."""
+        """Wait until the next batch may go behind the running pass (True: `_ahead_ready`)
+        or `instance`'s passes have ended (False), whichever comes first."""
         while instance.on_device and self._queue:
-            if self._select()[1]:
+            if self._ahead_ready():
                 return True
             self._arrived.clear()  # arrivals and ended passes both set it
             await self._arrived.wait()
         return False
 
+    def _ahead_ready(self) -> bool:
+        """The next batch may go behind a running pass: it is full, and of normal
+        priority (a low-priority batch handed over early would make a normal input that
+        comes meanwhile wait for it)."""
+        return self._queue.normal_count > 0 and self._select()[1]
+
     async def _execute(
         self, batch: list[QueuedInput[Payload, Result]], instance: Instance[Payload, Result]
     ) -> None:
-        """Hand a batch to `instance`: its device thread runs it after the passes handed
-        over before it; it is answered from the host thread through the event loop.
-
-        Behind a running pass, the batch is prepared on the host thread meanwhile; on an
-        idle device, in the device thread itself (nothing to overlap, one thread hop less).
-        """
+        """Hand a batch to `instance`'s device thread, after those handed over before it.
+        Behind a running pass it is prepared on the host thread meanwhile; on an idle
+        device, in the device thread itself (nothing to overlap, one thread hop less)."""
         tokens = sum(item.tokens for item in batch)
         flight = Flight(batch, tokens, batch[0].low)  # a batch is all of one priority
         self._running += len(batch)
