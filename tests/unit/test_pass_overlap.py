@@ -318,3 +318,21 @@ async def test_a_batch_handed_over_behind_the_pass_counts_against_the_queue_limi
     released.set()
     assert await asyncio.wait_for(asyncio.gather(*first, *waiting), 5) == [10, 20]
     await batcher.stop()
+
+
+async def test_a_low_priority_batch_never_goes_behind_a_running_pass() -> None:
+    """A low-priority batch counts as full at its small cap, but is not handed over early:
+    a normal input that comes while the pass runs still goes first."""
+    released = threading.Event()
+    fake = StagedFake(hold_run=released)
+    batcher = make(fake, max_wait_s=0.0, max_batch_size=64)
+    first = submit(batcher, 1)
+    await wait_for(lambda: len(fake.of("run")) == 1)
+    low = batcher.submit([(p, 10) for p in (7, 8, 9)], 30.0, low=True)
+    await asyncio.sleep(0.2)
+    assert len(fake.of("prepare")) == 1  # not taken while the pass runs
+    normal = submit(batcher, 2)
+    released.set()
+    assert await asyncio.wait_for(asyncio.gather(*first, *normal, *low), 5) == [10, 20, 70, 80, 90]
+    assert [batch for _, batch, _ in fake.of("run")][1] == [2]
+    await batcher.stop()
