@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -47,8 +48,16 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(
-        self, graph: Path, *, threads: int, device: Device = "auto", pack: bool = False
+        self,
+        graph: Path,
+        *,
+        threads: int,
+        device: Device = "auto",
+        pack: bool = False,
+        io_binding: bool | None = None,
     ) -> None:
+        """`io_binding`: run passes with IO binding (`upload`, `run`); None: on CUDA only,
+        where the inputs and outputs cross to and from device memory."""
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -76,6 +85,12 @@ class OnnxBackend:
         self.device = (
             "cuda" if self._session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         )
+        if io_binding is None:
+            io_binding = self.device == "cuda"
+        # Where bound outputs are allocated: the device's memory, copied back once per pass.
+        self._bind_to: str | None = (
+            ("cuda" if self.device == "cuda" else "cpu") if io_binding else None
+        )
         self._input_names = [node.name for node in self._session.get_inputs()]
         self._output_names = [node.name for node in self._session.get_outputs()]
         log.info(
@@ -86,21 +101,45 @@ class OnnxBackend:
             ", packed rows" if self.packed else "",
         )
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.device == "cuda":
-            return self._run_bound(inputs)
+    @property
+    def binds(self) -> bool:
+        """Passes run with IO binding, so inputs may be `upload`ed ahead of them."""
+        return self._bind_to is not None
+
+    def upload(self, inputs: Mapping[str, np.ndarray]) -> dict[str, ort.OrtValue]:
+        """A pass's graph inputs, copied to the device's memory ahead of the pass: the
+        batcher's host thread does this while the device runs the pass before, so the
+        copy leaves the device thread's path. For `run` of a backend that `binds`."""
+        device = self._bind_to or "cpu"
+        return {
+            name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(inputs[name]), device, 0)
+            for name in self._input_names
+        }
+
+    def run(self, inputs: Mapping[str, np.ndarray | ort.OrtValue]) -> dict[str, np.ndarray]:
+        """One pass. Inputs are arrays, or where the backend `binds`, arrays or values
+        `upload` placed on the device already."""
+        if self._bind_to is not None:
+            return self._run_bound(inputs, self._bind_to)
         feeds = {name: inputs[name] for name in self._input_names}
         outputs = self._session.run(self._output_names, feeds)
         return dict(zip(self._output_names, outputs, strict=True))
 
-    def _run_bound(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """GPU path with IO binding: inputs copied to the device once, outputs allocated
-        there by ONNX Runtime and copied back once, with no intermediate host buffers."""
+    def _run_bound(
+        self, inputs: Mapping[str, np.ndarray | ort.OrtValue], device: str
+    ) -> dict[str, np.ndarray]:
+        """IO binding: inputs already on the device are bound where they are and the rest
+        copied there once, outputs allocated there by ONNX Runtime and copied back once,
+        with no intermediate host buffers."""
         binding = self._session.io_binding()
         for name in self._input_names:
-            binding.bind_cpu_input(name, np.ascontiguousarray(inputs[name]))
+            value = inputs[name]
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name in self._output_names:
-            binding.bind_output(name, "cuda")
+            binding.bind_output(name, device)
         self._session.run_with_iobinding(binding)
         outputs = binding.copy_outputs_to_cpu()
         return dict(zip(self._output_names, outputs, strict=True))

@@ -55,27 +55,30 @@ class Admission(BatcherCore[Payload, Result]):
         """Like `submit`, returning the queued inputs, which also record when they ran."""
         tokens = sum(count for _, count in payloads)
         limits, queue = self.limits, self._queue
+        # A batch handed over behind a running pass still waits for it: it counts here.
+        handed_inputs, handed_tokens = self._handed_over()
+        waiting, waiting_tokens = len(queue) + handed_inputs, queue.tokens + handed_tokens
         low_queue = int(limits.max_queue * LOW_PRIORITY_QUEUE_SHARE)
         low_tokens = int(limits.max_queue_tokens * LOW_PRIORITY_QUEUE_SHARE)
         if low:
             max_queue, max_tokens = low_queue, low_tokens
             # An explanation comes whole: one over the half is taken while no other waits.
             alone = not queue.low_count
-            too_many = not alone and len(queue) + len(payloads) > max_queue
-            too_long = not alone and queue.tokens + tokens > max_tokens
+            too_many = not alone and waiting + len(payloads) > max_queue
+            too_long = not alone and waiting_tokens + tokens > max_tokens
         else:
             max_queue, max_tokens = limits.max_queue, limits.max_queue_tokens
             # Low-priority inputs past their half (one whole explanation) leave room here.
-            count = len(queue) - max(queue.low_count - low_queue, 0)
-            queued_tokens = queue.tokens - max(queue.low_tokens - low_tokens, 0)
+            count = waiting - max(queue.low_count - low_queue, 0)
+            queued_tokens = waiting_tokens - max(queue.low_tokens - low_tokens, 0)
             too_many = count + len(payloads) > max_queue
             # A request over the token bound on its own is still taken into an empty queue.
-            too_long = bool(queue) and queued_tokens + tokens > max_tokens
+            too_long = bool(waiting) and queued_tokens + tokens > max_tokens
         if too_many or too_long:
             self._count_rejected("queue_full", len(payloads))
             priority = " (low priority: half the limits)" if low else ""
             raise Overloaded(
-                f"model '{self.name}' has {len(queue)} inputs ({queue.tokens} tokens) "
+                f"model '{self.name}' has {waiting} inputs ({waiting_tokens} tokens) "
                 f"queued; limits {max_queue} inputs, {max_tokens} tokens{priority}; "
                 "retry later"
             )

@@ -41,6 +41,43 @@ BatchFunction = Callable[[list[Payload]], Sequence[Result]]
 
 
 @dataclass(frozen=True)
+class Stages(Generic[Payload, Result]):
+    """A batch function in three steps, so that the device thread runs only `run`.
+
+    `prepare` (collate, pad or pack the batch's passes) and `finish` (pool, split into
+    one result per payload, in order) run on the instance's host thread: the next batch
+    is prepared and the last one finished while the device runs a pass. A plain
+    `BatchFunction` is all `run` (`staged`).
+    """
+
+    prepare: Callable[[list[Payload]], Any]
+    run: Callable[[Any], Any]
+    finish: Callable[[Any, Any], Sequence[Result]]
+
+    def __call__(self, payloads: list[Payload]) -> Sequence[Result]:
+        """The whole batch in the calling thread (a retry input by input)."""
+        prepared = self.prepare(payloads)
+        return self.finish(prepared, self.run(prepared))
+
+
+def _as_results(_: object, results: Any) -> Any:
+    return results
+
+
+def staged(
+    function: BatchFunction[Payload, Result] | Stages[Payload, Result],
+) -> Stages[Payload, Result]:
+    """`function` as `Stages`: a plain batch function runs whole on the device thread."""
+    if isinstance(function, Stages):
+        return function
+    return Stages(list, function, _as_results)
+
+
+# A model instance's runner: a plain batch function, or one in stages.
+Runner = BatchFunction[Payload, Result] | Stages[Payload, Result]
+
+
+@dataclass(frozen=True)
 class BatchLimits:
     """How large a batch may grow and how long inputs may wait for one."""
 
@@ -52,16 +89,38 @@ class BatchLimits:
 
 
 @dataclass(eq=False)
+class Flight(Generic[Payload, Result]):
+    """A batch handed to an instance, from then until its inputs are answered."""
+
+    batch: list[QueuedInput[Payload, Result]]
+    tokens: int
+    low: bool
+    ended: bool = False  # its forward passes are over (it is being finished and answered)
+    seconds: float = 0.0  # and took this long
+    answered_at: float | None = None  # its inputs were answered then
+
+
+@dataclass(eq=False)
 class Instance(Generic[Payload, Result]):
-    """One model instance: its batch function, the thread its passes run in, and its worker
-    task."""
+    """One model instance: its batch function in stages, the device thread its passes run
+    in (`executor`, one batch after the other, in the order handed over), the host thread
+    that prepares and finishes batches beside it, and its worker task."""
 
     index: int
-    run_batch: BatchFunction[Payload, Result]
+    stages: Stages[Payload, Result]
     executor: ThreadPoolExecutor
+    host: ThreadPoolExecutor
     worker: asyncio.Task[None] | None = None
     restart: asyncio.TimerHandle | None = None  # a crashed worker's pending restart
     busy: bool = False
+    flights: list[Flight[Payload, Result]] = field(default_factory=list)  # not answered yet
+    # The batch whose passes ended last (the next batch may wait for its callers).
+    last_ended: Flight[Payload, Result] | None = None
+
+    @property
+    def on_device(self) -> int:
+        """Batches handed to the device thread whose passes have not ended."""
+        return sum(not flight.ended for flight in self.flights)
 
 
 @dataclass(eq=False)
@@ -102,12 +161,14 @@ class BatcherCore(Generic[Payload, Result]):
     def __init__(
         self,
         name: str,
-        run_batch: BatchFunction[Payload, Result] | Sequence[BatchFunction[Payload, Result]],
+        run_batch: Runner[Payload, Result] | Sequence[Runner[Payload, Result]],
         limits: BatchLimits,
         metrics: Metrics | None = None,
         gate: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> None:
-        """`run_batch`: one runner, or one per model instance (each its own session).
+        """`run_batch`: one runner, or one per model instance (each its own session); a
+        runner is a batch function, or `Stages` whose device step alone runs in the device
+        thread.
         `gate`: entered around each batch in its thread (a model's pass gate); the time
         waiting there is not counted as the batch's."""
         self.name = name
@@ -116,7 +177,12 @@ class BatcherCore(Generic[Payload, Result]):
         self._gate = gate
         runners = [run_batch] if callable(run_batch) else list(run_batch)
         self._instances = [
-            Instance(index, runner, ThreadPoolExecutor(1, f"infer-{name}-{index}"))
+            Instance(
+                index,
+                staged(runner),
+                ThreadPoolExecutor(1, f"infer-{name}-{index}"),
+                ThreadPoolExecutor(1, f"host-{name}-{index}"),
+            )
             for index, runner in enumerate(runners)
         ]
         self._queue: FairQueue[QueuedInput[Payload, Result]] = FairQueue()
@@ -171,8 +237,20 @@ class BatcherCore(Generic[Payload, Result]):
 
     @property
     def queued(self) -> int:
-        """Inputs waiting for a forward pass."""
-        return len(self._queue)
+        """Inputs waiting for a forward pass: queued, or in a batch handed over behind a
+        running pass."""
+        return len(self._queue) + self._handed_over()[0]
+
+    def _handed_over(self) -> tuple[int, int]:
+        """Inputs (and their tokens) of batches handed to a device thread behind the pass
+        running there: out of the queue, still waiting for a pass (admission counts them
+        against the queue's limits)."""
+        inputs = tokens = 0
+        for instance in self._instances:
+            waiting = [flight for flight in instance.flights if not flight.ended][1:]
+            inputs += sum(len(flight.batch) for flight in waiting)
+            tokens += sum(flight.tokens for flight in waiting)
+        return inputs, tokens
 
     @property
     def pending(self) -> int:
@@ -195,8 +273,10 @@ class BatcherCore(Generic[Payload, Result]):
             self._metrics.instances_busy.labels(self.name).set(count)
 
     def _set_depth(self) -> None:
+        """The queue depth metric: inputs waiting for a pass, a batch handed over behind
+        a running one included (as admission counts them)."""
         if self._metrics is not None:
-            self._metrics.queue_depth.labels(self.name).set(len(self._queue))
+            self._metrics.queue_depth.labels(self.name).set(self.queued)
 
     def _count_rejected(self, reason: str, count: int = 1) -> None:
         if self._metrics is not None:

@@ -32,9 +32,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 
 from app.engine.batching.admission import LOW_PRIORITY_SHARE, Admission
-from app.engine.batching.core import Payload, QueuedInput, Result
+from app.engine.batching.core import Flight, Payload, QueuedInput, Result
 from app.engine.errors import DeadlineExceeded
 
 # See the module docstring. Measured on 2 cores (quick `make bench` runs alternating with
@@ -57,25 +58,34 @@ LOW_PRIORITY_QUIET_S = 0.1
 class Scheduling(Admission[Payload, Result]):
     """Chooses each batch: when it goes, and which inputs, in which order."""
 
-    def _regroup_until(self, answered: int, pass_s: float) -> float:
-        """Until when the next batch may wait for the callers a pass just answered (see
-        the module docstring); -inf after a pass of few inputs."""
-        if answered < REGROUP_MIN_INPUTS:
+    def _regroup_until(self, last: Flight[Payload, Result] | None) -> float:
+        """Until when the next batch may wait for the callers the last pass answered (see
+        the module docstring), counted from their answers (pooled on the host thread
+        after the pass): +inf while they are still being finished; -inf after a pass of
+        few inputs."""
+        if last is None or len(last.batch) < REGROUP_MIN_INPUTS:
             return -math.inf
-        return time.monotonic() + min(self.limits.max_wait_s, REGROUP_PASS_SHARE * pass_s)
+        if last.answered_at is None:
+            return math.inf
+        return last.answered_at + min(self.limits.max_wait_s, REGROUP_PASS_SHARE * last.seconds)
 
-    async def _wait_to_fill(self, regroup_until: float) -> None:
+    async def _wait_to_fill(self, regroup_until: Callable[[], float]) -> None:
         """Wait until the next batch is full, or its oldest input has waited `max_wait_s`
-        and `regroup_until` has passed."""
+        and `regroup_until()` has passed (asked again at each wake-up: it moves on when
+        the last pass's inputs are answered, after their pass ended)."""
         while self._queue:
             _, full = self._select()
             oldest_due = self._queue.oldest().enqueued_at + self.limits.max_wait_s
-            remaining = max(oldest_due, regroup_until) - time.monotonic()
+            remaining = max(oldest_due, regroup_until()) - time.monotonic()
             if full or remaining <= 0:
                 return
             self._arrived.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+                # Until the answers (inf): an event sets `_arrived` then (uvloop takes
+                # no infinite timer).
+                await asyncio.wait_for(
+                    self._arrived.wait(), None if math.isinf(remaining) else remaining
+                )
             except TimeoutError:
                 return
 

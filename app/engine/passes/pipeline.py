@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +32,18 @@ OFFLINE_BATCH = 64
 
 # Called once per forward pass with (inputs in it, padded tokens it ran): batch metrics.
 PassObserver = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PassInputs:
+    """One forward pass of a batch, prepared: the batch's inputs in it (row i is the i-th
+    padded, or in span order packed), the graph inputs, and where packed, each input's span."""
+
+    indices: list[int]
+    inputs: dict[str, np.ndarray]
+    spans: list[Span] | None = None
+    # The inputs already in the device's memory (ONNX Runtime with IO binding: `upload`).
+    feeds: dict[str, Any] | None = None
 
 
 def pad_batch(items: Sequence[TokenizedText]) -> dict[str, np.ndarray]:
@@ -85,31 +99,74 @@ class Pipeline:
         self.rows_per_pass = rows_per_pass
         self._observe = observe
         self._busy = busy
+        # A backend that takes its inputs in device memory gets them copied there as
+        # passes are prepared, beside the pass before (ONNX Runtime on CUDA).
+        self._uploads = backend if isinstance(backend, OnnxBackend) and backend.binds else None
 
     def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]:
         return self.tokenizer.encode(list(texts))
 
     def forward(self, items: Sequence[TokenizedText]) -> list[np.ndarray]:
-        """A vector per input, in order (a batch from the queue, in the worker thread).
+        """A vector per input, in order: `prepare`, `run` and `finish` in one go (the
+        server's batcher runs the three in two threads; see `prepare`)."""
+        passes = self.prepare(items)
+        return self.finish(passes, self.run(passes))
+
+    def prepare(self, items: Sequence[TokenizedText]) -> list[PassInputs]:
+        """The graph inputs of a batch's forward passes, in the order they run (the host
+        thread, while the device runs the batch before).
 
         On CPU, padding and attention's quadratic cost weigh more than batching gains, so
         small passes with little padding are fastest (measured on 2 cores: random batches
         of 32 ran at 101 sequences/s in one pass, 160 in length-sorted passes of 8, 200
         packed). The batcher sorts by length, so neighbours in length share a pass.
         """
-        vectors: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(items)
+        passes = []
         if self.backend.packed:
-            for indices, hidden, spans in self._packed_passes(items):
-                pooled = pool_spans(hidden, spans, self.pooling).astype(np.float32)
-                for index, vector in zip(indices, pooled, strict=True):
-                    vectors[index] = vector
-            return vectors
-        for indices, inputs, outputs in self._padded_passes(items):
-            if "logits" in outputs:  # a sequence-classification graph pools and classifies
-                batch = outputs["logits"]
+            lengths = [item.tokens for item in items]
+            for rows in packed_passes(lengths, self.rows_per_pass):
+                inputs, spans = packed_inputs(items, rows)
+                passes.append(PassInputs([i for row in rows for i in row], inputs, spans))
+        else:
+            for start in range(0, len(items), self.rows_per_pass):
+                indices = list(range(start, min(start + self.rows_per_pass, len(items))))
+                passes.append(PassInputs(indices, pad_batch([items[i] for i in indices])))
+        if self._uploads is not None:
+            uploads = self._uploads
+            passes = [replace(batch, feeds=uploads.upload(batch.inputs)) for batch in passes]
+        return passes
+
+    def run(self, passes: Sequence[PassInputs]) -> list[dict[str, np.ndarray]]:
+        """The forward passes alone, back to back: each one's outputs (the device thread)."""
+        outputs = []
+        for batch in passes:
+            self._count_pass(len(batch.indices), batch.inputs["input_ids"].size)
+            with self._in_flight():
+                if batch.feeds is not None and self._uploads is not None:
+                    outputs.append(self._uploads.run(batch.feeds))
+                else:
+                    outputs.append(self.backend.run(batch.inputs))
+        return outputs
+
+    def finish(
+        self, passes: Sequence[PassInputs], outputs: Sequence[dict[str, np.ndarray]]
+    ) -> list[np.ndarray]:
+        """Each input's vector, in input order, from its pass's outputs: pooled last
+        hidden states, or a classifier graph's logits (the host thread)."""
+        count = sum(len(batch.indices) for batch in passes)
+        vectors: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * count
+        for batch, output in zip(passes, outputs, strict=True):
+            if batch.spans is not None:
+                hidden = output["last_hidden_state"]
+                pooled = pool_spans(hidden, batch.spans, self.pooling)
+            elif "logits" in output:  # a sequence-classification graph pools and classifies
+                pooled = output["logits"]
             else:
-                batch = pool(outputs["last_hidden_state"], inputs["attention_mask"], self.pooling)
-            for index, vector in zip(indices, batch.astype(np.float32, copy=False), strict=True):
+                mask = batch.inputs["attention_mask"]
+                pooled = pool(output["last_hidden_state"], mask, self.pooling)
+            for index, vector in zip(
+                batch.indices, pooled.astype(np.float32, copy=False), strict=True
+            ):
                 vectors[index] = vector
         return vectors
 
@@ -153,14 +210,14 @@ class Pipeline:
         """Each input's (tokens, hidden) last hidden states, unpooled (TEI's /embed_all), in
         the passes `forward` would run: packed rows where the backend takes them."""
         states: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(items)
-        if self.backend.packed:
-            for indices, hidden, spans in self._packed_passes(items):
-                for index, span in zip(indices, spans, strict=True):
+        passes = self.prepare(items)
+        for batch, outputs in zip(passes, self.run(passes), strict=True):
+            hidden = outputs["last_hidden_state"]
+            if batch.spans is not None:
+                for index, span in zip(batch.indices, batch.spans, strict=True):
                     states[index] = hidden[span.row, span.start : span.start + span.tokens]
-        else:
-            for indices, _, outputs in self._padded_passes(items):
-                hidden = outputs["last_hidden_state"]
-                for row, index in enumerate(indices):
+            else:
+                for row, index in enumerate(batch.indices):
                     states[index] = hidden[row, : items[index].tokens]
         return [np.array(state, dtype=np.float32) for state in states]  # own copies
 
@@ -196,31 +253,6 @@ class Pipeline:
     def _in_flight(self) -> contextlib.AbstractContextManager[None]:
         """Around a `backend.run`: the device is busy for the duty cycle metric."""
         return self._busy if self._busy is not None else contextlib.nullcontext()
-
-    def _padded_passes(
-        self, items: Sequence[TokenizedText]
-    ) -> Iterator[tuple[list[int], dict[str, np.ndarray], dict[str, np.ndarray]]]:
-        """Padded passes of `rows_per_pass` neighbours: per pass, the indices of its inputs
-        (row i is the i-th), its inputs and its outputs."""
-        for start in range(0, len(items), self.rows_per_pass):
-            indices = list(range(start, min(start + self.rows_per_pass, len(items))))
-            inputs = pad_batch([items[index] for index in indices])
-            self._count_pass(len(indices), inputs["input_ids"].size)
-            with self._in_flight():
-                outputs = self.backend.run(inputs)
-            yield indices, inputs, outputs
-
-    def _packed_passes(
-        self, items: Sequence[TokenizedText]
-    ) -> Iterator[tuple[list[int], np.ndarray, list[Span]]]:
-        """Passes of packed rows: per pass, the indices of its inputs in span order, the
-        last hidden states and each input's span in them."""
-        for rows in packed_passes([item.tokens for item in items], self.rows_per_pass):
-            inputs, spans = packed_inputs(items, rows)
-            self._count_pass(len(spans), inputs["input_ids"].size)
-            with self._in_flight():
-                hidden = self.backend.run(inputs)["last_hidden_state"]
-            yield [index for row in rows for index in row], hidden, spans
 
     def _count_pass(self, inputs: int, padded_tokens: int) -> None:
         if self._observe is not None:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from app.engine.batching.batcher import BatchLimits, DynamicBatcher
+from app.engine.batching.core import Stages
 from app.engine.batching.pass_gate import PassGate
 from app.engine.batching.result_cache import CachedBatches, ResultCache
 from app.engine.manifest import ModelManifest
@@ -49,7 +50,9 @@ class ModelRunner:
         self.gate = PassGate(lambda: self.batcher.queued > 0)
         self.batcher: DynamicBatcher[TokenizedText, np.ndarray] = DynamicBatcher(
             manifest.name,
-            [pipeline.forward for pipeline in pipelines],
+            # In stages: the device thread runs only the passes; padding or packing the
+            # next batch and pooling the last run beside it (app/engine/batching/batcher.py).
+            [Stages(pipeline.prepare, pipeline.run, pipeline.finish) for pipeline in pipelines],
             limits,
             metrics,
             self.gate.primary,
