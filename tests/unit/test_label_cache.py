@@ -21,7 +21,8 @@ import pytest
 from app.engine.contract import ClassifyOptions
 from app.engine.errors import InvalidInput
 from app.engine.models.encoder import Encoder, EncoderOutput
-from app.engine.models.served import LabelVectorCache, ServedModel
+from app.engine.models.label_cache import LabelVectorCache
+from app.engine.models.served import ServedModel
 from app.engine.passes.pipeline import normalize
 
 DIMENSIONS = 8

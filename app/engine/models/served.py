@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,6 +12,7 @@ from app.engine.models.encoder import Encoder
 from app.engine.models.encoder import normalize as normalize_rows
 from app.engine.errors import InputTooLong, InvalidInput
 from app.engine.models.heads import ClassifierHead
+from app.engine.models.label_cache import DEFAULT_LABEL_CACHE_BYTES, LabelVectorCache
 from app.engine.contract import (
     DEFAULT_HYPOTHESIS_TEMPLATE,
     DEFAULT_TEXT_OPTIONS,
@@ -35,54 +34,6 @@ from app.engine.models.tokenization import TokenizedText
 from app.metrics import Metrics
 
 DEFAULT_OPTIONS = ClassifyOptions()
-
-# Zero-shot label embeddings cached per model, in bytes (ENCODER_LABEL_CACHE_BYTES).
-DEFAULT_LABEL_CACHE_BYTES = 32 * 1024 * 1024
-
-
-class LabelVectorCache:
-    """Label embeddings by (template, label), least recently used first out, bounded in bytes.
-
-    An entry costs its key strings and its vector (`sys.getsizeof`, so headers count too);
-    the total never exceeds `max_bytes`. Every method is synchronous: callers that await
-    between a lookup and a use must keep what they looked up, since another request may
-    evict it meanwhile.
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.nbytes = 0
-        self._entries: OrderedDict[tuple[str, str], tuple[np.ndarray, int]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    @staticmethod
-    def cost(key: tuple[str, str], vector: np.ndarray) -> int:
-        return sys.getsizeof(key[0]) + sys.getsizeof(key[1]) + sys.getsizeof(vector)
-
-    def get(self, key: tuple[str, str]) -> np.ndarray | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        self._entries.move_to_end(key)
-        return entry[0]
-
-    def put(self, key: tuple[str, str], vector: np.ndarray) -> None:
-        """Keep `vector` (copied: a row of a batch would pin the whole batch in memory)."""
-        vector = np.array(vector, dtype=np.float32, copy=True)
-        size = self.cost(key, vector)
-        if size > self.max_bytes:
-            return  # would not fit even alone
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self.nbytes -= old[1]
-        while self._entries and self.nbytes + size > self.max_bytes:
-            _, (_, freed) = self._entries.popitem(last=False)
-            self.nbytes -= freed
-        self._entries[key] = (vector, size)
-        self.nbytes += size
-
 
 class ServedModel:
     """One model of the repository, as requests see it."""
