@@ -12,6 +12,7 @@ is a similarity request on either route, as on TEI started with
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import numpy as np
@@ -33,6 +34,8 @@ from app.api.schemas import (
     check_input_count,
 )
 from app.engine.contract import TextOptions
+
+Endpoint = Callable[..., Awaitable[Response]]
 
 router = APIRouter(tags=["tei"], route_class=StrictJSONRoute)
 
@@ -141,24 +144,23 @@ ROOT_BODY = {
 }
 
 
-@router.post(
-    "/invocations",
-    response_model=list[list[float]]
-    | list[tei.TeiLabelScore]
-    | list[list[tei.TeiLabelScore]]
-    | list[float],
-    responses=TEI_ERRORS,
-    openapi_extra={"requestBody": ROOT_BODY},
+# What POST / answers: /embed's, /predict's (one input, or several) or /similarity's.
+ROOT_ANSWER = (
+    list[list[float]] | list[tei.TeiLabelScore] | list[list[tei.TeiLabelScore]] | list[float]
 )
-@router.post(
-    "/",
-    response_model=list[list[float]]
-    | list[tei.TeiLabelScore]
-    | list[list[tei.TeiLabelScore]]
-    | list[float],
-    responses=TEI_ERRORS,
-    openapi_extra={"requestBody": ROOT_BODY},
-)
+
+
+def _root_route(path: str) -> Callable[[Endpoint], Endpoint]:
+    return router.post(
+        path,
+        response_model=ROOT_ANSWER,
+        responses=TEI_ERRORS,
+        openapi_extra={"requestBody": ROOT_BODY},
+    )
+
+
+@_root_route("/invocations")  # the same route under TEI's other name for it
+@_root_route("/")
 async def root(body: Annotated[dict[str, Any], Body()], request: Request) -> Response:
     """TEI's route for the served model's task: /embed's answer for an embedding model,
     /predict's for a classifier (the model GET /info describes), /similarity's for a body
