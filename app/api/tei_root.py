@@ -133,9 +133,6 @@ ROOT_BODY = {
                     {"$ref": "#/components/schemas/TeiPredictRequest"},
                     {"$ref": "#/components/schemas/SimilarityRequest"},
                 ],
-                # Over FastAPI's `dict` schema for the parameter: no field beyond those of
-                # the three shapes (Swagger UI's sample would add one, which is a 422).
-                "additionalProperties": False,
             },
             "example": {"inputs": "What is Deep Learning?"},
         }
@@ -161,10 +158,17 @@ def _root_route(path: str) -> Callable[[Endpoint], Endpoint]:
 
 @_root_route("/invocations")  # the same route under TEI's other name for it
 @_root_route("/")
-async def root(body: Annotated[dict[str, Any], Body()], request: Request) -> Response:
+async def root(body: Annotated[Any, Body()], request: Request) -> Response:
     """TEI's route for the served model's task: /embed's answer for an embedding model,
     /predict's for a classifier (the model GET /info describes), /similarity's for a body
     whose `inputs` is `{"source_sentence", "sentences"}`."""
+    # `Any`, not `dict`, so that the document's body is ROOT_BODY's three shapes alone (a
+    # `dict` adds `additionalProperties`, which Swagger UI's sample fills with a field that
+    # is a 422); a body that is not an object is refused as a `dict` body would be (400).
+    if not isinstance(body, dict):
+        raise RequestValidationError(
+            [{"type": "dict_type", "loc": ("body",), "msg": "not an object", "input": None}]
+        )
     if isinstance(body.get("inputs"), dict):
         return await similarity(_validated(SimilarityRequest, body), request)
     if tei.served_model(request).task == "classification":
