@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.export.library_noise import expected_noise_hidden
+from app.export.library_noise import _configure_transformers_logging, expected_noise_hidden
 
 TRACER = "Converting a tensor to a Python boolean might cause the trace to be incorrect."
 QUANTIZER = "Please consider to run pre-processing before quantization. Refer to example: …"
@@ -46,7 +46,14 @@ def printed() -> Iterator[Collected]:
     loggers = [logging.getLogger(), logging.getLogger("transformers")]
     for logger in loggers:
         logger.addHandler(handler)
+    # transformers' logger propagates to the root only when the variable CI is set (as in
+    # CI runs); a user's shell has it off, so each record is printed once, by one handler.
+    library = logging.getLogger("transformers")
+    propagated = library.propagate
+    _configure_transformers_logging()
+    library.propagate = False
     yield handler
+    library.propagate = propagated
     for logger in loggers:
         logger.removeHandler(handler)
 
