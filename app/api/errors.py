@@ -199,7 +199,10 @@ def engine_error_response(request: Request, exc: errors.EngineError) -> Response
             headers = None
             if isinstance(exc, errors.Overloaded):
                 headers = {"Retry-After": str(exc.retry_after_s)}
-            if status >= 500:
+            if isinstance(exc, errors.NotReady):
+                # Starting or draining: expected, and the client is told to go elsewhere.
+                log.warning("%s %s refused: %s", request.method, request.url.path, exc)
+            elif status >= 500:
                 log.error("%s %s failed: %s", request.method, request.url.path, exc)
             if request.url.path in TEI_PATHS:
                 status = _TEI_STATUS.get(kind, status)
