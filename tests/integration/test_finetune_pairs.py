@@ -22,10 +22,32 @@ from app.export.exporter import export_model
 from tests.conftest import wait_ready
 from tests.tiny_models import build_tiny_bert
 
-WORDS = (
-    "apple river castle engine garden harbor island jungle kettle ladder mirror needle "
-    "orange pencil rocket saddle tunnel violin wallet yogurt anchor bridge candle dragon"
-).split()
+WORDS = [
+    "apple",
+    "river",
+    "castle",
+    "engine",
+    "garden",
+    "harbor",
+    "island",
+    "jungle",
+    "kettle",
+    "ladder",
+    "mirror",
+    "needle",
+    "orange",
+    "pencil",
+    "rocket",
+    "saddle",
+    "tunnel",
+    "violin",
+    "wallet",
+    "yogurt",
+    "anchor",
+    "bridge",
+    "candle",
+    "dragon",
+]
 # A random tiny miner finds every text alike (cosines near 1): the near-duplicate rule
 # would skip every candidate, so the tests raise its threshold.
 TRAINING = ["--epochs", "6", "--learning-rate", "3e-3", "--patience", "100"]
