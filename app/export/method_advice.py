@@ -22,8 +22,12 @@ METHOD_ADVICE = (
 
 # `finetune`'s parser and its --method flag.
 FINETUNE_COMMAND: dict[str, Any] = {
-    "help": "tune an encoder for classification on a labelled file",
-    "description": "Tune an encoder for classification on a labelled file. " + METHOD_ADVICE,
+    "help": "tune an encoder: a classifier on a labelled file, or (--task rerank/embedding) "
+    "a reranker or embedding model on (query, positive) pairs",
+    "description": "Tune an encoder for classification on a labelled file, or with --task "
+    "rerank/embedding a cross-encoder or an embedding model on a file of (query, positive) "
+    "pairs, hard negatives mined with --miner (README 'Fine-tune a reranker or an "
+    "embedding model on pairs'). " + METHOD_ADVICE,
 }
 METHOD_ARGUMENT: dict[str, Any] = {
     "default": "lora",
