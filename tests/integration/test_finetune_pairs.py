@@ -163,18 +163,39 @@ def test_embedding_writes_a_served_embedding_model(embedding_repository: Path) -
         assert vector.shape == (manifest.dimensions,)
 
 
-def test_the_embedding_delta_rebuilds_the_same_model(
-    workspace: dict[str, Path], embedding_repository: Path
-) -> None:
-    clone = repository(workspace, "embedding-clone")
+def rebuilt_from_delta(workspace: dict[str, Path], tuned: Path, name: str) -> ModelManifest:
+    """What a fresh clone holds of a tuned model (manifest and delta), rebuilt."""
+    clone = repository(workspace, name)
     (clone / "tuned").mkdir()
-    shutil.copy2(embedding_repository / "tuned" / "model.json", clone / "tuned" / "model.json")
-    shutil.copytree(embedding_repository / "tuned" / DELTA_DIR, clone / "tuned" / DELTA_DIR)
+    shutil.copy2(tuned / "tuned" / "model.json", clone / "tuned" / "model.json")
+    shutil.copytree(tuned / "tuned" / DELTA_DIR, clone / "tuned" / DELTA_DIR)
     args = build_parser().parse_args(["rebuild", "--models-dir", str(clone)])
     assert args.handler(args) == 0
     rebuilt = ModelManifest.read(clone / "tuned")
-    assert rebuilt.task == "embedding"
-    assert rebuilt.evaluation == ModelManifest.read(embedding_repository / "tuned").evaluation
+    assert rebuilt.evaluation == ModelManifest.read(tuned / "tuned").evaluation
+    return rebuilt
+
+
+def test_the_deltas_rebuild_the_same_models(
+    workspace: dict[str, Path], embedding_repository: Path, rerank_repository: Path
+) -> None:
+    assert rebuilt_from_delta(workspace, embedding_repository, "clone-e").task == "embedding"
+    assert rebuilt_from_delta(workspace, rerank_repository, "clone-r").task == "rerank"
+
+
+def test_the_seed_decides_the_result(
+    workspace: dict[str, Path], embedding_repository: Path
+) -> None:
+    again = repository(workspace, "embedding-again")
+    assert run_finetune(workspace, again, "embedding") == 0
+    first, second = (
+        read_record(models / "tuned" / DELTA_DIR) for models in (embedding_repository, again)
+    )
+    assert second["reference_logits"] == first["reference_logits"]
+    first_history, second_history = (
+        record["evaluation"]["training"]["history"] for record in (first, second)
+    )
+    assert second_history == first_history
 
 
 def test_full_tuning_of_a_reranker(workspace: dict[str, Path]) -> None:
