@@ -244,3 +244,17 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     error = capsys.readouterr().err.strip()
     assert needle in error and len(error.splitlines()) == 1, error
     assert list(models.iterdir()) == []
+
+
+def test_ctrl_c_leaves_no_model_directory(
+    workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.export.finetune.pairs_command as pairs_module
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pairs_module, "export_classifier", interrupted)
+    models = repository(workspace, "interrupted")
+    assert run_finetune(workspace, models, "embedding", "--max-steps", "1") == 130
+    assert list(models.iterdir()) == []
