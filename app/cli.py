@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from app import __version__
 from app.exit_statuses import EXIT_USAGE
-from app.export.method_advice import FINETUNE_COMMAND, METHOD_ARGUMENT
+from app.export.method_advice import FINETUNE_COMMAND, FINETUNE_FLAGS, METHOD_ARGUMENT
+from app.export.pair_flags import add_pair_arguments, pair_words, tune_on_pairs
 from app.serve_command import serve_command
 from app.settings_cli import (
     SettingsError,
@@ -196,11 +197,15 @@ def _finetune(args: argparse.Namespace) -> int:
     models_dir: Path = args.models_dir or load_settings().models_dir
     if replaced_without_force("finetune", models_dir / args.name, args.force):
         return 2
+    if args.task == "classification" and not args.labels:
+        return tool_error("finetune", "--labels is required for --task classification")
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         given = {name: getattr(args, name) for name in FINETUNE_FLAGS}
         given = {name: value for name, value in given.items() if value is not None}
         config = FinetuneConfig(method=args.method, **given)
+        if args.task != "classification":
+            return tune_on_pairs(args, models_dir, config, finetune_command(args))
         data_format = DataFormat(
             text_columns=[c.strip() for c in (args.text_column or "").split(",") if c.strip()],
             label_column=args.label_column,
@@ -228,30 +233,11 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-# Training flags of `finetune` (None: FinetuneConfig's default for the method).
-FINETUNE_FLAGS = {
-    "epochs": (int, "passes over the training data (lora/full 3, head 4)"),
-    "max_steps": (int, "stop after this many updates (0: the epochs decide)"),
-    "batch_size": (int, "examples per update (lora/full 32, head 256)"),
-    "learning_rate": (float, "peak AdamW learning rate (lora 5e-4, full 5e-5, head 1e-3)"),
-    "weight_decay": (float, "AdamW weight decay (lora/full 0.01, head 0.05)"),
-    "warmup": (float, "share of the updates warming the learning rate up (0.06)"),
-    "max_length": (int, "tokens per text, trained and served (default: the base's)"),
-    "validation": (float, "share held out for validation without --eval (0.1)"),
-    "eval_every": (int, "updates between validation passes (0: once per epoch)"),
-    "patience": (int, "validation passes without improvement before stopping (3)"),
-    "seed": (int, "random seed: data order, initial head, dropout (0)"),
-    "lora_rank": (int, "LoRA rank (8)"),
-    "lora_alpha": (int, "LoRA alpha (16)"),
-    "lora_dropout": (float, "LoRA dropout (0.1)"),
-    "hidden": (int, "head method: hidden ReLU units, 0 for linear (1024)"),
-}
-
-
 def finetune_command(args: argparse.Namespace) -> str:
     """The command line that reproduces a tuned model, recorded in its manifest."""
-    words = ["encoder-serve", "finetune", "--method", args.method, "--base", args.base]
-    words += ["--data", str(args.data), "--name", args.name, "--labels", args.labels]
+    words = ["encoder-serve", "finetune", *pair_words(args), "--method", args.method]
+    words += ["--base", args.base, "--data", str(args.data), "--name", args.name]
+    words += ["--labels", args.labels] if args.labels else []
     for flag in ("eval", "test", "text_column", "models_dir"):
         if (value := getattr(args, flag)) is not None:
             words += ["--" + flag.replace("_", "-"), str(value)]
@@ -347,7 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser("finetune", **FINETUNE_COMMAND)
     tune.add_argument("--data", type=Path, required=True, help="labelled CSV, TSV or JSON Lines")
     tune.add_argument("--name", required=True, help="model name (its directory under models/)")
-    tune.add_argument("--labels", required=True, help="comma-separated label names, in logit order")
+    tune.add_argument(
+        "--labels", help="classification: comma-separated label names, in logit order"
+    )
+    add_pair_arguments(tune)
     tune.add_argument("--method", **METHOD_ARGUMENT)
     tune.add_argument(
         "--base",

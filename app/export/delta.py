@@ -1,8 +1,10 @@
-"""A tuned classifier shipped as a small delta (LoRA adapter + head) and rebuilt from its base.
+"""A tuned model shipped as a small delta (LoRA adapter + head) and rebuilt from its base.
 
 `models/<name>/delta/` holds peft's adapter files and `delta.json`: the base encoder (an
-installed package or model directory), the labels, the training record, and the logits the
-tuned model gave a few fixed sentences when it was trained. `encoder-serve rebuild` merges
+installed package or model directory), the task (classification when absent; rerank and
+embedding from `finetune --task`), the labels, the training record, and the logits (an
+embedding model: the pooled vectors) the tuned model gave a few fixed sentences when it
+was trained. `encoder-serve rebuild` merges
 the adapter into the installed base, checks those logits, and exports the model directory
 with the exporter (parity-gated graph, attention graph, int8 where its gate passes).
 """
@@ -17,9 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from app.backends.torch import TorchBackend
+from app.engine.contract import Pooling, Task
 from app.engine.manifest import ModelManifest, kept_default, model_name_error
 from app.engine.models.tokenization import TextTokenizer
 from app.engine.passes.pipeline import OFFLINE_BATCH, Pipeline, open_pipeline
@@ -30,12 +33,19 @@ from app.export.precision import PRECISION_FILES, PrecisionError, build_precisio
 from app.export.source import loading, resolve_source
 
 DELTA_DIR = "delta"
+SENTENCE_TRANSFORMER_FILES = ("modules.json", "sentence_bert_config.json")
+POOLING_DIR = "1_Pooling"
 DELTA_FILE = "delta.json"
 DELTA_FORMAT = 1
 # PyTorch on another machine or library build may differ in the last bits; a changed delta
 # or base moves logits by far more.
 MAX_REFERENCE_DIFF = 1e-4
-REFERENCE_TEXTS = _SENTENCES[:8]  # the project's own sentences: no data set is stored
+REFERENCE_TEXTS = _SENTENCES[:8]
+TASKS = (
+    "classification",
+    "rerank",
+    "embedding",
+)  # the project's own sentences: no data set is stored
 # What `rebuild` reads of delta.json, and the type each must have.
 RECORD_KEYS: dict[str, type | tuple[type, ...]] = {
     "base": str,
@@ -70,21 +80,39 @@ def classifier_from_base(
     return model
 
 
+def model_for_task(base: Path, task: str, labels: list[str]) -> torch.nn.Module:
+    """The base with the head `task` trains: none for an embedding model (the encoder's
+    pooled states are served), else a sequence-classification head over `labels` (a
+    reranker's one output included)."""
+    if task == "embedding":
+        body: torch.nn.Module = AutoModel.from_pretrained(base)
+        return body
+    return classifier_from_base(base, labels)
+
+
+def record_task(record: dict[str, Any]) -> str:
+    """The task a delta was trained for; deltas from before `finetune --task` classify."""
+    return str(record.get("task", "classification"))
+
+
 def merged_from_delta(delta: Path, record: dict[str, Any]) -> torch.nn.Module:
     """The installed base with the delta's adapter merged into its weights (plain transformers)."""
     from peft import PeftModel
 
     base = resolve_source(record["base"])
-    model = classifier_from_base(base, record["labels"])
+    model = model_for_task(base, record_task(record), record["labels"])
     tuned = PeftModel.from_pretrained(model, delta)
     merged: torch.nn.Module = tuned.merge_and_unload()
     return merged.eval()
 
 
-def reference_logits(model: torch.nn.Module, tokenizer: Path, max_length: int) -> np.ndarray:
-    """The model's logits for REFERENCE_TEXTS, through the engine's pipeline on PyTorch."""
+def reference_logits(
+    model: torch.nn.Module, tokenizer: Path, max_length: int, pooling: Pooling = "cls"
+) -> np.ndarray:
+    """The model's logits (an embedding model: its vectors, pooled by `pooling`, not
+    normalized) for REFERENCE_TEXTS, through the engine's pipeline on PyTorch."""
     pipeline = Pipeline(
-        TextTokenizer(tokenizer, max_length), TorchBackend(model), "cls", OFFLINE_BATCH
+        TextTokenizer(tokenizer, max_length), TorchBackend(model), pooling, OFFLINE_BATCH
     )
     return pipeline.embed(REFERENCE_TEXTS, normalized=False)
 
@@ -114,11 +142,15 @@ def write_record(delta: Path, record: dict[str, Any]) -> None:
 
 
 def save_hf_directory(model: torch.nn.Module, base: Path, target: Path) -> Path:
-    """A plain transformers directory (weights + the base's tokenizer) for the exporter."""
+    """A plain transformers directory (weights + the base's tokenizer) for the exporter.
+    The base's sentence-transformers files come along: they say an embedding model's
+    pooling, which the exporter reads."""
     model.save_pretrained(target)  # type: ignore[operator]
-    for name in (*TOKENIZER_FILES, "vocab.txt"):
+    for name in (*TOKENIZER_FILES, "vocab.txt", *SENTENCE_TRANSFORMER_FILES):
         if (base / name).is_file():
             shutil.copy2(base / name, target / name)
+    if (base / POOLING_DIR).is_dir():
+        shutil.copytree(base / POOLING_DIR, target / POOLING_DIR)
     if not (target / "tokenizer.json").is_file():
         AutoTokenizer.from_pretrained(base).backend_tokenizer.save(str(target / "tokenizer.json"))
     return target
@@ -150,15 +182,16 @@ def export_classifier(
     source: str,
     max_length: int,
     recorded: np.ndarray | None,
+    task: Task = "classification",
 ) -> ModelManifest:
     """Export `merged` as `work/name` (fp32, attention, int8 where it passes its gate),
     its fp32 graph's logits on the reference sentences checked against `recorded` (when
-    given): the end-to-end check of what will be served, beside the exporter's parity."""
+    given): the end-to-end check of what will be served, beside the exporter's parity.
+    `task`: classification, rerank (one output) or embedding (pooled, unnormalized
+    vectors are what is compared)."""
     with tempfile.TemporaryDirectory(prefix=".hf-", dir=work) as scratch:
         hf_dir = save_hf_directory(merged, base, Path(scratch) / name)
-        manifest = export_model(
-            str(hf_dir), name, work, task="classification", max_length=max_length
-        )
+        manifest = export_model(str(hf_dir), name, work, task=task, max_length=max_length)
     directory = work / name
     manifest.source = source
     if recorded is not None:
@@ -198,7 +231,11 @@ def rebuild(name: str, models_dir: Path, *, skip_existing: bool = False) -> Mode
     with loading(delta):  # a delta.json without a base or labels, adapter files unreadable
         merged = merged_from_delta(delta, record)
     base = resolve_source(record["base"])
-    found = reference_logits(merged, base / "tokenizer.json", record["max_length"])
+    task = record_task(record)
+    if task not in TASKS:
+        raise ValueError(f"{delta / DELTA_FILE}: unknown task {task!r}")
+    pooling = record.get("pooling", "cls")
+    found = reference_logits(merged, base / "tokenizer.json", record["max_length"], pooling)
     difference = check_logits(found, record["reference_logits"], MAX_REFERENCE_DIFF, "PyTorch")
     progress(f"{name}: reference logits match the recorded ones (max abs diff {difference:.1e})")
     with tempfile.TemporaryDirectory(prefix=f".{name}-rebuild-", dir=models_dir) as scratch:
@@ -211,6 +248,7 @@ def rebuild(name: str, models_dir: Path, *, skip_existing: bool = False) -> Mode
             source=record["source"],
             max_length=record["max_length"],
             recorded=np.asarray(record["reference_logits"], dtype=np.float32),
+            task=task,  # type: ignore[arg-type]  # checked against TASKS above
         )
         manifest.evaluation = record["evaluation"]
         manifest.default = kept_default(models_dir / name)

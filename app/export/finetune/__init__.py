@@ -17,6 +17,15 @@ One module per job:
 - `saving`: the LoRA adapter saved as a delta and checked against the trained model;
 - `evaluation`: the exported model scored as served, and the record of the run;
 - `command`: `finetune` itself, the steps above in order.
+
+`--task rerank` and `--task embedding` tune on (query, positive) pairs instead:
+
+- `pairs`: the pairs files read and checked, and the held-out part split off;
+- `mining`: hard negatives mined with a served embedding model, near-duplicates skipped;
+- `retrieval`: R@1, R@10 and MRR@10 of a held-out part;
+- `pair_training`: the losses (listwise for a reranker, in-batch contrastive for an
+  embedding model) and their loop, early stopping on MRR@10;
+- `pairs_command`: `finetune --task rerank/embedding` itself, in the order of `command`.
 """
 
 from app.export.finetune.base import ResolvedBase, resolve_base

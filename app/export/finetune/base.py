@@ -39,16 +39,20 @@ def resolve_base(base: str, models_dir: Path) -> ResolvedBase:
         return ResolvedBase(base, directory, int(configured))
 
 
-def lora_model(model: torch.nn.Module, config: FinetuneConfig) -> torch.nn.Module:
+def lora_model(
+    model: torch.nn.Module, config: FinetuneConfig, *, embedding: bool = False
+) -> torch.nn.Module:
+    """LoRA adapters on `model`; `embedding`: an encoder without a head (its pooled states
+    are the output), so no head is trained in full."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=TaskType.FEATURE_EXTRACTION if embedding else TaskType.SEQ_CLS,
         r=config.lora_rank,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=LORA_TARGETS,
-        modules_to_save=LORA_FULLY_TRAINED,
+        modules_to_save=None if embedding else LORA_FULLY_TRAINED,
     )
     tuned: torch.nn.Module = get_peft_model(model, lora)
     return tuned

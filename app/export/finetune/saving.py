@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.engine.contract import Pooling
 from app.engine.manifest import ModelManifest
 from app.export.delta import (
     DELTA_DIR,
@@ -53,9 +54,15 @@ def save_lora_delta(
     resolved: ResolvedBase,
     labels: list[str],
     max_length: int,
+    *,
+    task: str = "classification",
+    pooling: Pooling = "cls",
+    trained: np.ndarray | None = None,
 ) -> SavedDelta:
     """The adapter written to `work`/DELTA_DIR and merged back into the base, as `rebuild`
-    will do it; raises when the merged model's logits differ from the trained model's."""
+    will do it; raises when the merged model's logits differ from the trained model's.
+    `trained`: the trained model's outputs on REFERENCE_TEXTS when not a classifier's
+    logits (an embedding model's vectors, pooled by `pooling`)."""
     delta_dir = work / DELTA_DIR
     save_adapter(model, delta_dir, resolved.source)
     delta: dict[str, Any] = {
@@ -65,9 +72,13 @@ def save_lora_delta(
         "labels": list(labels),
         "max_length": max_length,
     }
-    trained = model_logits(model, tokenizer, list(REFERENCE_TEXTS), max_length)
+    if task != "classification":  # absent: a classifier, as every delta before --task
+        delta |= {"task": task, "pooling": pooling}
+    if trained is None:
+        trained = model_logits(model, tokenizer, list(REFERENCE_TEXTS), max_length)
     merged = merged_from_delta(delta_dir, delta)
-    recorded = reference_logits(merged, resolved.directory / "tokenizer.json", max_length)
+    tokenizer_file = resolved.directory / "tokenizer.json"
+    recorded = reference_logits(merged, tokenizer_file, max_length, pooling)
     # The saved delta must reproduce the trained model: a module left out of the
     # adapter (an untrained head) shows here, not after shipping.
     check_logits(recorded, trained, MAX_REFERENCE_DIFF, "the saved delta")
