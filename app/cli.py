@@ -364,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--force", action="store_true", help="replace a model of the same name in the repository"
     )
-    tune.set_defaults(handler=offline_tool("finetune", _finetune))
+    add_verbose_flag(tune)
+    tune.set_defaults(handler=offline_tool("finetune", quiet_unless_verbose(_finetune)))
 
     rebuild = commands.add_parser(
         "rebuild", help="rebuild tuned models from their committed delta and the installed base"
