@@ -1,5 +1,6 @@
 """`finetune --task rerank/embedding`'s training: the losses over (query, positive,
-negatives) and the loop, with early stopping on the held-out MRR@10.
+negatives), run by `finetune`'s one training loop (training.py) with early stopping on the
+held-out MRR@10.
 
 The losses are written here in a few lines rather than taken from sentence-transformers
 (installed with the export extra): its losses take its own model classes
@@ -17,8 +18,6 @@ weights, LoRA through peft as for classifiers). They compute the same thing:
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,28 +25,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import get_linear_schedule_with_warmup
 
 from app.engine.contract import Pooling
 from app.export.finetune.config import FinetuneConfig
 from app.export.finetune.pairs import Pairs, text_key
-from app.export.finetune.progress import TrainingProgress
 from app.export.finetune.retrieval import (
     HeldOut,
     dense_ranks,
     reranked_ranks,
     retrieval_scores,
 )
-from app.export.finetune.training import EVAL_BATCH, TrainingRecord
-from app.export.head_fit import adamw
+from app.export.finetune.training import EVAL_BATCH, Checked, TrainingRecord, train_loop
 
 MNRL_SCALE = 20.0  # sentence-transformers' MultipleNegativesRankingLoss default
 EARLY_STOPPING_METRIC = "mrr_at_10"
-
-
-@dataclass
-class PairTrainingRecord(TrainingRecord):
-    best_scores: dict[str, float | int] | None = None  # held-out figures at the best step
 
 
 @dataclass(frozen=True)
@@ -151,73 +142,18 @@ def train_pairs(
     config: FinetuneConfig,
     *,
     stream: Any = None,
-) -> PairTrainingRecord:
-    """AdamW with warm-up and linear decay over the budget, as for classifiers; early
-    stopping on the held-out MRR@10 (`validate`), the best weights restored at the end."""
-    model = tuned.model
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    if config.max_steps:
-        total = min(total, config.max_steps)
-    eval_every = config.eval_every or steps_per_epoch
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = adamw((p for _, p in trainable), config.learning_rate, config.weight_decay)
-    schedule = get_linear_schedule_with_warmup(optimizer, round(config.warmup * total), total)
-    generator = torch.Generator().manual_seed(config.seed)
-    record = PairTrainingRecord()
-    best: dict[str, torch.Tensor] = {}
-    waited = 0
-    show = TrainingProgress(total, config.batch_size, stream=stream)
-    start = time.perf_counter()
-    model.train()
-    try:
-        while record.steps < total:
-            for batch in torch.randperm(len(train), generator=generator).split(config.batch_size):
-                rows = batch.tolist()
-                loss = tuned.loss(train.subset(rows), [negatives[i] for i in rows])
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
-                optimizer.step()
-                schedule.step()
-                record.steps += 1
-                record.examples += len(rows)
-                record.losses.append(loss.item())
-                show.step(record.steps, len(rows), record.losses[-1])
-                if record.steps % eval_every == 0 or record.steps == total:
-                    scores = validate()
-                    metric = float(scores[EARLY_STOPPING_METRIC])
-                    record.history.append(
-                        {
-                            "step": record.steps,
-                            **{k: v for k, v in scores.items() if k != "queries"},
-                        }
-                    )
-                    better = metric > record.best_accuracy
-                    if better:
-                        record.best_accuracy, record.best_step, waited = metric, record.steps, 0
-                        record.best_scores = scores
-                        best = {n: p.detach().clone() for n, p in trainable}
-                    else:
-                        waited += 1
-                    show.write(
-                        f"[eval] step {record.steps}: R@1 {scores['r_at_1']:.4f}, "
-                        f"R@10 {scores['r_at_10']:.4f}, MRR@10 {metric:.4f}"
-                        + (" (best)" if better else f" (best MRR@10 {record.best_accuracy:.4f})")
-                    )
-                    if waited >= config.patience:
-                        record.stopped_early = True
-                        break
-                if record.steps >= total:
-                    break
-            if record.stopped_early:
-                break
-    finally:
-        show.close()
-    record.seconds = round(time.perf_counter() - start, 1)
-    with torch.no_grad():
-        parameters = dict(trainable)
-        for name, value in best.items():
-            parameters[name].copy_(value)
-    model.eval()
+) -> TrainingRecord:
+    """`train_loop` on (query, positive, negatives) rows with the task's loss, early
+    stopping on the held-out MRR@10 (`validate`'s retrieval figures)."""
+
+    def batch_loss(rows: list[int]) -> torch.Tensor:
+        return tuned.loss(train.subset(rows), [negatives[i] for i in rows])
+
+    def checked() -> Checked:
+        scores = validate()
+        figures = {k: v for k, v in scores.items() if k != "queries"}
+        return Checked(float(scores[EARLY_STOPPING_METRIC]), "MRR@10", figures)
+
+    record = TrainingRecord()
+    train_loop(tuned.model, len(train), batch_loss, checked, config, record, stream=stream)
     return record

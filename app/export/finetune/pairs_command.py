@@ -32,7 +32,7 @@ from app.export.delta import (
 from app.export.finetune.base import lora_model, resolve_base
 from app.export.finetune.config import FinetuneConfig
 from app.export.finetune.mining import MiningConfig, mine_negatives, open_miner
-from app.export.finetune.pair_training import PairModel, PairTrainingRecord, train_pairs
+from app.export.finetune.pair_training import PairModel, train_pairs
 from app.export.finetune.pairs import PairFormat, prepare_pairs
 from app.export.finetune.retrieval import (
     HeldOut,
@@ -43,7 +43,7 @@ from app.export.finetune.retrieval import (
     top_candidates,
 )
 from app.export.finetune.saving import save_lora_delta, write_delta
-from app.export.finetune.training import set_seed
+from app.export.finetune.training import TrainingRecord, set_seed
 from app.export.messages import messages_to, say
 from app.export.source import loading, read_sentence_transformer_config
 
@@ -256,7 +256,7 @@ def pairs_evaluation(
 
 
 def training_record(
-    record: PairTrainingRecord, config: FinetuneConfig, manifest: ModelManifest, skipped: int
+    record: TrainingRecord, config: FinetuneConfig, manifest: ModelManifest, skipped: int
 ) -> dict[str, Any]:
     hyperparameters = {
         key: value

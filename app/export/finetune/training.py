@@ -1,11 +1,12 @@
-"""`finetune`'s training loop: plain PyTorch (AdamW, transformers' linear schedule with
-warm-up) with early stopping on validation accuracy."""
+"""`finetune`'s training loop, for every task: plain PyTorch (AdamW, transformers' linear
+schedule with warm-up) with early stopping on a validation figure."""
 
 from __future__ import annotations
 
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,19 +68,33 @@ class TrainingRecord:
         return round(float(np.mean(chosen)), 4) if chosen else float("nan")
 
 
-def train_classifier(
+@dataclass(frozen=True)
+class Checked:
+    """One validation pass: the figure early stopping follows (higher is better), its name
+    as shown, and the figures recorded in the history."""
+
+    metric: float
+    name: str
+    figures: dict[str, float]
+
+
+def train_loop(
     model: torch.nn.Module,
-    tokenizer: Any,
-    data: PreparedData,
+    items: int,
+    batch_loss: Callable[[list[int]], torch.Tensor],
+    validate: Callable[[], Checked],
     config: FinetuneConfig,
-    max_length: int,
+    record: TrainingRecord,
     *,
     stream: Any = None,
-) -> TrainingRecord:
-    """AdamW with warm-up and linear decay over the budget; early stopping on validation
-    accuracy, and the best weights (those that train) restored at the end."""
-    texts, labels = data.train.texts, torch.from_numpy(data.train.labels)
-    steps_per_epoch = math.ceil(len(texts) / config.batch_size)
+) -> None:
+    """The one training loop of `finetune`, whatever the task: AdamW with warm-up and
+    linear decay over the budget (`epochs` over `items` training rows, or `max_steps`),
+    batches of row indices in a seeded order, `batch_loss` of each; `validate` every
+    `eval_every` updates (default once an epoch) and at the end; early stopping after
+    `patience` passes without a better figure, and the best weights (those that train)
+    restored at the end. Fills `record`."""
+    steps_per_epoch = math.ceil(items / config.batch_size)
     total = steps_per_epoch * config.epochs
     if config.max_steps:
         total = min(total, config.max_steps)
@@ -88,7 +103,6 @@ def train_classifier(
     optimizer = adamw((p for _, p in trainable), config.learning_rate, config.weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, round(config.warmup * total), total)
     generator = torch.Generator().manual_seed(config.seed)
-    record = TrainingRecord()
     best: dict[str, torch.Tensor] = {}
     waited = 0
     show = TrainingProgress(total, config.batch_size, stream=stream)
@@ -96,40 +110,30 @@ def train_classifier(
     model.train()
     try:
         while record.steps < total:
-            for batch in torch.randperm(len(texts), generator=generator).split(config.batch_size):
-                inputs = tokenizer(
-                    [texts[i] for i in batch],
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                )
-                loss = model(**inputs, labels=labels[batch]).loss
+            for batch in torch.randperm(items, generator=generator).split(config.batch_size):
+                rows = batch.tolist()
+                loss = batch_loss(rows)
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
                 optimizer.step()
                 schedule.step()
                 record.steps += 1
-                record.examples += len(batch)
+                record.examples += len(rows)
                 record.losses.append(loss.item())
-                show.step(record.steps, len(batch), record.losses[-1])
+                show.step(record.steps, len(rows), record.losses[-1])
                 if record.steps % eval_every == 0 or record.steps == total:
-                    predicted = model_logits(
-                        model, tokenizer, data.validation.texts, max_length
-                    ).argmax(axis=1)
-                    accuracy = float(np.mean(predicted == data.validation.labels))
-                    record.history.append(
-                        {"step": record.steps, "validation_accuracy": round(accuracy, 4)}
-                    )
-                    better = accuracy > record.best_accuracy
+                    checked = validate()
+                    record.history.append({"step": record.steps, **checked.figures})
+                    better = checked.metric > record.best_accuracy
                     if better:
-                        record.best_accuracy, record.best_step, waited = accuracy, record.steps, 0
+                        record.best_accuracy, record.best_step = checked.metric, record.steps
+                        waited = 0
                         best = {n: p.detach().clone() for n, p in trainable}
                     else:
                         waited += 1
                     show.write(
-                        f"[eval] step {record.steps}: validation accuracy {accuracy:.4f}"
+                        f"[eval] step {record.steps}: {checked.name} {checked.metric:.4f}"
                         + (" (best)" if better else f" (best {record.best_accuracy:.4f})")
                     )
                     if waited >= config.patience:
@@ -147,4 +151,36 @@ def train_classifier(
         for name, value in best.items():
             parameters[name].copy_(value)
     model.eval()
+
+
+def train_classifier(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    data: PreparedData,
+    config: FinetuneConfig,
+    max_length: int,
+    *,
+    stream: Any = None,
+) -> TrainingRecord:
+    """`train_loop` on labelled texts (the model's own cross-entropy), early stopping on
+    validation accuracy."""
+    texts, labels = data.train.texts, torch.from_numpy(data.train.labels)
+
+    def batch_loss(rows: list[int]) -> torch.Tensor:
+        inputs = tokenizer(
+            [texts[i] for i in rows],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        return model(**inputs, labels=labels[rows]).loss
+
+    def validate() -> Checked:
+        logits = model_logits(model, tokenizer, data.validation.texts, max_length)
+        accuracy = float(np.mean(logits.argmax(axis=1) == data.validation.labels))
+        return Checked(accuracy, "validation accuracy", {"validation_accuracy": round(accuracy, 4)})
+
+    record = TrainingRecord()
+    train_loop(model, len(texts), batch_loss, validate, config, record, stream=stream)
     return record
