@@ -252,3 +252,17 @@ def test_an_embedding_student_learns_the_teachers_vectors(workspace: dict[str, P
     cosine = evaluation["validation"]["mean_cosine_to_teacher"]
     assert -1.0 <= cosine <= 1.0 and cosine == pytest.approx(max(history), abs=1e-3)
     assert not (models / "tiny-small" / DELTA_DIR).exists()
+
+
+def test_ctrl_c_leaves_no_model_directory(
+    workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.export.compress.command as compress_module
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compress_module, "export_classifier", interrupted)
+    before = sorted(p.name for p in workspace["models"].iterdir())
+    assert run_compress(workspace, "--epochs", "1", name="stopped") == 130
+    assert sorted(p.name for p in workspace["models"].iterdir()) == before
