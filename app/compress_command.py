@@ -20,7 +20,11 @@ Handler = Callable[[argparse.Namespace], int]
 
 # Training flags (type, help with the default); None given: CompressConfig's default.
 COMPRESS_FLAGS: dict[str, tuple[type, str]] = {
-    "keep_layers": (str, "teacher layers the student keeps, e.g. 0,2,4 (every other layer)"),
+    "keep_layers": (
+        str,
+        "teacher layers the student keeps, e.g. 0,3,5 (every other, ending "
+        "with the last: 1,3,5 of 6)",
+    ),
     "method": (str, "lora: adapters on the kept layers, shipped as a delta; full (lora)"),
     "temperature": (float, "softens teacher and student logits for distillation (2.0)"),
     "label_weight": (float, "share of the loss on true labels when the file has them (0.5)"),

@@ -83,8 +83,9 @@ def student(workspace: dict[str, Path]) -> Path:
 
 
 def test_parse_keep_layers() -> None:
-    assert parse_keep_layers(None, 6) == [0, 2, 4]
+    assert parse_keep_layers(None, 6) == [1, 3, 5]  # every other, ending with the last
     assert parse_keep_layers("", 5) == [0, 2, 4]
+    assert parse_keep_layers(None, 2) == [1]
     assert parse_keep_layers("1, 3", 6) == [1, 3]
     for bad in ("0,6", "2,1", "0,0", "a", ",", "0,1,2,3"):
         with pytest.raises(ValueError, match="--keep-layers"):

@@ -13,14 +13,15 @@ VECTOR_LOSSES: tuple[VectorLoss, ...] = ("cosine", "mse")
 
 @dataclass(frozen=True)
 class CompressConfig:
-    """How a student is made. `keep_layers` None: every other layer of the teacher.
+    """How a student is made. `keep_layers` None: every other layer of the teacher, the last
+    kept (1, 3, 5 of 6).
 
     `lora` trains adapters on the kept layers plus the pooler and classifier, and ships as a
     small delta on the teacher's own delta; `full` trains every weight of the student (no
     delta: the export's files are the model). Embedding students are always trained in full.
     """
 
-    keep_layers: str | None = None  # "0,2,4"; None: 0, 2, 4 … (every other layer)
+    keep_layers: str | None = None  # "0,3,5"; None: every other layer, ending with the last
     method: Method = "lora"
     temperature: float = 2.0  # softens both sides' logits for the distillation term
     label_weight: float = 0.5  # share of the loss on true labels, when the file has labels
