@@ -243,12 +243,14 @@ def test_an_embedding_student_learns_the_teachers_vectors(workspace: dict[str, P
     texts = workspace["root"] / "texts.txt"
     texts.write_text("\n".join(POSITIVE + NEGATIVE) + "\n")
     argv = ["compress", "--from", "tiny", "--name", "tiny-small", "--data", str(texts)]
-    argv += ["--models-dir", str(models), "--learning-rate", "1e-3", "--epochs", "3"]
+    argv += ["--models-dir", str(models), "--learning-rate", "1e-3", "--max-steps", "2"]
     assert run_cli(*argv, "--batch-size", "8", "--validation", "0.2") == 0
     manifest = ModelManifest.read(models / "tiny-small")
     assert manifest.task == "embedding" and manifest.num_layers == 2
     evaluation = manifest.evaluation
     assert evaluation["method"] == "distillation (full)" and evaluation["labelled"] is False
+    # --max-steps 2 of 8 reach 16 of the 32 training texts: the teacher ran on those alone.
+    assert evaluation["train_examples"] == 16 and evaluation["training"]["steps"] == 2
     history = [entry["validation"] for entry in evaluation["training"]["history"]]
     cosine = evaluation["validation"]["mean_cosine_to_teacher"]
     assert -1.0 <= cosine <= 1.0 and cosine == pytest.approx(max(history), abs=1e-3)

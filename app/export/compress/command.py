@@ -119,6 +119,7 @@ def _compress(job: Job) -> ModelManifest:
     ).clipped(max_length)
     set_seed(config.seed)
     student, keep = student_start(teacher, config.keep_layers)  # bad --keep-layers: here
+    data = _within_budget(data, config)
     say(
         f"[data] {len(data.train.texts)} training rows "
         f"({'unlabelled' if data.train.labels is None else 'labelled'}), "
@@ -211,6 +212,19 @@ def _compress(job: Job) -> ModelManifest:
             write_delta(saved, work, directory, manifest, evaluation)
         replace_directory(directory, job.models_dir / job.name)
     return manifest
+
+
+def _within_budget(data: CompressData, config: CompressConfig) -> CompressData:
+    """Only the training rows `--max-steps` updates can reach (a random sample, by the seed):
+    the teacher's outputs are computed for those alone (SST-2's 67,349 rows for a budget
+    of 48,000 examples, say)."""
+    reach = config.max_steps * config.batch_size
+    if not config.max_steps or reach >= len(data.train.texts):
+        return data
+    generator = torch.Generator().manual_seed(config.seed)
+    rows = torch.randperm(len(data.train.texts), generator=generator)[:reach].sort().values
+    say(f"[data] --max-steps {config.max_steps} reaches {reach} of the training rows: sampled")
+    return CompressData(data.train.subset(rows.numpy()), data.validation, data.test, data.dropped)
 
 
 def _delta_beside(teacher: Teacher, models_dir: Path) -> bool:
