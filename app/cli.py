@@ -1,5 +1,6 @@
 """Command line: `serve` runs the server, `export` builds models, `finetune` tunes classifiers
-(`train-head` is its head method), `rebuild` rebuilds tuned models from their committed delta."""
+(`train-head` is its head method), `compress` distils smaller students (app/compress_command.py),
+`rebuild` rebuilds tuned models from their committed delta."""
 
 from __future__ import annotations
 
@@ -11,15 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app import __version__
+from app.compress_command import add_compress_command
 from app.exit_statuses import EXIT_USAGE
 from app.export.method_advice import FINETUNE_COMMAND, FINETUNE_FLAGS, METHOD_ARGUMENT
 from app.export.pair_flags import add_pair_arguments, pair_words, tune_on_pairs
 from app.serve_command import serve_command
-from app.settings_cli import (
-    SettingsError,
-    add_setting_flags,
-    load_settings,
-)
+from app.settings_cli import SettingsError, add_setting_flags, load_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -367,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_verbose_flag(tune)
     tune.set_defaults(handler=offline_tool("finetune", quiet_unless_verbose(_finetune)))
 
+    add_compress_command(commands, offline_tool)
     rebuild = commands.add_parser(
         "rebuild", help="rebuild tuned models from their committed delta and the installed base"
     )

@@ -27,6 +27,7 @@ from app.engine.manifest import ModelManifest, kept_default, model_name_error
 from app.engine.models.tokenization import TextTokenizer
 from app.engine.passes.pipeline import OFFLINE_BATCH, Pipeline, open_pipeline
 from app.export.exporter import MAX_LOGIT_DIFF, TOKENIZER_FILES, export_model, is_built
+from app.export.layers import drop_layers
 from app.export.messages import say
 from app.export.parity import _SENTENCES
 from app.export.precision import PRECISION_FILES, PrecisionError, build_precision
@@ -99,11 +100,25 @@ def merged_from_delta(delta: Path, record: dict[str, Any]) -> torch.nn.Module:
     """The installed base with the delta's adapter merged into its weights (plain transformers)."""
     from peft import PeftModel
 
-    base = resolve_source(record["base"])
-    model = model_for_task(base, record_task(record), record["labels"])
-    tuned = PeftModel.from_pretrained(model, delta)
+    tuned = PeftModel.from_pretrained(start_of_delta(delta, record), delta)
     merged: torch.nn.Module = tuned.merge_and_unload()
     return merged.eval()
+
+
+def start_of_delta(delta: Path, record: dict[str, Any]) -> torch.nn.Module:
+    """What a delta's adapter applies to: its base with a new head or, for a student of
+    `compress` (its record's `student`), its teacher rebuilt from the teacher's own delta
+    beside it with only the layers kept."""
+    student = record.get("student")
+    if student is None:
+        return model_for_task(resolve_source(record["base"]), record_task(record), record["labels"])
+    teacher, keep = student.get("teacher"), student.get("keep_layers")
+    if not isinstance(teacher, str) or model_name_error(teacher) is not None:
+        raise ValueError(f"{delta / DELTA_FILE}: student.teacher must name a model beside it")
+    if not isinstance(keep, list) or not all(isinstance(index, int) for index in keep):
+        raise ValueError(f"{delta / DELTA_FILE}: student.keep_layers must list layer numbers")
+    teacher_delta = delta.parent.parent / teacher / DELTA_DIR
+    return drop_layers(merged_from_delta(teacher_delta, read_record(teacher_delta)), keep)
 
 
 def reference_logits(

@@ -1,0 +1,62 @@
+"""The student's speed-up: engine throughput of the teacher's and the student's fp32 graphs
+at batch 32, measured in one sitting, alternating, as a ratio (absolute figures on a shared
+machine move by ±15 % between runs; a ratio from alternating rounds does not)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from app.config import available_cores
+from app.engine.manifest import ModelManifest
+from app.engine.passes.pipeline import Pipeline, open_pipeline
+
+BATCH = 32
+TEXTS = 256  # per round: 8 batches
+ROUNDS = 3
+
+
+def _throughput(pipeline: Pipeline, texts: list[str]) -> float:
+    start = time.perf_counter()
+    for offset in range(0, len(texts), BATCH):
+        pipeline.embed(texts[offset : offset + BATCH], normalized=False)
+    return len(texts) / (time.perf_counter() - start)
+
+
+def engine_speedup(
+    teacher: tuple[Path, ModelManifest],
+    student: tuple[Path, ModelManifest],
+    texts: list[str],
+    *,
+    rounds: int = ROUNDS,
+    size: int = TEXTS,
+) -> dict[str, Any]:
+    """Sequences/s of each graph (tokenization included) over the same `size` texts in
+    batches of BATCH, the median of `rounds` alternating rounds, and their ratio."""
+    sample = [texts[i % len(texts)] for i in range(size)] if texts else ["a"] * size
+    threads = available_cores()
+    pipelines = [
+        open_pipeline(directory, manifest, "fp32", threads=threads, device="cpu")
+        for directory, manifest in (teacher, student)
+    ]
+    for pipeline in pipelines:  # warm-up: first passes allocate
+        pipeline.embed(sample[:BATCH], normalized=False)
+    rates: list[list[float]] = [[], []]
+    for round_number in range(rounds):
+        order = (0, 1) if round_number % 2 == 0 else (1, 0)
+        for index in order:
+            rates[index].append(_throughput(pipelines[index], sample))
+    teacher_rate, student_rate = (statistics.median(found) for found in rates)
+    return {
+        "ratio": round(student_rate / teacher_rate, 3),
+        "teacher_sequences_per_s": round(teacher_rate, 1),
+        "student_sequences_per_s": round(student_rate, 1),
+        "batch_size": BATCH,
+        "precision": "fp32",
+        "texts_per_round": size,
+        "rounds": rounds,
+        "threads": threads,
+        "method": "engine pipeline (tokenization included), alternating rounds, medians",
+    }

@@ -1,0 +1,271 @@
+"""`encoder-serve compress` end to end on tiny encoders: layer dropping keeps the chosen
+layers' weights exactly, distillation lowers the loss against the teacher, the written student
+serves /classify, /attention and /explain, bad input exits 2 and writes nothing, a student's
+delta rebuilds the same model, and an embedding student is distilled on unlabelled text."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.api.app import create_app
+from app.cli import build_parser
+from app.config import Settings
+from app.engine.manifest import ModelManifest
+from app.engine.passes.pipeline import open_pipeline
+from app.export.compress import CompressConfig, distillation_loss
+from app.export.compress.data import Texts
+from app.export.compress.teacher import resolve_teacher, student_start, teacher_outputs
+from app.export.compress.training import Targets, distil
+from app.export.delta import DELTA_DIR, REFERENCE_TEXTS, merged_from_delta, read_record
+from app.export.exporter import export_model
+from app.export.layers import encoder_layers, parse_keep_layers
+from tests.conftest import wait_ready
+from tests.tiny_models import copy_tokenizer, tiny_bert_config
+from tests.unit.test_train_head import NEGATIVE, POSITIVE
+
+LABELS = ["negative", "positive"]
+TEACHER_TRAINING = ["--epochs", "6", "--learning-rate", "3e-3", "--patience", "100"]
+TEACHER_TRAINING += ["--validation", "0.2", "--batch-size", "8"]
+STUDENT_TRAINING = ["--epochs", "4", "--learning-rate", "3e-3", "--batch-size", "8"]
+STUDENT_TRAINING += ["--validation", "0.2", "--keep-layers", "0,2"]
+
+
+def build_tiny_bert4(target: Path) -> Path:
+    """A random 4-layer BertModel directory with a real tokenizer (a teacher to halve)."""
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    target.mkdir(parents=True, exist_ok=True)
+    config = tiny_bert_config()
+    config.num_hidden_layers = 4
+    BertModel(config).save_pretrained(target)
+    copy_tokenizer(target)
+    return target
+
+
+def run_cli(*argv: str) -> int:
+    args = build_parser().parse_args(list(argv))
+    code: int = args.handler(args)
+    return code
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A repository holding `mood`: a 4-layer tiny encoder tuned with LoRA, shipped as a delta."""
+    root = tmp_path_factory.mktemp("compress")
+    base = build_tiny_bert4(root / "tiny-source")
+    rows = [(text, "positive") for text in POSITIVE] + [(text, "negative") for text in NEGATIVE]
+    data = root / "mood.csv"
+    data.write_text("text,label\n" + "".join(f'"{t}",{label}\n' for t, label in rows))
+    models = root / "models"
+    argv = ["finetune", "--data", str(data), "--name", "mood", "--labels", ",".join(LABELS)]
+    assert run_cli(*argv, "--models-dir", str(models), "--base", str(base), *TEACHER_TRAINING) == 0
+    return {"root": root, "base": base, "data": data, "models": models}
+
+
+def run_compress(workspace: dict[str, Path], *extra: str, name: str = "mood-small") -> int:
+    argv = ["compress", "--from", str(workspace["models"] / "mood"), "--name", name]
+    argv += ["--data", str(workspace["data"]), "--models-dir", str(workspace["models"])]
+    return run_cli(*argv, *STUDENT_TRAINING, *extra)
+
+
+@pytest.fixture(scope="module")
+def student(workspace: dict[str, Path]) -> Path:
+    assert run_compress(workspace) == 0
+    return workspace["models"] / "mood-small"
+
+
+def test_parse_keep_layers() -> None:
+    assert parse_keep_layers(None, 6) == [1, 3, 5]  # every other, ending with the last
+    assert parse_keep_layers("", 5) == [0, 2, 4]
+    assert parse_keep_layers(None, 2) == [1]
+    assert parse_keep_layers("1, 3", 6) == [1, 3]
+    for bad in ("0,6", "2,1", "0,0", "a", ",", "0,1,2,3"):
+        with pytest.raises(ValueError, match="--keep-layers"):
+            parse_keep_layers(bad, 4)
+
+
+def test_layer_dropping_keeps_the_chosen_layers_weights_exactly(
+    workspace: dict[str, Path],
+) -> None:
+    teacher = resolve_teacher("mood", workspace["models"])
+    delta = workspace["models"] / "mood" / DELTA_DIR
+    full = merged_from_delta(delta, read_record(delta))
+    model, keep = student_start(teacher, "1,3")
+    assert keep == [1, 3] and model.config.num_hidden_layers == 2
+    _, _, student_layers = encoder_layers(model)
+    _, _, teacher_layers = encoder_layers(full)
+    assert len(student_layers) == 2 and len(teacher_layers) == 4
+    for position, index in enumerate(keep):
+        found = student_layers[position].state_dict()
+        expected = teacher_layers[index].state_dict()
+        assert found.keys() == expected.keys()
+        for key in expected:
+            assert torch.equal(found[key], expected[key]), key
+    # Everything outside the blocks (embeddings, pooler, classifier) is the teacher's too.
+    outside = {k: v for k, v in full.state_dict().items() if ".encoder.layer." not in k}
+    kept = model.state_dict()
+    assert all(torch.equal(kept[key], value) for key, value in outside.items())
+
+
+def test_distillation_lowers_the_loss_against_the_teacher(workspace: dict[str, Path]) -> None:
+    from transformers import AutoTokenizer
+
+    teacher = resolve_teacher("mood", workspace["models"])
+    texts = POSITIVE + NEGATIVE
+    targets = teacher_outputs(teacher, texts)
+    model, _ = student_start(teacher, "0")
+    with torch.no_grad():  # a head far from the teacher's, so there is a loss to lower
+        model.classifier.weight.normal_(std=2.0, generator=torch.Generator().manual_seed(0))
+    tokenizer = AutoTokenizer.from_pretrained(teacher.directory)
+    config = CompressConfig(method="full", learning_rate=3e-3, max_steps=8, batch_size=8)
+
+    def loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            inputs = tokenizer(texts, padding=True, return_tensors="pt")
+            logits = model(**inputs).logits
+        value = distillation_loss(logits, torch.from_numpy(targets), None, config, False)
+        return float(value)
+
+    before = loss()
+    record = distil(
+        model,
+        tokenizer,
+        Texts(texts, None),
+        Texts(texts[:4], None),
+        Targets(targets, targets[:4]),
+        config,
+        64,
+        embedding=False,
+    )
+    assert record.steps == 8
+    assert loss() < 0.8 * before
+
+
+def served(models: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(models_dir=models))) as client:
+        wait_ready(client.get)
+        yield client
+
+
+def test_compress_writes_a_served_student(workspace: dict[str, Path], student: Path) -> None:
+    assert not [p.name for p in workspace["models"].iterdir() if p.name.startswith(".")]
+    manifest = ModelManifest.read(student)
+    assert manifest.task == "classification" and manifest.labels == LABELS
+    assert manifest.num_layers == 2 and {"fp32", "attention", "torch"} <= set(manifest.files)
+    evaluation = manifest.evaluation
+    assert evaluation["teacher"] == "mood" and evaluation["keep_layers"] == [0, 2]
+    assert evaluation["teacher_layers"] == 4 and evaluation["labelled"] is True
+    for key in ("validation", "teacher_validation"):
+        assert evaluation[key]["examples"] == 8 and "accuracy" in evaluation[key]
+    assert 0.0 <= evaluation["validation"]["agreement_with_teacher"] <= 1.0
+    speed = evaluation["speedup"]
+    assert speed["ratio"] > 0 and speed["batch_size"] == 32 and speed["precision"] == "fp32"
+    training = evaluation["training"]
+    assert training["loss_last_10_steps"] < training["loss_first_10_steps"]
+    assert evaluation["command"].startswith("encoder-serve compress --from ")
+    files = sorted(p.name for p in (student / DELTA_DIR).iterdir())
+    assert files == ["adapter_config.json", "adapter_model.safetensors", "delta.json"]
+    record = read_record(student / DELTA_DIR)
+    assert record["student"] == {"teacher": "mood", "keep_layers": [0, 2]}
+    for client in served(workspace["models"]):
+        answer = client.post("/classify", json={"inputs": POSITIVE[:2], "model": "mood-small"})
+        assert answer.status_code == 200, answer.text
+        assert {entry["label"] for entry in answer.json()["results"][0]} == set(LABELS)
+        attention = client.post("/attention", json={"inputs": POSITIVE[0], "model": "mood-small"})
+        assert attention.status_code == 200, attention.text
+        explained = client.post("/explain", json={"inputs": POSITIVE[0], "model": "mood-small"})
+        assert explained.status_code == 200, explained.text
+        assert explained.json()["words"] and explained.json()["model"] == "mood-small"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--keep-layers", "0,7"], "--keep-layers"),
+        (["--keep-layers", "0,1,2,3"], "nothing to compress"),
+        (["--data", "/nonexistent/texts.txt"], "no such file"),
+        (["--from", "nowhere"], "--from nowhere"),
+        (["--temperature", "0"], "--temperature"),
+        (["--method", "prune"], "--method"),
+        (["--name", "mood"], "already exists"),
+        (["--name", "../escape"], "name"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(
+    workspace: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    models = workspace["models"]
+    before = sorted(p.name for p in models.iterdir())
+    assert run_compress(workspace, *extra, name="bad-student") == 2  # a later --name wins
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and message in error, error
+    assert error.startswith("encoder-serve compress: ")
+    assert sorted(p.name for p in models.iterdir()) == before
+
+
+def test_the_student_delta_rebuilds_the_same_model(
+    workspace: dict[str, Path], student: Path
+) -> None:
+    clone = workspace["root"] / "clone"
+    for name in ("mood", "mood-small"):  # what a fresh clone holds: manifest and delta
+        (clone / name).mkdir(parents=True)
+        shutil.copy2(workspace["models"] / name / "model.json", clone / name / "model.json")
+        shutil.copytree(workspace["models"] / name / DELTA_DIR, clone / name / DELTA_DIR)
+    assert run_cli("rebuild", "--models-dir", str(clone), "mood-small") == 0
+    rebuilt = ModelManifest.read(clone / "mood-small")
+    assert rebuilt.num_layers == 2
+    assert rebuilt.evaluation == ModelManifest.read(student).evaluation
+
+    def logits(directory: Path) -> np.ndarray:
+        found = ModelManifest.read(directory)
+        pipeline = open_pipeline(directory, found, "fp32", threads=1, device="cpu")
+        return pipeline.embed(REFERENCE_TEXTS, normalized=False)
+
+    np.testing.assert_allclose(logits(clone / "mood-small"), logits(student), atol=1e-5)
+
+
+def test_an_embedding_student_learns_the_teachers_vectors(workspace: dict[str, Path]) -> None:
+    models = workspace["root"] / "embedding"
+    models.mkdir()
+    export_model(str(build_tiny_bert4(workspace["root"] / "tiny-embedder")), "tiny", models)
+    texts = workspace["root"] / "texts.txt"
+    texts.write_text("\n".join(POSITIVE + NEGATIVE) + "\n")
+    argv = ["compress", "--from", "tiny", "--name", "tiny-small", "--data", str(texts)]
+    argv += ["--models-dir", str(models), "--learning-rate", "1e-3", "--max-steps", "2"]
+    assert run_cli(*argv, "--batch-size", "8", "--validation", "0.2") == 0
+    manifest = ModelManifest.read(models / "tiny-small")
+    assert manifest.task == "embedding" and manifest.num_layers == 2
+    evaluation = manifest.evaluation
+    assert evaluation["method"] == "distillation (full)" and evaluation["labelled"] is False
+    # --max-steps 2 of 8 reach 16 of the 32 training texts: the teacher ran on those alone.
+    assert evaluation["train_examples"] == 16 and evaluation["training"]["steps"] == 2
+    history = [entry["validation"] for entry in evaluation["training"]["history"]]
+    cosine = evaluation["validation"]["mean_cosine_to_teacher"]
+    assert -1.0 <= cosine <= 1.0 and cosine == pytest.approx(max(history), abs=1e-3)
+    assert not (models / "tiny-small" / DELTA_DIR).exists()
+
+
+def test_ctrl_c_leaves_no_model_directory(
+    workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.export.compress.command as compress_module
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compress_module, "export_classifier", interrupted)
+    before = sorted(p.name for p in workspace["models"].iterdir())
+    assert run_compress(workspace, "--epochs", "1", name="stopped") == 130
+    assert sorted(p.name for p in workspace["models"].iterdir()) == before
