@@ -1,5 +1,6 @@
-"""`compress`'s training loop: distillation from the teacher's outputs (computed once), with
-`finetune`'s optimiser, schedule, progress and early stopping (best weights kept).
+"""`compress`'s training loop: distillation from the teacher's outputs (computed once), run by
+`finetune`'s one training loop (optimiser, schedule, progress, early stopping keeping the
+best weights).
 
 Classifiers learn the teacher's logits softened by a temperature (KL divergence, scaled by
 T² as in Hinton et al.), mixed with cross-entropy on the true labels when the file has them.
@@ -7,20 +8,17 @@ Embedding students learn the teacher's pooled vectors (1 - cosine, or MSE)."""
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as functional
-from transformers import get_linear_schedule_with_warmup
 
 from app.export.compress.config import CompressConfig
 from app.export.compress.data import Texts
-from app.export.finetune import TrainingProgress, TrainingRecord, model_logits
-from app.export.head_fit import adamw
+from app.export.finetune import TrainingRecord, model_logits
+from app.export.finetune.training import Checked, train_loop
 
 EVAL_BATCH = 64
 
@@ -122,80 +120,34 @@ def distil(
     embedding: bool,
     stream: Any = None,
 ) -> TrainingRecord:
-    """AdamW with warm-up and linear decay over the budget; early stopping on the validation
-    score, and the best weights (those that train) restored at the end. The record's
-    `best_accuracy` holds the best validation score."""
+    """`finetune`'s training loop (`train_loop`) on the distillation loss; early stopping
+    on the validation score, the best weights restored. The record's `best_accuracy`
+    holds the best validation score."""
     texts = train.texts
     labels = None if train.labels is None else torch.from_numpy(train.labels)
     teacher = torch.from_numpy(targets.train)
-    steps_per_epoch = math.ceil(len(texts) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    if config.max_steps:
-        total = min(total, config.max_steps)
-    eval_every = config.eval_every or steps_per_epoch
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = adamw((p for _, p in trainable), config.learning_rate, config.weight_decay)
-    schedule = get_linear_schedule_with_warmup(optimizer, round(config.warmup * total), total)
-    generator = torch.Generator().manual_seed(config.seed)
-    record = TrainingRecord()
-    best: dict[str, torch.Tensor] = {}
-    waited = 0
     what = "cosine to the teacher" if embedding else "validation accuracy"
     if not embedding and validation.labels is None:
         what = "agreement with the teacher"
-    show = TrainingProgress(total, config.batch_size, stream=stream)
-    start = time.perf_counter()
-    model.train()
-    try:
-        while record.steps < total:
-            for batch in torch.randperm(len(texts), generator=generator).split(config.batch_size):
-                inputs = tokenizer(
-                    [texts[i] for i in batch],
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                )
-                output = mean_pooled(model, inputs) if embedding else model(**inputs).logits
-                truth = None if labels is None else labels[batch]
-                loss = distillation_loss(output, teacher[batch], truth, config, embedding)
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
-                optimizer.step()
-                schedule.step()
-                record.steps += 1
-                record.examples += len(batch)
-                record.losses.append(loss.item())
-                show.step(record.steps, len(batch), record.losses[-1])
-                if record.steps % eval_every == 0 or record.steps == total:
-                    score = validation_score(
-                        model, tokenizer, validation, targets.validation, max_length, embedding
-                    )
-                    record.history.append({"step": record.steps, "validation": round(score, 4)})
-                    better = score > record.best_accuracy
-                    if better:
-                        record.best_accuracy, record.best_step, waited = score, record.steps, 0
-                        best = {n: p.detach().clone() for n, p in trainable}
-                    else:
-                        waited += 1
-                    show.write(
-                        f"[eval] step {record.steps}: {what} {score:.4f}"
-                        + (" (best)" if better else f" (best {record.best_accuracy:.4f})")
-                    )
-                    if waited >= config.patience:
-                        record.stopped_early = True
-                        break
-                if record.steps >= total:
-                    break
-            if record.stopped_early:
-                break
-    finally:
-        show.close()
-    record.seconds = round(time.perf_counter() - start, 1)
-    with torch.no_grad():
-        parameters = dict(trainable)
-        for name, value in best.items():
-            parameters[name].copy_(value)
-    model.eval()
+
+    def batch_loss(rows: list[int]) -> torch.Tensor:
+        inputs = tokenizer(
+            [texts[i] for i in rows],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        output = mean_pooled(model, inputs) if embedding else model(**inputs).logits
+        truth = None if labels is None else labels[rows]
+        return distillation_loss(output, teacher[rows], truth, config, embedding)
+
+    def validate() -> Checked:
+        score = validation_score(
+            model, tokenizer, validation, targets.validation, max_length, embedding
+        )
+        return Checked(score, what, {"validation": round(score, 4)})
+
+    record = TrainingRecord()
+    train_loop(model, len(texts), batch_loss, validate, config, record, stream=stream)
     return record

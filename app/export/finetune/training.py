@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -68,6 +68,37 @@ class TrainingRecord:
         return round(float(np.mean(chosen)), 4) if chosen else float("nan")
 
 
+class LoopSettings(Protocol):
+    """What `train_loop` reads of a tool's configuration (finetune's, compress's), read-only."""
+
+    @property
+    def epochs(self) -> int: ...
+
+    @property
+    def max_steps(self) -> int: ...  # 0: the epochs decide
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def learning_rate(self) -> float: ...
+
+    @property
+    def weight_decay(self) -> float: ...
+
+    @property
+    def warmup(self) -> float: ...
+
+    @property
+    def eval_every(self) -> int: ...  # 0: once per epoch
+
+    @property
+    def patience(self) -> int: ...
+
+    @property
+    def seed(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class Checked:
     """One validation pass: the figure early stopping follows (higher is better), its name
@@ -83,12 +114,12 @@ def train_loop(
     items: int,
     batch_loss: Callable[[list[int]], torch.Tensor],
     validate: Callable[[], Checked],
-    config: FinetuneConfig,
+    config: LoopSettings,
     record: TrainingRecord,
     *,
     stream: Any = None,
 ) -> None:
-    """The one training loop of `finetune`, whatever the task: AdamW with warm-up and
+    """The one training loop of `finetune` (every task) and `compress`: AdamW with warm-up and
     linear decay over the budget (`epochs` over `items` training rows, or `max_steps`),
     batches of row indices in a seeded order, `batch_loss` of each; `validate` every
     `eval_every` updates (default once an epoch) and at the end; early stopping after
