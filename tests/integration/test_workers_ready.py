@@ -22,6 +22,10 @@ from tests.conftest import start_server, wait_until_every_request_reached_the_ba
 from tests.integration.test_workers import WORKERS, log_records, pids_logging, wait_for
 
 LONG_TEXT = "a sentence long enough to take the model a while to read " * 20
+# Inputs of the one held request: enough passes (about 30 ms each) that the monitor sees
+# work still queued before the request is answered, even when its first /metrics is slow
+# (a CI run of 32 found the request answered before its first look).
+HELD_INPUTS = 128
 # One input per forward pass, so that work queued in the engine takes a while; deadlines
 # and drain long enough for a shared, loaded machine.
 ONE_INPUT_A_PASS = {
@@ -73,7 +77,7 @@ async def test_sigterm_with_two_workers_answers_503_until_the_drain_ends(tmp_pat
     stop_polling = threading.Event()
     try:
         wait_for(lambda: len(pids_logging(live, "ready: serving")) == 2, what="both workers")
-        inputs = [f"input {i}: {LONG_TEXT}" for i in range(24)]
+        inputs = [f"input {i}: {LONG_TEXT}" for i in range(HELD_INPUTS)]
         async with (
             httpx.AsyncClient(base_url=live.url, timeout=120) as client,
             httpx.AsyncClient(base_url=live.url, timeout=10) as monitor,
@@ -152,7 +156,7 @@ async def test_a_draining_worker_holds_its_siblings_ready_back(tmp_path: Path) -
     live = start_server(tmp_path, {**WORKERS, **ONE_INPUT_A_PASS})
     try:
         wait_for(lambda: len(pids_logging(live, "ready: serving")) == 2, what="both workers")
-        inputs = [f"input {i}: {LONG_TEXT}" for i in range(32)]
+        inputs = [f"input {i}: {LONG_TEXT}" for i in range(HELD_INPUTS)]
         url = urlsplit(live.url)
         held = http.client.HTTPConnection(url.hostname or "", url.port, timeout=120)
         held.connect()
