@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.app import create_app
-from app.api.hot_path import HOT_PATHS, HotPathMiddleware
+from app.api.hot_path import HOT_BODY_BYTES, HOT_PATHS, HotPathMiddleware
 from app.config import Settings
 from tests.conftest import wait_ready
 
@@ -197,6 +197,22 @@ def test_validation_refusals_are_handed_to_the_framework(
     assert hot.post("/encode", json={"inputs": []}).status_code == 422
     assert hot.post("/encode", json={"inputs": "x", "model": "nope"}).status_code == 404
     # Validation failed: handed over; an unknown model is the engine's: answered on the hot path.
+    assert spy.paths == ["/encode"]
+
+
+def test_a_large_body_goes_to_the_framework_unparsed(
+    apps: tuple[TestClient, TestClient, HandOverSpy],
+) -> None:
+    # Past HOT_BODY_BYTES the framework parses the body, once, valid or not (here a valid
+    # body made large by JSON whitespace, within the fixture's small input limits).
+    hot, plain, spy = apps
+    content = b'{"inputs": ["a text", "another"]' + b" " * HOT_BODY_BYTES + b"}"
+    headers = {"content-type": "application/json"}
+    spy.paths.clear()
+    fast = hot.post("/encode", content=content, headers=headers)
+    slow = plain.post("/encode", content=content, headers=headers)
+    assert fast.status_code == 200, fast.text
+    assert comparable(fast) == comparable(slow)
     assert spy.paths == ["/encode"]
 
 
