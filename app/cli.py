@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING
 from app import __version__
 from app.compress_command import add_compress_command
 from app.exit_statuses import EXIT_USAGE
-from app.export.method_advice import FINETUNE_COMMAND, FINETUNE_FLAGS, METHOD_ARGUMENT
+from app.export.method_advice import (
+    FINETUNE_COMMAND,
+    FINETUNE_FLAGS,
+    METHOD_ARGUMENT,
+    data_and_training_words,
+)
 from app.export.pair_flags import add_pair_arguments, pair_words, tune_on_pairs
 from app.serve_command import serve_command
 from app.settings_cli import SettingsError, add_setting_flags, load_settings
@@ -236,16 +241,7 @@ def finetune_command(args: argparse.Namespace) -> str:
     words = ["encoder-serve", "finetune", *pair_words(args), "--method", args.method]
     words += ["--base", args.base, "--data", str(args.data), "--name", args.name]
     words += ["--labels", args.labels] if args.labels else []
-    for flag in ("eval", "test", "text_column", "models_dir"):
-        if (value := getattr(args, flag)) is not None:
-            words += ["--" + flag.replace("_", "-"), str(value)]
-    if args.label_column != "label":
-        words += ["--label-column", args.label_column]
-    if args.first_index:
-        words += ["--first-index", str(args.first_index)]
-    for name in FINETUNE_FLAGS:
-        if (value := getattr(args, name)) is not None:
-            words += ["--" + name.replace("_", "-"), str(value)]
+    words += data_and_training_words(args, FINETUNE_FLAGS)
     return shlex.join(words)
 
 

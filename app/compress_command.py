@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.export.method_advice import data_and_training_words
 from app.settings_cli import load_settings
 
 Handler = Callable[[argparse.Namespace], int]
@@ -54,16 +55,7 @@ def compress_command_line(args: argparse.Namespace) -> str:
     """The command line that reproduces a student, recorded in its manifest."""
     words = ["encoder-serve", "compress", "--from", args.teacher, "--name", args.name]
     words += ["--data", str(args.data)]
-    for flag in ("eval", "test", "text_column", "models_dir"):
-        if (value := getattr(args, flag)) is not None:
-            words += ["--" + flag.replace("_", "-"), str(value)]
-    if args.label_column != "label":
-        words += ["--label-column", args.label_column]
-    if args.first_index:
-        words += ["--first-index", str(args.first_index)]
-    for name in COMPRESS_FLAGS:
-        if (value := getattr(args, name)) is not None:
-            words += ["--" + name.replace("_", "-"), str(value)]
+    words += data_and_training_words(args, COMPRESS_FLAGS)
     return shlex.join(words)
 
 

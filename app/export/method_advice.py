@@ -8,6 +8,7 @@ torch) so that building the command line never imports torch.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 METHOD_ADVICE = (
@@ -55,3 +56,25 @@ FINETUNE_FLAGS: dict[str, tuple[type, str]] = {
     "lora_dropout": (float, "LoRA dropout (0.1)"),
     "hidden": (int, "head method: hidden ReLU units, 0 for linear (1024)"),
 }
+
+
+def data_and_training_words(args: Any, training_flags: Iterable[str]) -> list[str]:
+    """The flags of a training tool's command line (finetune, compress) that name its data
+    files and columns and its training settings, as given: for the command a model's
+    manifest records."""
+    words: list[str] = []
+
+    def given(flags: Iterable[str]) -> list[str]:
+        return [
+            word
+            for flag in flags
+            if (value := getattr(args, flag)) is not None
+            for word in ("--" + flag.replace("_", "-"), str(value))
+        ]
+
+    words = given(("eval", "test", "text_column", "models_dir"))
+    if args.label_column != "label":
+        words += ["--label-column", args.label_column]
+    if args.first_index:
+        words += ["--first-index", str(args.first_index)]
+    return words + given(training_flags)
