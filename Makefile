@@ -55,6 +55,7 @@ bench: $(VENV)/.bench-installed models
 	$(BIN)/python -m loadtest.simulated
 	$(BIN)/python -m loadtest.cache
 	$(BIN)/python -m loadtest.rerank
+	$(BIN)/python -m loadtest.compression
 
 # encoder-serve against infinity-emb on the same graph (loadtest/results/peer.md); the peer
 # is installed into its own virtualenv, .venv-peer. BENCH_QUICK=1 for a ~2 minute run.

@@ -269,3 +269,45 @@ def test_ctrl_c_leaves_no_model_directory(
     before = sorted(p.name for p in workspace["models"].iterdir())
     assert run_compress(workspace, "--epochs", "1", name="stopped") == 130
     assert sorted(p.name for p in workspace["models"].iterdir()) == before
+
+
+def test_a_lora_student_retrains_its_layer_norms(student: Path) -> None:
+    """The kept layers read other inputs than in the teacher: their norms are trained in full
+    and shipped in the student's delta beside the adapters."""
+    from safetensors import safe_open
+
+    with safe_open(str(student / DELTA_DIR / "adapter_model.safetensors"), "pt") as weights:
+        names = list(weights.keys())
+    norms = [name for name in names if "LayerNorm" in name]
+    assert any(".layer.1.output.LayerNorm" in name for name in norms), names
+    assert any("lora_A" in name for name in names)
+
+
+def test_the_compression_report_measures_teacher_and_students(
+    workspace: dict[str, Path], student: Path
+) -> None:
+    from loadtest.compression import Judged, families, markdown, measure_family
+
+    found = families(workspace["models"])
+    assert [member.name for member in found["mood"]] == ["mood", "mood-small"]
+    assert [member.layers for member in found["mood"]] == [4, 2]
+    labels = np.asarray([1] * len(POSITIVE) + [0] * len(NEGATIVE))
+    judged = Judged(Texts(POSITIVE + NEGATIVE, labels), "tiny moods, accuracy")
+    rows = measure_family(found["mood"], judged, rounds=1)
+    graphs = [(row["model"], row["precision"]) for row in rows]
+    assert graphs[0] == ("mood", "fp32")
+    assert ("mood-small", "fp32") in graphs
+    assert rows[0]["x_teacher_fp32"] == 1.0
+    assert all(0.0 <= row["score"] <= 1.0 and row["sequences_per_s"] > 0 for row in rows)
+    report = {
+        "created": "now",
+        "host": "here",
+        "cpu": "cpu",
+        "threads": 1,
+        "rounds": 1,
+        "texts_per_round": 256,
+        "families": [{"teacher": "mood", "judged_on": judged.what, "rows": rows}],
+        "left_out": ["minilm"],
+    }
+    text = markdown(report)
+    assert "| mood-small | 2 | fp32 |" in text and "minilm: its data is not beside" in text

@@ -140,6 +140,7 @@ def _compress(job: Job) -> ModelManifest:
                 lora_alpha=config.lora_alpha,
                 lora_dropout=config.lora_dropout,
             ),
+            train_norms=True,
         )
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
     say(

@@ -25,6 +25,23 @@ def _throughput(pipeline: Pipeline, texts: list[str]) -> float:
     return len(texts) / (time.perf_counter() - start)
 
 
+def alternating_rates(pipelines: list[Pipeline], texts: list[str], rounds: int) -> list[float]:
+    """Sequences/s of each pipeline over the same texts in batches of BATCH: the median of
+    `rounds` rounds, the order of the pipelines turned around each round, after a warm-up."""
+    for pipeline in pipelines:  # warm-up: first passes allocate
+        pipeline.embed(texts[:BATCH], normalized=False)
+    rates: list[list[float]] = [[] for _ in pipelines]
+    for round_number in range(rounds):
+        order = range(len(pipelines)) if round_number % 2 == 0 else reversed(range(len(pipelines)))
+        for index in order:
+            rates[index].append(_throughput(pipelines[index], texts))
+    return [statistics.median(found) for found in rates]
+
+
+def sample_of(texts: list[str], size: int = TEXTS) -> list[str]:
+    return [texts[i % len(texts)] for i in range(size)] if texts else ["a"] * size
+
+
 def engine_speedup(
     teacher: tuple[Path, ModelManifest],
     student: tuple[Path, ModelManifest],
@@ -35,20 +52,12 @@ def engine_speedup(
 ) -> dict[str, Any]:
     """Sequences/s of each graph (tokenization included) over the same `size` texts in
     batches of BATCH, the median of `rounds` alternating rounds, and their ratio."""
-    sample = [texts[i % len(texts)] for i in range(size)] if texts else ["a"] * size
     threads = available_cores()
     pipelines = [
         open_pipeline(directory, manifest, "fp32", threads=threads, device="cpu")
         for directory, manifest in (teacher, student)
     ]
-    for pipeline in pipelines:  # warm-up: first passes allocate
-        pipeline.embed(sample[:BATCH], normalized=False)
-    rates: list[list[float]] = [[], []]
-    for round_number in range(rounds):
-        order = (0, 1) if round_number % 2 == 0 else (1, 0)
-        for index in order:
-            rates[index].append(_throughput(pipelines[index], sample))
-    teacher_rate, student_rate = (statistics.median(found) for found in rates)
+    teacher_rate, student_rate = alternating_rates(pipelines, sample_of(texts, size), rounds)
     return {
         "ratio": round(student_rate / teacher_rate, 3),
         "teacher_sequences_per_s": round(teacher_rate, 1),

@@ -16,6 +16,9 @@ from app.export.source import loading, read_sentence_transformer_config, resolve
 # value, dense; DistilBERT: q_lin … lin2); the pooler and classifier are trained in full.
 LORA_TARGETS = r".*\.layer\.\d+\..*\.(query|key|value|dense|q_lin|k_lin|v_lin|out_lin|lin1|lin2)"
 LORA_FULLY_TRAINED = ["classifier", "pooler", "pre_classifier"]
+# A layer-dropped student's kept layers read other inputs than they did in the teacher; their
+# norms (768 numbers each) are retrained in full too, for `compress`.
+LAYER_NORMS = ["LayerNorm", "sa_layer_norm", "output_layer_norm"]
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,14 @@ def resolve_base(base: str, models_dir: Path) -> ResolvedBase:
 
 
 def lora_model(
-    model: torch.nn.Module, config: FinetuneConfig, *, embedding: bool = False
+    model: torch.nn.Module,
+    config: FinetuneConfig,
+    *,
+    embedding: bool = False,
+    train_norms: bool = False,
 ) -> torch.nn.Module:
     """LoRA adapters on `model`; `embedding`: an encoder without a head (its pooled states
-    are the output), so no head is trained in full."""
+    are the output), so no head is trained in full; `train_norms`: the layer norms too."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     lora = LoraConfig(
@@ -52,7 +59,10 @@ def lora_model(
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=LORA_TARGETS,
-        modules_to_save=None if embedding else LORA_FULLY_TRAINED,
+        modules_to_save=(
+            ([] if embedding else LORA_FULLY_TRAINED) + (LAYER_NORMS if train_norms else [])
+        )
+        or None,
     )
     tuned: torch.nn.Module = get_peft_model(model, lora)
     return tuned
