@@ -14,7 +14,7 @@ on:
 - `topic`: the held-out fifth of the shared AG News file (the split of the teacher's own
   evaluation), accuracy;
 - an embedding teacher (`minilm`): mean cosine of each graph's vectors to the teacher's fp32
-  vectors over that AG News held-out text.
+  vectors over a fifth of the AG News file.
 
 Writes `compression.md`, `compression.json` and `compression.png` under `--out`. Families
 whose data is not beside the checkout are left out, and the report says so.
@@ -102,7 +102,7 @@ def judged_on(teacher: Member) -> Judged | None:
         return Judged(held, f"AG News held-out fifth ({len(held.texts)} items), accuracy")
     return Judged(
         Texts(held.texts, None),
-        f"AG News held-out fifth ({len(held.texts)} items), mean cosine to the teacher's fp32",
+        f"a fifth of the AG News file ({len(held.texts)} items), mean cosine to the teacher's fp32",
     )
 
 
