@@ -231,7 +231,7 @@ def main() -> None:
     report = {
         "created": time.strftime("%Y-%m-%d %H:%M"),
         "host": host_name(),
-        "cpu": cpu_description()["model"],
+        "cpu": cpu_description().get("cpu_model", "unknown CPU"),
         "threads": available_cores(),
         "rounds": args.rounds,
         "texts_per_round": len(sample_of([])),
