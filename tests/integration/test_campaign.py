@@ -4,7 +4,7 @@ Generated requests go beyond what the OpenAPI document describes: arbitrary Unic
 (code points JSON can escape but UTF-8 cannot encode, raw bytes that are not UTF-8),
 hostile zero-shot templates and labels, very large counts and sizes, and concurrent
 zero-shot traffic that churns the label cache. Whatever arrives, the server answers
-below 500 in the contract's error shape, `/health` keeps answering within 250 ms while
+below 500 in the contract's error shape, `/health` keeps answering within 1 s while
 each request runs, and memory stays under a stated bound.
 """
 
@@ -27,7 +27,10 @@ from hypothesis import strategies as st
 from tests.conftest import LiveServer, start_server
 from tests.error_shapes import error_message
 
-HEALTH_BOUND_S = 0.25
+# A bound on pathology (the event loop held for a whole parse of seconds), not a speed
+# figure: quiet, the slowest probe beside a 4 MB body is 12-57 ms; in a loaded full-suite
+# run on 2 cores it reached 446-544 ms (2026-12-06), which a 250 ms bound failed on.
+HEALTH_BOUND_S = 1.0
 RSS_BOUND_BYTES = 1 << 30  # 1 GiB
 CAMPAIGN = settings(
     max_examples=40,
