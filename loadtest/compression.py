@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from app.config import available_cores
-from app.engine.manifest import ModelManifest
+from app.engine.manifest import MANIFEST_FILE, ModelManifest
 from app.engine.passes.pipeline import open_pipeline
 from app.export.compress.data import Texts, prepare_data, read_texts
 from app.export.compress.speed import BATCH, alternating_rates, sample_of
@@ -54,7 +54,6 @@ class Member:
     name: str
     directory: Path
     manifest: ModelManifest
-    layers: int
 
 
 @dataclass(frozen=True)
@@ -67,19 +66,16 @@ def families(models: Path) -> dict[str, list[Member]]:
     """Teacher name -> [teacher, students...] for each teacher with a student in `models`."""
     found: dict[str, list[Member]] = {}
     for directory in sorted(path for path in models.iterdir() if path.is_dir()):
-        if not (directory / "model.json").is_file():
+        if not (directory / MANIFEST_FILE).is_file():
             continue
         manifest = ModelManifest.read(directory)
         teacher = (manifest.evaluation or {}).get("teacher")
-        if not teacher or not (models / teacher / "model.json").is_file():
+        if not teacher or not (models / teacher / MANIFEST_FILE).is_file():
             continue
         if teacher not in found:
             teacher_manifest = ModelManifest.read(models / teacher)
-            found[teacher] = [
-                Member(teacher, models / teacher, teacher_manifest, teacher_manifest.num_layers)
-            ]
-        layers = len(manifest.evaluation["keep_layers"])
-        found[teacher].append(Member(directory.name, directory, manifest, layers))
+            found[teacher] = [Member(teacher, models / teacher, teacher_manifest)]
+        found[teacher].append(Member(directory.name, directory, manifest))
     return found
 
 
@@ -133,7 +129,7 @@ def measure_family(members: list[Member], judged: Judged, rounds: int) -> list[d
         rows.append(
             {
                 "model": member.name,
-                "layers": member.layers,
+                "layers": member.manifest.num_layers,
                 "precision": precision,
                 "score": round(score, 4),
                 "sequences_per_s": round(rate, 1),

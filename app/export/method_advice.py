@@ -62,7 +62,6 @@ def data_and_training_words(args: Any, training_flags: Iterable[str]) -> list[st
     """The flags of a training tool's command line (finetune, compress) that name its data
     files and columns and its training settings, as given: for the command a model's
     manifest records."""
-    words: list[str] = []
 
     def given(flags: Iterable[str]) -> list[str]:
         return [

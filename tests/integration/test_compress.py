@@ -290,7 +290,7 @@ def test_the_compression_report_measures_teacher_and_students(
 
     found = families(workspace["models"])
     assert [member.name for member in found["mood"]] == ["mood", "mood-small"]
-    assert [member.layers for member in found["mood"]] == [4, 2]
+    assert [member.manifest.num_layers for member in found["mood"]] == [4, 2]
     labels = np.asarray([1] * len(POSITIVE) + [0] * len(NEGATIVE))
     judged = Judged(Texts(POSITIVE + NEGATIVE, labels), "tiny moods, accuracy")
     rows = measure_family(found["mood"], judged, rounds=1)
