@@ -1,6 +1,7 @@
 """A tuned model shipped as a small delta (LoRA adapter + head) and rebuilt from its base.
 
-`models/<name>/delta/` holds peft's adapter files and `delta.json`: the base encoder (an
+`models/<name>/delta/` holds peft's adapter files (a student of `compress` trained in full:
+its quantized change of weights, app/export/dense_delta.py) and `delta.json`: the base encoder (an
 installed package or model directory), the task (classification when absent; rerank and
 embedding from `finetune --task`), the labels, the training record, and the logits (an
 embedding model: the pooled vectors) the tuned model gave a few fixed sentences when it
@@ -26,6 +27,7 @@ from app.engine.contract import Pooling, Task
 from app.engine.manifest import ModelManifest, kept_default, model_name_error
 from app.engine.models.tokenization import TextTokenizer
 from app.engine.passes.pipeline import OFFLINE_BATCH, Pipeline, open_pipeline
+from app.export.dense_delta import DENSE_DELTA_FILE, apply_dense_delta
 from app.export.exporter import MAX_LOGIT_DIFF, TOKENIZER_FILES, export_model, is_built
 from app.export.layers import drop_layers
 from app.export.messages import say
@@ -97,8 +99,12 @@ def record_task(record: dict[str, Any]) -> str:
 
 
 def merged_from_delta(delta: Path, record: dict[str, Any]) -> torch.nn.Module:
-    """The installed base with the delta's adapter merged into its weights (plain transformers)."""
+    """The installed base with the delta's adapter merged into its weights (plain
+    transformers); a student trained in full: its start with the stored changes added."""
     from peft import PeftModel
+
+    if (delta / DENSE_DELTA_FILE).is_file():
+        return apply_dense_delta(start_of_delta(delta, record), delta / DENSE_DELTA_FILE)
 
     tuned = PeftModel.from_pretrained(start_of_delta(delta, record), delta)
     merged: torch.nn.Module = tuned.merge_and_unload()

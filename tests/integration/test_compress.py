@@ -6,6 +6,7 @@ delta rebuilds the same model, and an embedding student is distilled on unlabell
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from safetensors.torch import save_file
 
 from app.api.app import create_app
 from app.cli import build_parser
@@ -24,6 +26,12 @@ from app.export.compress.data import Texts
 from app.export.compress.teacher import resolve_teacher, student_start, teacher_outputs
 from app.export.compress.training import Targets, distil
 from app.export.delta import DELTA_DIR, REFERENCE_TEXTS, merged_from_delta, read_record
+from app.export.dense_delta import (
+    DENSE_DELTA_FILE,
+    apply_dense_delta,
+    quantized_delta,
+    starting_point,
+)
 from app.export.exporter import export_model
 from app.export.layers import encoder_layers, parse_keep_layers
 from tests.conftest import wait_ready
@@ -228,12 +236,64 @@ def test_the_student_delta_rebuilds_the_same_model(
     assert rebuilt.num_layers == 2
     assert rebuilt.evaluation == ModelManifest.read(student).evaluation
 
-    def logits(directory: Path) -> np.ndarray:
-        found = ModelManifest.read(directory)
-        pipeline = open_pipeline(directory, found, "fp32", threads=1, device="cpu")
-        return pipeline.embed(REFERENCE_TEXTS, normalized=False)
+    np.testing.assert_allclose(
+        served_logits(clone / "mood-small"), served_logits(student), atol=1e-5
+    )
 
-    np.testing.assert_allclose(logits(clone / "mood-small"), logits(student), atol=1e-5)
+
+def served_logits(directory: Path) -> np.ndarray:
+    """A model directory's fp32 graph's logits on the reference sentences."""
+    found = ModelManifest.read(directory)
+    pipeline = open_pipeline(directory, found, "fp32", threads=1, device="cpu")
+    return pipeline.embed(REFERENCE_TEXTS, normalized=False)
+
+
+def test_a_full_student_ships_as_a_4_bit_delta_and_rebuilds(workspace: dict[str, Path]) -> None:
+    """Trained in full, a student of a delta-shipped teacher ships its change of weights
+    (the vocabulary frozen, so absent); `rebuild` gives the model that was exported."""
+    from safetensors import safe_open
+
+    assert run_compress(workspace, "--method", "full", name="mood-full") == 0
+    student = workspace["models"] / "mood-full"
+    files = sorted(p.name for p in (student / DELTA_DIR).iterdir())
+    assert files == ["delta.json", DENSE_DELTA_FILE]
+    with safe_open(str(student / DELTA_DIR / DENSE_DELTA_FILE), "pt") as weights:
+        names = list(weights.keys())
+    assert not [name for name in names if "word_embeddings" in name], names
+    assert "bert.encoder.layer.1.output.dense.weight" in names  # layer 2 of the teacher
+    assert "classifier.weight" in names and "classifier.weight.scale" in names
+    record = read_record(student / DELTA_DIR)
+    assert record["student"] == {"teacher": "mood", "keep_layers": [0, 2]}
+    assert "4-bit delta" in record["source"]
+    clone = workspace["root"] / "clone-full"
+    for name in ("mood", "mood-full"):
+        (clone / name).mkdir(parents=True)
+        shutil.copy2(workspace["models"] / name / "model.json", clone / name / "model.json")
+        shutil.copytree(workspace["models"] / name / DELTA_DIR, clone / name / DELTA_DIR)
+    assert run_cli("rebuild", "--models-dir", str(clone), "mood-full") == 0
+    np.testing.assert_allclose(
+        served_logits(clone / "mood-full"), served_logits(student), atol=1e-5
+    )
+
+
+def test_the_4_bit_delta_is_within_half_a_step_of_the_change() -> None:
+    torch.manual_seed(0)
+    start = torch.nn.Linear(5, 3)  # an odd row length: the last byte holds one value
+    before = starting_point(start)
+    with torch.no_grad():
+        start.weight += 0.01 * torch.randn(3, 5)
+        start.bias += 0.001
+    stored = quantized_delta(start, before)
+    assert stored["weight"].dtype == torch.uint8 and stored["weight"].shape == (3, 3)
+    rebuilt = torch.nn.Linear(5, 3)
+    rebuilt.load_state_dict(before)
+    path = Path(tempfile.mkdtemp()) / DENSE_DELTA_FILE
+    save_file(stored, str(path))
+    apply_dense_delta(rebuilt, path)
+    step = (start.weight - before["weight"]).abs().amax(dim=1, keepdim=True) / 7
+    assert torch.all((rebuilt.weight - start.weight).abs() <= step / 2 + 1e-7)
+    assert torch.allclose(rebuilt.bias, start.bias, atol=1e-6)
+    assert not torch.equal(rebuilt.weight, before["weight"])
 
 
 def test_an_embedding_student_learns_the_teachers_vectors(workspace: dict[str, Path]) -> None:

@@ -37,6 +37,7 @@ from app.export.delta import (
     replace_directory,
     save_hf_directory,
 )
+from app.export.dense_delta import DENSE_DELTA_FILE, save_dense_delta, starting_point
 from app.export.exporter import export_model
 from app.export.finetune import FinetuneConfig, model_logits
 from app.export.finetune.base import lora_model
@@ -132,7 +133,14 @@ def _compress(job: Job) -> ModelManifest:
     )
     tokenizer = AutoTokenizer.from_pretrained(teacher.directory)
     method = "full" if embedding else config.method
-    if method == "lora":
+    ships = not embedding and _delta_beside(teacher, job.models_dir)
+    start = None
+    if method == "full":
+        # The vocabulary's vectors stay the teacher's: two thirds of a 3-layer MiniLM's
+        # weights, and what lets a student trained in full ship as a small delta.
+        student.get_input_embeddings().weight.requires_grad_(False)  # type: ignore[operator]
+        start = starting_point(student) if ships else None
+    elif method == "lora":
         student = lora_model(
             student,
             FinetuneConfig(
@@ -170,19 +178,19 @@ def _compress(job: Job) -> ModelManifest:
         if embedding:
             manifest = _export_embedding(student, teacher, job.name, work, max_length)
         else:
-            ships = method == "lora" and _delta_beside(teacher, job.models_dir)
             if ships:
-                saved = _save_student_delta(student, tokenizer, work, teacher, keep, max_length)
+                saved = _save_student_delta(
+                    student, tokenizer, work, teacher, keep, max_length, start
+                )
                 merged, recorded = saved.merged, saved.recorded
                 source = saved.record["source"]
             else:
                 merged = student.merge_and_unload() if method == "lora" else student  # type: ignore[operator]
                 recorded, source = None, f"{teacher.manifest.source} (student of {teacher.name})"
-                if method == "lora":
-                    say(
-                        f"[export] no delta: {teacher.name} is not a delta-shipped model of "
-                        f"{job.models_dir}; the student's exported files are the model"
-                    )
+                say(
+                    f"[export] no delta: {teacher.name} is not a delta-shipped model of "
+                    f"{job.models_dir}; the student's exported files are the model"
+                )
             say("[export] exporting the student (parity-gated); int8 where its gate passes")
             manifest = export_classifier(
                 merged,
@@ -241,19 +249,26 @@ def _save_student_delta(
     teacher: Teacher,
     keep: list[int],
     max_length: int,
+    start: dict[str, torch.Tensor] | None,
 ) -> SavedDelta:
-    """The student's adapter written to `work`/DELTA_DIR and merged back into the teacher's
-    kept layers, as `rebuild` will do it; raises when the result differs from the trained
-    student."""
+    """The student's delta written to `work`/DELTA_DIR and applied to the teacher's kept
+    layers, as `rebuild` will do it: a LoRA student's adapter (the result must match the
+    trained student), or a full student's change of weights from `start` in 4 bits (the
+    result is the student as shipped, evaluated as such; how far its logits moved is said)."""
     assert teacher.delta is not None
     teacher_record = read_record(teacher.delta)
     delta_dir = work / DELTA_DIR
-    save_adapter(model, delta_dir, teacher_record["base"])
+    if start is None:
+        save_adapter(model, delta_dir, teacher_record["base"])
+        what = f"LoRA delta ({DELTA_DIR}/)"
+    else:
+        save_dense_delta(model, start, delta_dir)
+        what = f"4-bit delta of its weights ({DELTA_DIR}/{DENSE_DELTA_FILE})"
     record: dict[str, Any] = {
         "format": DELTA_FORMAT,
         "base": teacher_record["base"],
         "source": f"{teacher_record['base']} + {teacher.name}'s delta, layers "
-        f"{','.join(map(str, keep))} + LoRA delta ({DELTA_DIR}/)",
+        f"{','.join(map(str, keep))} + {what}",
         "labels": list(teacher.manifest.labels),
         "max_length": max_length,
         "student": {"teacher": teacher.name, "keep_layers": keep},
@@ -261,7 +276,11 @@ def _save_student_delta(
     trained = model_logits(model, tokenizer, list(REFERENCE_TEXTS), max_length)
     merged = merged_from_delta(delta_dir, record)
     recorded = reference_logits(merged, teacher.directory / "tokenizer.json", max_length)
-    check_logits(recorded, trained, MAX_REFERENCE_DIFF, "the saved delta")
+    if start is None:
+        check_logits(recorded, trained, MAX_REFERENCE_DIFF, "the saved delta")
+    else:
+        moved = float(np.abs(np.asarray(recorded) - trained).max())
+        say(f"[export] the 4-bit delta moves the reference logits by at most {moved:.1e}")
     return SavedDelta(record, merged, np.asarray(recorded))
 
 
