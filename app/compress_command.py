@@ -26,7 +26,10 @@ COMPRESS_FLAGS: dict[str, tuple[type, str]] = {
         "teacher layers the student keeps, e.g. 0,3,5 (every other, ending "
         "with the last: 1,3,5 of 6)",
     ),
-    "method": (str, "lora: adapters on the kept layers, shipped as a delta; full (lora)"),
+    "method": (
+        str,
+        "lora: adapters on the kept layers; full: every weight but the vocabulary (lora)",
+    ),
     "temperature": (float, "softens teacher and student logits for distillation (2.0)"),
     "label_weight": (float, "share of the loss on true labels when the file has them (0.5)"),
     "vector_loss": (str, "embedding students: cosine or mse to the teacher's vectors (cosine)"),

@@ -16,9 +16,10 @@ class CompressConfig:
     """How a student is made. `keep_layers` None: every other layer of the teacher, the last
     kept (1, 3, 5 of 6).
 
-    `lora` trains adapters on the kept layers plus the pooler and classifier, and ships as a
-    small delta on the teacher's own delta; `full` trains every weight of the student (no
-    delta: the export's files are the model). Embedding students are always trained in full.
+    `lora` trains adapters on the kept layers plus the pooler, classifier and norms; `full`
+    trains every weight but the vocabulary's vectors. Either ships as a small delta on the
+    teacher's own delta (a LoRA adapter; a 4-bit change of weights, app/export/dense_delta.py).
+    Embedding students are always trained in full.
     """
 
     keep_layers: str | None = None  # "0,3,5"; None: every other layer, ending with the last
