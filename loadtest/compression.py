@@ -176,6 +176,15 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def no_int8(members: list[Member]) -> dict[str, str]:
+    """Why a member has no int8 graph to measure: its export's gate said so."""
+    return {
+        member.name: str(member.manifest.parity.get("int8", {}).get("skipped", "not built"))
+        for member in members
+        if "int8" not in member.manifest.files
+    }
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Compression: accuracy against engine throughput",
@@ -199,6 +208,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {row['sequences_per_s']} | {row['x_teacher_fp32']:.2f} |"
             for row in family["rows"]
         ]
+        lines += [f"- {name}: no int8 graph ({why})." for name, why in family["no_int8"].items()]
         lines.append("")
     for left_out in report["left_out"]:
         lines.append(f"- {left_out}: its data is not beside the checkout; not measured.")
@@ -220,7 +230,14 @@ def main() -> None:
             continue
         print(f"[compression] {teacher}: {', '.join(m.name for m in members)} on {judged.what}")
         rows = measure_family(members, judged, args.rounds)
-        measured.append({"teacher": teacher, "judged_on": judged.what, "rows": rows})
+        measured.append(
+            {
+                "teacher": teacher,
+                "judged_on": judged.what,
+                "rows": rows,
+                "no_int8": no_int8(members),
+            }
+        )
     if not measured:  # a fresh clone ships no student: `make bench` goes on
         print("[compression] no compressed student with its data here: nothing measured")
         return
