@@ -346,7 +346,7 @@ def test_a_lora_student_retrains_its_layer_norms(student: Path) -> None:
 def test_the_compression_report_measures_teacher_and_students(
     workspace: dict[str, Path], student: Path
 ) -> None:
-    from loadtest.compression import Judged, families, markdown, measure_family
+    from loadtest.compression import Judged, families, markdown, measure_family, no_int8
 
     found = families(workspace["models"])
     assert [member.name for member in found["mood"]] == ["mood", "mood-small"]
@@ -366,8 +366,19 @@ def test_the_compression_report_measures_teacher_and_students(
         "threads": 1,
         "rounds": 1,
         "texts_per_round": 256,
-        "families": [{"teacher": "mood", "judged_on": judged.what, "rows": rows}],
+        "families": [
+            {
+                "teacher": "mood",
+                "judged_on": judged.what,
+                "rows": rows,
+                "no_int8": {"mood-x": "int8 graph: mean cosine to fp32 0.94 < 0.99"},
+            }
+        ],
         "left_out": ["minilm"],
     }
     text = markdown(report)
     assert "| mood-small | 2 | fp32 |" in text and "minilm: its data is not beside" in text
+    assert "- mood-x: no int8 graph (int8 graph: mean cosine to fp32 0.94 < 0.99)." in text
+    assert set(no_int8(found["mood"])) == {
+        member.name for member in found["mood"] if "int8" not in member.manifest.files
+    }
