@@ -14,7 +14,8 @@ on:
 - `topic`: the held-out fifth of the shared AG News file (the split of the teacher's own
   evaluation), accuracy;
 - an embedding teacher (`minilm`): mean cosine of each graph's vectors to the teacher's fp32
-  vectors over a fifth of the AG News file.
+  vectors over a fifth of the AG News file, and how often a graph ranks first the text the
+  teacher's fp32 graph finds nearest (R@1 of the teacher's neighbours).
 
 Writes `compression.md`, `compression.json` and `compression.png` under `--out`. Families
 whose data is not beside the checkout are left out, and the report says so.
@@ -35,6 +36,7 @@ from app.config import available_cores
 from app.engine.manifest import MANIFEST_FILE, ModelManifest
 from app.engine.passes.pipeline import open_pipeline
 from app.export.compress.data import Texts, prepare_data, read_texts
+from app.export.compress.evaluation import teachers_neighbours
 from app.export.compress.speed import BATCH, alternating_rates, sample_of
 from app.export.compress.training import mean_cosine
 from app.export.finetune import DataFormat
@@ -122,20 +124,15 @@ def measure_family(members: list[Member], judged: Judged, rounds: int) -> list[d
     reference = outputs[0]  # the teacher's fp32 graph
     rows = []
     for (member, precision), found, rate in zip(graphs, outputs, rates, strict=True):
+        row: dict[str, Any] = {"model": member.name, "layers": member.manifest.num_layers}
+        row["precision"] = precision
         if judged.texts.labels is not None:
-            score = float(np.mean(found.argmax(axis=1) == judged.texts.labels))
+            row["score"] = round(float(np.mean(found.argmax(axis=1) == judged.texts.labels)), 4)
         else:
-            score = float(mean_cosine(found, reference).mean())
-        rows.append(
-            {
-                "model": member.name,
-                "layers": member.manifest.num_layers,
-                "precision": precision,
-                "score": round(score, 4),
-                "sequences_per_s": round(rate, 1),
-                "x_teacher_fp32": round(rate / rates[0], 2),
-            }
-        )
+            row["score"] = round(float(mean_cosine(found, reference).mean()), 4)
+            row["neighbour_r_at_1"] = teachers_neighbours(found, reference)["r_at_1"]
+        row |= {"sequences_per_s": round(rate, 1), "x_teacher_fp32": round(rate / rates[0], 2)}
+        rows.append(row)
     return rows
 
 
@@ -197,15 +194,19 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     for family in report["families"]:
+        neighbours = "neighbour_r_at_1" in family["rows"][0]
         lines += [
             f"## {family['teacher']} — {family['judged_on']}",
             "",
-            "| model | layers | graph | score | sequences/s | × teacher fp32 |",
-            "|---|---|---|---|---|---|",
+            "| model | layers | graph | score | "
+            + ("teacher's nearest neighbour found first | " if neighbours else "")
+            + "sequences/s | × teacher fp32 |",
+            "|---|---|---|---|---|---|" + ("---|" if neighbours else ""),
         ]
         lines += [
-            f"| {row['model']} | {row['layers']} | {row['precision']} | {row['score']:.4f} "
-            f"| {row['sequences_per_s']} | {row['x_teacher_fp32']:.2f} |"
+            f"| {row['model']} | {row['layers']} | {row['precision']} | {row['score']:.4f} | "
+            + (f"{row['neighbour_r_at_1']:.4f} | " if neighbours else "")
+            + f"{row['sequences_per_s']} | {row['x_teacher_fp32']:.2f} |"
             for row in family["rows"]
         ]
         lines += [f"- {name}: no int8 graph ({why})." for name, why in family["no_int8"].items()]

@@ -23,6 +23,7 @@ from app.engine.manifest import ModelManifest
 from app.engine.passes.pipeline import open_pipeline
 from app.export.compress import CompressConfig, distillation_loss
 from app.export.compress.data import Texts
+from app.export.compress.evaluation import teachers_neighbours
 from app.export.compress.teacher import resolve_teacher, student_start, teacher_outputs
 from app.export.compress.training import Targets, distil
 from app.export.delta import DELTA_DIR, REFERENCE_TEXTS, merged_from_delta, read_record
@@ -314,7 +315,18 @@ def test_an_embedding_student_learns_the_teachers_vectors(workspace: dict[str, P
     history = [entry["validation"] for entry in evaluation["training"]["history"]]
     cosine = evaluation["validation"]["mean_cosine_to_teacher"]
     assert -1.0 <= cosine <= 1.0 and cosine == pytest.approx(max(history), abs=1e-3)
+    neighbours = evaluation["validation"]["teachers_neighbours"]
+    assert neighbours["queries"] == 8 and 0.0 <= neighbours["r_at_1"] <= neighbours["r_at_10"]
     assert not (models / "tiny-small" / DELTA_DIR).exists()
+
+
+def test_the_teachers_neighbours_are_found_by_the_teacher_and_lost_by_noise() -> None:
+    generator = np.random.default_rng(0)
+    teacher = generator.normal(size=(50, 16)).astype(np.float32)
+    assert teachers_neighbours(teacher, teacher)["r_at_1"] == 1.0
+    assert teachers_neighbours(3.0 * teacher, teacher)["mrr_at_10"] == 1.0  # scale-free
+    shuffled = teachers_neighbours(generator.normal(size=(50, 16)), teacher)
+    assert shuffled["queries"] == 50 and shuffled["r_at_1"] < 0.5
 
 
 def test_ctrl_c_leaves_no_model_directory(
@@ -372,13 +384,24 @@ def test_the_compression_report_measures_teacher_and_students(
                 "judged_on": judged.what,
                 "rows": rows,
                 "no_int8": {"mood-x": "int8 graph: mean cosine to fp32 0.94 < 0.99"},
-            }
+            },
+            {
+                "teacher": "tiny",
+                "judged_on": "texts, mean cosine to the teacher",
+                "rows": [
+                    {"model": "tiny-small", "layers": 2, "precision": "fp32", "score": 0.9}
+                    | {"neighbour_r_at_1": 0.75, "sequences_per_s": 9.0, "x_teacher_fp32": 1.8}
+                ],
+                "no_int8": {},
+            },
         ],
         "left_out": ["minilm"],
     }
     text = markdown(report)
     assert "| mood-small | 2 | fp32 |" in text and "minilm: its data is not beside" in text
     assert "- mood-x: no int8 graph (int8 graph: mean cosine to fp32 0.94 < 0.99)." in text
+    assert "| teacher's nearest neighbour found first |" in text
+    assert "| tiny-small | 2 | fp32 | 0.9000 | 0.7500 | 9.0 | 1.80 |" in text
     assert set(no_int8(found["mood"])) == {
         member.name for member in found["mood"] if "int8" not in member.manifest.files
     }
