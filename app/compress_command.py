@@ -28,7 +28,7 @@ COMPRESS_FLAGS: dict[str, tuple[type, str]] = {
     ),
     "method": (
         str,
-        "lora: adapters on the kept layers; full: every weight but the vocabulary (lora)",
+        "full: every weight but the vocabulary; lora: adapters on the kept layers (full)",
     ),
     "temperature": (float, "softens teacher and student logits for distillation (2.0)"),
     "label_weight": (float, "share of the loss on true labels when the file has them (0.5)"),
@@ -36,7 +36,7 @@ COMPRESS_FLAGS: dict[str, tuple[type, str]] = {
     "epochs": (int, "passes over the training data (3)"),
     "max_steps": (int, "stop after this many updates (0: the epochs decide)"),
     "batch_size": (int, "examples per update (32)"),
-    "learning_rate": (float, "peak AdamW learning rate (1e-3; use 1e-4 for full or embedding)"),
+    "learning_rate": (float, "peak AdamW learning rate (1e-4; use 1e-3 with --method lora)"),
     "weight_decay": (float, "AdamW weight decay (0.01)"),
     "warmup": (float, "share of the updates warming the learning rate up (0.06)"),
     "max_length": (int, "tokens per text, trained and served (default: the teacher's)"),

@@ -87,7 +87,7 @@ def run_compress(workspace: dict[str, Path], *extra: str, name: str = "mood-smal
 
 @pytest.fixture(scope="module")
 def student(workspace: dict[str, Path]) -> Path:
-    assert run_compress(workspace) == 0
+    assert run_compress(workspace, "--method", "lora") == 0
     return workspace["models"] / "mood-small"
 
 
@@ -361,8 +361,9 @@ def test_the_compression_report_measures_teacher_and_students(
     from loadtest.compression import Judged, families, markdown, measure_family, no_int8
 
     found = families(workspace["models"])
-    assert [member.name for member in found["mood"]] == ["mood", "mood-small"]
-    assert [member.manifest.num_layers for member in found["mood"]] == [4, 2]
+    names = [member.name for member in found["mood"]]  # mood-full too, when its test ran
+    assert names[0] == "mood" and "mood-small" in names
+    assert [member.manifest.num_layers for member in found["mood"]] == [4] + [2] * (len(names) - 1)
     labels = np.asarray([1] * len(POSITIVE) + [0] * len(NEGATIVE))
     judged = Judged(Texts(POSITIVE + NEGATIVE, labels), "tiny moods, accuracy")
     rows = measure_family(found["mood"], judged, rounds=1)
