@@ -1,16 +1,27 @@
 """A student trained in full, shipped as a small delta: each weight's change from where it
-started (its teacher's own kept layers), matrices quantized to 4 bits a number with one fp16
-scale per row, vectors (biases, norms) kept in fp16. Weights that did not move (the frozen
-vocabulary) are not stored. `rebuild` adds the change back to the rebuilt start.
+started (its teacher's own kept layers). A matrix's change is stored in five levels, a
+whole number in -2 … 2 times one fp16 scale per row (the row's root mean square times
+CLIP / LEVELS: larger changes are clipped), three numbers to a byte; vectors (biases,
+norms) in fp16; weights that did not move (the frozen vocabulary) are not stored. `rebuild`
+adds the change back to the rebuilt start.
 
-Why not LoRA: on SST-2 a 3-layer MiniLM student trained in full reached dev 0.862, its best
-LoRA student (rank 64, norms in full) 0.850 (models/README.md). Why 4 bits: the change is
-small beside the weight, and its 4-bit copy gave the same dev accuracy as the fp32 student
-(0.8624, 872 sentences) at 2.9 MB for 3 layers instead of 11 MB in fp16.
+The student trains as it will be stored (`train_as_stored`): its forward pass sees each
+matrix's start plus the change in its stored form, and the gradient passes straight
+through the rounding (the straight-through estimator of quantization-aware training). So
+the delta written after training is the student that was trained and validated, exactly.
 
-Hand-written (a dozen lines): quantization libraries (torchao, bitsandbytes, optimum-quanto)
-quantize weights for their own inference kernels; this is a storage format for a change of
-weights, read back into plain PyTorch.
+Why five levels: a 3-layer MiniLM student changes 5.7 M numbers; five levels three to a
+byte store them in 1.9 MB, under the 2 MiB the repository allows a committed file (4 bits:
+2.9 MB). Quantized after training instead, five levels cost up to half a point of SST-2
+dev accuracy (0.8578–0.8601 against the fp32 student's 0.8612; 4 bits kept it), which
+training as stored takes back (models/README.md, "Compressed students").
+Why not LoRA: on SST-2 a 3-layer student trained in full beat its best LoRA student
+(rank 64, norms in full) by 1.5 points.
+
+Hand-written (a few dozen lines): quantization libraries (torchao, bitsandbytes,
+optimum-quanto) quantize weights for their own inference kernels; this is a storage format
+for a change of weights, read back into plain PyTorch. The training side is torch's own
+parametrizations.
 """
 
 from __future__ import annotations
@@ -18,11 +29,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.nn.utils import parametrize
 
 DENSE_DELTA_FILE = "dense_delta.safetensors"
-LEVELS = 7  # 4 bits: -7 … 7, stored as 1 … 15 two to a byte
+LEVELS = 2  # a number is -2 … 2 steps
+BASE = 2 * LEVELS + 1  # stored as a digit 0 … 4 ...
+PER_BYTE = 3  # ... three digits to a byte (5**3 = 125 values)
+CLIP = 2.5  # a row's step: CLIP × its root mean square / LEVELS (chosen on SST-2: README)
 SCALE = ".scale"  # a matrix's per-row scales, beside its packed values
+FORMAT = {"levels": str(LEVELS), "per_byte": str(PER_BYTE)}  # the file's metadata
 
 
 def starting_point(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -30,30 +47,78 @@ def starting_point(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in model.state_dict().items()}
 
 
+def quantized(change: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A matrix's change as stored: its levels (int8, -LEVELS … LEVELS) and per-row scales
+    (fp16, so training and rebuilding multiply by the same number)."""
+    rms = change.float().pow(2).mean(dim=1, keepdim=True).sqrt()
+    scale = (CLIP * rms / LEVELS).half()
+    step = scale.float().clamp(min=torch.finfo(torch.float32).tiny)  # a row that never moved
+    levels = torch.round(change.float() / step).clamp(-LEVELS, LEVELS).to(torch.int8)
+    return levels, scale
+
+
+def dequantized(levels: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return levels.float() * scale.float()
+
+
+class _TrainedAsStored(torch.nn.Module):
+    """A matrix's value in the forward pass: its start plus its change as the delta stores
+    it; the gradient reaches the latent weight unchanged (straight through the rounding)."""
+
+    start: torch.Tensor
+
+    def __init__(self, start: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("start", start.detach().clone(), persistent=False)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        change = weight - self.start
+        stored = dequantized(*quantized(change.detach()))
+        return weight + (stored - change).detach()
+
+
+def train_as_stored(model: torch.nn.Module, start: dict[str, torch.Tensor]) -> None:
+    """Every matrix that trains, seen through its stored form from now on (registered
+    before the optimizer is made: the latent weights are what it updates)."""
+    for name, parameter in list(model.named_parameters()):
+        if parameter.requires_grad and parameter.dim() == 2:
+            owner, _, attribute = name.rpartition(".")
+            parametrize.register_parametrization(
+                model.get_submodule(owner), attribute, _TrainedAsStored(start[name])
+            )
+
+
+def _latent_name(name: str) -> str:
+    """A state-dict name of a matrix trained as stored (torch's `<module>.parametrizations.
+    <attribute>.original`), as the plain model names it."""
+    return name.replace(".parametrizations.", ".").removesuffix(".original")
+
+
 def quantized_delta(
     model: torch.nn.Module, start: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """The tensors of the delta file: each moved weight's change, matrices in 4 bits."""
+    """The tensors of the delta file: each moved weight's change, matrices packed."""
     stored: dict[str, torch.Tensor] = {}
-    for name, value in model.state_dict().items():
+    for state_name, value in model.state_dict().items():
+        name = _latent_name(state_name)
         change = value.detach().float() - start[name].float()
         if not torch.any(change):
             continue
         if change.dim() != 2:
             stored[name] = change.half()
             continue
-        scale = change.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / LEVELS
-        levels = (torch.round(change / scale).clamp(-LEVELS, LEVELS) + LEVELS + 1).to(torch.uint8)
-        if levels.shape[1] % 2:
-            levels = torch.nn.functional.pad(levels, (0, 1), value=LEVELS + 1)
-        stored[name] = levels[:, 0::2] | (levels[:, 1::2] << 4)
-        stored[name + SCALE] = scale.half()
+        levels, stored[name + SCALE] = quantized(change)
+        digits = (levels + LEVELS).to(torch.uint8)
+        digits = torch.nn.functional.pad(digits, (0, -digits.shape[1] % PER_BYTE), value=LEVELS)
+        digits = digits.reshape(digits.shape[0], -1, PER_BYTE)
+        stored[name] = sum(digits[:, :, i] * BASE**i for i in range(PER_BYTE)).to(torch.uint8)
     return stored
 
 
-def _unpacked(packed: torch.Tensor, scale: torch.Tensor, columns: int) -> torch.Tensor:
-    levels = torch.stack((packed & 0x0F, packed >> 4), dim=2).reshape(packed.shape[0], -1)
-    return (levels[:, :columns].float() - (LEVELS + 1)) * scale.float()
+def _unpacked(packed: torch.Tensor, columns: int) -> torch.Tensor:
+    values = packed.long()
+    digits = torch.stack([(values // BASE**i) % BASE for i in range(PER_BYTE)], dim=2)
+    return digits.reshape(packed.shape[0], -1)[:, :columns] - LEVELS
 
 
 def save_dense_delta(
@@ -61,14 +126,17 @@ def save_dense_delta(
 ) -> Path:
     path = directory / DENSE_DELTA_FILE
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(quantized_delta(model, start), str(path))
+    save_file(quantized_delta(model, start), str(path), metadata=FORMAT)
     path.chmod(0o644)
     return path
 
 
 def apply_dense_delta(model: torch.nn.Module, path: Path) -> torch.nn.Module:
     """`model` (the rebuilt start) with the stored changes added: the student as shipped."""
-    stored = load_file(str(path))
+    with safe_open(str(path), "pt") as file:
+        if file.metadata() != FORMAT:
+            raise ValueError(f"{path}: written as {file.metadata()}, this version reads {FORMAT}")
+        stored = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118
     weights = model.state_dict()
     unknown = sorted(
         name for name in stored if name.removesuffix(SCALE) not in weights or name == SCALE
@@ -81,7 +149,7 @@ def apply_dense_delta(model: torch.nn.Module, path: Path) -> torch.nn.Module:
                 continue
             change = stored[name]
             if weight.dim() == 2:
-                change = _unpacked(change, stored[name + SCALE], weight.shape[1])
+                change = dequantized(_unpacked(change, weight.shape[1]), stored[name + SCALE])
             if change.shape != weight.shape:
                 raise ValueError(
                     f"{path}: {name} has shape {tuple(change.shape)}, not {tuple(weight.shape)}"

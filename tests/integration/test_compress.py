@@ -29,9 +29,13 @@ from app.export.compress.training import Targets, distil
 from app.export.delta import DELTA_DIR, REFERENCE_TEXTS, merged_from_delta, read_record
 from app.export.dense_delta import (
     DENSE_DELTA_FILE,
+    FORMAT,
+    LEVELS,
     apply_dense_delta,
     quantized_delta,
+    save_dense_delta,
     starting_point,
+    train_as_stored,
 )
 from app.export.exporter import export_model
 from app.export.layers import encoder_layers, parse_keep_layers
@@ -249,7 +253,7 @@ def served_logits(directory: Path) -> np.ndarray:
     return pipeline.embed(REFERENCE_TEXTS, normalized=False)
 
 
-def test_a_full_student_ships_as_a_4_bit_delta_and_rebuilds(workspace: dict[str, Path]) -> None:
+def test_a_full_student_ships_as_a_5_level_delta_and_rebuilds(workspace: dict[str, Path]) -> None:
     """Trained in full, a student of a delta-shipped teacher ships its change of weights
     (the vocabulary frozen, so absent); `rebuild` gives the model that was exported."""
     from safetensors import safe_open
@@ -265,7 +269,7 @@ def test_a_full_student_ships_as_a_4_bit_delta_and_rebuilds(workspace: dict[str,
     assert "classifier.weight" in names and "classifier.weight.scale" in names
     record = read_record(student / DELTA_DIR)
     assert record["student"] == {"teacher": "mood", "keep_layers": [0, 2]}
-    assert "4-bit delta" in record["source"]
+    assert "5-level delta" in record["source"]
     clone = workspace["root"] / "clone-full"
     for name in ("mood", "mood-full"):
         (clone / name).mkdir(parents=True)
@@ -277,24 +281,61 @@ def test_a_full_student_ships_as_a_4_bit_delta_and_rebuilds(workspace: dict[str,
     )
 
 
-def test_the_4_bit_delta_is_within_half_a_step_of_the_change() -> None:
+def test_the_5_level_delta_stores_each_change_within_half_a_step() -> None:
     torch.manual_seed(0)
-    start = torch.nn.Linear(5, 3)  # an odd row length: the last byte holds one value
+    start = torch.nn.Linear(7, 4)  # 7 columns: the last byte of a row holds one number
     before = starting_point(start)
     with torch.no_grad():
-        start.weight += 0.01 * torch.randn(3, 5)
+        start.weight += 0.01 * torch.randn(4, 7)
+        start.weight[3] = before["weight"][3]  # a row that did not move
         start.bias += 0.001
     stored = quantized_delta(start, before)
-    assert stored["weight"].dtype == torch.uint8 and stored["weight"].shape == (3, 3)
-    rebuilt = torch.nn.Linear(5, 3)
-    rebuilt.load_state_dict(before)
+    assert stored["weight"].dtype == torch.uint8 and stored["weight"].shape == (4, 3)
     path = Path(tempfile.mkdtemp()) / DENSE_DELTA_FILE
-    save_file(stored, str(path))
+    save_file(stored, str(path), metadata=FORMAT)
+    rebuilt = torch.nn.Linear(7, 4)
+    rebuilt.load_state_dict(before)
     apply_dense_delta(rebuilt, path)
-    step = (start.weight - before["weight"]).abs().amax(dim=1, keepdim=True) / 7
-    assert torch.all((rebuilt.weight - start.weight).abs() <= step / 2 + 1e-7)
+    change = start.weight - before["weight"]
+    step = stored["weight.scale"].float()
+    unclipped = change.abs() <= LEVELS * step
+    error = (rebuilt.weight - start.weight).abs()
+    assert unclipped.float().mean() > 0.8  # CLIP leaves most of a row unclipped
+    assert torch.all(error[unclipped] <= (step / 2 + 1e-7).expand_as(error)[unclipped])
+    assert torch.equal(rebuilt.weight[3], before["weight"][3])
     assert torch.allclose(rebuilt.bias, start.bias, atol=1e-6)
-    assert not torch.equal(rebuilt.weight, before["weight"])
+    assert len(torch.unique(rebuilt.weight[0] - before["weight"][0])) <= 2 * LEVELS + 1
+    save_file(stored, str(path), metadata={"levels": "7"})
+    with pytest.raises(ValueError, match="this version reads"):
+        apply_dense_delta(rebuilt, path)
+
+
+def test_a_student_trained_as_stored_is_rebuilt_exactly_and_still_learns() -> None:
+    """The forward pass sees the stored form of each change; gradients pass the rounding
+    to the latent weights; the delta saved after training rebuilds that very model."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+    before = starting_point(model)
+    train_as_stored(model, before)
+    inputs, truth = torch.randn(64, 6), torch.randint(0, 2, (64,))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        loss = torch.nn.functional.cross_entropy(model(inputs), truth)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    seen = model[0].weight - before["0.weight"]  # what the forward pass uses
+    assert len(torch.unique(seen[0].round(decimals=6))) <= 2 * LEVELS + 1
+    path = save_dense_delta(model, before, Path(tempfile.mkdtemp()))
+    rebuilt = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+    rebuilt.load_state_dict(before)
+    apply_dense_delta(rebuilt, path)
+    torch.testing.assert_close(rebuilt[0].weight, model[0].weight.detach(), atol=1e-6, rtol=0)
+    with torch.no_grad():  # within the fp16 the biases' changes are stored in
+        torch.testing.assert_close(rebuilt(inputs), model(inputs), atol=1e-4, rtol=0)
 
 
 def test_an_embedding_student_learns_the_teachers_vectors(workspace: dict[str, Path]) -> None:

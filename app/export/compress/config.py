@@ -18,7 +18,7 @@ class CompressConfig:
 
     `lora` trains adapters on the kept layers plus the pooler, classifier and norms; `full`
     trains every weight but the vocabulary's vectors. Either ships as a small delta on the
-    teacher's own delta (a LoRA adapter; a 4-bit change of weights, app/export/dense_delta.py).
+    teacher's own delta (a LoRA adapter; a 5-level change of weights, app/export/dense_delta.py).
     Embedding students are always trained in full.
     """
 
