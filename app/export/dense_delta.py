@@ -8,13 +8,14 @@ adds the change back to the rebuilt start.
 The student trains as it will be stored (`train_as_stored`): its forward pass sees each
 matrix's start plus the change in its stored form, and the gradient passes straight
 through the rounding (the straight-through estimator of quantization-aware training). So
-the delta written after training is the student that was trained and validated, exactly.
+the delta written after training rebuilds the student that was trained and validated
+(its matrices exactly, its vectors to fp16), and early stopping chooses among students as
+they will ship.
 
 Why five levels: a 3-layer MiniLM student changes 5.7 M numbers; five levels three to a
 byte store them in 1.9 MB, under the 2 MiB the repository allows a committed file (4 bits:
-2.9 MB). Quantized after training instead, five levels cost up to half a point of SST-2
-dev accuracy (0.8578–0.8601 against the fp32 student's 0.8612; 4 bits kept it), which
-training as stored takes back (models/README.md, "Compressed students").
+2.9 MB; 3 bits: 2.2 MB). On SST-2 they cost at most half a point beside the fp32 student,
+within the noise of 872 sentences (models/README.md, "Compressed students").
 Why not LoRA: on SST-2 a 3-layer student trained in full beat its best LoRA student
 (rank 64, norms in full) by 1.5 points.
 
@@ -37,7 +38,7 @@ DENSE_DELTA_FILE = "dense_delta.safetensors"
 LEVELS = 2  # a number is -2 … 2 steps
 BASE = 2 * LEVELS + 1  # stored as a digit 0 … 4 ...
 PER_BYTE = 3  # ... three digits to a byte (5**3 = 125 values)
-CLIP = 2.5  # a row's step: CLIP × its root mean square / LEVELS (chosen on SST-2: README)
+CLIP = 2.5  # a row's step: CLIP × its root mean square / LEVELS (models/README.md)
 SCALE = ".scale"  # a matrix's per-row scales, beside its packed values
 FORMAT = {"levels": str(LEVELS), "per_byte": str(PER_BYTE)}  # the file's metadata
 
