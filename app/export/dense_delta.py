@@ -9,7 +9,7 @@ The student trains as it will be stored (`train_as_stored`): its forward pass se
 matrix's start plus the change in its stored form, and the gradient passes straight
 through the rounding (the straight-through estimator of quantization-aware training). So
 the delta written after training rebuilds the student that was trained and validated
-(its matrices exactly, its vectors to fp16), and early stopping chooses among students as
+(its matrices to float rounding, its vectors to fp16), and early stopping chooses among students as
 they will ship.
 
 Why five levels: a 3-layer MiniLM student changes 5.7 M numbers; five levels three to a
@@ -109,11 +109,17 @@ def quantized_delta(
             stored[name] = change.half()
             continue
         levels, stored[name + SCALE] = quantized(change)
-        digits = (levels + LEVELS).to(torch.uint8)
-        digits = torch.nn.functional.pad(digits, (0, -digits.shape[1] % PER_BYTE), value=LEVELS)
-        digits = digits.reshape(digits.shape[0], -1, PER_BYTE)
-        stored[name] = sum(digits[:, :, i] * BASE**i for i in range(PER_BYTE)).to(torch.uint8)
+        stored[name] = _packed(levels)
     return stored
+
+
+def _packed(levels: torch.Tensor) -> torch.Tensor:
+    """Each row's levels as base-BASE digits, PER_BYTE to a byte (a short last byte padded
+    with zeros' digit)."""
+    digits = (levels + LEVELS).to(torch.uint8)
+    digits = torch.nn.functional.pad(digits, (0, -digits.shape[1] % PER_BYTE), value=LEVELS)
+    digits = digits.reshape(digits.shape[0], -1, PER_BYTE)
+    return sum(digits[:, :, i] * BASE**i for i in range(PER_BYTE)).to(torch.uint8)
 
 
 def _unpacked(packed: torch.Tensor, columns: int) -> torch.Tensor:
