@@ -361,7 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_verbose_flag(tune)
     tune.set_defaults(handler=offline_tool("finetune", quiet_unless_verbose(_finetune)))
 
-    add_compress_command(commands, offline_tool)
+    compress = add_compress_command(
+        commands, lambda name, handler: offline_tool(name, quiet_unless_verbose(handler))
+    )
+    add_verbose_flag(compress)
     rebuild = commands.add_parser(
         "rebuild", help="rebuild tuned models from their committed delta and the installed base"
     )

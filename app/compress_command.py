@@ -26,6 +26,10 @@ COMPRESS_FLAGS: dict[str, tuple[type, str]] = {
         "teacher layers the student keeps, e.g. 0,3,5 (every other, ending "
         "with the last: 1,3,5 of 6)",
     ),
+    "intermediate_size": (
+        int,
+        "feed-forward neurons each kept layer keeps, its strongest (default: all, e.g. 1536)",
+    ),
     "method": (
         str,
         "full: every weight but the vocabulary; lora: adapters on the kept layers (full)",
@@ -112,9 +116,11 @@ def _compress(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_compress_command(commands: Any, wrap: Callable[[str, Handler], Handler]) -> None:
-    """`compress`'s parser on `commands` (argparse sub-parsers); `wrap`: app/cli.py's
-    `offline_tool`."""
+def add_compress_command(
+    commands: Any, wrap: Callable[[str, Handler], Handler]
+) -> argparse.ArgumentParser:
+    """`compress`'s parser on `commands` (argparse sub-parsers), returned; `wrap`: how
+    app/cli.py wraps an offline tool's handler."""
     parser = commands.add_parser(
         "compress",
         help="distil a smaller, faster student of a served model (layers dropped)",
@@ -156,3 +162,4 @@ def add_compress_command(commands: Any, wrap: Callable[[str, Handler], Handler])
         "--force", action="store_true", help="replace a model of the same name in the repository"
     )
     parser.set_defaults(handler=wrap("compress", _compress))
+    return parser

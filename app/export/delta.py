@@ -29,7 +29,7 @@ from app.engine.models.tokenization import TextTokenizer
 from app.engine.passes.pipeline import OFFLINE_BATCH, Pipeline, open_pipeline
 from app.export.dense_delta import DENSE_DELTA_FILE, apply_dense_delta
 from app.export.exporter import MAX_LOGIT_DIFF, TOKENIZER_FILES, export_model, is_built
-from app.export.layers import drop_layers
+from app.export.layers import StudentShape
 from app.export.messages import say
 from app.export.parity import _SENTENCES
 from app.export.precision import PRECISION_FILES, PrecisionError, build_precision
@@ -119,12 +119,23 @@ def start_of_delta(delta: Path, record: dict[str, Any]) -> torch.nn.Module:
     if student is None:
         return model_for_task(resolve_source(record["base"]), record_task(record), record["labels"])
     teacher, keep = student.get("teacher"), student.get("keep_layers")
+    neurons = student.get("feed_forward_neurons")
     if not isinstance(teacher, str) or model_name_error(teacher) is not None:
         raise ValueError(f"{delta / DELTA_FILE}: student.teacher must name a model beside it")
-    if not isinstance(keep, list) or not all(isinstance(index, int) for index in keep):
+    if not _numbers(keep):
         raise ValueError(f"{delta / DELTA_FILE}: student.keep_layers must list layer numbers")
+    if neurons is not None and not (isinstance(neurons, list) and all(map(_numbers, neurons))):
+        raise ValueError(
+            f"{delta / DELTA_FILE}: student.feed_forward_neurons must list each kept layer's "
+            "neuron numbers"
+        )
     teacher_delta = delta.parent.parent / teacher / DELTA_DIR
-    return drop_layers(merged_from_delta(teacher_delta, read_record(teacher_delta)), keep)
+    teacher_model = merged_from_delta(teacher_delta, read_record(teacher_delta))
+    return StudentShape(keep, neurons).cut(teacher_model)
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and all(type(item) is int for item in value)
 
 
 def reference_logits(

@@ -1,11 +1,13 @@
-"""Layer dropping: a student made of some of a teacher's encoder layers, their weights kept.
+"""A student's shape: some of a teacher's encoder layers, their weights kept, and optionally
+narrower feed-forward blocks (each kept block's strongest neurons, their weights kept).
 
 Shared by `compress` (which makes students) and `rebuild` (which remakes them from a delta):
-both must drop the same layers the same way, or a rebuilt student would not be the trained one.
+both must cut the teacher the same way, or a rebuilt student would not be the trained one.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,6 +16,12 @@ import torch
 # (`transformer.layer`), behind a task model's body attribute or not.
 _BODIES = ("bert", "roberta", "xlm_roberta", "distilbert", "electra", "deberta", "")
 _STACKS = ("encoder.layer", "transformer.layer")
+# A block's feed-forward: the widening linear, the narrowing linear, the config's name for
+# the width between them (BERT family; DistilBERT).
+_FEED_FORWARDS = (
+    ("intermediate.dense", "output.dense", "intermediate_size"),
+    ("ffn.lin1", "ffn.lin2", "hidden_dim"),
+)
 
 
 def encoder_layers(model: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.ModuleList]:
@@ -71,3 +79,94 @@ def drop_layers(model: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
     if hasattr(config, "n_layers"):  # DistilBERT's name for it
         config.n_layers = len(keep)
     return model
+
+
+@dataclass(frozen=True)
+class StudentShape:
+    """What a student keeps of its teacher: these encoder layers and, where its feed-forward
+    blocks are narrower, these neurons of each kept block (None: all of them)."""
+
+    keep_layers: list[int]
+    neurons: list[list[int]] | None = None
+
+    def cut(self, teacher: torch.nn.Module) -> torch.nn.Module:
+        """`teacher` (in place) cut to this shape."""
+        student = drop_layers(teacher, self.keep_layers)
+        return student if self.neurons is None else narrow_feed_forward(student, self.neurons)
+
+
+def _feed_forward(layer: torch.nn.Module) -> tuple[str, str, str]:
+    """(the widening linear's name in `layer`, the narrowing one's, the config's width name)."""
+    for widening, narrowing, width in _FEED_FORWARDS:
+        try:
+            linears = layer.get_submodule(widening), layer.get_submodule(narrowing)
+        except AttributeError:
+            continue
+        if all(isinstance(linear, torch.nn.Linear) for linear in linears):
+            return widening, narrowing, width
+    raise ValueError(
+        f"{type(layer).__name__}: no feed-forward found (intermediate.dense and output.dense, "
+        "or ffn.lin1 and ffn.lin2): narrowing supports BERT-family encoders"
+    )
+
+
+def _linears(layer: torch.nn.Module) -> tuple[torch.nn.Linear, torch.nn.Linear]:
+    widening, narrowing, _ = _feed_forward(layer)
+    return layer.get_submodule(widening), layer.get_submodule(narrowing)  # type: ignore[return-value]
+
+
+def strongest_neurons(model: torch.nn.Module, width: int) -> list[list[int]]:
+    """For each block, the `width` feed-forward neurons whose weights in and out are largest
+    (the product of the two norms), in their order: magnitude pruning, which needs no data.
+    Distillation then trains the narrower blocks back towards the teacher."""
+    neurons = []
+    for layer in encoder_layers(model)[2]:
+        into, out_of = _linears(layer)
+        if not 1 <= width < into.out_features:
+            raise ValueError(
+                f"--intermediate-size: between 1 and {into.out_features - 1} (the teacher's "
+                f"feed-forward has {into.out_features} neurons), got {width}"
+            )
+        strength = into.weight.detach().norm(dim=1) * out_of.weight.detach().norm(dim=0)
+        neurons.append(sorted(torch.topk(strength, width).indices.tolist()))
+    return neurons
+
+
+def narrow_feed_forward(model: torch.nn.Module, neurons: list[list[int]]) -> torch.nn.Module:
+    """`model` with each block's feed-forward cut to its `neurons` (one list per block, all
+    of one width; each kept neuron's weights exactly as they were), its config saying so."""
+    layers = encoder_layers(model)[2]
+    widths = {len(kept) for kept in neurons}
+    if len(neurons) != len(layers) or len(widths) != 1:
+        raise ValueError(
+            f"feed-forward neurons: one list per block ({len(layers)}), all of one width; got "
+            f"{len(neurons)} of widths {sorted(widths)}"
+        )
+    for layer, kept in zip(layers, neurons, strict=True):
+        widening, narrowing, width_name = _feed_forward(layer)
+        into, out_of = _linears(layer)
+        if (
+            not kept
+            or sorted(set(kept)) != kept
+            or not 0 <= kept[0] <= kept[-1] < into.out_features
+        ):
+            raise ValueError(
+                f"feed-forward neurons: distinct, increasing, below {into.out_features}; got {kept}"
+            )
+        index = torch.tensor(kept)
+        narrower_in = _linear(into.weight[index], None if into.bias is None else into.bias[index])
+        narrower_out = _linear(out_of.weight[:, index], out_of.bias)
+        for name, replacement in ((widening, narrower_in), (narrowing, narrower_out)):
+            owner, _, attribute = name.rpartition(".")
+            setattr(layer.get_submodule(owner), attribute, replacement)
+    setattr(model.config, width_name, widths.pop())
+    return model
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Linear:
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+    return linear

@@ -5,6 +5,7 @@ delta rebuilds the same model, and an embedding student is distilled on unlabell
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -24,7 +25,12 @@ from app.engine.passes.pipeline import open_pipeline
 from app.export.compress import CompressConfig, distillation_loss
 from app.export.compress.data import Texts
 from app.export.compress.evaluation import teachers_neighbours
-from app.export.compress.teacher import resolve_teacher, student_start, teacher_outputs
+from app.export.compress.teacher import (
+    Teacher,
+    resolve_teacher,
+    student_start,
+    teacher_outputs,
+)
 from app.export.compress.training import Targets, distil
 from app.export.delta import DELTA_DIR, REFERENCE_TEXTS, merged_from_delta, read_record
 from app.export.dense_delta import (
@@ -38,7 +44,7 @@ from app.export.dense_delta import (
     train_as_stored,
 )
 from app.export.exporter import export_model
-from app.export.layers import encoder_layers, parse_keep_layers
+from app.export.layers import encoder_layers, narrow_feed_forward, parse_keep_layers
 from tests.conftest import wait_ready
 from tests.tiny_models import copy_tokenizer, tiny_bert_config
 from tests.unit.test_train_head import NEGATIVE, POSITIVE
@@ -105,14 +111,21 @@ def test_parse_keep_layers() -> None:
             parse_keep_layers(bad, 4)
 
 
+def teacher_and_its_model(workspace: dict[str, Path]) -> tuple[Teacher, torch.nn.Module]:
+    """`mood` and its whole model, rebuilt from its delta as a student starts from it."""
+    delta = workspace["models"] / "mood" / DELTA_DIR
+    return resolve_teacher("mood", workspace["models"]), merged_from_delta(
+        delta, read_record(delta)
+    )
+
+
 def test_layer_dropping_keeps_the_chosen_layers_weights_exactly(
     workspace: dict[str, Path],
 ) -> None:
-    teacher = resolve_teacher("mood", workspace["models"])
-    delta = workspace["models"] / "mood" / DELTA_DIR
-    full = merged_from_delta(delta, read_record(delta))
-    model, keep = student_start(teacher, "1,3")
-    assert keep == [1, 3] and model.config.num_hidden_layers == 2
+    teacher, full = teacher_and_its_model(workspace)
+    model, shape = student_start(teacher, "1,3", None)
+    keep = shape.keep_layers
+    assert keep == [1, 3] and shape.neurons is None and model.config.num_hidden_layers == 2
     _, _, student_layers = encoder_layers(model)
     _, _, teacher_layers = encoder_layers(full)
     assert len(student_layers) == 2 and len(teacher_layers) == 4
@@ -128,13 +141,40 @@ def test_layer_dropping_keeps_the_chosen_layers_weights_exactly(
     assert all(torch.equal(kept[key], value) for key, value in outside.items())
 
 
+def test_narrowing_keeps_each_blocks_strongest_neurons_weights_exactly(
+    workspace: dict[str, Path],
+) -> None:
+    teacher, full = teacher_and_its_model(workspace)
+    model, shape = student_start(teacher, "0,3", 24)
+    assert shape.keep_layers == [0, 3] and model.config.intermediate_size == 24
+    assert shape.neurons is not None and [len(kept) for kept in shape.neurons] == [24, 24]
+    student_layers, teacher_layers = encoder_layers(model)[2], encoder_layers(full)[2]
+    for position, index in enumerate(shape.keep_layers):
+        found, expected = student_layers[position], teacher_layers[index]
+        kept = shape.neurons[position]
+        into, out_of = expected.intermediate.dense, expected.output.dense
+        strength = into.weight.norm(dim=1) * out_of.weight.norm(dim=0)
+        assert strength[kept].min() >= strength[[i for i in range(64) if i not in kept]].max()
+        assert torch.equal(found.intermediate.dense.weight, into.weight[kept])
+        assert torch.equal(found.intermediate.dense.bias, into.bias[kept])
+        assert torch.equal(found.output.dense.weight, out_of.weight[:, kept])
+        assert torch.equal(found.output.dense.bias, out_of.bias)
+        assert torch.equal(found.attention.self.query.weight, expected.attention.self.query.weight)
+    with pytest.raises(ValueError, match="--intermediate-size: between 1 and 63"):
+        student_start(teacher, "0,3", 64)
+    with pytest.raises(ValueError, match="one list per block"):
+        narrow_feed_forward(model, [[0, 1], [0]])
+    with pytest.raises(ValueError, match="distinct, increasing"):
+        narrow_feed_forward(model, [[1, 0], [0, 1]])
+
+
 def test_distillation_lowers_the_loss_against_the_teacher(workspace: dict[str, Path]) -> None:
     from transformers import AutoTokenizer
 
     teacher = resolve_teacher("mood", workspace["models"])
     texts = POSITIVE + NEGATIVE
     targets = teacher_outputs(teacher, texts)
-    model, _ = student_start(teacher, "0")
+    model, _ = student_start(teacher, "0", None)
     with torch.no_grad():  # a head far from the teacher's, so there is a loss to lower
         model.classifier.weight.normal_(std=2.0, generator=torch.Generator().manual_seed(0))
     tokenizer = AutoTokenizer.from_pretrained(teacher.directory)
@@ -209,6 +249,8 @@ def test_compress_writes_a_served_student(workspace: dict[str, Path], student: P
         (["--from", "nowhere"], "--from nowhere"),
         (["--temperature", "0"], "--temperature"),
         (["--method", "prune"], "--method"),
+        (["--intermediate-size", "64"], "--intermediate-size: between 1 and 63"),
+        (["--intermediate-size", "0"], "--intermediate-size must be >= 1"),
         (["--name", "mood"], "already exists"),
         (["--name", "../escape"], "name"),
     ],
@@ -253,13 +295,19 @@ def served_logits(directory: Path) -> np.ndarray:
     return pipeline.embed(REFERENCE_TEXTS, normalized=False)
 
 
-def test_a_full_student_ships_as_a_5_level_delta_and_rebuilds(workspace: dict[str, Path]) -> None:
+@pytest.mark.parametrize("narrower", [False, True])
+def test_a_full_student_ships_as_a_5_level_delta_and_rebuilds(
+    workspace: dict[str, Path], narrower: bool
+) -> None:
     """Trained in full, a student of a delta-shipped teacher ships its change of weights
-    (the vocabulary frozen, so absent); `rebuild` gives the model that was exported."""
+    (the vocabulary frozen, so absent); `rebuild` gives the model that was exported, with
+    its feed-forward blocks narrowed as they were trained."""
     from safetensors import safe_open
 
-    assert run_compress(workspace, "--method", "full", name="mood-full") == 0
-    student = workspace["models"] / "mood-full"
+    name = "mood-narrow" if narrower else "mood-full"
+    extra = ["--intermediate-size", "40"] if narrower else []
+    assert run_compress(workspace, "--method", "full", *extra, name=name) == 0
+    student = workspace["models"] / name
     files = sorted(p.name for p in (student / DELTA_DIR).iterdir())
     assert files == ["delta.json", DENSE_DELTA_FILE]
     with safe_open(str(student / DELTA_DIR / DENSE_DELTA_FILE), "pt") as weights:
@@ -268,17 +316,22 @@ def test_a_full_student_ships_as_a_5_level_delta_and_rebuilds(workspace: dict[st
     assert "bert.encoder.layer.1.output.dense.weight" in names  # layer 2 of the teacher
     assert "classifier.weight" in names and "classifier.weight.scale" in names
     record = read_record(student / DELTA_DIR)
+    neurons = record["student"].pop("feed_forward_neurons", None)
     assert record["student"] == {"teacher": "mood", "keep_layers": [0, 2]}
     assert "5-level delta" in record["source"]
-    clone = workspace["root"] / "clone-full"
-    for name in ("mood", "mood-full"):
-        (clone / name).mkdir(parents=True)
-        shutil.copy2(workspace["models"] / name / "model.json", clone / name / "model.json")
-        shutil.copytree(workspace["models"] / name / DELTA_DIR, clone / name / DELTA_DIR)
-    assert run_cli("rebuild", "--models-dir", str(clone), "mood-full") == 0
-    np.testing.assert_allclose(
-        served_logits(clone / "mood-full"), served_logits(student), atol=1e-5
-    )
+    assert (neurons is not None) == narrower
+    if narrower:
+        assert [len(kept) for kept in neurons] == [40, 40]
+        assert "40 feed-forward neurons" in record["source"]
+    clone = workspace["root"] / f"clone-{name}"
+    for model in ("mood", name):
+        (clone / model).mkdir(parents=True)
+        shutil.copy2(workspace["models"] / model / "model.json", clone / model / "model.json")
+        shutil.copytree(workspace["models"] / model / DELTA_DIR, clone / model / DELTA_DIR)
+    assert run_cli("rebuild", "--models-dir", str(clone), name) == 0
+    config = json.loads((clone / name / "torch" / "config.json").read_text())
+    assert config["intermediate_size"] == (40 if narrower else 64)
+    np.testing.assert_allclose(served_logits(clone / name), served_logits(student), atol=1e-5)
 
 
 def test_the_5_level_delta_stores_each_change_within_half_a_step() -> None:

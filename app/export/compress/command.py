@@ -49,6 +49,7 @@ from app.export.finetune.base import lora_model
 from app.export.finetune.config import DataFormat
 from app.export.finetune.saving import SavedDelta, save_adapter, write_delta
 from app.export.finetune.training import set_seed
+from app.export.layers import StudentShape
 from app.export.messages import messages_to, say
 from app.export.precision import PRECISION_FILES, PrecisionError, build_precision
 
@@ -124,7 +125,8 @@ def _compress(job: Job) -> ModelManifest:
         test_data=job.test_data,
     ).clipped(max_length)
     set_seed(config.seed)
-    student, keep = student_start(teacher, config.keep_layers)  # bad --keep-layers: here
+    # bad --keep-layers or --intermediate-size: here, before any training
+    student, shape = student_start(teacher, config.keep_layers, config.intermediate_size)
     data = _within_budget(data, config)
     say(
         f"[data] {len(data.train.texts)} training rows "
@@ -159,7 +161,8 @@ def _compress(job: Job) -> ModelManifest:
         )
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
     say(
-        f"[model] student: layers {','.join(map(str, keep))} of {teacher.manifest.num_layers}, "
+        f"[model] student: layers {_listed(shape.keep_layers)} of {teacher.manifest.num_layers}"
+        f"{_narrower(shape)}, "
         f"{method}: {trainable:,} trainable parameters, lr {config.learning_rate}"
     )
     job.models_dir.mkdir(parents=True, exist_ok=True)
@@ -187,7 +190,7 @@ def _compress(job: Job) -> ModelManifest:
         else:
             if ships:
                 saved = _save_student_delta(
-                    student, tokenizer, work, teacher, keep, max_length, start
+                    student, tokenizer, work, teacher, shape, max_length, start
                 )
                 merged, recorded = saved.merged, saved.recorded
                 source = saved.record["source"]
@@ -216,7 +219,7 @@ def _compress(job: Job) -> ModelManifest:
             targets.validation,
             data,
             config,
-            keep,
+            shape.keep_layers,
             record,
             job.command,
             job.eval_data,
@@ -254,7 +257,7 @@ def _save_student_delta(
     tokenizer: Any,
     work: Path,
     teacher: Teacher,
-    keep: list[int],
+    shape: StudentShape,
     max_length: int,
     start: dict[str, torch.Tensor] | None,
 ) -> SavedDelta:
@@ -275,16 +278,27 @@ def _save_student_delta(
         "format": DELTA_FORMAT,
         "base": teacher_record["base"],
         "source": f"{teacher_record['base']} + {teacher.name}'s delta, layers "
-        f"{','.join(map(str, keep))} + {what}",
+        f"{_listed(shape.keep_layers)}{_narrower(shape)} + {what}",
         "labels": list(teacher.manifest.labels),
         "max_length": max_length,
-        "student": {"teacher": teacher.name, "keep_layers": keep},
+        "student": {"teacher": teacher.name, "keep_layers": shape.keep_layers},
     }
+    if shape.neurons is not None:
+        record["student"]["feed_forward_neurons"] = shape.neurons
     trained = model_logits(model, tokenizer, list(REFERENCE_TEXTS), max_length)
     merged = merged_from_delta(delta_dir, record)
     recorded = reference_logits(merged, teacher.directory / "tokenizer.json", max_length)
     check_logits(recorded, trained, MAX_REFERENCE_DIFF, "the saved delta")
     return SavedDelta(record, merged, np.asarray(recorded))
+
+
+def _listed(numbers: list[int]) -> str:
+    return ",".join(map(str, numbers))
+
+
+def _narrower(shape: StudentShape) -> str:
+    """How wide a narrowed student's feed-forward blocks are ("" when as the teacher's)."""
+    return "" if shape.neurons is None else f", {len(shape.neurons[0])} feed-forward neurons"
 
 
 def _export_embedding(

@@ -14,7 +14,8 @@ VECTOR_LOSSES: tuple[VectorLoss, ...] = ("cosine", "mse")
 @dataclass(frozen=True)
 class CompressConfig:
     """How a student is made. `keep_layers` None: every other layer of the teacher, the last
-    kept (1, 3, 5 of 6).
+    kept (1, 3, 5 of 6). `intermediate_size`: each kept block's feed-forward cut to its
+    strongest neurons (app/export/layers.py); None keeps the teacher's width.
 
     `lora` trains adapters on the kept layers plus the pooler, classifier and norms; `full`
     trains every weight but the vocabulary's vectors. Either ships as a small delta on the
@@ -23,6 +24,7 @@ class CompressConfig:
     """
 
     keep_layers: str | None = None  # "0,3,5"; None: every other layer, ending with the last
+    intermediate_size: int | None = None  # feed-forward neurons kept per block; None: all
     method: Method = "full"  # the better student on SST-2 (models/README.md), a small delta too
     temperature: float = 2.0  # softens both sides' logits for the distillation term
     label_weight: float = 0.5  # share of the loss on true labels, when the file has labels
@@ -60,5 +62,7 @@ class CompressConfig:
             raise ValueError(f"--validation must be between 0 and 1, got {self.validation}")
         if self.learning_rate <= 0:
             raise ValueError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if self.intermediate_size is not None and self.intermediate_size < 1:
+            raise ValueError(f"--intermediate-size must be >= 1, got {self.intermediate_size}")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError("--max-length must be at least 2 tokens")

@@ -14,7 +14,7 @@ from app.config import available_cores
 from app.engine.manifest import MANIFEST_FILE, ModelManifest
 from app.engine.passes.pipeline import open_pipeline
 from app.export.delta import DELTA_DIR, merged_from_delta, read_record
-from app.export.layers import drop_layers, parse_keep_layers
+from app.export.layers import StudentShape, parse_keep_layers, strongest_neurons
 from app.export.source import loading
 
 TASKS = ("classification", "embedding")
@@ -81,9 +81,12 @@ def teacher_outputs(teacher: Teacher, texts: list[str]) -> np.ndarray:
     return np.asarray(pipeline.embed(texts, normalized=False), dtype=np.float32)
 
 
-def student_start(teacher: Teacher, keep_layers: str | None) -> tuple[torch.nn.Module, list[int]]:
-    """The teacher's model with only the layers kept: each kept layer's weights exactly the
-    teacher's. A delta-shipped teacher is rebuilt from its delta, as `rebuild` will do it."""
+def student_start(
+    teacher: Teacher, keep_layers: str | None, intermediate_size: int | None
+) -> tuple[torch.nn.Module, StudentShape]:
+    """The teacher's model with only the layers kept and, with `intermediate_size`, each
+    kept block's strongest feed-forward neurons: every kept weight exactly the teacher's. A
+    delta-shipped teacher is rebuilt from its delta, as `rebuild` will do it."""
     keep = parse_keep_layers(keep_layers, teacher.manifest.num_layers)
     model: torch.nn.Module
     with loading(str(teacher.directory)):
@@ -95,4 +98,9 @@ def student_start(teacher: Teacher, keep_layers: str | None) -> tuple[torch.nn.M
             model = AutoModel.from_pretrained(teacher.torch_directory)
     for parameter in model.parameters():  # a merged peft model comes back frozen
         parameter.requires_grad_(True)
-    return drop_layers(model, keep), keep
+    neurons = None
+    if intermediate_size is not None:
+        strongest = strongest_neurons(model, intermediate_size)
+        neurons = [strongest[index] for index in keep]
+    shape = StudentShape(keep, neurons)
+    return shape.cut(model), shape
