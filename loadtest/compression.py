@@ -125,6 +125,7 @@ def measure_family(members: list[Member], judged: Judged, rounds: int) -> list[d
     rows = []
     for (member, precision), found, rate in zip(graphs, outputs, rates, strict=True):
         row: dict[str, Any] = {"model": member.name, "layers": member.manifest.num_layers}
+        row["feed_forward"] = feed_forward_width(member)
         row["precision"] = precision
         if judged.texts.labels is not None:
             row["score"] = round(float(np.mean(found.argmax(axis=1) == judged.texts.labels)), 4)
@@ -134,6 +135,22 @@ def measure_family(members: list[Member], judged: Judged, rounds: int) -> list[d
         row |= {"sequences_per_s": round(rate, 1), "x_teacher_fp32": round(rate / rates[0], 2)}
         rows.append(row)
     return rows
+
+
+def feed_forward_width(member: Member) -> int | None:
+    """Neurons in each feed-forward block (`compress --intermediate-size`), from the model's
+    PyTorch config; None where it has none."""
+    config = member.directory / member.manifest.files.get("torch", "") / "config.json"
+    if "torch" not in member.manifest.files or not config.is_file():
+        return None
+    settings = json.loads(config.read_text())
+    width = settings.get("intermediate_size", settings.get("hidden_dim"))
+    return width if isinstance(width, int) else None
+
+
+def shape(row: dict[str, Any]) -> str:
+    """ "6 × 1536": layers × feed-forward neurons (layers alone where the width is unknown)."""
+    return f"{row['layers']}" + ("" if row["feed_forward"] is None else f" × {row['feed_forward']}")
 
 
 def write_plot(report: dict[str, Any], path: Path) -> None:
@@ -157,7 +174,7 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
             )
             for row in rows:
                 axes.annotate(
-                    f"{row['model']} ({row['layers']}L)",
+                    f"{row['model']} ({shape(row)})",
                     (row["sequences_per_s"], row["score"]),
                     textcoords="offset points",
                     xytext=(4, 4),
@@ -198,13 +215,13 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             f"## {family['teacher']} — {family['judged_on']}",
             "",
-            "| model | layers | graph | score | "
+            "| model | layers × feed-forward | graph | score | "
             + ("teacher's nearest neighbour found first | " if neighbours else "")
             + "sequences/s | × teacher fp32 |",
             "|---|---|---|---|---|---|" + ("---|" if neighbours else ""),
         ]
         lines += [
-            f"| {row['model']} | {row['layers']} | {row['precision']} | {row['score']:.4f} | "
+            f"| {row['model']} | {shape(row)} | {row['precision']} | {row['score']:.4f} | "
             + (f"{row['neighbour_r_at_1']:.4f} | " if neighbours else "")
             + f"{row['sequences_per_s']} | {row['x_teacher_fp32']:.2f} |"
             for row in family["rows"]

@@ -465,6 +465,8 @@ def test_the_compression_report_measures_teacher_and_students(
     assert graphs[0] == ("mood", "fp32")
     assert ("mood-small", "fp32") in graphs
     assert rows[0]["x_teacher_fp32"] == 1.0
+    widths = {row["model"]: row["feed_forward"] for row in rows}
+    assert widths["mood"] == widths["mood-small"] == 64 and widths.get("mood-narrow", 40) == 40
     assert all(0.0 <= row["score"] <= 1.0 and row["sequences_per_s"] > 0 for row in rows)
     report = {
         "created": "now",
@@ -484,7 +486,8 @@ def test_the_compression_report_measures_teacher_and_students(
                 "teacher": "tiny",
                 "judged_on": "texts, mean cosine to the teacher",
                 "rows": [
-                    {"model": "tiny-small", "layers": 2, "precision": "fp32", "score": 0.9}
+                    {"model": "tiny-small", "layers": 2, "feed_forward": None, "score": 0.9}
+                    | {"precision": "fp32"}
                     | {"neighbour_r_at_1": 0.75, "sequences_per_s": 9.0, "x_teacher_fp32": 1.8}
                 ],
                 "no_int8": {},
@@ -493,7 +496,7 @@ def test_the_compression_report_measures_teacher_and_students(
         "left_out": ["minilm"],
     }
     text = markdown(report)
-    assert "| mood-small | 2 | fp32 |" in text and "minilm: its data is not beside" in text
+    assert "| mood-small | 2 × 64 | fp32 |" in text and "minilm: its data is not beside" in text
     assert "- mood-x: no int8 graph (int8 graph: mean cosine to fp32 0.94 < 0.99)." in text
     assert "| teacher's nearest neighbour found first |" in text
     assert "| tiny-small | 2 | fp32 | 0.9000 | 0.7500 | 9.0 | 1.80 |" in text
