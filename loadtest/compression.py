@@ -140,8 +140,9 @@ def measure_family(members: list[Member], judged: Judged, rounds: int) -> list[d
 def feed_forward_width(member: Member) -> int | None:
     """Neurons in each feed-forward block (`compress --intermediate-size`), from the model's
     PyTorch config; None where it has none."""
-    config = member.directory / member.manifest.files.get("torch", "") / "config.json"
-    if "torch" not in member.manifest.files or not config.is_file():
+    torch_dir = member.manifest.files.get("torch")
+    config = member.directory / torch_dir / "config.json" if torch_dir else None
+    if config is None or not config.is_file():
         return None
     settings = json.loads(config.read_text())
     width = settings.get("intermediate_size", settings.get("hidden_dim"))

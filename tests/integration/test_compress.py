@@ -334,6 +334,41 @@ def test_a_full_student_ships_as_a_5_level_delta_and_rebuilds(
     np.testing.assert_allclose(served_logits(clone / name), served_logits(student), atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        ({"keep_layers": [0, "2"]}, "student.keep_layers must list layer numbers"),
+        ({"feed_forward_neurons": [[0, 1.5], [0, 1]]}, "student.feed_forward_neurons must"),
+        ({"feed_forward_neurons": [[0, 1]]}, "one list per block (2)"),
+        ({"feed_forward_neurons": [[1, 0], [0, 1]]}, "distinct, increasing, below 64"),
+        ({"feed_forward_neurons": [[0, 64], [0, 1]]}, "distinct, increasing, below 64"),
+    ],
+)
+def test_a_malformed_student_record_stops_rebuild_with_one_line(
+    workspace: dict[str, Path],
+    student: Path,
+    capsys: pytest.CaptureFixture[str],
+    wrong: dict[str, object],
+    message: str,
+) -> None:
+    """A hand-edited delta.json that names the student's shape wrongly is bad input."""
+    models = workspace["root"] / "malformed"
+    shutil.rmtree(models, ignore_errors=True)
+    for name in ("mood", "mood-small"):
+        (models / name).mkdir(parents=True)
+        shutil.copy2(student.parent / name / "model.json", models / name / "model.json")
+        shutil.copytree(student.parent / name / DELTA_DIR, models / name / DELTA_DIR)
+    record_file = models / "mood-small" / DELTA_DIR / "delta.json"
+    record = json.loads(record_file.read_text())
+    record["student"] |= wrong
+    record_file.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert run_cli("rebuild", "--models-dir", str(models), "mood-small") == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after rebuild's progress lines
+    assert error.startswith("encoder-serve rebuild: mood-small: ") and message in error, error
+    assert not (models / "mood-small" / "model.onnx").exists()
+
+
 def test_the_5_level_delta_stores_each_change_within_half_a_step() -> None:
     torch.manual_seed(0)
     start = torch.nn.Linear(7, 4)  # 7 columns: the last byte of a row holds one number
