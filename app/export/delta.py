@@ -259,7 +259,11 @@ def rebuild(name: str, models_dir: Path, *, skip_existing: bool = False) -> Mode
     record = read_record(delta)
     if skip_existing and is_built(models_dir, name, record.get("precisions", ["fp32"])):
         return None
-    progress(f"{name}: merging {delta} into {record['base']}")
+    student = record.get("student")
+    start = record["base"]
+    if isinstance(student, dict):  # a student of `compress` starts from its teacher, cut
+        start = f"{student.get('teacher')} (cut to the student's layers)"
+    progress(f"{name}: merging {delta} into {start}")
     with loading(delta):  # a delta.json without a base or labels, adapter files unreadable
         merged = merged_from_delta(delta, record)
     base = resolve_source(record["base"])

@@ -364,7 +364,9 @@ def test_a_malformed_student_record_stops_rebuild_with_one_line(
     record_file.write_text(json.dumps(record))
     capsys.readouterr()
     assert run_cli("rebuild", "--models-dir", str(models), "mood-small") == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]  # after rebuild's progress lines
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "merging" in lines[0] and lines[0].endswith("into mood (cut to the student's layers)")
+    error = lines[-1]  # after rebuild's progress line
     assert error.startswith("encoder-serve rebuild: mood-small: ") and message in error, error
     assert not (models / "mood-small" / "model.onnx").exists()
 
