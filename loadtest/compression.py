@@ -40,6 +40,7 @@ from app.export.compress.evaluation import teachers_neighbours
 from app.export.compress.speed import BATCH, alternating_rates, sample_of
 from app.export.compress.training import mean_cosine
 from app.export.finetune import DataFormat
+from app.export.layers import WIDTH_NAMES
 from loadtest.machine import cpu_description, host_name
 from loadtest.server import ROOT
 
@@ -145,8 +146,8 @@ def feed_forward_width(member: Member) -> int | None:
     if config is None or not config.is_file():
         return None
     settings = json.loads(config.read_text())
-    width = settings.get("intermediate_size", settings.get("hidden_dim"))
-    return width if isinstance(width, int) else None
+    widths = [settings[name] for name in WIDTH_NAMES if isinstance(settings.get(name), int)]
+    return widths[0] if widths else None
 
 
 def shape(row: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ both must cut the teacher the same way, or a rebuilt student would not be the tr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -22,6 +22,7 @@ _FEED_FORWARDS = (
     ("intermediate.dense", "output.dense", "intermediate_size"),
     ("ffn.lin1", "ffn.lin2", "hidden_dim"),
 )
+WIDTH_NAMES = tuple(width for _, _, width in _FEED_FORWARDS)  # in a config.json
 
 
 def encoder_layers(model: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.ModuleList]:
@@ -95,24 +96,26 @@ class StudentShape:
         return student if self.neurons is None else narrow_feed_forward(student, self.neurons)
 
 
-def _feed_forward(layer: torch.nn.Module) -> tuple[str, str, str]:
-    """(the widening linear's name in `layer`, the narrowing one's, the config's width name)."""
+class _FeedForward(NamedTuple):
+    widening: str  # the widening linear's name in its layer
+    narrowing: str  # the narrowing one's
+    width_name: str  # the config's name for the width between them
+    into: torch.nn.Linear
+    out_of: torch.nn.Linear
+
+
+def _feed_forward(layer: torch.nn.Module) -> _FeedForward:
     for widening, narrowing, width in _FEED_FORWARDS:
         try:
-            linears = layer.get_submodule(widening), layer.get_submodule(narrowing)
+            into, out_of = layer.get_submodule(widening), layer.get_submodule(narrowing)
         except AttributeError:
             continue
-        if all(isinstance(linear, torch.nn.Linear) for linear in linears):
-            return widening, narrowing, width
+        if isinstance(into, torch.nn.Linear) and isinstance(out_of, torch.nn.Linear):
+            return _FeedForward(widening, narrowing, width, into, out_of)
     raise ValueError(
         f"{type(layer).__name__}: no feed-forward found (intermediate.dense and output.dense, "
         "or ffn.lin1 and ffn.lin2): narrowing supports BERT-family encoders"
     )
-
-
-def _linears(layer: torch.nn.Module) -> tuple[torch.nn.Linear, torch.nn.Linear]:
-    widening, narrowing, _ = _feed_forward(layer)
-    return layer.get_submodule(widening), layer.get_submodule(narrowing)  # type: ignore[return-value]
 
 
 def strongest_neurons(model: torch.nn.Module, width: int) -> list[list[int]]:
@@ -121,7 +124,7 @@ def strongest_neurons(model: torch.nn.Module, width: int) -> list[list[int]]:
     Distillation then trains the narrower blocks back towards the teacher."""
     neurons = []
     for layer in encoder_layers(model)[2]:
-        into, out_of = _linears(layer)
+        _, _, _, into, out_of = _feed_forward(layer)
         if not 1 <= width < into.out_features:
             raise ValueError(
                 f"--intermediate-size: between 1 and {into.out_features - 1} (the teacher's "
@@ -143,8 +146,7 @@ def narrow_feed_forward(model: torch.nn.Module, neurons: list[list[int]]) -> tor
             f"{len(neurons)} of widths {sorted(widths)}"
         )
     for layer, kept in zip(layers, neurons, strict=True):
-        widening, narrowing, width_name = _feed_forward(layer)
-        into, out_of = _linears(layer)
+        widening, narrowing, width_name, into, out_of = _feed_forward(layer)
         if (
             not kept
             or sorted(set(kept)) != kept
